@@ -1,0 +1,144 @@
+//! The command-line contract (v1). Scripts and checks drive it: change it only on purpose.
+
+use crate::settings::{DnsMode, FirewallMode};
+use crate::validate;
+use clap::{Args, Parser, Subcommand};
+use ipnet::Ipv4Net;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dockroute",
+    version,
+    about = "Reach Docker containers inside a local VM: routes, per-domain DNS, VPN repair",
+    long_about = None
+)]
+pub struct Cli {
+    /// Config file; a missing default file means built-in defaults
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Ownership record and lock
+    #[arg(long, global = true, value_name = "DIR", env = "DOCKROUTE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Machine-readable output on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Route the container subnets through the VM (idempotent; also the post-VPN-connect hook)
+    Up(UpArgs),
+    /// Remove exactly what dockroute installed
+    Down(DownArgs),
+    /// Show what is installed, what the kernel does with container addresses, and conflicts
+    Status,
+}
+
+#[derive(Debug, Default, Args)]
+pub struct UpArgs {
+    /// The host-only link (default: the link whose network contains the VM IP)
+    #[arg(long, value_name = "IF", value_parser = validate::interface)]
+    pub interface: Option<String>,
+    /// The VM's IP on the host-only network
+    #[arg(long, value_name = "IP", value_parser = validate::ipv4)]
+    pub vm_ip: Option<Ipv4Addr>,
+    /// Read the VM IP from this docker-machine's store
+    #[arg(long, value_name = "NAME", value_parser = validate::machine_name)]
+    pub machine: Option<String>,
+    /// A container subnet to route through the VM (repeatable; default 172.17.0.0/16)
+    #[arg(long = "subnet", value_name = "CIDR", value_parser = validate::subnet)]
+    pub subnets: Vec<Ipv4Net>,
+    /// DNS domain served by the VM's DNS (default docker)
+    #[arg(long, value_name = "NAME", value_parser = validate::domain)]
+    pub domain: Option<String>,
+    /// The DNS server for the domain (default: first host address of the first subnet)
+    #[arg(long, value_name = "IP", value_parser = validate::ipv4)]
+    pub nameserver: Option<Ipv4Addr>,
+    /// How to set per-domain DNS
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub dns: Option<DnsMode>,
+    /// Directory for resolver files (resolver-dir backend; default /etc/resolver)
+    #[arg(long, value_name = "DIR")]
+    pub resolver_dir: Option<PathBuf>,
+    /// Whether to repair firewall rules that block the VM
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub firewall: Option<FirewallMode>,
+    /// Wait up to SECS for the link and its address to appear
+    #[arg(long, value_name = "SECS", value_parser = validate::wait_secs)]
+    pub wait: Option<Duration>,
+    /// Print the changes and apply none
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    /// Print the changes and apply none
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn contract_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn globals_go_before_or_after_the_subcommand() {
+        let a = Cli::try_parse_from(["dockroute", "--json", "status"]).unwrap();
+        let b = Cli::try_parse_from(["dockroute", "status", "--json"]).unwrap();
+        assert!(a.json && b.json);
+        let c =
+            Cli::try_parse_from(["dockroute", "up", "--state-dir", "/tmp/x", "--dry-run"]).unwrap();
+        assert_eq!(c.state_dir.unwrap(), PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn up_flags_parse_and_validate() {
+        let c = Cli::try_parse_from([
+            "dockroute",
+            "up",
+            "--interface",
+            "vboxnet0",
+            "--vm-ip",
+            "192.168.99.100",
+            "--subnet",
+            "172.17.0.0/16",
+            "--subnet",
+            "172.18.0.0/16",
+            "--dns",
+            "resolv-conf",
+            "--firewall",
+            "off",
+            "--wait",
+            "2.5",
+        ])
+        .unwrap();
+        let Command::Up(up) = c.command else {
+            panic!("not up")
+        };
+        assert_eq!(up.subnets.len(), 2);
+        assert_eq!(up.dns, Some(DnsMode::ResolvConf));
+        assert_eq!(up.wait, Some(Duration::from_millis(2500)));
+        for bad in [
+            vec!["up", "--vm-ip", "300.1.1.1"],
+            vec!["up", "--subnet", "172.17.0.1/16"],
+            vec!["up", "--interface", "way-too-long-name0"],
+            vec!["up", "--dns", "bogus"],
+            vec!["up", "--wait", "-1"],
+        ] {
+            let args = std::iter::once("dockroute").chain(bad.iter().copied());
+            assert!(Cli::try_parse_from(args).is_err(), "{bad:?}");
+        }
+    }
+}

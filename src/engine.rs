@@ -1,0 +1,456 @@
+//! observe → diff → apply → record, shared by `up`, `down` and `status`.
+
+use crate::discover::{self, DiscoverError, Target};
+use crate::net::{
+    Change, ForeignRoute, ForeignRule, LinkInfo, Lookup, MAIN_TABLE, Net, NetError, RULE_PREF,
+};
+use crate::plan;
+use crate::record::{Record, RecordError, Store};
+use crate::settings::Settings;
+use ipnet::Ipv4Net;
+use serde::Serialize;
+use std::net::Ipv4Addr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Discover(#[from] DiscoverError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error("{source}; rolled back the {done} change(s) made before it{}", undo_note(.undo_failed))]
+    Apply {
+        #[source]
+        source: NetError,
+        done: usize,
+        undo_failed: Vec<String>,
+    },
+    #[error("{} of {total} removal(s) failed: {}", .failed.len(), .failed.join("; "))]
+    Remove { total: usize, failed: Vec<String> },
+}
+
+fn undo_note(failed: &[String]) -> String {
+    if failed.is_empty() {
+        String::new()
+    } else {
+        format!(" (undo failed for: {})", failed.join("; "))
+    }
+}
+
+/// Test hook: stop for an hour before the Nth change, so a test can kill dockroute half-way.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Hooks {
+    pub stall_before_change: Option<usize>,
+}
+
+/// The result of `up` or `down`.
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    pub target: Option<Target>,
+    pub changes: Vec<Change>,
+    pub dry_run: bool,
+}
+
+async fn apply_all<N: Net>(
+    net: &mut N,
+    changes: &[Change],
+    hooks: Hooks,
+) -> Result<(), EngineError> {
+    let mut done: Vec<&Change> = Vec::new();
+    for (i, change) in changes.iter().enumerate() {
+        if hooks.stall_before_change == Some(i) {
+            tracing::warn!("test hook: stalling before change {i}");
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        }
+        tracing::info!("{change}");
+        if let Err(source) = net.apply(change).await {
+            let mut undo_failed = Vec::new();
+            for d in done.iter().rev() {
+                if let Err(e) = net.apply(&d.inverse()).await {
+                    undo_failed.push(format!("{}: {e}", d.inverse()));
+                }
+            }
+            return Err(EngineError::Apply {
+                source,
+                done: done.len(),
+                undo_failed,
+            });
+        }
+        done.push(change);
+    }
+    Ok(())
+}
+
+/// `up`: discover, plan, observe, diff, apply (undoing a half-applied change), record.
+pub async fn up<N: Net>(
+    net: &mut N,
+    settings: &Settings,
+    store: &Store,
+    dry_run: bool,
+    hooks: Hooks,
+) -> Result<Outcome, EngineError> {
+    let _lock = if dry_run { None } else { Some(store.lock()?) };
+    let target = discover::discover(net, &settings.request).await?;
+    let desired = plan::desired(&target);
+    let snap = net.snapshot().await?;
+    let changes = plan::diff(&desired, &snap.owned);
+    if !dry_run {
+        apply_all(net, &changes, hooks).await?;
+        let record = Record::new(target.clone(), desired);
+        if !changes.is_empty() || store.load().ok().flatten().as_ref() != Some(&record) {
+            store.save(&record)?;
+        }
+    }
+    Ok(Outcome {
+        target: Some(target),
+        changes,
+        dry_run,
+    })
+}
+
+/// `down`: remove everything tagged as dockroute's, then the record. Needs no discovery.
+/// Keeps going past a failed removal and reports every failure.
+pub async fn down<N: Net>(
+    net: &mut N,
+    store: &Store,
+    dry_run: bool,
+    hooks: Hooks,
+) -> Result<Outcome, EngineError> {
+    let _lock = if dry_run { None } else { Some(store.lock()?) };
+    let snap = net.snapshot().await?;
+    let changes = plan::diff(&[], &snap.owned);
+    let target = store.load().ok().flatten().map(|r| r.target);
+    if !dry_run {
+        let mut failed = Vec::new();
+        for (i, change) in changes.iter().enumerate() {
+            if hooks.stall_before_change == Some(i) {
+                tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+            }
+            tracing::info!("{change}");
+            if let Err(e) = net.apply(change).await {
+                failed.push(e.to_string());
+            }
+        }
+        if !failed.is_empty() {
+            return Err(EngineError::Remove {
+                total: changes.len(),
+                failed,
+            });
+        }
+        store.clear()?;
+    }
+    Ok(Outcome {
+        target,
+        changes,
+        dry_run,
+    })
+}
+
+/// What the kernel does with one address behind the VM.
+#[derive(Debug, Serialize)]
+pub struct Probe {
+    pub network: Ipv4Net,
+    pub address: Ipv4Addr,
+    pub kernel: Lookup,
+    /// Whether the kernel sends it to the VM over the host-only link, as dockroute intends.
+    pub ok: bool,
+}
+
+/// Something that is not dockroute's and covers a network dockroute routes.
+#[derive(Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Conflict {
+    Route(ForeignRoute),
+    Rule {
+        #[serde(flatten)]
+        rule: ForeignRule,
+        /// Consulted before dockroute's own rules.
+        before_dockroute: bool,
+    },
+}
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    /// Where the target comes from: "record" (the last `up`) or "discovery".
+    pub target_from: Option<&'static str>,
+    pub target: Option<Target>,
+    pub discovery_error: Option<String>,
+    pub link: Option<LinkInfo>,
+    pub record_error: Option<String>,
+    /// Everything in the kernel tagged as dockroute's.
+    pub installed: Vec<crate::net::Entry>,
+    /// Whether the installed entries are exactly what `up` would install now.
+    pub in_sync: bool,
+    pub probes: Vec<Probe>,
+    pub conflicts: Vec<Conflict>,
+}
+
+fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// `status`: changes nothing, needs no root where the kernel lets anyone read.
+pub async fn status<N: Net>(
+    net: &mut N,
+    settings: &Settings,
+    store: &Store,
+) -> Result<Status, EngineError> {
+    let (record, record_error) = match store.load() {
+        Ok(r) => (r, None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let (target, target_from, discovery_error) = match record {
+        Some(r) => (Some(r.target), Some("record"), None),
+        None => {
+            let mut req = settings.request.clone();
+            req.wait = None;
+            match discover::discover(net, &req).await {
+                Ok(t) => (Some(t), Some("discovery"), None),
+                Err(DiscoverError::Net(e)) => return Err(e.into()),
+                Err(e) => (None, None, Some(e.to_string())),
+            }
+        }
+    };
+    let links = net.links().await?;
+    let snap = net.snapshot().await?;
+    let link = target
+        .as_ref()
+        .and_then(|t| links.iter().find(|l| l.name == t.ifname).cloned());
+
+    let mut probes = Vec::new();
+    let mut conflicts = Vec::new();
+    let mut in_sync = false;
+    if let Some(t) = &target {
+        // The link may have been re-created with a new index since the last `up`.
+        let mut current = t.clone();
+        if let Some(l) = &link {
+            current.ifindex = l.index;
+        }
+        in_sync = plan::diff(&plan::desired(&current), &snap.owned).is_empty();
+        let host_net = t.host_net();
+        let mut targets: Vec<(Ipv4Net, Ipv4Addr)> = t
+            .subnets
+            .iter()
+            .map(|s| (*s, s.hosts().next().unwrap_or(s.network())))
+            .collect();
+        targets.push((host_net, t.vm_ip));
+        for (network, address) in targets {
+            let kernel = net.lookup(address).await?;
+            let ok = match &kernel {
+                Lookup::Route {
+                    gateway, dev, kind, ..
+                } => {
+                    kind == "unicast"
+                        && dev.as_deref() == Some(t.ifname.as_str())
+                        && (network == host_net || *gateway == Some(t.vm_ip))
+                }
+                Lookup::Unreachable { .. } => false,
+            };
+            probes.push(Probe {
+                network,
+                address,
+                kernel,
+                ok,
+            });
+        }
+        let nets: Vec<Ipv4Net> = t.subnets.iter().copied().chain([host_net]).collect();
+        for r in snap.foreign_routes {
+            let relevant = nets.iter().any(|n| overlaps(n, &r.dst))
+                && !(r.dst.prefix_len() == 0 && matches!(r.table, MAIN_TABLE | 253))
+                && !(r.table == 255
+                    && r.dst.prefix_len() > 0
+                    && host_net.contains(&r.dst.network()))
+                && !(r.protocol == "kernel"
+                    && r.dst == host_net
+                    && r.dev.as_deref() == Some(t.ifname.as_str()));
+            if relevant {
+                conflicts.push(Conflict::Route(r));
+            }
+        }
+        for rule in snap.foreign_rules {
+            let matches_nets = match rule.dst {
+                None => true,
+                Some(d) => nets.iter().any(|n| overlaps(n, &d)),
+            };
+            if matches_nets && rule.pref != 0 && rule.pref < 32766 {
+                conflicts.push(Conflict::Rule {
+                    before_dockroute: rule.pref < RULE_PREF,
+                    rule,
+                });
+            }
+        }
+    }
+    Ok(Status {
+        target_from,
+        target,
+        discovery_error,
+        link,
+        record_error,
+        installed: snap.owned,
+        in_sync,
+        probes,
+        conflicts,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discover::{Request, VmIpSource};
+    use crate::net::{Entry, LinkInfo, Neighbour, Snapshot};
+    use std::time::Instant;
+
+    /// A fake kernel: one host-only link, a list of owned entries, and a change that fails.
+    struct Fake {
+        owned: Vec<Entry>,
+        fail_on: Option<usize>,
+        applied: usize,
+    }
+
+    impl Net for Fake {
+        async fn links(&mut self) -> Result<Vec<LinkInfo>, NetError> {
+            Ok(vec![LinkInfo {
+                index: 3,
+                name: "vboxnet0".into(),
+                up: true,
+                loopback: false,
+                addrs: vec!["192.168.99.1/24".parse().unwrap()],
+            }])
+        }
+        async fn neighbours(&mut self) -> Result<Vec<Neighbour>, NetError> {
+            Ok(vec![])
+        }
+        async fn snapshot(&mut self) -> Result<Snapshot, NetError> {
+            Ok(Snapshot {
+                owned: self.owned.clone(),
+                ..Default::default()
+            })
+        }
+        async fn lookup(&mut self, _dst: Ipv4Addr) -> Result<Lookup, NetError> {
+            Ok(Lookup::Unreachable {
+                reason: "fake".into(),
+            })
+        }
+        async fn apply(&mut self, change: &Change) -> Result<(), NetError> {
+            if self.fail_on == Some(self.applied) {
+                self.fail_on = None;
+                return Err(NetError::Conflict("injected failure".into()));
+            }
+            self.applied += 1;
+            match change {
+                Change::Add(e) => self.owned.push(e.clone()),
+                Change::Remove(e) => {
+                    let i = self
+                        .owned
+                        .iter()
+                        .position(|o| o == e)
+                        .expect("removing unknown");
+                    self.owned.remove(i);
+                }
+            }
+            Ok(())
+        }
+        async fn subscribe(&mut self) -> Result<(), NetError> {
+            Ok(())
+        }
+        async fn next_event(&mut self, _deadline: Instant) -> Result<bool, NetError> {
+            Ok(false)
+        }
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            config_path: "/nonexistent".into(),
+            state_dir: "/nonexistent".into(),
+            json: false,
+            request: Request {
+                vm_ip: Some(("192.168.99.100".parse().unwrap(), VmIpSource::Flag)),
+                subnets: vec!["172.17.0.0/16".parse().unwrap()],
+                ..Default::default()
+            },
+            domain: "docker".into(),
+            nameserver: "172.17.0.1".parse().unwrap(),
+            dns: crate::settings::DnsMode::Off,
+            resolver_dir: "/etc/resolver".into(),
+            firewall: crate::settings::FirewallMode::Off,
+        }
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn up_twice_changes_nothing_the_second_time_and_down_clears() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let mut fake = Fake {
+            owned: vec![],
+            fail_on: None,
+            applied: 0,
+        };
+        rt().block_on(async {
+            let first = up(&mut fake, &settings(), &store, false, Hooks::default())
+                .await
+                .unwrap();
+            assert_eq!(first.changes.len(), 5);
+            assert!(store.load().unwrap().is_some());
+            let second = up(&mut fake, &settings(), &store, false, Hooks::default())
+                .await
+                .unwrap();
+            assert!(second.changes.is_empty());
+            let gone = down(&mut fake, &store, false, Hooks::default())
+                .await
+                .unwrap();
+            assert_eq!(gone.changes.len(), 5);
+            assert!(fake.owned.is_empty());
+            assert!(store.load().unwrap().is_none());
+        });
+    }
+
+    #[test]
+    fn a_failed_change_rolls_back_the_ones_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let mut fake = Fake {
+            owned: vec![],
+            fail_on: Some(3),
+            applied: 0,
+        };
+        rt().block_on(async {
+            let e = up(&mut fake, &settings(), &store, false, Hooks::default())
+                .await
+                .unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.contains("injected failure") && msg.contains("rolled back the 3 change(s)"),
+                "{msg}"
+            );
+            assert!(fake.owned.is_empty(), "left behind: {:?}", fake.owned);
+            assert!(store.load().unwrap().is_none());
+        });
+    }
+
+    #[test]
+    fn dry_run_applies_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("never-created"));
+        let mut fake = Fake {
+            owned: vec![],
+            fail_on: None,
+            applied: 0,
+        };
+        rt().block_on(async {
+            let o = up(&mut fake, &settings(), &store, true, Hooks::default())
+                .await
+                .unwrap();
+            assert_eq!(o.changes.len(), 5);
+            assert!(fake.owned.is_empty());
+            assert!(!store.dir().exists());
+        });
+    }
+}

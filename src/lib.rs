@@ -1,0 +1,15 @@
+//! dockroute: reach Docker containers that live inside a local VM.
+//!
+//! The pipeline is the same for every command:
+//! settings → discover → plan → observe → diff → apply → record (see `engine`).
+
+pub mod cli;
+pub mod discover;
+pub mod engine;
+pub mod machine;
+pub mod net;
+pub mod plan;
+pub mod record;
+pub mod report;
+pub mod settings;
+pub mod validate;

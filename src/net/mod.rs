@@ -1,0 +1,392 @@
+//! The kernel's network view, as dockroute needs it: links, addresses, neighbours, routes, policy
+//! rules, route lookups and change events.
+//!
+//! The types here are plain data with no `cfg`, so planning, diffing and rendering are tested on
+//! every platform. [`Net`] is the one interface; the OS picks its implementation below.
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::time::Instant;
+
+#[cfg(target_os = "linux")]
+mod linux;
+#[cfg(target_os = "linux")]
+pub use linux::System;
+
+#[cfg(target_os = "macos")]
+mod macos;
+#[cfg(target_os = "macos")]
+pub use macos::System;
+
+/// The route protocol number that marks routes and rules as dockroute's. Values above
+/// `RTPROT_STATIC` (4) are not interpreted by the kernel; 100 is unassigned in iproute2's list.
+pub const PROTO: u8 = 100;
+/// The name shipped for `/etc/iproute2/rt_protos.d/dockroute.conf`.
+pub const PROTO_NAME: &str = "dockroute";
+/// dockroute's own routing table.
+pub const TABLE: u32 = 5017;
+/// Preference of dockroute's policy rules: below every VPN client's (Tailscale starts at 5210).
+pub const RULE_PREF: u32 = 5100;
+/// The kernel's main table.
+pub const MAIN_TABLE: u32 = 254;
+/// Metric of the copy of each subnet route that dockroute keeps in the main table, for rules that
+/// VPN clients insert ahead of dockroute's (`lookup main suppress_prefixlength 0`).
+pub const MAIN_METRIC: u32 = 5017;
+
+/// A route dockroute installs (or found carrying its protocol tag).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteSpec {
+    pub table: u32,
+    pub dst: Ipv4Net,
+    pub gateway: Option<Ipv4Addr>,
+    pub ifindex: u32,
+    pub ifname: String,
+    pub prefsrc: Option<Ipv4Addr>,
+    pub metric: u32,
+}
+
+/// A policy rule `to DST lookup TABLE` at preference `pref`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleSpec {
+    pub pref: u32,
+    pub dst: Ipv4Net,
+    pub table: u32,
+}
+
+/// One object dockroute owns in the kernel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Entry {
+    Route(RouteSpec),
+    Rule(RuleSpec),
+}
+
+/// A change to apply: add or remove one owned entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", content = "entry", rename_all = "lowercase")]
+pub enum Change {
+    Add(Entry),
+    Remove(Entry),
+}
+
+impl Change {
+    /// The change that undoes this one.
+    pub fn inverse(&self) -> Change {
+        match self {
+            Change::Add(e) => Change::Remove(e.clone()),
+            Change::Remove(e) => Change::Add(e.clone()),
+        }
+    }
+}
+
+/// A link with its IPv4 addresses (each with its prefix length).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LinkInfo {
+    pub index: u32,
+    pub name: String,
+    pub up: bool,
+    pub loopback: bool,
+    pub addrs: Vec<Ipv4Net>,
+}
+
+/// A neighbour table entry (ARP) for an IPv4 address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Neighbour {
+    pub ifindex: u32,
+    pub ip: Ipv4Addr,
+    /// Reachable, stale, delay, probe or permanent: an entry a host really answered for.
+    pub live: bool,
+}
+
+/// A route that is not dockroute's, as far as status needs to describe it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ForeignRoute {
+    pub table: u32,
+    pub dst: Ipv4Net,
+    /// unicast, local, blackhole, unreachable, prohibit, throw, ...
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub gateway: Option<Ipv4Addr>,
+    pub dev: Option<String>,
+    pub protocol: String,
+    pub metric: u32,
+}
+
+/// A policy rule that is not dockroute's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ForeignRule {
+    pub pref: u32,
+    /// `None` means the rule matches every destination.
+    pub dst: Option<Ipv4Net>,
+    /// Whether the rule has other selectors (source, fwmark, interface, ...), so it may not match
+    /// every packet to `dst`.
+    pub selective: bool,
+    /// What `ip rule` prints for it, e.g. `not from all fwmark 0xca6c lookup 51820`.
+    pub text: String,
+    pub protocol: String,
+}
+
+/// Every IPv4 route and rule, split into dockroute's and everybody else's.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub owned: Vec<Entry>,
+    pub foreign_routes: Vec<ForeignRoute>,
+    pub foreign_rules: Vec<ForeignRule>,
+}
+
+/// What the kernel does with a packet to one address (`ip route get`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", rename_all = "lowercase")]
+pub enum Lookup {
+    Route {
+        table: u32,
+        #[serde(rename = "type")]
+        kind: String,
+        gateway: Option<Ipv4Addr>,
+        dev: Option<String>,
+        prefsrc: Option<Ipv4Addr>,
+    },
+    /// The kernel refused: no route, unreachable, prohibited, ...
+    Unreachable { reason: String },
+}
+
+/// The platform's network interface. One implementation per OS, chosen above.
+#[allow(async_fn_in_trait)] // single-threaded runtime: no Send bounds needed
+pub trait Net {
+    /// Links with their IPv4 addresses.
+    async fn links(&mut self) -> Result<Vec<LinkInfo>, NetError>;
+    /// The IPv4 neighbour (ARP) table.
+    async fn neighbours(&mut self) -> Result<Vec<Neighbour>, NetError>;
+    /// All IPv4 routes and rules, split by owner.
+    async fn snapshot(&mut self) -> Result<Snapshot, NetError>;
+    /// The route the kernel picks for `dst`.
+    async fn lookup(&mut self, dst: Ipv4Addr) -> Result<Lookup, NetError>;
+    /// Apply one change. Adding what exists already or removing what is gone is an error only
+    /// when something else's object is in the way.
+    async fn apply(&mut self, change: &Change) -> Result<(), NetError>;
+    /// Start receiving link, address and neighbour events (before checking the state, so no
+    /// event between the check and the wait is lost).
+    async fn subscribe(&mut self) -> Result<(), NetError>;
+    /// Wait for the next event, or until `deadline`. Returns false on timeout.
+    async fn next_event(&mut self, deadline: Instant) -> Result<bool, NetError>;
+}
+
+/// Errors of the network layer.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("{op}: {source}")]
+    Os {
+        op: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0} is not supported on this platform yet")]
+    Unsupported(&'static str),
+}
+
+impl NetError {
+    pub fn os(op: impl Into<String>, source: std::io::Error) -> Self {
+        NetError::Os {
+            op: op.into(),
+            source,
+        }
+    }
+
+    /// Whether the kernel said "operation not permitted".
+    pub fn is_permission(&self) -> bool {
+        matches!(self, NetError::Os { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied)
+    }
+}
+
+fn table_name(t: u32) -> String {
+    match t {
+        MAIN_TABLE => "main".into(),
+        255 => "local".into(),
+        253 => "default".into(),
+        TABLE => "dockroute".into(),
+        t => t.to_string(),
+    }
+}
+
+impl fmt::Display for RouteSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.dst)?;
+        if let Some(gw) = self.gateway {
+            write!(f, " via {gw}")?;
+        }
+        write!(f, " dev {}", self.ifname)?;
+        if self.gateway.is_none() {
+            write!(f, " scope link")?;
+        }
+        if let Some(src) = self.prefsrc {
+            write!(f, " src {src}")?;
+        }
+        write!(f, " table {} proto {PROTO_NAME}", table_name(self.table))?;
+        if self.metric != 0 {
+            write!(f, " metric {}", self.metric)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for RuleSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "pref {} to {} lookup {} proto {PROTO_NAME}",
+            self.pref,
+            self.dst,
+            table_name(self.table)
+        )
+    }
+}
+
+impl fmt::Display for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Entry::Route(r) => write!(f, "route {r}"),
+            Entry::Rule(r) => write!(f, "rule {r}"),
+        }
+    }
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::Add(e) => write!(f, "+ {e}"),
+            Change::Remove(e) => write!(f, "- {e}"),
+        }
+    }
+}
+
+impl fmt::Display for ForeignRoute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.kind != "unicast" {
+            write!(f, "{} ", self.kind)?;
+        }
+        write!(f, "{}", self.dst)?;
+        if let Some(gw) = self.gateway {
+            write!(f, " via {gw}")?;
+        }
+        if let Some(dev) = &self.dev {
+            write!(f, " dev {dev}")?;
+        }
+        write!(
+            f,
+            " table {} proto {}",
+            table_name(self.table),
+            self.protocol
+        )?;
+        if self.metric != 0 {
+            write!(f, " metric {}", self.metric)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for ForeignRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} proto {}", self.pref, self.text, self.protocol)
+    }
+}
+
+impl fmt::Display for Lookup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Lookup::Route {
+                table,
+                kind,
+                gateway,
+                dev,
+                prefsrc,
+            } => {
+                if kind != "unicast" {
+                    write!(f, "{kind} ")?;
+                }
+                if let Some(gw) = gateway {
+                    write!(f, "via {gw} ")?;
+                }
+                if let Some(dev) = dev {
+                    write!(f, "dev {dev} ")?;
+                }
+                write!(f, "table {}", table_name(*table))?;
+                if let Some(src) = prefsrc {
+                    write!(f, " src {src}")?;
+                }
+                Ok(())
+            }
+            Lookup::Unreachable { reason } => write!(f, "unreachable ({reason})"),
+        }
+    }
+}
+
+/// Name of a route protocol number, as iproute2 prints it.
+pub fn protocol_name(p: u8) -> String {
+    match p {
+        0 => "unspec".into(),
+        1 => "redirect".into(),
+        2 => "kernel".into(),
+        3 => "boot".into(),
+        4 => "static".into(),
+        16 => "dhcp".into(),
+        PROTO => PROTO_NAME.into(),
+        p => p.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route() -> RouteSpec {
+        RouteSpec {
+            table: TABLE,
+            dst: "172.17.0.0/16".parse().unwrap(),
+            gateway: Some(Ipv4Addr::new(192, 168, 99, 100)),
+            ifindex: 3,
+            ifname: "vboxnet0".into(),
+            prefsrc: None,
+            metric: 0,
+        }
+    }
+
+    #[test]
+    fn renders_like_ip_route() {
+        assert_eq!(
+            Change::Add(Entry::Route(route())).to_string(),
+            "+ route 172.17.0.0/16 via 192.168.99.100 dev vboxnet0 table dockroute proto dockroute"
+        );
+        let rule = RuleSpec {
+            pref: RULE_PREF,
+            dst: "192.168.99.0/24".parse().unwrap(),
+            table: TABLE,
+        };
+        assert_eq!(
+            Change::Remove(Entry::Rule(rule)).to_string(),
+            "- rule pref 5100 to 192.168.99.0/24 lookup dockroute proto dockroute"
+        );
+    }
+
+    #[test]
+    fn inverse_round_trips() {
+        let c = Change::Add(Entry::Route(route()));
+        assert_eq!(c.inverse().inverse(), c);
+        assert_ne!(c.inverse(), c);
+    }
+
+    #[test]
+    fn serializes_for_the_record() {
+        let e = Entry::Route(route());
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(
+            json.starts_with(r#"{"kind":"route","table":5017,"#),
+            "{json}"
+        );
+        let back: Entry = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, e);
+    }
+}

@@ -1,0 +1,255 @@
+//! The ownership record in the state directory, its lock, and atomic writes.
+//!
+//! Routes and rules are found again by their protocol tag even without the record; the record is
+//! what `status` shows as "installed by the last `up`", and the place later concerns (DNS,
+//! firewall) keep what has no tag of its own.
+
+use crate::discover::Target;
+use crate::net::Entry;
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/dockroute";
+const RECORD: &str = "state.json";
+const LOCK: &str = "lock";
+const VERSION: u32 = 1;
+
+/// What dockroute installed, as of its last successful `up`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub version: u32,
+    pub target: Target,
+    pub entries: Vec<Entry>,
+}
+
+impl Record {
+    pub fn new(target: Target, entries: Vec<Entry>) -> Self {
+        Record {
+            version: VERSION,
+            target,
+            entries,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("state directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("state directory {0} is not a directory")]
+    NotADirectory(PathBuf),
+    #[error("state directory {0} is writable by other users; use a directory only root can write")]
+    Unsafe(PathBuf),
+    #[error("record {path} is unreadable ({reason}); `dockroute down` still finds tagged routes")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RecordError + '_ {
+    move |source| RecordError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The state directory.
+#[derive(Clone, Debug)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+/// Held while a command changes the system; dropping it releases the lock.
+#[derive(Debug)]
+pub struct Lock {
+    _file: File,
+}
+
+impl Store {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Store { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn ensure_dir(&self) -> Result<(), RecordError> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&self.dir)
+            .map_err(io_err(&self.dir))?;
+        let meta = std::fs::symlink_metadata(&self.dir).map_err(io_err(&self.dir))?;
+        if !meta.is_dir() {
+            return Err(RecordError::NotADirectory(self.dir.clone()));
+        }
+        if meta.mode() & 0o022 != 0 && nix::unistd::geteuid().is_root() {
+            return Err(RecordError::Unsafe(self.dir.clone()));
+        }
+        Ok(())
+    }
+
+    /// Take the exclusive lock, waiting for a concurrent `up` or `down` to finish.
+    pub fn lock(&self) -> Result<Lock, RecordError> {
+        self.ensure_dir()?;
+        let path = self.dir.join(LOCK);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(&path)
+            .map_err(io_err(&path))?;
+        if file.try_lock().is_err() {
+            tracing::info!("waiting for another dockroute to finish");
+            file.lock().map_err(io_err(&path))?;
+        }
+        Ok(Lock { _file: file })
+    }
+
+    /// The record, if there is one.
+    pub fn load(&self) -> Result<Option<Record>, RecordError> {
+        let path = self.dir.join(RECORD);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| RecordError::Corrupt {
+                path,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Replace the record atomically: a temporary file in the same directory, fsync, rename,
+    /// fsync of the directory.
+    pub fn save(&self, record: &Record) -> Result<(), RecordError> {
+        self.ensure_dir()?;
+        let path = self.dir.join(RECORD);
+        let mut body = serde_json::to_vec_pretty(record).map_err(|e| RecordError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        body.push(b'\n');
+        write_atomic(&path, &body, 0o644)
+    }
+
+    /// Remove the record (a missing one is fine).
+    pub fn clear(&self) -> Result<(), RecordError> {
+        let path = self.dir.join(RECORD);
+        match std::fs::remove_file(&path) {
+            Ok(()) => sync_dir(&self.dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+}
+
+/// Write `path` atomically with `mode`: readers see the old content or the new, never a part.
+pub fn write_atomic(path: &Path, body: &[u8], mode: u32) -> Result<(), RecordError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".dockroute-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .tempfile_in(dir)
+        .map_err(io_err(dir))?;
+    tmp.write_all(body).map_err(io_err(path))?;
+    tmp.as_file().sync_all().map_err(io_err(path))?;
+    tmp.persist(path).map_err(|e| io_err(path)(e.error))?;
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), RecordError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discover::VmIpSource;
+
+    fn record() -> Record {
+        let target = Target {
+            ifname: "vboxnet0".into(),
+            ifindex: 3,
+            host_addr: "192.168.99.1/24".parse().unwrap(),
+            vm_ip: "192.168.99.100".parse().unwrap(),
+            vm_ip_source: VmIpSource::Flag,
+            subnets: vec!["172.17.0.0/16".parse().unwrap()],
+        };
+        let entries = crate::plan::desired(&target);
+        Record::new(target, entries)
+    }
+
+    #[test]
+    fn save_load_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("state"));
+        assert_eq!(store.load().unwrap(), None);
+        let _lock = store.lock().unwrap();
+        store.save(&record()).unwrap();
+        assert_eq!(store.load().unwrap(), Some(record()));
+        // no temporary files left behind
+        let names: Vec<_> = std::fs::read_dir(store.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(sorted, ["lock", "state.json"]);
+        store.clear().unwrap();
+        store.clear().unwrap();
+        assert_eq!(store.load().unwrap(), None);
+    }
+
+    #[test]
+    fn corrupt_record_is_reported_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        std::fs::write(dir.path().join("state.json"), "{half").unwrap();
+        assert!(matches!(store.load(), Err(RecordError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn lock_is_exclusive_across_open_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let held = store.lock().unwrap();
+        let other = File::open(dir.path().join("lock")).unwrap();
+        assert!(other.try_lock().is_err());
+        drop(held);
+        assert!(other.try_lock().is_ok());
+    }
+
+    #[test]
+    fn lock_file_is_never_followed_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::os::unix::fs::symlink(&victim, state.join("lock")).unwrap();
+        assert!(Store::new(&state).lock().is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+    }
+
+    #[test]
+    fn a_file_where_the_directory_should_be_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("file");
+        std::fs::write(&f, "").unwrap();
+        assert!(Store::new(&f).lock().is_err());
+    }
+}

@@ -1,0 +1,143 @@
+//! Rendering for people and for programs (`--json`).
+
+use crate::engine::{Conflict, Outcome, Status};
+use std::fmt::Write;
+
+/// The result of `up` or `down`, for people.
+pub fn outcome(verb: &str, o: &Outcome) -> String {
+    let mut s = String::new();
+    if let Some(t) = &o.target {
+        let subnets: Vec<String> = t.subnets.iter().map(|n| n.to_string()).collect();
+        let _ = writeln!(
+            s,
+            "{} via VM {} on {} (VM IP from {})",
+            subnets.join(", "),
+            t.vm_ip,
+            t.ifname,
+            t.vm_ip_source
+        );
+    }
+    if o.changes.is_empty() {
+        let _ = writeln!(s, "{verb}: nothing to change");
+        return s;
+    }
+    let head = if o.dry_run {
+        format!(
+            "{verb} --dry-run: would apply {} change(s):",
+            o.changes.len()
+        )
+    } else {
+        format!("{verb}: applied {} change(s):", o.changes.len())
+    };
+    let _ = writeln!(s, "{head}");
+    for c in &o.changes {
+        let _ = writeln!(s, "  {c}");
+    }
+    s
+}
+
+/// `status`, for people.
+pub fn status(st: &Status) -> String {
+    let mut s = String::new();
+    let row = |s: &mut String, k: &str, v: &str| {
+        let _ = writeln!(s, "{k:<12} {v}");
+    };
+    match &st.target {
+        Some(t) => {
+            let link = match &st.link {
+                Some(l) => {
+                    let addrs: Vec<String> = l.addrs.iter().map(|a| a.to_string()).collect();
+                    format!(
+                        "{} ({}, {})",
+                        l.name,
+                        if l.up { "up" } else { "DOWN" },
+                        if addrs.is_empty() {
+                            "no IPv4 address".into()
+                        } else {
+                            addrs.join(", ")
+                        }
+                    )
+                }
+                None => format!("{} (MISSING)", t.ifname),
+            };
+            row(&mut s, "link", &link);
+            let from = match st.target_from {
+                Some("record") => format!("{}, recorded by the last up", t.vm_ip_source),
+                _ => t.vm_ip_source.to_string(),
+            };
+            row(&mut s, "VM IP", &format!("{} (from {from})", t.vm_ip));
+            let subnets: Vec<String> = t.subnets.iter().map(|n| n.to_string()).collect();
+            row(&mut s, "subnets", &subnets.join(", "));
+        }
+        None => row(
+            &mut s,
+            "VM",
+            &format!(
+                "not found: {}",
+                st.discovery_error.as_deref().unwrap_or("unknown")
+            ),
+        ),
+    }
+    if let Some(e) = &st.record_error {
+        row(&mut s, "record", &format!("ERROR {e}"));
+    }
+    let state = match (st.installed.is_empty(), st.in_sync) {
+        (true, _) => "nothing (run dockroute up)".to_string(),
+        (false, true) => format!("{} entries, up to date", st.installed.len()),
+        (false, false) => format!(
+            "{} entries, OUT OF DATE (run dockroute up)",
+            st.installed.len()
+        ),
+    };
+    row(&mut s, "installed", &state);
+    for e in &st.installed {
+        let _ = writeln!(s, "  {e}");
+    }
+    if !st.probes.is_empty() {
+        let _ = writeln!(s, "kernel picks");
+        for p in &st.probes {
+            let _ = writeln!(
+                s,
+                "  {:<15} {:<55} {}",
+                p.address.to_string(),
+                p.kernel.to_string(),
+                if p.ok { "ok" } else { "NOT VIA THE VM" }
+            );
+        }
+    }
+    if st.conflicts.is_empty() {
+        row(&mut s, "conflicts", "none");
+    } else {
+        let _ = writeln!(s, "conflicts");
+        for c in &st.conflicts {
+            match c {
+                Conflict::Route(r) => {
+                    let _ = writeln!(s, "  route {r}");
+                }
+                Conflict::Rule {
+                    rule,
+                    before_dockroute,
+                } => {
+                    let when = if *before_dockroute {
+                        "consulted BEFORE dockroute's rules"
+                    } else {
+                        "after dockroute's rules"
+                    };
+                    let _ = writeln!(s, "  rule {rule} ({when})");
+                }
+            }
+        }
+    }
+    s
+}
+
+/// Any serializable report as pretty JSON with a trailing newline.
+pub fn json<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_string_pretty(value) {
+        Ok(mut s) => {
+            s.push('\n');
+            s
+        }
+        Err(e) => format!("{{\"error\": \"cannot render JSON: {e}\"}}\n"),
+    }
+}
