@@ -94,9 +94,7 @@ pub type SourcedIp = (Ipv4Addr, VmIpSource);
 
 /// Resolve the VM IP from the sources outside the kernel. Returns the IP if one answered, and
 /// notes on the sources tried (for the error message if none does).
-pub fn external_vm_ip(
-    req: &Request,
-) -> Result<(Option<SourcedIp>, Vec<String>), DiscoverError> {
+pub fn external_vm_ip(req: &Request) -> Result<(Option<SourcedIp>, Vec<String>), DiscoverError> {
     if let Some(v) = &req.vm_ip {
         return Ok((Some(v.clone()), vec![]));
     }

@@ -19,10 +19,9 @@ pub enum EngineError {
     Net(#[from] NetError),
     #[error(transparent)]
     Record(#[from] RecordError),
-    #[error("{source}; rolled back the {done} change(s) made before it{}", undo_note(.undo_failed))]
+    #[error("{err}; rolled back the {done} change(s) made before it{}", undo_note(.undo_failed))]
     Apply {
-        #[source]
-        source: NetError,
+        err: NetError,
         done: usize,
         undo_failed: Vec<String>,
     },
@@ -64,7 +63,7 @@ async fn apply_all<N: Net>(
             tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
         }
         tracing::info!("{change}");
-        if let Err(source) = net.apply(change).await {
+        if let Err(err) = net.apply(change).await {
             let mut undo_failed = Vec::new();
             for d in done.iter().rev() {
                 if let Err(e) = net.apply(&d.inverse()).await {
@@ -72,7 +71,7 @@ async fn apply_all<N: Net>(
                 }
             }
             return Err(EngineError::Apply {
-                source,
+                err,
                 done: done.len(),
                 undo_failed,
             });
@@ -90,8 +89,9 @@ pub async fn up<N: Net>(
     dry_run: bool,
     hooks: Hooks,
 ) -> Result<Outcome, EngineError> {
-    let _lock = if dry_run { None } else { Some(store.lock()?) };
+    // Discovery only reads and validates; the lock covers observe → apply → record.
     let target = discover::discover(net, &settings.request).await?;
+    let _lock = if dry_run { None } else { Some(store.lock()?) };
     let desired = plan::desired(&target);
     let snap = net.snapshot().await?;
     let changes = plan::diff(&desired, &snap.owned);

@@ -37,12 +37,8 @@ impl Record {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
-    #[error("state directory {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("state directory {path}: {err}")]
+    Io { path: PathBuf, err: io::Error },
     #[error("state directory {0} is not a directory")]
     NotADirectory(PathBuf),
     #[error("state directory {0} is writable by other users; use a directory only root can write")]
@@ -52,9 +48,9 @@ pub enum RecordError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RecordError + '_ {
-    move |source| RecordError::Io {
+    move |err| RecordError::Io {
         path: path.to_path_buf(),
-        source,
+        err,
     }
 }
 

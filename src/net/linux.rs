@@ -464,7 +464,9 @@ impl Net for System {
     }
 
     async fn apply(&mut self, change: &Change) -> Result<(), NetError> {
-        let what = change.to_string();
+        let what = match change {
+            Change::Add(e) | Change::Remove(e) => e.to_string(),
+        };
         let result = match change {
             Change::Add(Entry::Route(r)) => {
                 self.handle.route().add(route_message(r)).execute().await
@@ -490,7 +492,8 @@ impl Net for System {
                     "cannot add {what}: another route for {} with metric {} is already in that table",
                     r.dst, r.metric
                 ))),
-                _ => Err(nl_err(format!("cannot apply '{what}'"), e)),
+                (Change::Add(_), _) => Err(nl_err(format!("cannot add {what}"), e)),
+                (Change::Remove(_), _) => Err(nl_err(format!("cannot remove {what}"), e)),
             },
         }
     }

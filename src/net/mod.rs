@@ -173,15 +173,12 @@ pub trait Net {
     async fn next_event(&mut self, deadline: Instant) -> Result<bool, NetError>;
 }
 
-/// Errors of the network layer.
+/// Errors of the network layer. Each message carries its cause (no `source()` chain), so the
+/// CLI's one-line rendering never repeats it.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    #[error("{op}: {source}")]
-    Os {
-        op: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{op}: {err}")]
+    Os { op: String, err: std::io::Error },
     #[error("{0}")]
     Conflict(String),
     #[error("{0} is not supported on this platform yet")]
@@ -189,16 +186,8 @@ pub enum NetError {
 }
 
 impl NetError {
-    pub fn os(op: impl Into<String>, source: std::io::Error) -> Self {
-        NetError::Os {
-            op: op.into(),
-            source,
-        }
-    }
-
-    /// Whether the kernel said "operation not permitted".
-    pub fn is_permission(&self) -> bool {
-        matches!(self, NetError::Os { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied)
+    pub fn os(op: impl Into<String>, err: std::io::Error) -> Self {
+        NetError::Os { op: op.into(), err }
     }
 }
 

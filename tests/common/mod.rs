@@ -1,0 +1,217 @@
+//! The namespace lab for integration tests: scripts/lab.sh builds it, `Drop` removes it (also
+//! when a test panics). Commands run inside the lab's host namespace only.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_dockroute");
+pub const LAB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/lab.sh");
+pub const VM_IP: &str = "192.168.99.100";
+pub const CONTAINER: &str = "172.17.0.2:6379";
+
+/// Privileged tests run as root. Outside CI a non-root run may skip them only when asked to with
+/// DOCKROUTE_SKIP_PRIVILEGED=1; in CI (CI=true) they never skip.
+pub fn privileged() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let skip = std::env::var("DOCKROUTE_SKIP_PRIVILEGED").is_ok_and(|v| v == "1");
+    if skip && !ci {
+        eprintln!("SKIPPED (not root, DOCKROUTE_SKIP_PRIVILEGED=1)");
+        return false;
+    }
+    panic!(
+        "this test needs root (network namespaces); set DOCKROUTE_SKIP_PRIVILEGED=1 to skip outside CI"
+    );
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    pub fn ok(self) -> Run {
+        assert_eq!(
+            self.code, 0,
+            "failed: stdout={} stderr={}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+}
+
+pub struct Lab {
+    pub prefix: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Lab {
+    pub fn new() -> Lab {
+        let prefix = format!(
+            "drt{}x{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(dir.path().join("config.toml"), "").unwrap();
+        let lab = Lab { prefix, dir };
+        let out = Command::new(LAB)
+            .args(["create", &lab.prefix])
+            .output()
+            .expect("running scripts/lab.sh");
+        assert!(
+            out.status.success(),
+            "lab.sh create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        lab
+    }
+
+    pub fn host(&self) -> String {
+        format!("{}-host", self.prefix)
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    /// `dockroute ARGS` in the lab's host namespace, with a private config and state dir.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.host(), BIN])
+            .arg("--config")
+            .arg(self.config())
+            .args(args)
+            .env("DOCKROUTE_STATE_DIR", self.state_dir())
+            .env_remove("DOCKER_HOST")
+            .env_remove("MACHINE_STORAGE_PATH")
+            .env_remove("SUDO_USER")
+            .env_remove("DOCKROUTE_TEST_STALL_AFTER")
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn dockroute(&self, args: &[&str]) -> Run {
+        Run::from(self.command(args).output().expect("running dockroute"))
+    }
+
+    pub fn spawn(&self, args: &[&str], env: &[(&str, &str)]) -> Child {
+        let mut c = self.command(args);
+        c.envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c.spawn().expect("spawning dockroute")
+    }
+
+    /// `ip ARGS` in the host namespace; panics on failure.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .arg("-n")
+            .arg(self.host())
+            .args(args)
+            .output()
+            .expect("running ip");
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Every route in every table and every rule, as `ip` prints them.
+    pub fn snapshot(&self) -> String {
+        format!(
+            "{}\n--- rules ---\n{}",
+            self.ip(&["route", "show", "table", "all"]),
+            self.ip(&["rule", "show"])
+        )
+    }
+
+    /// Routes and rules carrying dockroute's protocol tag.
+    pub fn tagged(&self) -> usize {
+        let routes = self.ip(&["-4", "route", "show", "table", "all", "proto", "100"]);
+        let rules = self.ip(&["-4", "rule", "show"]);
+        routes.lines().count() + rules.lines().filter(|l| l.contains("proto 100")).count()
+    }
+
+    /// A fake VPN tunnel: a veth whose peer swallows everything (inside this namespace).
+    pub fn add_tunnel(&self, name: &str, addr: &str) {
+        let peer = format!("{name}p");
+        self.ip(&["link", "add", name, "type", "veth", "peer", "name", &peer]);
+        self.ip(&["addr", "add", addr, "dev", name]);
+        self.ip(&["link", "set", &peer, "up"]);
+        self.ip(&["link", "set", name, "up"]);
+    }
+
+    /// Run `f` on a thread inside the host namespace.
+    pub fn in_host<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.host());
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).expect("open netns");
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .expect("namespace thread")
+    }
+
+    /// A real TCP exchange with the container's echo service, from the host namespace.
+    pub fn reaches_container(&self) -> bool {
+        self.in_host(|| echo(CONTAINER))
+    }
+}
+
+/// Connect, send a line, expect it back.
+pub fn echo(addr: &str) -> bool {
+    let addr: SocketAddr = addr.parse().unwrap();
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(800)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"ping dockroute\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 15];
+    s.read_exact(&mut buf).is_ok() && &buf == b"ping dockroute\n"
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new(LAB).args(["destroy", &self.prefix]).status();
+    }
+}
+
+pub fn exists(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok()
+}

@@ -1,0 +1,171 @@
+//! Finding the VM: every source in its order, against the real kernel.
+#![cfg(target_os = "linux")]
+
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+fn source(lab: &Lab) -> serde_json::Value {
+    lab.dockroute(&["--json", "status"]).ok().json()["target"]["vm_ip_source"].clone()
+}
+
+#[test]
+fn the_single_live_neighbour_on_the_host_only_link_is_the_vm() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let err = lab.dockroute(&["up"]);
+    assert_ne!(err.code, 0);
+    assert!(err.stderr.contains("no live neighbour"), "{}", err.stderr);
+    // The host talks to the VM once (as the docker CLI would): the kernel learns its neighbour.
+    lab.in_host(|| {
+        let _ = std::net::TcpStream::connect_timeout(
+            &"192.168.99.100:2376".parse().unwrap(),
+            Duration::from_secs(1),
+        );
+    });
+    let out = lab.dockroute(&["up"]).ok();
+    assert!(
+        out.stdout
+            .contains("VM IP from the neighbour table of vboxnet0"),
+        "{}",
+        out.stdout
+    );
+    assert!(lab.reaches_container());
+    assert_eq!(source(&lab)["type"], "neighbour");
+}
+
+#[test]
+fn docker_host_names_the_vm() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let out = lab
+        .command(&["up"])
+        .env("DOCKER_HOST", "tcp://192.168.99.100:2376")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(lab.reaches_container());
+    assert_eq!(source(&lab)["type"], "docker-host");
+
+    // A DOCKER_HOST that is not tcp://IP is skipped and named in the error.
+    let lab = Lab::new();
+    let out = lab
+        .command(&["up"])
+        .env("DOCKER_HOST", "unix:///var/run/docker.sock")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("DOCKER_HOST ('unix:///var/run/docker.sock' is not tcp://IP)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_docker_machine_store_names_the_vm() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let store = lab.dir.path().join("machine");
+    std::fs::create_dir_all(store.join("machines/dev")).unwrap();
+    std::fs::write(
+        store.join("machines/dev/config.json"),
+        r#"{"ConfigVersion":3,"Driver":{"IPAddress":"192.168.99.100","MachineName":"dev"},"DriverName":"virtualbox"}"#,
+    )
+    .unwrap();
+    let out = lab
+        .command(&["up", "--machine", "dev"])
+        .env("MACHINE_STORAGE_PATH", &store)
+        // a DOCKER_HOST pointing elsewhere loses: --machine comes first
+        .env("DOCKER_HOST", "tcp://10.1.1.1:2376")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(lab.reaches_container());
+    let src = source(&lab);
+    assert_eq!(src["type"], "machine");
+    assert_eq!(src["name"], "dev");
+}
+
+#[test]
+fn the_config_file_names_the_vm_and_flags_override_it() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    std::fs::write(
+        lab.config(),
+        "vm_ip = \"192.168.99.100\"\ninterface = \"vboxnet0\"\nsubnets = [\"172.17.0.0/16\"]\n",
+    )
+    .unwrap();
+    lab.dockroute(&["up"]).ok();
+    assert!(lab.reaches_container());
+    assert_eq!(source(&lab)["type"], "config");
+    // --vm-ip beats the config file
+    let run = lab
+        .dockroute(&["up", "--vm-ip", "192.168.99.77", "--dry-run"])
+        .ok();
+    assert!(
+        run.stdout.contains("via VM 192.168.99.77"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn wait_follows_netlink_events_until_the_link_is_ready() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    // The host-only link loses its address, as before VirtualBox configures it.
+    lab.ip(&["addr", "flush", "dev", "vboxnet0"]);
+    let start = Instant::now();
+    let child = lab.spawn(&["up", "--vm-ip", VM_IP, "--wait", "20"], &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    lab.ip(&["addr", "add", "192.168.99.1/24", "dev", "vboxnet0"]);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // It woke on the address event, long before its 20 s deadline.
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "did not wake on the event"
+    );
+    assert!(lab.reaches_container());
+
+    // A link that never appears: an error naming the wait, after the deadline.
+    let lab = Lab::new();
+    let run = lab.dockroute(&[
+        "up",
+        "--vm-ip",
+        VM_IP,
+        "--interface",
+        "vboxnet5",
+        "--wait",
+        "0.3",
+    ]);
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("no link named 'vboxnet5'") && run.stderr.contains("(waited 0.3s)"),
+        "{}",
+        run.stderr
+    );
+}

@@ -1,0 +1,434 @@
+//! `up`, `down`, `status` against the real kernel, in a namespace lab per test.
+#![cfg(target_os = "linux")]
+
+mod common;
+use common::*;
+
+fn up(lab: &Lab) -> Run {
+    lab.dockroute(&["up", "--vm-ip", VM_IP]).ok()
+}
+
+#[test]
+fn up_makes_the_container_reachable_and_down_restores_the_exact_state() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let before = lab.snapshot();
+    assert!(!lab.reaches_container(), "reachable before up?");
+
+    let first = up(&lab);
+    assert!(
+        first.stdout.contains("applied 5 change(s)"),
+        "{}",
+        first.stdout
+    );
+    assert!(lab.reaches_container(), "not reachable after up");
+    let after_up = lab.snapshot();
+
+    let second = lab.dockroute(&["--json", "up", "--vm-ip", VM_IP]).ok();
+    assert_eq!(second.json()["changes"], serde_json::json!([]));
+    assert_eq!(
+        lab.snapshot(),
+        after_up,
+        "second up changed the kernel state"
+    );
+
+    lab.dockroute(&["down"]).ok();
+    assert_eq!(
+        lab.snapshot(),
+        before,
+        "down did not restore the state byte for byte"
+    );
+    assert!(!lab.reaches_container());
+    assert!(
+        !exists(&lab.state_dir().join("state.json")),
+        "record left behind"
+    );
+
+    let again = lab.dockroute(&["down"]).ok();
+    assert!(
+        again.stdout.contains("nothing to change"),
+        "{}",
+        again.stdout
+    );
+}
+
+#[test]
+fn dry_run_prints_the_changes_and_applies_none() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let before = lab.snapshot();
+    let dry = lab.dockroute(&["up", "--vm-ip", VM_IP, "--dry-run"]).ok();
+    assert!(
+        dry.stdout.contains("would apply 5 change(s)"),
+        "{}",
+        dry.stdout
+    );
+    assert!(
+        dry.stdout
+            .contains("+ rule pref 5100 to 172.17.0.0/16 lookup dockroute"),
+        "{}",
+        dry.stdout
+    );
+    assert_eq!(lab.snapshot(), before);
+    assert!(!exists(&lab.state_dir()), "dry run created the state dir");
+
+    up(&lab);
+    let installed = lab.snapshot();
+    let dry = lab.dockroute(&["--json", "down", "--dry-run"]).ok();
+    let changes = dry.json()["changes"].as_array().unwrap().len();
+    assert_eq!(changes, 5);
+    assert_eq!(lab.snapshot(), installed);
+    assert!(lab.reaches_container());
+}
+
+/// Each VPN routing pattern of issue 2, point 4. The developer's old manual route
+/// (`route add 172.17.0.0/16 <vm>`) breaks under the VPN; dockroute's routes keep working, and
+/// `down` leaves the VPN's objects and the manual route exactly as they were.
+fn vpn_scenario(manual_metric: &str, vpn: impl Fn(&Lab), manual_survives_vpn: bool) {
+    let lab = Lab::new();
+    lab.add_tunnel("tun0", "10.66.0.2/24");
+    lab.ip(&[
+        "route",
+        "add",
+        "172.17.0.0/16",
+        "via",
+        VM_IP,
+        "metric",
+        manual_metric,
+    ]);
+    assert!(lab.reaches_container(), "the manual route does not work");
+    vpn(&lab);
+    assert_eq!(
+        lab.reaches_container(),
+        manual_survives_vpn,
+        "the VPN simulation does not behave like the real client"
+    );
+    let with_vpn = lab.snapshot();
+
+    up(&lab);
+    assert!(lab.reaches_container(), "dockroute lost against the VPN");
+    let status = lab.dockroute(&["--json", "status"]).ok().json();
+    assert!(
+        status["probes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["ok"] == true),
+        "{status}"
+    );
+    let again = lab.dockroute(&["--json", "up", "--vm-ip", VM_IP]).ok();
+    assert_eq!(again.json()["changes"], serde_json::json!([]));
+
+    lab.dockroute(&["down"]).ok();
+    assert_eq!(
+        lab.snapshot(),
+        with_vpn,
+        "down touched something not its own"
+    );
+
+    // The other order: dockroute first, then the VPN connects.
+    let lab = Lab::new();
+    lab.add_tunnel("tun0", "10.66.0.2/24");
+    up(&lab);
+    vpn(&lab);
+    assert!(
+        lab.reaches_container(),
+        "a VPN connecting after up broke the route"
+    );
+}
+
+#[test]
+fn survives_an_exact_prefix_route_with_a_lower_metric() {
+    if !privileged() {
+        return;
+    }
+    vpn_scenario(
+        "100",
+        |lab| {
+            lab.ip(&[
+                "route",
+                "add",
+                "172.17.0.0/16",
+                "dev",
+                "tun0",
+                "metric",
+                "0",
+            ]);
+        },
+        false,
+    );
+}
+
+#[test]
+fn survives_a_vpnc_script_route_replace() {
+    if !privileged() {
+        return;
+    }
+    // vpnc-script's split include: `ip route replace NET dev $TUNDEV` (overwrites the manual one)
+    vpn_scenario(
+        "0",
+        |lab| {
+            lab.ip(&["route", "replace", "172.17.0.0/16", "dev", "tun0"]);
+        },
+        false,
+    );
+}
+
+#[test]
+fn survives_a_tailscale_exit_node_table() {
+    if !privileged() {
+        return;
+    }
+    // Exit node without LAN access: table 52 at pref 5270 with a default route, and the
+    // host-only network routed into the tunnel too.
+    vpn_scenario(
+        "0",
+        |lab| {
+            lab.ip(&["route", "add", "default", "dev", "tun0", "table", "52"]);
+            lab.ip(&[
+                "route",
+                "add",
+                "192.168.99.0/24",
+                "dev",
+                "tun0",
+                "table",
+                "52",
+            ]);
+            lab.ip(&["rule", "add", "pref", "5270", "lookup", "52"]);
+        },
+        false,
+    );
+}
+
+#[test]
+fn survives_a_full_tunnel_with_half_default_routes() {
+    if !privileged() {
+        return;
+    }
+    // OpenVPN redirect-gateway def1: 0/1 + 128/1. A /16 is longer, so even the manual route
+    // survives; dockroute must simply not be worse.
+    vpn_scenario(
+        "0",
+        |lab| {
+            lab.ip(&["route", "add", "0.0.0.0/1", "dev", "tun0"]);
+            lab.ip(&["route", "add", "128.0.0.0/1", "dev", "tun0"]);
+        },
+        true,
+    );
+}
+
+#[test]
+fn down_removes_only_what_carries_the_tag() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    // Someone else's objects that look like dockroute's: same table, same prefix, same pref.
+    lab.ip(&[
+        "route",
+        "add",
+        "172.17.0.0/16",
+        "via",
+        VM_IP,
+        "table",
+        "5017",
+        "metric",
+        "7",
+    ]);
+    lab.ip(&[
+        "route",
+        "add",
+        "172.17.0.0/16",
+        "via",
+        VM_IP,
+        "metric",
+        "99",
+    ]);
+    lab.ip(&[
+        "rule",
+        "add",
+        "pref",
+        "5100",
+        "to",
+        "172.17.0.0/16",
+        "lookup",
+        "5017",
+    ]);
+    let before = lab.snapshot();
+    up(&lab);
+    assert_eq!(lab.tagged(), 5);
+    lab.dockroute(&["down"]).ok();
+    assert_eq!(lab.snapshot(), before);
+}
+
+#[test]
+fn status_reports_link_source_kernel_choice_and_conflicts() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    lab.add_tunnel("tun0", "10.66.0.2/24");
+    lab.ip(&[
+        "route",
+        "add",
+        "172.17.0.0/16",
+        "dev",
+        "tun0",
+        "metric",
+        "0",
+    ]);
+    lab.ip(&["rule", "add", "pref", "5270", "lookup", "52"]);
+    up(&lab);
+    let st = lab.dockroute(&["--json", "status"]).ok().json();
+    assert_eq!(st["target"]["interface"], "vboxnet0");
+    assert_eq!(st["target"]["vm_ip"], VM_IP);
+    assert_eq!(st["target"]["vm_ip_source"]["type"], "flag");
+    assert_eq!(st["link"]["addrs"][0], "192.168.99.1/24");
+    assert_eq!(st["installed"].as_array().unwrap().len(), 5);
+    assert_eq!(st["in_sync"], true);
+    let probe = &st["probes"][0];
+    assert_eq!(probe["address"], "172.17.0.1");
+    assert_eq!(probe["kernel"]["table"], 5017);
+    assert_eq!(probe["kernel"]["gateway"], VM_IP);
+    assert_eq!(probe["kernel"]["dev"], "vboxnet0");
+    let conflicts = st["conflicts"].as_array().unwrap();
+    assert!(
+        conflicts
+            .iter()
+            .any(|c| c["kind"] == "route" && c["dev"] == "tun0" && c["dst"] == "172.17.0.0/16"),
+        "{st}"
+    );
+    assert!(
+        conflicts
+            .iter()
+            .any(|c| c["kind"] == "rule" && c["pref"] == 5270 && c["before_dockroute"] == false),
+        "{st}"
+    );
+
+    let human = lab.dockroute(&["status"]).ok().stdout;
+    for want in [
+        "vboxnet0 (up, 192.168.99.1/24)",
+        "192.168.99.100 (from --vm-ip",
+        "5 entries, up to date",
+        "table dockroute",
+        "ok",
+        "dev tun0",
+    ] {
+        assert!(human.contains(want), "missing {want:?} in:\n{human}");
+    }
+
+    // A routing change the user made by hand shows up as out of date and not via the VM.
+    lab.ip(&[
+        "rule",
+        "del",
+        "pref",
+        "5100",
+        "to",
+        "172.17.0.0/16",
+        "lookup",
+        "5017",
+        "proto",
+        "100",
+    ]);
+    let st = lab.dockroute(&["--json", "status"]).ok().json();
+    assert_eq!(st["in_sync"], false);
+    assert_eq!(st["probes"][0]["ok"], false);
+}
+
+#[test]
+fn status_changes_nothing_and_works_without_root() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    up(&lab);
+    let before = lab.snapshot();
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.host(),
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "--config",
+        ])
+        .arg(lab.config())
+        .args(["--json", "status"])
+        .env("DOCKROUTE_STATE_DIR", lab.state_dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["installed"].as_array().unwrap().len(), 5);
+    assert_eq!(st["probes"][0]["ok"], true);
+    assert_eq!(lab.snapshot(), before);
+
+    // and `up` as non-root is refused before anything happens
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.host(),
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "--config",
+        ])
+        .arg(lab.config())
+        .args(["down"])
+        .env("DOCKROUTE_STATE_DIR", lab.state_dir())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.starts_with("error: ") && err.contains("root") && err.lines().count() == 1,
+        "{err}"
+    );
+    assert_eq!(lab.snapshot(), before);
+}
+
+#[test]
+fn a_moved_vm_is_followed_without_leftovers() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    up(&lab);
+    // the VM comes back with another address (e.g. DHCP on the host-only network)
+    let vm = format!("{}-vm", lab.prefix);
+    let run = |args: &[&str]| {
+        assert!(
+            std::process::Command::new("ip")
+                .arg("-n")
+                .arg(&vm)
+                .args(args)
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    run(&["addr", "flush", "dev", "eth0"]);
+    run(&["addr", "add", "192.168.99.101/24", "dev", "eth0"]);
+    assert!(!lab.reaches_container());
+    let out = lab
+        .dockroute(&["--json", "up", "--vm-ip", "192.168.99.101"])
+        .ok()
+        .json();
+    assert_eq!(out["changes"].as_array().unwrap().len(), 4, "{out}");
+    assert!(lab.reaches_container());
+    assert_eq!(lab.tagged(), 5);
+}

@@ -1,0 +1,248 @@
+//! Refusing bad input, serializing concurrent runs, and cleaning up after a killed run.
+#![cfg(target_os = "linux")]
+
+mod common;
+use common::*;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+/// Exit non-zero with exactly one line `error: ...` containing `want`.
+fn refused(run: &Run, want: &str) {
+    assert_ne!(run.code, 0, "accepted; stdout={}", run.stdout);
+    assert!(run.stdout.is_empty(), "printed to stdout: {}", run.stdout);
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "not one line: {:?}", run.stderr);
+    assert!(lines[0].starts_with("error: "), "{:?}", lines[0]);
+    assert!(lines[0].contains(want), "{:?} lacks {want:?}", lines[0]);
+}
+
+#[test]
+fn bad_input_is_refused_with_one_line_and_changes_nothing() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let before = lab.snapshot();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["up", "--vm-ip", "300.1.1.1"],
+            "invalid IPv4 address '300.1.1.1'",
+        ),
+        (&["up", "--vm-ip", "127.0.0.1"], "not a usable unicast"),
+        (
+            &["up", "--vm-ip", VM_IP, "--subnet", "172.17.0.1/16"],
+            "did you mean 172.17.0.0/16",
+        ),
+        (
+            &["up", "--vm-ip", VM_IP, "--subnet", "junk"],
+            "invalid subnet 'junk'",
+        ),
+        (
+            &["up", "--vm-ip", VM_IP, "--subnet", "0.0.0.0/0"],
+            "refusing subnet",
+        ),
+        (
+            &["up", "--vm-ip", VM_IP, "--subnet", "192.168.0.0/16"],
+            "overlaps the host-only network",
+        ),
+        (
+            &["up", "--vm-ip", VM_IP, "--interface", "eth0;reboot"],
+            "invalid interface name",
+        ),
+        (
+            &["up", "--vm-ip", VM_IP, "--interface", "abcdefghijklmnop"],
+            "invalid interface name",
+        ),
+        (
+            &["up", "--vm-ip", VM_IP, "--interface", "vboxnet7"],
+            "no link named 'vboxnet7'",
+        ),
+        (&["up", "--vm-ip", "10.9.9.9"], "is on no local link"),
+        (
+            &["up", "--vm-ip", "192.168.99.1"],
+            "this host's own address",
+        ),
+        (&["up", "--machine", "../../etc"], "invalid machine name"),
+        (&["up", "--machine", "nosuchmachine"], "cannot read"),
+        (
+            &["up", "--vm-ip", VM_IP, "--wait", "soon"],
+            "invalid --wait",
+        ),
+        (&["up", "--vm-ip", VM_IP, "--dns", "auto"], "--dns"),
+        (
+            &["up", "--vm-ip", VM_IP, "--bogus"],
+            "unexpected argument '--bogus'",
+        ),
+        (&["up"], "cannot find the VM IP"),
+        (&[], "missing command"),
+    ];
+    for (args, want) in cases {
+        let run = lab.dockroute(args);
+        refused(&run, want);
+        assert_eq!(lab.snapshot(), before, "{args:?} changed the kernel state");
+        assert!(!exists(&lab.state_dir()), "{args:?} created the state dir");
+    }
+
+    // A config file with a syntax error: the message names the file and the line.
+    std::fs::write(
+        lab.config(),
+        "interface = \"vboxnet0\"\nvm_ip = 192.168.99.100\n",
+    )
+    .unwrap();
+    let run = lab.dockroute(&["up"]);
+    refused(&run, &format!("{} line 2:", lab.config().display()));
+    std::fs::write(
+        lab.config(),
+        "vm_ip = \"192.168.99.100\"\nsubnets = [\"172.17.0.0/33\"]\n",
+    )
+    .unwrap();
+    refused(
+        &lab.dockroute(&["up"]),
+        "line 2: invalid subnet '172.17.0.0/33'",
+    );
+    // ... and one that others can write is not trusted
+    std::fs::write(lab.config(), "").unwrap();
+    std::fs::set_permissions(lab.config(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    refused(
+        &lab.dockroute(&["up", "--vm-ip", VM_IP]),
+        "not writable by others",
+    );
+    assert_eq!(lab.snapshot(), before);
+    assert!(!exists(&lab.state_dir()));
+}
+
+#[test]
+fn concurrent_up_and_down_serialize() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let before = lab.snapshot();
+    let mut children = Vec::new();
+    for i in 0..16 {
+        let args: &[&str] = if i % 2 == 0 {
+            &["up", "--vm-ip", VM_IP]
+        } else {
+            &["down"]
+        };
+        children.push((args, lab.spawn(args, &[])));
+    }
+    for (args, c) in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?} failed while racing: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Whatever order they ran in, one more up gives exactly the planned entries.
+    lab.dockroute(&["up", "--vm-ip", VM_IP]).ok();
+    assert_eq!(lab.tagged(), 5);
+    assert!(lab.reaches_container());
+    lab.dockroute(&["down"]).ok();
+    assert_eq!(lab.snapshot(), before);
+}
+
+fn wait_for_tagged(lab: &Lab, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lab.tagged() < n {
+        assert!(Instant::now() < deadline, "up never reached {n} entries");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn sigkill_half_way_through_up_then_down_restores_everything() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let before = lab.snapshot();
+    let mut child = lab.spawn(
+        &["up", "--vm-ip", VM_IP],
+        &[("DOCKROUTE_TEST_STALL_AFTER", "3")],
+    );
+    wait_for_tagged(&lab, 3);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert_eq!(
+        lab.tagged(),
+        3,
+        "the killed up should have left a half-applied state"
+    );
+    assert!(
+        !exists(&lab.state_dir().join("state.json")),
+        "record written before the end"
+    );
+
+    // The lock died with the process: down runs at once and finds everything by its tag.
+    lab.dockroute(&["down"]).ok();
+    assert_eq!(lab.snapshot(), before);
+
+    // And a killed up followed by another up completes the job.
+    let mut child = lab.spawn(
+        &["up", "--vm-ip", VM_IP],
+        &[("DOCKROUTE_TEST_STALL_AFTER", "2")],
+    );
+    wait_for_tagged(&lab, 2);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = lab
+        .dockroute(&["--json", "up", "--vm-ip", VM_IP])
+        .ok()
+        .json();
+    assert_eq!(out["changes"].as_array().unwrap().len(), 3);
+    assert!(lab.reaches_container());
+    lab.dockroute(&["down"]).ok();
+    assert_eq!(lab.snapshot(), before);
+}
+
+#[test]
+fn sigkill_half_way_through_down_then_down_finishes() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let before = lab.snapshot();
+    lab.dockroute(&["up", "--vm-ip", VM_IP]).ok();
+    let mut child = lab.spawn(&["down"], &[("DOCKROUTE_TEST_STALL_AFTER", "2")]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lab.tagged() > 3 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(lab.tagged(), 3);
+    lab.dockroute(&["down"]).ok();
+    assert_eq!(lab.snapshot(), before);
+}
+
+#[test]
+fn a_failing_change_is_rolled_back() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    // Someone holds exactly the main-table slot dockroute's last change needs.
+    lab.ip(&[
+        "route",
+        "add",
+        "172.17.0.0/16",
+        "via",
+        VM_IP,
+        "metric",
+        "5017",
+    ]);
+    let before = lab.snapshot();
+    let run = lab.dockroute(&["up", "--vm-ip", VM_IP]);
+    refused(&run, "rolled back the 4 change(s)");
+    assert!(
+        run.stderr
+            .contains("another route for 172.17.0.0/16 with metric 5017"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(lab.snapshot(), before, "a failed up left changes behind");
+    assert!(!exists(&lab.state_dir().join("state.json")));
+}
