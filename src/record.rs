@@ -127,8 +127,12 @@ impl Store {
             })
     }
 
-    /// Replace the record atomically: a temporary file in the same directory, fsync, rename,
-    /// fsync of the directory.
+    /// Replace the record atomically (temporary file in the same directory, then rename).
+    ///
+    /// Not fsynced: the record mirrors kernel routes and rules, which do not survive a power loss
+    /// either; a torn record after a crash is reported as unreadable, and `down` still finds
+    /// everything by its tag. Files whose loss would lose user data use [`write_atomic`] with
+    /// `durable`.
     pub fn save(&self, record: &Record) -> Result<(), RecordError> {
         self.ensure_dir()?;
         let path = self.dir.join(RECORD);
@@ -137,14 +141,14 @@ impl Store {
             reason: e.to_string(),
         })?;
         body.push(b'\n');
-        write_atomic(&path, &body, 0o644)
+        write_atomic(&path, &body, 0o644, false)
     }
 
     /// Remove the record (a missing one is fine).
     pub fn clear(&self) -> Result<(), RecordError> {
         let path = self.dir.join(RECORD);
         match std::fs::remove_file(&path) {
-            Ok(()) => sync_dir(&self.dir),
+            Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err(&path)(e)),
         }
@@ -152,7 +156,8 @@ impl Store {
 }
 
 /// Write `path` atomically with `mode`: readers see the old content or the new, never a part.
-pub fn write_atomic(path: &Path, body: &[u8], mode: u32) -> Result<(), RecordError> {
+/// With `durable`, the file and the directory are fsynced, so the new content survives a crash.
+pub fn write_atomic(path: &Path, body: &[u8], mode: u32, durable: bool) -> Result<(), RecordError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
         .prefix(".dockroute-")
@@ -160,9 +165,14 @@ pub fn write_atomic(path: &Path, body: &[u8], mode: u32) -> Result<(), RecordErr
         .tempfile_in(dir)
         .map_err(io_err(dir))?;
     tmp.write_all(body).map_err(io_err(path))?;
-    tmp.as_file().sync_all().map_err(io_err(path))?;
+    if durable {
+        tmp.as_file().sync_all().map_err(io_err(path))?;
+    }
     tmp.persist(path).map_err(|e| io_err(path)(e.error))?;
-    sync_dir(dir)
+    if durable {
+        sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> Result<(), RecordError> {

@@ -29,6 +29,8 @@ type Events =
 pub struct System {
     handle: Handle,
     events: Option<Events>,
+    /// Link names from the last link dump of this run, so one command dumps links once.
+    names: Option<HashMap<u32, String>>,
 }
 
 fn nl_err(op: impl Into<String>, e: rtnetlink::Error) -> NetError {
@@ -55,10 +57,14 @@ impl System {
         Ok(System {
             handle,
             events: None,
+            names: None,
         })
     }
 
-    async fn link_names(&self) -> Result<HashMap<u32, String>, NetError> {
+    async fn link_names(&mut self) -> Result<HashMap<u32, String>, NetError> {
+        if let Some(names) = &self.names {
+            return Ok(names.clone());
+        }
         let mut links = self.handle.link().get().execute();
         let mut out = HashMap::new();
         while let Some(l) = links
@@ -292,6 +298,7 @@ impl Net for System {
                 addrs: Vec::new(),
             });
         }
+        self.names = Some(out.iter().map(|l| (l.index, l.name.clone())).collect());
         let mut addrs = self.handle.address().get().execute();
         while let Some(a) = addrs
             .try_next()
@@ -464,9 +471,6 @@ impl Net for System {
     }
 
     async fn apply(&mut self, change: &Change) -> Result<(), NetError> {
-        let what = match change {
-            Change::Add(e) | Change::Remove(e) => e.to_string(),
-        };
         let result = match change {
             Change::Add(Entry::Route(r)) => {
                 self.handle.route().add(route_message(r)).execute().await
@@ -483,18 +487,19 @@ impl Net for System {
                 self.handle.rule().del(rule_message(r)).execute().await
             }
         };
-        match result {
-            Ok(()) => Ok(()),
-            Err(e) => match (change, errno(&e)) {
-                // Already gone: the goal is reached.
-                (Change::Remove(_), Some(ESRCH | ENOENT)) => Ok(()),
-                (Change::Add(Entry::Route(r)), Some(EEXIST)) => Err(NetError::Conflict(format!(
-                    "cannot add {what}: another route for {} with metric {} is already in that table",
-                    r.dst, r.metric
-                ))),
-                (Change::Add(_), _) => Err(nl_err(format!("cannot add {what}"), e)),
-                (Change::Remove(_), _) => Err(nl_err(format!("cannot remove {what}"), e)),
-            },
+        let Err(e) = result else { return Ok(()) };
+        let (verb, entry) = match change {
+            Change::Add(entry) => ("add", entry),
+            Change::Remove(entry) => ("remove", entry),
+        };
+        match (change, errno(&e)) {
+            // Already gone: the goal is reached.
+            (Change::Remove(_), Some(ESRCH | ENOENT)) => Ok(()),
+            (Change::Add(Entry::Route(r)), Some(EEXIST)) => Err(NetError::Conflict(format!(
+                "cannot add {entry}: another route for {} with metric {} is already in that table",
+                r.dst, r.metric
+            ))),
+            _ => Err(nl_err(format!("cannot {verb} {entry}"), e)),
         }
     }
 

@@ -158,10 +158,11 @@ impl Lab {
         )
     }
 
-    /// Routes and rules carrying dockroute's protocol tag.
+    /// Routes and rules carrying dockroute's protocol tag (numeric, whether or not the
+    /// machine has dockroute's names installed in /etc/iproute2).
     pub fn tagged(&self) -> usize {
         let routes = self.ip(&["-4", "route", "show", "table", "all", "proto", "100"]);
-        let rules = self.ip(&["-4", "rule", "show"]);
+        let rules = self.ip(&["-N", "-4", "rule", "show"]);
         routes.lines().count() + rules.lines().filter(|l| l.contains("proto 100")).count()
     }
 

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Benchmark: dockroute up/down against the shell recipe, in one run inside a namespace lab.
+#
+#   sudo scripts/bench.sh [RUNS]      (default 300 runs per command, after 30 warm-up runs)
+#
+# Every command is timed by hyperfine without a shell (-N), in the lab's host namespace; the
+# "prepare" command puts the kernel back before each timed run. Prints medians in milliseconds.
+set -euo pipefail
+shopt -s inherit_errexit
+cd "$(dirname "$0")/.."
+RUNS=${1:-300}
+[[ $RUNS =~ ^[0-9]+$ ]] || { echo "usage: bench.sh [RUNS]" >&2; exit 2; }
+[ "$(id -u)" = 0 ] || { echo "bench.sh: run as root (network namespaces)" >&2; exit 1; }
+scripts/deps.sh
+
+cargo build --release --locked -q
+BIN=$PWD/target/release/dockroute
+P="bench$$"
+WORK=$(mktemp -d /var/tmp/dockroute-bench.XXXXXX)
+chmod 755 "$WORK"
+cleanup() { scripts/lab.sh destroy "$P" || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+scripts/lab.sh create "$P"
+: >"$WORK/config.toml"
+export DOCKROUTE_STATE_DIR=$WORK/state
+H=(ip netns exec "$P-host")
+DR="$BIN --config $WORK/config.toml"
+UP="$DR up --vm-ip 192.168.99.100"
+DOWN="$DR down"
+REPLACE="ip route replace 172.17.0.0/16 via 192.168.99.100 dev vboxnet0"
+DEL="ip route del 172.17.0.0/16"
+
+# median CMD PREPARE -> milliseconds
+median() {
+    local csv=$WORK/out.csv
+    if ! "${H[@]}" hyperfine -N --style none --warmup 30 --runs "$RUNS" \
+        --prepare "$2" --export-csv "$csv" "$1" >/dev/null 2>"$WORK/err"; then
+        cat "$WORK/err" >&2
+        exit 1
+    fi
+    awk -F, 'NR == 2 { printf "%.3f", $4 * 1000 }' "$csv"
+}
+
+up=$(median "$UP" "$DOWN")
+down=$(median "$DOWN" "$UP")
+"${H[@]}" $UP >/dev/null
+up_again=$(median "$UP" "$UP")
+"${H[@]}" $DOWN >/dev/null
+"${H[@]}" $REPLACE # so that the first "prepare" delete has something to delete
+replace=$(median "$REPLACE" "$DEL")
+del=$(median "$DEL" "$REPLACE") # the last timed run deleted the route
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+sum() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a + b }'; }
+cycle=$(sum "$up" "$down")
+recipe=$(sum "$replace" "$del")
+echo "dockroute bench: $RUNS runs each, medians (hyperfine -N), $(nproc) cores, kernel $(uname -r)"
+printf '  %-44s %8s ms\n' "dockroute up (5 routes and rules, record)" "$up"
+printf '  %-44s %8s ms\n' "dockroute up, nothing to change" "$up_again"
+printf '  %-44s %8s ms\n' "dockroute down" "$down"
+printf '  %-44s %8s ms\n' "ip route replace (one route)" "$replace"
+printf '  %-44s %8s ms\n' "ip route del (one route)" "$del"
+printf '  %-44s %8s ms  vs recipe %s ms  ratio %s\n' "cycle up + down" "$cycle" "$recipe" "$(ratio "$cycle" "$recipe")"
+printf '  %-44s %8s\n' "ratio up / ip route replace" "$(ratio "$up" "$replace")"

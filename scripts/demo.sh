@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The main job on a simulated VM: build dockroute, build a namespace lab (scripts/lab.sh), show the
+# container unreachable, run `dockroute up`, show it reachable, `status`, `down`, and show the
+# host's routing state is byte-identical to before. The lab is removed on exit, Ctrl-C or failure.
+#
+#   sudo scripts/demo.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "demo.sh: run as root (network namespaces)" >&2; exit 1; }
+scripts/deps.sh
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "building dockroute"
+cargo build --release --locked -q
+BIN=$PWD/target/release/dockroute
+
+P="demo$$"
+WORK=$(mktemp -d /tmp/dockroute-demo.XXXXXX)
+chmod 755 "$WORK"
+cleanup() { scripts/lab.sh destroy "$P" || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+step "creating the lab: host namespace $P-host with vboxnet0 <-> VM $P-vm (docker0) <-> container $P-c1"
+scripts/lab.sh create "$P"
+: >"$WORK/config.toml"
+export DOCKROUTE_STATE_DIR=$WORK/state
+host() { ip netns exec "$P-host" "$@"; }
+dockroute() { echo "\$ dockroute $*"; host "$BIN" --config "$WORK/config.toml" "$@"; }
+talk() { # a real TCP exchange with the container's echo service on 172.17.0.2:6379
+    echo "\$ echo hello | socat - TCP:172.17.0.2:6379"
+    echo "hello from the host" | host socat -T2 - TCP:172.17.0.2:6379,connect-timeout=2
+}
+snapshot() { host ip route show table all; host ip rule show; }
+
+snapshot >"$WORK/before"
+step "before: the container is not reachable from the host"
+if talk; then echo "unexpected: reachable before dockroute up" >&2; exit 1; fi
+
+step "dockroute up"
+dockroute up --vm-ip 192.168.99.100
+
+step "after: the container answers over the host-only link"
+talk
+
+step "dockroute up again (idempotent: it is also the post-VPN-connect hook)"
+dockroute up --vm-ip 192.168.99.100
+
+step "dockroute status"
+dockroute status
+
+step "dockroute down"
+dockroute down
+snapshot >"$WORK/after"
+if cmp -s "$WORK/before" "$WORK/after"; then
+    echo "routes and rules are byte-identical to before up"
+else
+    diff "$WORK/before" "$WORK/after" >&2 || true
+    echo "routing state differs after down" >&2
+    exit 1
+fi
+if talk 2>/dev/null; then echo "unexpected: still reachable after down" >&2; exit 1; fi
+echo "unreachable again, as before"
+
+step "done: the lab is removed"

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install what the demo, the tests and the benchmark need on Debian (as root). Idempotent and
+# quiet when everything is there already.
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have ip || need+=(iproute2)
+have socat || need+=(socat)
+have dnsmasq || need+=(dnsmasq-base)
+have ss || need+=(iproute2)
+have setpriv || need+=(util-linux)
+have sysctl || need+=(procps)
+have hyperfine || need+=(hyperfine)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "deps: installing ${need[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+if ! have cargo; then
+    echo "deps: cargo not found: install Rust 1.89 or newer (https://rustup.rs), then run again" >&2
+    exit 1
+fi
