@@ -347,6 +347,10 @@ fn status_changes_nothing_and_works_without_root() {
     let lab = Lab::new();
     up(&lab);
     let before = lab.snapshot();
+    // The checkout may live where user nobody cannot reach (e.g. under /root): run a copy.
+    let bin = lab.dir.path().join("dockroute");
+    std::fs::copy(BIN, &bin).unwrap();
+    let bin = bin.to_str().unwrap();
     let out = std::process::Command::new("ip")
         .args([
             "netns",
@@ -356,7 +360,7 @@ fn status_changes_nothing_and_works_without_root() {
             "--reuid=65534",
             "--regid=65534",
             "--clear-groups",
-            BIN,
+            bin,
             "--config",
         ])
         .arg(lab.config())
@@ -384,7 +388,7 @@ fn status_changes_nothing_and_works_without_root() {
             "--reuid=65534",
             "--regid=65534",
             "--clear-groups",
-            BIN,
+            bin,
             "--config",
         ])
         .arg(lab.config())
