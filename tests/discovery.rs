@@ -42,31 +42,20 @@ fn docker_host_names_the_vm() {
         return;
     }
     let lab = Lab::new();
-    let out = lab
-        .command(&["up"])
-        .env("DOCKER_HOST", "tcp://192.168.99.100:2376")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    lab.dockroute_env(&["up"], &[("DOCKER_HOST", &"tcp://192.168.99.100:2376")])
+        .ok();
     assert!(lab.reaches_container());
     assert_eq!(source(&lab)["type"], "docker-host");
 
     // A DOCKER_HOST that is not tcp://IP is skipped and named in the error.
     let lab = Lab::new();
-    let out = lab
-        .command(&["up"])
-        .env("DOCKER_HOST", "unix:///var/run/docker.sock")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let run = lab.dockroute_env(&["up"], &[("DOCKER_HOST", &"unix:///var/run/docker.sock")]);
+    assert_ne!(run.code, 0);
     assert!(
-        err.contains("DOCKER_HOST ('unix:///var/run/docker.sock' is not tcp://IP)"),
-        "{err}"
+        run.stderr
+            .contains("DOCKER_HOST ('unix:///var/run/docker.sock' is not tcp://IP)"),
+        "{}",
+        run.stderr
     );
 }
 
@@ -83,18 +72,12 @@ fn a_docker_machine_store_names_the_vm() {
         r#"{"ConfigVersion":3,"Driver":{"IPAddress":"192.168.99.100","MachineName":"dev"},"DriverName":"virtualbox"}"#,
     )
     .unwrap();
-    let out = lab
-        .command(&["up", "--machine", "dev"])
-        .env("MACHINE_STORAGE_PATH", &store)
-        // a DOCKER_HOST pointing elsewhere loses: --machine comes first
-        .env("DOCKER_HOST", "tcp://10.1.1.1:2376")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // a DOCKER_HOST pointing elsewhere loses: --machine comes first
+    let env: [(&str, &dyn AsRef<std::ffi::OsStr>); 2] = [
+        ("MACHINE_STORAGE_PATH", &store),
+        ("DOCKER_HOST", &"tcp://10.1.1.1:2376"),
+    ];
+    lab.dockroute_env(&["up", "--machine", "dev"], &env).ok();
     assert!(lab.reaches_container());
     let src = source(&lab);
     assert_eq!(src["type"], "machine");
@@ -133,11 +116,11 @@ fn wait_follows_netlink_events_until_the_link_is_ready() {
     }
     let lab = Lab::new();
     // The host-only link loses its address, as before VirtualBox configures it.
-    lab.ip(&["addr", "flush", "dev", "vboxnet0"]);
+    lab.ip("addr flush dev vboxnet0");
     let start = Instant::now();
     let child = lab.spawn(&["up", "--vm-ip", VM_IP, "--wait", "20"], &[]);
     std::thread::sleep(Duration::from_millis(300));
-    lab.ip(&["addr", "add", "192.168.99.1/24", "dev", "vboxnet0"]);
+    lab.ip("addr add 192.168.99.1/24 dev vboxnet0");
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),

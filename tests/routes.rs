@@ -91,15 +91,9 @@ fn dry_run_prints_the_changes_and_applies_none() {
 fn vpn_scenario(manual_metric: &str, vpn: impl Fn(&Lab), manual_survives_vpn: bool) {
     let lab = Lab::new();
     lab.add_tunnel("tun0", "10.66.0.2/24");
-    lab.ip(&[
-        "route",
-        "add",
-        "172.17.0.0/16",
-        "via",
-        VM_IP,
-        "metric",
-        manual_metric,
-    ]);
+    lab.ip(&format!(
+        "route add 172.17.0.0/16 via {VM_IP} metric {manual_metric}"
+    ));
     assert!(lab.reaches_container(), "the manual route does not work");
     vpn(&lab);
     assert_eq!(
@@ -149,15 +143,7 @@ fn survives_an_exact_prefix_route_with_a_lower_metric() {
     vpn_scenario(
         "100",
         |lab| {
-            lab.ip(&[
-                "route",
-                "add",
-                "172.17.0.0/16",
-                "dev",
-                "tun0",
-                "metric",
-                "0",
-            ]);
+            lab.ip("route add 172.17.0.0/16 dev tun0 metric 0");
         },
         false,
     );
@@ -172,7 +158,7 @@ fn survives_a_vpnc_script_route_replace() {
     vpn_scenario(
         "0",
         |lab| {
-            lab.ip(&["route", "replace", "172.17.0.0/16", "dev", "tun0"]);
+            lab.ip("route replace 172.17.0.0/16 dev tun0");
         },
         false,
     );
@@ -188,17 +174,9 @@ fn survives_a_tailscale_exit_node_table() {
     vpn_scenario(
         "0",
         |lab| {
-            lab.ip(&["route", "add", "default", "dev", "tun0", "table", "52"]);
-            lab.ip(&[
-                "route",
-                "add",
-                "192.168.99.0/24",
-                "dev",
-                "tun0",
-                "table",
-                "52",
-            ]);
-            lab.ip(&["rule", "add", "pref", "5270", "lookup", "52"]);
+            lab.ip("route add default dev tun0 table 52");
+            lab.ip("route add 192.168.99.0/24 dev tun0 table 52");
+            lab.ip("rule add pref 5270 lookup 52");
         },
         false,
     );
@@ -214,8 +192,8 @@ fn survives_a_full_tunnel_with_half_default_routes() {
     vpn_scenario(
         "0",
         |lab| {
-            lab.ip(&["route", "add", "0.0.0.0/1", "dev", "tun0"]);
-            lab.ip(&["route", "add", "128.0.0.0/1", "dev", "tun0"]);
+            lab.ip("route add 0.0.0.0/1 dev tun0");
+            lab.ip("route add 128.0.0.0/1 dev tun0");
         },
         true,
     );
@@ -228,36 +206,11 @@ fn down_removes_only_what_carries_the_tag() {
     }
     let lab = Lab::new();
     // Someone else's objects that look like dockroute's: same table, same prefix, same pref.
-    lab.ip(&[
-        "route",
-        "add",
-        "172.17.0.0/16",
-        "via",
-        VM_IP,
-        "table",
-        "5017",
-        "metric",
-        "7",
-    ]);
-    lab.ip(&[
-        "route",
-        "add",
-        "172.17.0.0/16",
-        "via",
-        VM_IP,
-        "metric",
-        "99",
-    ]);
-    lab.ip(&[
-        "rule",
-        "add",
-        "pref",
-        "5100",
-        "to",
-        "172.17.0.0/16",
-        "lookup",
-        "5017",
-    ]);
+    lab.ip(&format!(
+        "route add 172.17.0.0/16 via {VM_IP} table 5017 metric 7"
+    ));
+    lab.ip(&format!("route add 172.17.0.0/16 via {VM_IP} metric 99"));
+    lab.ip("rule add pref 5100 to 172.17.0.0/16 lookup 5017");
     let before = lab.snapshot();
     up(&lab);
     assert_eq!(lab.tagged(), 5);
@@ -272,16 +225,8 @@ fn status_reports_link_source_kernel_choice_and_conflicts() {
     }
     let lab = Lab::new();
     lab.add_tunnel("tun0", "10.66.0.2/24");
-    lab.ip(&[
-        "route",
-        "add",
-        "172.17.0.0/16",
-        "dev",
-        "tun0",
-        "metric",
-        "0",
-    ]);
-    lab.ip(&["rule", "add", "pref", "5270", "lookup", "52"]);
+    lab.ip("route add 172.17.0.0/16 dev tun0 metric 0");
+    lab.ip("rule add pref 5270 lookup 52");
     up(&lab);
     let st = lab.dockroute(&["--json", "status"]).ok().json();
     assert_eq!(st["target"]["interface"], "vboxnet0");
@@ -322,18 +267,7 @@ fn status_reports_link_source_kernel_choice_and_conflicts() {
     }
 
     // A routing change the user made by hand shows up as out of date and not via the VM.
-    lab.ip(&[
-        "rule",
-        "del",
-        "pref",
-        "5100",
-        "to",
-        "172.17.0.0/16",
-        "lookup",
-        "5017",
-        "proto",
-        "100",
-    ]);
+    lab.ip("rule del pref 5100 to 172.17.0.0/16 lookup 5017 proto 100");
     let st = lab.dockroute(&["--json", "status"]).ok().json();
     assert_eq!(st["in_sync"], false);
     assert_eq!(st["probes"][0]["ok"], false);
@@ -347,60 +281,20 @@ fn status_changes_nothing_and_works_without_root() {
     let lab = Lab::new();
     up(&lab);
     let before = lab.snapshot();
-    // The checkout may live where user nobody cannot reach (e.g. under /root): run a copy.
-    let bin = lab.dir.path().join("dockroute");
-    std::fs::copy(BIN, &bin).unwrap();
-    let bin = bin.to_str().unwrap();
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.host(),
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            bin,
-            "--config",
-        ])
-        .arg(lab.config())
-        .args(["--json", "status"])
-        .env("DOCKROUTE_STATE_DIR", lab.state_dir())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let st = lab.as_nobody(&["--json", "status"]).ok().json();
     assert_eq!(st["installed"].as_array().unwrap().len(), 5);
     assert_eq!(st["probes"][0]["ok"], true);
     assert_eq!(lab.snapshot(), before);
 
-    // and `up` as non-root is refused before anything happens
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.host(),
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            bin,
-            "--config",
-        ])
-        .arg(lab.config())
-        .args(["down"])
-        .env("DOCKROUTE_STATE_DIR", lab.state_dir())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    // and `down` as non-root is refused before anything happens
+    let run = lab.as_nobody(&["down"]);
+    assert_ne!(run.code, 0);
     assert!(
-        err.starts_with("error: ") && err.contains("root") && err.lines().count() == 1,
-        "{err}"
+        run.stderr.starts_with("error: ")
+            && run.stderr.contains("root")
+            && run.stderr.lines().count() == 1,
+        "{}",
+        run.stderr
     );
     assert_eq!(lab.snapshot(), before);
 }
@@ -414,19 +308,8 @@ fn a_moved_vm_is_followed_without_leftovers() {
     up(&lab);
     // the VM comes back with another address (e.g. DHCP on the host-only network)
     let vm = format!("{}-vm", lab.prefix);
-    let run = |args: &[&str]| {
-        assert!(
-            std::process::Command::new("ip")
-                .arg("-n")
-                .arg(&vm)
-                .args(args)
-                .status()
-                .unwrap()
-                .success()
-        )
-    };
-    run(&["addr", "flush", "dev", "eth0"]);
-    run(&["addr", "add", "192.168.99.101/24", "dev", "eth0"]);
+    ip_in(&vm, "addr flush dev eth0");
+    ip_in(&vm, "addr add 192.168.99.101/24 dev eth0");
     assert!(!lab.reaches_container());
     let out = lab
         .dockroute(&["--json", "up", "--vm-ip", "192.168.99.101"])

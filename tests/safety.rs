@@ -225,15 +225,7 @@ fn a_failing_change_is_rolled_back() {
     }
     let lab = Lab::new();
     // Someone holds exactly the main-table slot dockroute's last change needs.
-    lab.ip(&[
-        "route",
-        "add",
-        "172.17.0.0/16",
-        "via",
-        VM_IP,
-        "metric",
-        "5017",
-    ]);
+    lab.ip(&format!("route add 172.17.0.0/16 via {VM_IP} metric 5017"));
     let before = lab.snapshot();
     let run = lab.dockroute(&["up", "--vm-ip", VM_IP]);
     refused(&run, "rolled back the 4 change(s)");

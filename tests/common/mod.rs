@@ -122,7 +122,43 @@ impl Lab {
     }
 
     pub fn dockroute(&self, args: &[&str]) -> Run {
-        Run::from(self.command(args).output().expect("running dockroute"))
+        self.dockroute_env(args, &[])
+    }
+
+    /// `dockroute ARGS` with extra environment variables.
+    pub fn dockroute_env(&self, args: &[&str], env: &[(&str, &dyn AsRef<std::ffi::OsStr>)]) -> Run {
+        let mut c = self.command(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        Run::from(c.output().expect("running dockroute"))
+    }
+
+    /// `dockroute ARGS` as user nobody (through a copy of the binary: the checkout may live
+    /// where nobody cannot reach, e.g. under /root).
+    pub fn as_nobody(&self, args: &[&str]) -> Run {
+        let bin = self.dir.path().join("dockroute");
+        if !bin.exists() {
+            std::fs::copy(BIN, &bin).unwrap();
+        }
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.host(),
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+            ])
+            .arg("--clear-groups")
+            .arg(&bin)
+            .arg("--config")
+            .arg(self.config())
+            .args(args)
+            .env("DOCKROUTE_STATE_DIR", self.state_dir())
+            .output()
+            .expect("running dockroute as nobody");
+        Run::from(out)
     }
 
     pub fn spawn(&self, args: &[&str], env: &[(&str, &str)]) -> Child {
@@ -133,46 +169,34 @@ impl Lab {
         c.spawn().expect("spawning dockroute")
     }
 
-    /// `ip ARGS` in the host namespace; panics on failure.
-    pub fn ip(&self, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .arg("-n")
-            .arg(self.host())
-            .args(args)
-            .output()
-            .expect("running ip");
-        assert!(
-            out.status.success(),
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+    /// `ip ARGS` in the host namespace, ARGS split on whitespace (no shell); panics on failure.
+    pub fn ip(&self, args: &str) -> String {
+        ip_in(&self.host(), args)
     }
 
     /// Every route in every table and every rule, as `ip` prints them.
     pub fn snapshot(&self) -> String {
         format!(
             "{}\n--- rules ---\n{}",
-            self.ip(&["route", "show", "table", "all"]),
-            self.ip(&["rule", "show"])
+            self.ip("route show table all"),
+            self.ip("rule show")
         )
     }
 
     /// Routes and rules carrying dockroute's protocol tag (numeric, whether or not the
     /// machine has dockroute's names installed in /etc/iproute2).
     pub fn tagged(&self) -> usize {
-        let routes = self.ip(&["-4", "route", "show", "table", "all", "proto", "100"]);
-        let rules = self.ip(&["-N", "-4", "rule", "show"]);
+        let routes = self.ip("-4 route show table all proto 100");
+        let rules = self.ip("-N -4 rule show");
         routes.lines().count() + rules.lines().filter(|l| l.contains("proto 100")).count()
     }
 
     /// A fake VPN tunnel: a veth whose peer swallows everything (inside this namespace).
     pub fn add_tunnel(&self, name: &str, addr: &str) {
-        let peer = format!("{name}p");
-        self.ip(&["link", "add", name, "type", "veth", "peer", "name", &peer]);
-        self.ip(&["addr", "add", addr, "dev", name]);
-        self.ip(&["link", "set", &peer, "up"]);
-        self.ip(&["link", "set", name, "up"]);
+        self.ip(&format!("link add {name} type veth peer name {name}p"));
+        self.ip(&format!("addr add {addr} dev {name}"));
+        self.ip(&format!("link set {name}p up"));
+        self.ip(&format!("link set {name} up"));
     }
 
     /// Run `f` on a thread inside the host namespace.
@@ -191,6 +215,21 @@ impl Lab {
     pub fn reaches_container(&self) -> bool {
         self.in_host(|| echo(CONTAINER))
     }
+}
+
+/// `ip -n NS ARGS`, ARGS split on whitespace (no shell); panics on failure.
+pub fn ip_in(ns: &str, args: &str) -> String {
+    let out = Command::new("ip")
+        .args(["-n", ns])
+        .args(args.split_whitespace())
+        .output()
+        .expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip {args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Connect, send a line, expect it back.
