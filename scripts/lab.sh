@@ -4,18 +4,21 @@
 #   scripts/lab.sh create PREFIX    build the lab (namespaces PREFIX-host, PREFIX-vm, PREFIX-c1)
 #   scripts/lab.sh destroy PREFIX   kill its processes and delete its namespaces (idempotent)
 #
-#   PREFIX-host  the developer's machine: vboxnet0 192.168.99.1/24, nothing else
-#   PREFIX-vm    the VM: eth0 192.168.99.100/24, docker0 bridge 172.17.42.1/16, forwarding on,
-#                dnsmasq on 172.17.42.1:53 answering redis.docker -> 172.17.0.2
-#   PREFIX-c1    a container: eth0 172.17.0.2/16 via 172.17.42.1, a TCP echo service on :6379
+#   PREFIX-host  the developer's machine: vboxnet0 192.168.99.1/24, nothing else; its own
+#                /etc/netns/PREFIX-host/resolv.conf ("nameserver 127.0.0.1"), which `ip netns exec`
+#                bind-mounts over /etc/resolv.conf, so DNS tests never see the machine's file
+#   PREFIX-vm    the VM: eth0 192.168.99.100/24, docker0 bridge 172.17.0.1/16, forwarding on,
+#                dnsmasq on 172.17.0.1:53 answering redis.docker -> 172.17.0.2 (and only *.docker)
+#   PREFIX-c1    a container: eth0 172.17.0.2/16 via 172.17.0.1, a TCP echo service on :6379
 #
-# It only ever touches namespaces it creates; the machine's own network is left alone.
+# It only ever touches namespaces (and /etc/netns entries) it creates; the machine's own network
+# and /etc/resolv.conf are left alone.
 set -euo pipefail
 
 HOST_IF=${LAB_HOST_IF:-vboxnet0}
 HOST_IP=${LAB_HOST_IP:-192.168.99.1}
 VM_IP=${LAB_VM_IP:-192.168.99.100}
-BRIDGE_IP=172.17.42.1
+BRIDGE_IP=172.17.0.1
 CTR_IP=172.17.0.2
 
 die() { echo "lab: $*" >&2; exit 1; }
@@ -35,6 +38,8 @@ wait_up() { # ns link
 
 create() {
     local p=$1 h="$1-host" v="$1-vm" c="$1-c1"
+    mkdir -p "/etc/netns/$h"
+    echo "nameserver 127.0.0.1" >"/etc/netns/$h/resolv.conf"
     for ns in "$h" "$v" "$c"; do
         ip netns add "$ns"
         ip -n "$ns" link set lo up
@@ -87,6 +92,7 @@ destroy() {
         [ -z "$pids" ] || kill -9 $pids 2>/dev/null || true
         ip netns del "$ns" 2>/dev/null || true
     done
+    rm -rf "/etc/netns/$p-host"
 }
 
 [ "$(id -u)" = 0 ] || die "needs root (network namespaces)"

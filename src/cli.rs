@@ -4,7 +4,7 @@ use crate::settings::{DnsMode, FirewallMode};
 use crate::validate;
 use clap::{Args, Parser, Subcommand};
 use ipnet::Ipv4Net;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -36,7 +36,14 @@ pub enum Command {
     /// Remove exactly what dockroute installed
     Down(DownArgs),
     /// Show what is installed, what the kernel does with container addresses, and conflicts
-    Status,
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Default, Args)]
+pub struct StatusArgs {
+    /// Also resolve NAME through the system resolver (getaddrinfo) and print the answer
+    #[arg(long, value_name = "NAME", value_parser = validate::domain)]
+    pub check_name: Option<String>,
 }
 
 #[derive(Debug, Default, Args)]
@@ -56,9 +63,9 @@ pub struct UpArgs {
     /// DNS domain served by the VM's DNS (default docker)
     #[arg(long, value_name = "NAME", value_parser = validate::domain)]
     pub domain: Option<String>,
-    /// The DNS server for the domain (default: first host address of the first subnet)
-    #[arg(long, value_name = "IP", value_parser = validate::ipv4)]
-    pub nameserver: Option<Ipv4Addr>,
+    /// The VM's DNS server for the domain (default: first host address of the first subnet)
+    #[arg(long, value_name = "IP[:PORT]", value_parser = validate::nameserver)]
+    pub nameserver: Option<SocketAddrV4>,
     /// How to set per-domain DNS
     #[arg(long, value_enum, value_name = "MODE")]
     pub dns: Option<DnsMode>,
@@ -120,6 +127,8 @@ mod tests {
             "resolv-conf",
             "--firewall",
             "off",
+            "--nameserver",
+            "172.17.42.1:5353",
             "--wait",
             "2.5",
         ])
@@ -129,6 +138,7 @@ mod tests {
         };
         assert_eq!(up.subnets.len(), 2);
         assert_eq!(up.dns, Some(DnsMode::ResolvConf));
+        assert_eq!(up.nameserver.unwrap().port(), 5353);
         assert_eq!(up.wait, Some(Duration::from_millis(2500)));
         for bad in [
             vec!["up", "--vm-ip", "300.1.1.1"],

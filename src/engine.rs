@@ -1,6 +1,7 @@
 //! observe → diff → apply → record, shared by `up`, `down` and `status`.
 
 use crate::discover::{self, DiscoverError, Target};
+use crate::dns::{self, Backend, DnsError, DnsState};
 use crate::net::{
     Change, ForeignRoute, ForeignRule, LinkInfo, Lookup, MAIN_TABLE, Net, NetError, RULE_PREF,
 };
@@ -9,7 +10,7 @@ use crate::record::{Record, RecordError, Store};
 use crate::settings::Settings;
 use ipnet::Ipv4Net;
 use serde::Serialize;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -19,9 +20,17 @@ pub enum EngineError {
     Net(#[from] NetError),
     #[error(transparent)]
     Record(#[from] RecordError),
+    #[error(transparent)]
+    Dns(#[from] DnsError),
     #[error("{err}; rolled back the {done} change(s) made before it{}", undo_note(.undo_failed))]
     Apply {
         err: NetError,
+        done: usize,
+        undo_failed: Vec<String>,
+    },
+    #[error("DNS: {err}; rolled back the {done} route change(s) of this run{}", undo_note(.undo_failed))]
+    DnsApply {
+        err: DnsError,
         done: usize,
         undo_failed: Vec<String>,
     },
@@ -43,12 +52,40 @@ pub struct Hooks {
     pub stall_before_change: Option<usize>,
 }
 
+/// What happened to per-domain DNS: set (`up`) or undone (`down`), and whether that changed
+/// anything (for a dry run: whether it would).
+#[derive(Debug, Serialize)]
+pub struct DnsOutcome {
+    #[serde(flatten)]
+    pub state: DnsState,
+    pub changed: bool,
+}
+
 /// The result of `up` or `down`.
 #[derive(Debug, Serialize)]
 pub struct Outcome {
     pub target: Option<Target>,
     pub changes: Vec<Change>,
+    pub dns: Option<DnsOutcome>,
     pub dry_run: bool,
+}
+
+async fn stall(hooks: Hooks, i: usize) {
+    if hooks.stall_before_change == Some(i) {
+        tracing::warn!("test hook: stalling before change {i}");
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+    }
+}
+
+/// Undo `done` in reverse order; returns what could not be undone.
+async fn undo_all<N: Net>(net: &mut N, done: &[Change]) -> Vec<String> {
+    let mut failed = Vec::new();
+    for d in done.iter().rev() {
+        if let Err(e) = net.apply(&d.inverse()).await {
+            failed.push(format!("{}: {e}", d.inverse()));
+        }
+    }
+    failed
 }
 
 async fn apply_all<N: Net>(
@@ -56,32 +93,44 @@ async fn apply_all<N: Net>(
     changes: &[Change],
     hooks: Hooks,
 ) -> Result<(), EngineError> {
-    let mut done: Vec<&Change> = Vec::new();
     for (i, change) in changes.iter().enumerate() {
-        if hooks.stall_before_change == Some(i) {
-            tracing::warn!("test hook: stalling before change {i}");
-            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
-        }
+        stall(hooks, i).await;
         tracing::info!("{change}");
         if let Err(err) = net.apply(change).await {
-            let mut undo_failed = Vec::new();
-            for d in done.iter().rev() {
-                if let Err(e) = net.apply(&d.inverse()).await {
-                    undo_failed.push(format!("{}: {e}", d.inverse()));
-                }
-            }
+            let undo_failed = undo_all(net, &changes[..i]).await;
             return Err(EngineError::Apply {
                 err,
-                done: done.len(),
+                done: i,
                 undo_failed,
             });
         }
-        done.push(change);
     }
     Ok(())
 }
 
-/// `up`: discover, plan, observe, diff, apply (undoing a half-applied change), record.
+/// The DNS setting `up` wants for this target, if any.
+fn wanted_dns(settings: &Settings, target: &Target) -> Option<DnsState> {
+    dns::choose(settings.dns).map(|backend| DnsState {
+        backend,
+        domain: settings.domain.clone(),
+        nameserver: settings.nameserver,
+        ifname: target.ifname.clone(),
+        ifindex: target.ifindex,
+        path: match backend {
+            Backend::Resolved => Default::default(),
+            Backend::ResolvConf => settings.resolv_conf.clone(),
+            Backend::ResolverDir => settings.resolver_dir.clone(),
+        },
+    })
+}
+
+/// Whether two DNS settings live in the same place (so setting one replaces the other).
+fn same_place(a: &DnsState, b: &DnsState) -> bool {
+    a.backend == b.backend && a.domain == b.domain && a.path == b.path && a.ifindex == b.ifindex
+}
+
+/// `up`: discover, plan, observe, diff, apply routes (undoing a half-applied change), record,
+/// then DNS (undoing the routes of this run if DNS fails).
 pub async fn up<N: Net>(
     net: &mut N,
     settings: &Settings,
@@ -89,30 +138,78 @@ pub async fn up<N: Net>(
     dry_run: bool,
     hooks: Hooks,
 ) -> Result<Outcome, EngineError> {
-    // Discovery only reads and validates; the lock covers observe → apply → record.
+    // Discovery and the DNS check only read and validate; the lock covers observe → record.
     let target = discover::discover(net, &settings.request).await?;
+    let want_dns = wanted_dns(settings, &target);
+    if let Some(d) = &want_dns {
+        dns::check(d).await?;
+    }
     let _lock = if dry_run { None } else { Some(store.lock()?) };
     let desired = plan::desired(&target);
     let snap = net.snapshot().await?;
     let changes = plan::diff(&desired, &snap.owned);
-    if !dry_run {
-        apply_all(net, &changes, hooks).await?;
-        let record = Record::new(target.clone(), desired);
-        if !changes.is_empty() || store.load().ok().flatten().as_ref() != Some(&record) {
-            store.save(&record)?;
-        }
+    if dry_run {
+        let dns = match want_dns {
+            Some(state) => Some(DnsOutcome {
+                changed: !dns::observe(&state).await.0,
+                state,
+            }),
+            None => None,
+        };
+        return Ok(Outcome {
+            target: Some(target),
+            changes,
+            dns,
+            dry_run,
+        });
     }
+
+    let previous = store.load().ok().flatten();
+    apply_all(net, &changes, hooks).await?;
+    let record = Record::new(target.clone(), desired, want_dns.clone());
+    if previous.as_ref() != Some(&record) {
+        store.save(&record)?;
+    }
+    if let Some(old) = previous.as_ref().and_then(|r| r.dns.as_ref())
+        && want_dns.as_ref().is_none_or(|w| !same_place(old, w))
+        && let Err(e) = dns::revert(old).await
+    {
+        tracing::warn!("could not undo the previous DNS setting ({old}): {e}");
+    }
+    let dns = match want_dns {
+        Some(state) => match dns::apply(&state).await {
+            Ok(changed) => Some(DnsOutcome { state, changed }),
+            Err(err) => {
+                let undo_failed = undo_all(net, &changes).await;
+                let restored = match &previous {
+                    Some(p) => store.save(p),
+                    None => store.clear(),
+                };
+                if let Err(e) = restored {
+                    tracing::warn!("could not restore the record: {e}");
+                }
+                return Err(EngineError::DnsApply {
+                    err,
+                    done: changes.len(),
+                    undo_failed,
+                });
+            }
+        },
+        None => None,
+    };
     Ok(Outcome {
         target: Some(target),
         changes,
+        dns,
         dry_run,
     })
 }
 
-/// `down`: remove everything tagged as dockroute's, then the record. Needs no discovery.
-/// Keeps going past a failed removal and reports every failure.
+/// `down`: undo DNS, remove everything tagged as dockroute's, then the record. Needs no
+/// discovery. Keeps going past a failure and reports every one.
 pub async fn down<N: Net>(
     net: &mut N,
+    settings: &Settings,
     store: &Store,
     dry_run: bool,
     hooks: Hooks,
@@ -120,29 +217,57 @@ pub async fn down<N: Net>(
     let _lock = if dry_run { None } else { Some(store.lock()?) };
     let snap = net.snapshot().await?;
     let changes = plan::diff(&[], &snap.owned);
-    let target = store.load().ok().flatten().map(|r| r.target);
-    if !dry_run {
-        let mut failed = Vec::new();
-        for (i, change) in changes.iter().enumerate() {
-            if hooks.stall_before_change == Some(i) {
-                tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
-            }
-            tracing::info!("{change}");
-            if let Err(e) = net.apply(change).await {
+    let record = store.load().ok().flatten();
+    let dns_state = record.as_ref().and_then(|r| r.dns.clone());
+    let target = record.map(|r| r.target);
+    if dry_run {
+        let dns = match dns_state {
+            Some(state) => Some(DnsOutcome {
+                changed: dns::observe(&state).await.0,
+                state,
+            }),
+            None => None,
+        };
+        return Ok(Outcome {
+            target,
+            changes,
+            dns,
+            dry_run,
+        });
+    }
+    let mut failed = Vec::new();
+    let mut dns = None;
+    match dns_state {
+        Some(state) => match dns::revert(&state).await {
+            Ok(changed) => dns = Some(DnsOutcome { state, changed }),
+            Err(e) => failed.push(e.to_string()),
+        },
+        // No record (deleted, or unreadable): the marked lines in resolv.conf still identify
+        // themselves.
+        None => {
+            if let Err(e) = dns::resolv_conf::revert(&settings.resolv_conf) {
                 failed.push(e.to_string());
             }
         }
-        if !failed.is_empty() {
-            return Err(EngineError::Remove {
-                total: changes.len(),
-                failed,
-            });
-        }
-        store.clear()?;
     }
+    for (i, change) in changes.iter().enumerate() {
+        stall(hooks, i).await;
+        tracing::info!("{change}");
+        if let Err(e) = net.apply(change).await {
+            failed.push(e.to_string());
+        }
+    }
+    if !failed.is_empty() {
+        return Err(EngineError::Remove {
+            total: changes.len() + 1,
+            failed,
+        });
+    }
+    store.clear()?;
     Ok(Outcome {
         target,
         changes,
+        dns,
         dry_run,
     })
 }
@@ -184,6 +309,25 @@ pub struct Status {
     pub in_sync: bool,
     pub probes: Vec<Probe>,
     pub conflicts: Vec<Conflict>,
+    /// Per-domain DNS as the last `up` set it, and whether it is still in place.
+    pub dns: Option<DnsStatus>,
+    /// `--check-name`: what the system resolver answers.
+    pub name_check: Option<NameCheck>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DnsStatus {
+    #[serde(flatten)]
+    pub state: DnsState,
+    pub in_place: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NameCheck {
+    pub name: String,
+    pub addresses: Vec<IpAddr>,
+    pub error: Option<String>,
 }
 
 fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
@@ -195,13 +339,37 @@ pub async fn status<N: Net>(
     net: &mut N,
     settings: &Settings,
     store: &Store,
+    check_name: Option<&str>,
 ) -> Result<Status, EngineError> {
     let (record, record_error) = match store.load() {
         Ok(r) => (r, None),
         Err(e) => (None, Some(e.to_string())),
     };
-    let (target, target_from, discovery_error) = match record {
-        Some(r) => (Some(r.target), Some("record"), None),
+    let dns = match record.as_ref().and_then(|r| r.dns.clone()) {
+        Some(state) => {
+            let (in_place, detail) = dns::observe(&state).await;
+            Some(DnsStatus {
+                state,
+                in_place,
+                detail,
+            })
+        }
+        None => None,
+    };
+    let name_check = check_name.map(|name| match dns::resolve(name) {
+        Ok(addresses) => NameCheck {
+            name: name.to_string(),
+            addresses,
+            error: None,
+        },
+        Err(e) => NameCheck {
+            name: name.to_string(),
+            addresses: Vec::new(),
+            error: Some(e),
+        },
+    });
+    let (target, target_from, discovery_error) = match record.map(|r| r.target) {
+        Some(t) => (Some(t), Some("record"), None),
         None => {
             let mut req = settings.request.clone();
             req.wait = None;
@@ -291,6 +459,8 @@ pub async fn status<N: Net>(
         in_sync,
         probes,
         conflicts,
+        dns,
+        name_check,
     })
 }
 
@@ -370,9 +540,10 @@ mod tests {
                 ..Default::default()
             },
             domain: "docker".into(),
-            nameserver: "172.17.0.1".parse().unwrap(),
+            nameserver: "172.17.0.1:53".parse().unwrap(),
             dns: crate::settings::DnsMode::Off,
             resolver_dir: "/etc/resolver".into(),
+            resolv_conf: "/nonexistent/resolv.conf".into(),
             firewall: crate::settings::FirewallMode::Off,
         }
     }
@@ -403,7 +574,7 @@ mod tests {
                 .await
                 .unwrap();
             assert!(second.changes.is_empty());
-            let gone = down(&mut fake, &store, false, Hooks::default())
+            let gone = down(&mut fake, &settings(), &store, false, Hooks::default())
                 .await
                 .unwrap();
             assert_eq!(gone.changes.len(), 5);

@@ -5,7 +5,9 @@
 
 pub mod cli;
 pub mod discover;
+pub mod dns;
 pub mod engine;
+pub mod fsutil;
 pub mod machine;
 pub mod net;
 pub mod plan;

@@ -113,15 +113,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if !a.dry_run {
                     require_root("down")?;
                 }
-                let o = engine::down(&mut net, &store, a.dry_run, hooks()).await?;
+                let o = engine::down(&mut net, &settings, &store, a.dry_run, hooks()).await?;
                 if cli.json {
                     report::json(&o)
                 } else {
                     report::outcome("down", &o)
                 }
             }
-            Command::Status => {
-                let st = engine::status(&mut net, &settings, &store).await?;
+            Command::Status(a) => {
+                let st =
+                    engine::status(&mut net, &settings, &store, a.check_name.as_deref()).await?;
                 if cli.json {
                     report::json(&st)
                 } else {

@@ -5,10 +5,11 @@
 //! firewall) keep what has no tag of its own.
 
 use crate::discover::Target;
+use crate::dns::DnsState;
 use crate::net::Entry;
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -23,14 +24,19 @@ pub struct Record {
     pub version: u32,
     pub target: Target,
     pub entries: Vec<Entry>,
+    /// Per-domain DNS dockroute set (written before it is applied, so `down` can undo a run that
+    /// died half-way).
+    #[serde(default)]
+    pub dns: Option<DnsState>,
 }
 
 impl Record {
-    pub fn new(target: Target, entries: Vec<Entry>) -> Self {
+    pub fn new(target: Target, entries: Vec<Entry>, dns: Option<DnsState>) -> Self {
         Record {
             version: VERSION,
             target,
             entries,
+            dns,
         }
     }
 }
@@ -131,7 +137,7 @@ impl Store {
     ///
     /// Not fsynced: the record mirrors kernel routes and rules, which do not survive a power loss
     /// either; a torn record after a crash is reported as unreadable, and `down` still finds
-    /// everything by its tag. Files whose loss would lose user data use [`write_atomic`] with
+    /// everything by its tag. Files whose loss would lose user data use [`crate::fsutil::write_atomic`] with
     /// `durable`.
     pub fn save(&self, record: &Record) -> Result<(), RecordError> {
         self.ensure_dir()?;
@@ -141,7 +147,7 @@ impl Store {
             reason: e.to_string(),
         })?;
         body.push(b'\n');
-        write_atomic(&path, &body, 0o644, false)
+        crate::fsutil::write_atomic(&path, &body, 0o644, false).map_err(io_err(&path))
     }
 
     /// Remove the record (a missing one is fine).
@@ -153,32 +159,6 @@ impl Store {
             Err(e) => Err(io_err(&path)(e)),
         }
     }
-}
-
-/// Write `path` atomically with `mode`: readers see the old content or the new, never a part.
-/// With `durable`, the file and the directory are fsynced, so the new content survives a crash.
-pub fn write_atomic(path: &Path, body: &[u8], mode: u32, durable: bool) -> Result<(), RecordError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".dockroute-")
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
-        .tempfile_in(dir)
-        .map_err(io_err(dir))?;
-    tmp.write_all(body).map_err(io_err(path))?;
-    if durable {
-        tmp.as_file().sync_all().map_err(io_err(path))?;
-    }
-    tmp.persist(path).map_err(|e| io_err(path)(e.error))?;
-    if durable {
-        sync_dir(dir)?;
-    }
-    Ok(())
-}
-
-fn sync_dir(dir: &Path) -> Result<(), RecordError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
 }
 
 #[cfg(test)]
@@ -196,7 +176,7 @@ mod tests {
             subnets: vec!["172.17.0.0/16".parse().unwrap()],
         };
         let entries = crate::plan::desired(&target);
-        Record::new(target, entries)
+        Record::new(target, entries, None)
     }
 
     #[test]

@@ -17,21 +17,38 @@ pub fn outcome(verb: &str, o: &Outcome) -> String {
             t.vm_ip_source
         );
     }
+    let dns_changed = o.dns.as_ref().is_some_and(|d| d.changed);
     if o.changes.is_empty() {
-        let _ = writeln!(s, "{verb}: nothing to change");
-        return s;
-    }
-    let head = if o.dry_run {
-        format!(
-            "{verb} --dry-run: would apply {} change(s):",
-            o.changes.len()
-        )
+        let what = if dns_changed {
+            "routes up to date"
+        } else {
+            "nothing to change"
+        };
+        let _ = writeln!(s, "{verb}: {what}");
     } else {
-        format!("{verb}: applied {} change(s):", o.changes.len())
-    };
-    let _ = writeln!(s, "{head}");
-    for c in &o.changes {
-        let _ = writeln!(s, "  {c}");
+        let head = if o.dry_run {
+            format!(
+                "{verb} --dry-run: would apply {} change(s):",
+                o.changes.len()
+            )
+        } else {
+            format!("{verb}: applied {} change(s):", o.changes.len())
+        };
+        let _ = writeln!(s, "{head}");
+        for c in &o.changes {
+            let _ = writeln!(s, "  {c}");
+        }
+    }
+    if let Some(d) = &o.dns {
+        let action = match (verb, o.dry_run, d.changed) {
+            ("up", false, true) => "set",
+            ("up", true, true) => "would set",
+            ("up", _, false) => "already set:",
+            (_, false, true) => "removed",
+            (_, true, true) => "would remove",
+            (_, _, false) => "nothing to remove for",
+        };
+        let _ = writeln!(s, "dns: {action} {}", d.state);
     }
     s
 }
@@ -104,6 +121,28 @@ pub fn status(st: &Status) -> String {
                 if p.ok { "ok" } else { "NOT VIA THE VM" }
             );
         }
+    }
+    match &st.dns {
+        Some(d) => {
+            let state = if d.in_place {
+                "in place"
+            } else {
+                "NOT IN PLACE (run dockroute up)"
+            };
+            row(&mut s, "dns", &format!("{}: {state}", d.state));
+            let _ = writeln!(s, "  {}", d.detail);
+        }
+        None => row(&mut s, "dns", "not set by dockroute"),
+    }
+    if let Some(n) = &st.name_check {
+        let answer = match &n.error {
+            Some(e) => format!("{}: NOT RESOLVED ({e})", n.name),
+            None => {
+                let ips: Vec<String> = n.addresses.iter().map(|a| a.to_string()).collect();
+                format!("{} -> {}", n.name, ips.join(", "))
+            }
+        };
+        row(&mut s, "name", &answer);
     }
     if st.conflicts.is_empty() {
         row(&mut s, "conflicts", "none");

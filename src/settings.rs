@@ -6,7 +6,7 @@ use crate::discover::{Request, VmIpSource};
 use crate::validate;
 use ipnet::Ipv4Net;
 use serde::Deserialize;
-use std::net::Ipv4Addr;
+use std::net::SocketAddrV4;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -62,9 +62,13 @@ pub struct Settings {
     pub json: bool,
     pub request: Request,
     pub domain: String,
-    pub nameserver: Ipv4Addr,
+    /// The VM's DNS server for the domain (port 53 unless given as IP:PORT).
+    pub nameserver: SocketAddrV4,
     pub dns: DnsMode,
     pub resolver_dir: PathBuf,
+    /// The resolv.conf the resolv-conf backend edits (always /etc/resolv.conf; a field so unit
+    /// tests never touch the machine's).
+    pub resolv_conf: PathBuf,
     pub firewall: FirewallMode,
 }
 
@@ -192,8 +196,11 @@ impl Settings {
         };
         let nameserver = match (up.nameserver, &cfg.nameserver) {
             (Some(n), _) => n,
-            (None, Some(n)) => src.check(n, validate::ipv4)?,
-            _ => subnets[0].hosts().next().unwrap_or(subnets[0].network()),
+            (None, Some(n)) => src.check(n, validate::nameserver)?,
+            _ => SocketAddrV4::new(
+                subnets[0].hosts().next().unwrap_or(subnets[0].network()),
+                53,
+            ),
         };
         let wait = match (up.wait, &cfg.wait) {
             (Some(w), _) => Some(w),
@@ -203,14 +210,8 @@ impl Settings {
             ),
             _ => None,
         };
-        let dns = up.dns.or(cfg.dns).unwrap_or(DnsMode::Off);
+        let dns = up.dns.or(cfg.dns).unwrap_or(DnsMode::Auto);
         let firewall = up.firewall.or(cfg.firewall).unwrap_or(FirewallMode::Off);
-        if dns != DnsMode::Off {
-            return Err(SettingsError(
-                "--dns: only 'off' is supported in this version (DNS backends are not built yet)"
-                    .into(),
-            ));
-        }
         if firewall != FirewallMode::Off {
             return Err(SettingsError(
                 "--firewall: only 'off' is supported in this version (firewall repair is not built yet)"
@@ -245,6 +246,7 @@ impl Settings {
             nameserver,
             dns,
             resolver_dir,
+            resolv_conf: PathBuf::from(crate::dns::RESOLV_CONF),
             firewall,
         })
     }
@@ -282,7 +284,8 @@ mod tests {
             vec![DEFAULT_SUBNET.parse::<Ipv4Net>().unwrap()]
         );
         assert_eq!(s.domain, "docker");
-        assert_eq!(s.nameserver.to_string(), "172.17.0.1");
+        assert_eq!(s.nameserver.to_string(), "172.17.0.1:53");
+        assert_eq!(s.dns, DnsMode::Auto);
         assert_eq!(s.state_dir, PathBuf::from("/var/lib/dockroute"));
         drop(dir);
     }
@@ -296,7 +299,7 @@ mod tests {
             s.request.vm_ip,
             Some((_, VmIpSource::Config { .. }))
         ));
-        assert_eq!(s.nameserver.to_string(), "172.18.42.1");
+        assert_eq!(s.nameserver.to_string(), "172.18.42.1:53");
         assert_eq!(s.wait(), Some(Duration::from_millis(1500)));
 
         let dir = tempfile::tempdir().unwrap();
@@ -346,12 +349,12 @@ mod tests {
         let e = Settings::load(None, Some(none), false, Some(&up), None);
         assert!(e.unwrap_err().0.contains("overlap"));
         let up = UpArgs {
-            dns: Some(DnsMode::Auto),
+            firewall: Some(FirewallMode::Auto),
             ..Default::default()
         };
         let e = Settings::load(None, None, false, Some(&up), None)
             .unwrap_err()
             .0;
-        assert!(e.contains("--dns"), "{e}");
+        assert!(e.contains("--firewall"), "{e}");
     }
 }

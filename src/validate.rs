@@ -4,7 +4,7 @@
 //! before anything on the system is touched.
 
 use ipnet::Ipv4Net;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 /// A network interface name as the kernel accepts it: 1 to 15 bytes of `[A-Za-z0-9_.-]`.
@@ -30,6 +30,21 @@ pub fn ipv4(s: &str) -> Result<Ipv4Addr, String> {
         return Err(format!("'{ip}' is not a usable unicast IPv4 address"));
     }
     Ok(ip)
+}
+
+/// A DNS server: `IP` or `IP:PORT` (port 53 when not given).
+pub fn nameserver(s: &str) -> Result<SocketAddrV4, String> {
+    let (ip, port) = match s.split_once(':') {
+        Some((ip, port)) => {
+            let port: u16 =
+                port.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
+                    format!("invalid nameserver port in '{}'", s.escape_default())
+                })?;
+            (ip, port)
+        }
+        None => (s, 53),
+    };
+    Ok(SocketAddrV4::new(ipv4(ip)?, port))
 }
 
 /// An IPv4 network in CIDR form whose host bits are zero, /8 or longer.
@@ -154,6 +169,24 @@ mod tests {
             "1.2.3.4/32",
         ] {
             assert!(ipv4(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn nameservers() {
+        assert_eq!(
+            nameserver("172.17.0.1").unwrap().to_string(),
+            "172.17.0.1:53"
+        );
+        assert_eq!(nameserver("172.17.0.1:5353").unwrap().port(), 5353);
+        for bad in [
+            "172.17.0.1:",
+            "172.17.0.1:0",
+            "172.17.0.1:99999",
+            "x:53",
+            "::1",
+        ] {
+            assert!(nameserver(bad).is_err(), "{bad:?} accepted");
         }
     }
 

@@ -23,6 +23,7 @@ fn bad_input_is_refused_with_one_line_and_changes_nothing() {
     }
     let lab = Lab::new();
     let before = lab.snapshot();
+    let resolv_before = std::fs::read(lab.resolv_conf()).unwrap();
     let cases: &[(&[&str], &str)] = &[
         (
             &["up", "--vm-ip", "300.1.1.1"],
@@ -68,7 +69,34 @@ fn bad_input_is_refused_with_one_line_and_changes_nothing() {
             &["up", "--vm-ip", VM_IP, "--wait", "soon"],
             "invalid --wait",
         ),
-        (&["up", "--vm-ip", VM_IP, "--dns", "auto"], "--dns"),
+        (
+            &["up", "--vm-ip", VM_IP, "--dns", "bogus"],
+            "invalid value 'bogus'",
+        ),
+        (
+            &["up", "--vm-ip", VM_IP, "--domain", "a b"],
+            "invalid domain",
+        ),
+        (
+            &["up", "--vm-ip", VM_IP, "--nameserver", "172.17.0.1:0"],
+            "invalid nameserver port",
+        ),
+        (
+            &[
+                "up",
+                "--vm-ip",
+                VM_IP,
+                "--dns",
+                "resolv-conf",
+                "--nameserver",
+                "172.17.0.1:5353",
+            ],
+            "cannot name a DNS port",
+        ),
+        (
+            &["up", "--vm-ip", VM_IP, "--firewall", "auto"],
+            "--firewall",
+        ),
         (
             &["up", "--vm-ip", VM_IP, "--bogus"],
             "unexpected argument '--bogus'",
@@ -80,6 +108,11 @@ fn bad_input_is_refused_with_one_line_and_changes_nothing() {
         let run = lab.dockroute(args);
         refused(&run, want);
         assert_eq!(lab.snapshot(), before, "{args:?} changed the kernel state");
+        assert_eq!(
+            std::fs::read(lab.resolv_conf()).unwrap(),
+            resolv_before,
+            "{args:?} changed resolv.conf"
+        );
         assert!(!exists(&lab.state_dir()), "{args:?} created the state dir");
     }
 

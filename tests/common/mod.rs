@@ -13,6 +13,11 @@ use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_dockroute");
 pub const LAB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/lab.sh");
+pub const RESOLVED_LAB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/resolved-lab.sh");
+pub const RESOLVECTL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/target/test-deps/systemd-resolved/usr/bin/resolvectl"
+);
 pub const VM_IP: &str = "192.168.99.100";
 pub const CONTAINER: &str = "172.17.0.2:6379";
 
@@ -90,7 +95,32 @@ impl Lab {
             "lab.sh create failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // Every dockroute run sees this file as /etc/resolv.conf, never the machine's.
+        assert!(
+            lab.resolv_conf().is_file(),
+            "the lab has no private resolv.conf"
+        );
         lab
+    }
+
+    /// The host namespace's resolv.conf (bind-mounted over /etc/resolv.conf by `ip netns exec`).
+    pub fn resolv_conf(&self) -> PathBuf {
+        PathBuf::from(format!("/etc/netns/{}/resolv.conf", self.host()))
+    }
+
+    /// `getent hosts NAME` in the host namespace: the addresses the system resolver returns.
+    pub fn getent(&self, name: &str) -> Option<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.host(), "getent", "hosts", name])
+            .output()
+            .expect("running getent");
+        out.status.success().then(|| {
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
     }
 
     pub fn host(&self) -> String {
@@ -117,6 +147,11 @@ impl Lab {
             .env_remove("MACHINE_STORAGE_PATH")
             .env_remove("SUDO_USER")
             .env_remove("DOCKROUTE_TEST_STALL_AFTER")
+            // never the machine's D-Bus (a developer's systemd-resolved): only the resolved lab's
+            .env(
+                "DBUS_SYSTEM_BUS_ADDRESS",
+                format!("unix:path={}/no-bus", self.dir.path().display()),
+            )
             .stdin(Stdio::null());
         c
     }
@@ -189,6 +224,44 @@ impl Lab {
         let routes = self.ip("-4 route show table all proto 100");
         let rules = self.ip("-N -4 rule show");
         routes.lines().count() + rules.lines().filter(|l| l.contains("proto 100")).count()
+    }
+
+    /// Start a real systemd-resolved for the host namespace (scripts/resolved-lab.sh); commands
+    /// run through [`Lab::nsenter`] then see it, its private bus and its stub resolv.conf.
+    pub fn start_resolved(&self) -> u32 {
+        let out = Command::new(RESOLVED_LAB)
+            .args(["start", &self.prefix])
+            .output()
+            .expect("running resolved-lab.sh");
+        assert!(
+            out.status.success(),
+            "resolved-lab.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("holder pid")
+    }
+
+    /// PROGRAM ARGS inside the resolved holder's mount and network namespaces.
+    pub fn nsenter(&self, holder: u32, program: &str, args: &[&str]) -> Run {
+        let out = Command::new("nsenter")
+            .args(["-t", &holder.to_string(), "-m", "-n", program])
+            .args(args)
+            .env("DOCKROUTE_STATE_DIR", self.state_dir())
+            .env_remove("DOCKER_HOST")
+            .output()
+            .expect("running nsenter");
+        Run::from(out)
+    }
+
+    /// dockroute inside the resolved holder's namespaces.
+    pub fn dockroute_resolved(&self, holder: u32, args: &[&str]) -> Run {
+        let config = self.config();
+        let mut all = vec!["--config", config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        self.nsenter(holder, BIN, &all)
     }
 
     /// A fake VPN tunnel: a veth whose peer swallows everything (inside this namespace).

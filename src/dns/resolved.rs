@@ -1,0 +1,215 @@
+//! The resolved backend: per-link DNS on the host-only link through systemd-resolved's D-Bus API,
+//! what `resolvectl domain vboxnet0 '~docker'; resolvectl dns vboxnet0 IP;
+//! resolvectl default-route vboxnet0 false` does.
+
+use super::DnsError;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use zbus::proxy::CacheProperties;
+use zbus::zvariant::OwnedObjectPath;
+
+const AF_INET: i32 = 2;
+const UNKNOWN_METHOD: &str = "org.freedesktop.DBus.Error.UnknownMethod";
+
+#[zbus::proxy(
+    interface = "org.freedesktop.resolve1.Manager",
+    default_service = "org.freedesktop.resolve1",
+    default_path = "/org/freedesktop/resolve1"
+)]
+trait Manager {
+    fn get_link(&self, ifindex: i32) -> zbus::Result<OwnedObjectPath>;
+    #[zbus(name = "SetLinkDNS")]
+    fn set_link_dns(&self, ifindex: i32, addresses: Vec<(i32, Vec<u8>)>) -> zbus::Result<()>;
+    #[zbus(name = "SetLinkDNSEx")]
+    fn set_link_dns_ex(
+        &self,
+        ifindex: i32,
+        addresses: Vec<(i32, Vec<u8>, u16, String)>,
+    ) -> zbus::Result<()>;
+    fn set_link_domains(&self, ifindex: i32, domains: Vec<(String, bool)>) -> zbus::Result<()>;
+    fn set_link_default_route(&self, ifindex: i32, enable: bool) -> zbus::Result<()>;
+    fn revert_link(&self, ifindex: i32) -> zbus::Result<()>;
+    fn flush_caches(&self) -> zbus::Result<()>;
+}
+
+#[zbus::proxy(
+    interface = "org.freedesktop.resolve1.Link",
+    default_service = "org.freedesktop.resolve1"
+)]
+trait Link {
+    #[zbus(property, name = "DNSEx")]
+    fn dns_ex(&self) -> zbus::Result<Vec<(i32, Vec<u8>, u16, String)>>;
+    #[zbus(property)]
+    fn domains(&self) -> zbus::Result<Vec<(String, bool)>>;
+    #[zbus(property)]
+    fn default_route(&self) -> zbus::Result<bool>;
+}
+
+fn bus_err(what: &str, e: zbus::Error) -> DnsError {
+    DnsError::Bus(format!("{what}: {e}"))
+}
+
+fn is_unknown_method(e: &zbus::Error) -> bool {
+    matches!(e, zbus::Error::MethodError(name, _, _) if name.as_str() == UNKNOWN_METHOD)
+}
+
+/// What resolved has for one link.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LinkDns {
+    pub servers: Vec<SocketAddrV4>,
+    pub domains: Vec<(String, bool)>,
+    pub default_route: Option<bool>,
+}
+
+impl LinkDns {
+    fn wanted(domain: &str, ns: SocketAddrV4) -> LinkDns {
+        LinkDns {
+            servers: vec![ns],
+            domains: vec![(domain.to_string(), true)],
+            default_route: Some(false),
+        }
+    }
+
+    /// Whether the link routes `domain` (routing-only) to `ns`, as dockroute sets it.
+    pub fn carries(&self, domain: &str, ns: SocketAddrV4) -> bool {
+        self.servers.contains(&ns) && self.domains.contains(&(domain.to_string(), true))
+    }
+}
+
+struct Session {
+    conn: zbus::Connection,
+    manager: ManagerProxy<'static>,
+}
+
+async fn session() -> Result<Session, DnsError> {
+    let conn = zbus::Connection::system()
+        .await
+        .map_err(|e| bus_err("cannot reach the system bus", e))?;
+    let manager = ManagerProxy::builder(&conn)
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await
+        .map_err(|e| bus_err("systemd-resolved", e))?;
+    Ok(Session { conn, manager })
+}
+
+impl Session {
+    async fn link(&self, ifindex: u32) -> Result<LinkDns, DnsError> {
+        let path = self
+            .manager
+            .get_link(ifindex as i32)
+            .await
+            .map_err(|e| bus_err("systemd-resolved does not answer for the link", e))?;
+        let link = LinkProxy::builder(&self.conn)
+            .path(path)
+            .map_err(|e| bus_err("link object", e))?
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await
+            .map_err(|e| bus_err("link object", e))?;
+        let servers = link
+            .dns_ex()
+            .await
+            .map_err(|e| bus_err("reading the link's DNS servers", e))?
+            .into_iter()
+            .filter_map(|(family, bytes, port, _)| {
+                let b: [u8; 4] = bytes.try_into().ok()?;
+                (family == AF_INET).then(|| {
+                    SocketAddrV4::new(Ipv4Addr::from(b), if port == 0 { 53 } else { port })
+                })
+            })
+            .collect();
+        let domains = link
+            .domains()
+            .await
+            .map_err(|e| bus_err("reading the link's domains", e))?;
+        Ok(LinkDns {
+            servers,
+            domains,
+            default_route: link.default_route().await.ok(),
+        })
+    }
+}
+
+/// Check that resolved answers, before anything changes.
+pub async fn check(ifindex: u32) -> Result<(), DnsError> {
+    session().await?.link(ifindex).await.map(|_| ())
+}
+
+/// What resolved has for the link now.
+pub async fn current(ifindex: u32) -> Result<LinkDns, DnsError> {
+    session().await?.link(ifindex).await
+}
+
+/// Route `domain` to `ns` on the link. Returns whether anything changed.
+pub async fn apply(ifindex: u32, domain: &str, ns: SocketAddrV4) -> Result<bool, DnsError> {
+    let s = session().await?;
+    let wanted = LinkDns::wanted(domain, ns);
+    let now = s.link(ifindex).await?;
+    if now.servers == wanted.servers
+        && now.domains == wanted.domains
+        && now.default_route != Some(true)
+    {
+        return Ok(false);
+    }
+    let idx = ifindex as i32;
+    // Domains and default-route first, then the server: no moment where the server takes all names.
+    s.manager
+        .set_link_domains(idx, wanted.domains.clone())
+        .await
+        .map_err(|e| bus_err("SetLinkDomains", e))?;
+    match s.manager.set_link_default_route(idx, false).await {
+        Err(e) if is_unknown_method(&e) => {
+            tracing::warn!("this systemd-resolved has no SetLinkDefaultRoute (older than v240)")
+        }
+        r => r.map_err(|e| bus_err("SetLinkDefaultRoute", e))?,
+    }
+    let octets = ns.ip().octets().to_vec();
+    if ns.port() == 53 {
+        s.manager
+            .set_link_dns(idx, vec![(AF_INET, octets)])
+            .await
+            .map_err(|e| bus_err("SetLinkDNS", e))?;
+    } else {
+        s.manager
+            .set_link_dns_ex(idx, vec![(AF_INET, octets, ns.port(), String::new())])
+            .await
+            .map_err(|e| {
+                if is_unknown_method(&e) {
+                    DnsError::Refused(format!(
+                        "this systemd-resolved cannot use DNS port {} (SetLinkDNSEx needs v246); use port 53",
+                        ns.port()
+                    ))
+                } else {
+                    bus_err("SetLinkDNSEx", e)
+                }
+            })?;
+    }
+    if let Err(e) = s.manager.flush_caches().await {
+        tracing::warn!("FlushCaches: {e}");
+    }
+    Ok(true)
+}
+
+/// Undo dockroute's settings on the link (`resolvectl revert`), but only while the link still
+/// carries them: settings someone else made since are left alone. Returns whether it reverted.
+pub async fn revert(ifindex: u32, domain: &str, ns: SocketAddrV4) -> Result<bool, DnsError> {
+    let s = session().await?;
+    let now = match s.link(ifindex).await {
+        Ok(now) => now,
+        Err(e) => {
+            tracing::info!("nothing to revert on link {ifindex}: {e}");
+            return Ok(false);
+        }
+    };
+    if !now.carries(domain, ns) {
+        return Ok(false);
+    }
+    s.manager
+        .revert_link(ifindex as i32)
+        .await
+        .map_err(|e| bus_err("RevertLink", e))?;
+    if let Err(e) = s.manager.flush_caches().await {
+        tracing::warn!("FlushCaches: {e}");
+    }
+    Ok(true)
+}

@@ -1,0 +1,338 @@
+//! Names for containers, against real servers: dnsmasq in the VM namespace answers redis.docker;
+//! the host asks through systemd-resolved, a plain resolv.conf, or resolver files.
+#![cfg(target_os = "linux")]
+
+mod common;
+use common::*;
+
+const CONTAINER_IP: &str = "172.17.0.2";
+
+#[test]
+fn resolved_backend_routes_the_domain_to_the_vm_and_down_reverts_the_link() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let h = lab.start_resolved();
+    let getent = |name: &str| lab.nsenter(h, "getent", &["hosts", name]);
+    assert_ne!(getent("redis.docker").code, 0, "resolves before up?");
+
+    // auto: /etc/resolv.conf has the stub's content, so resolved is the backend
+    let up = lab.dockroute_resolved(h, &["up", "--vm-ip", VM_IP]).ok();
+    assert!(
+        up.stdout
+            .contains("dns: set *.docker -> 172.17.0.1:53 (systemd-resolved on vboxnet0)"),
+        "{}",
+        up.stdout
+    );
+    let answer = getent("redis.docker").ok().stdout;
+    assert!(answer.starts_with(CONTAINER_IP), "{answer}");
+    let query = lab
+        .nsenter(h, RESOLVECTL, &["query", "redis.docker"])
+        .ok()
+        .stdout;
+    assert!(
+        query.contains(CONTAINER_IP) && query.contains("link: vboxnet0"),
+        "{query}"
+    );
+    let domain = lab
+        .nsenter(h, RESOLVECTL, &["domain", "vboxnet0"])
+        .ok()
+        .stdout;
+    assert!(domain.contains("~docker"), "{domain}");
+    let dns = lab.nsenter(h, RESOLVECTL, &["dns", "vboxnet0"]).ok().stdout;
+    assert!(dns.contains("172.17.0.1"), "{dns}");
+
+    let st = lab
+        .dockroute_resolved(h, &["--json", "status", "--check-name", "redis.docker"])
+        .ok()
+        .json();
+    assert_eq!(st["dns"]["backend"], "resolved");
+    assert_eq!(st["dns"]["in_place"], true);
+    assert_eq!(st["name_check"]["addresses"][0], CONTAINER_IP);
+
+    let again = lab
+        .dockroute_resolved(h, &["--json", "up", "--vm-ip", VM_IP])
+        .ok()
+        .json();
+    assert_eq!(again["dns"]["changed"], false);
+    assert_eq!(again["changes"], serde_json::json!([]));
+
+    let down = lab.dockroute_resolved(h, &["down"]).ok();
+    assert!(down.stdout.contains("dns: removed"), "{}", down.stdout);
+    let dns = lab.nsenter(h, RESOLVECTL, &["dns", "vboxnet0"]).ok().stdout;
+    let domain = lab
+        .nsenter(h, RESOLVECTL, &["domain", "vboxnet0"])
+        .ok()
+        .stdout;
+    assert_eq!(
+        dns.trim(),
+        "Link 2 (vboxnet0):",
+        "DNS server left on the link: {dns}"
+    );
+    assert_eq!(
+        domain.trim(),
+        "Link 2 (vboxnet0):",
+        "domain left on the link: {domain}"
+    );
+    assert_ne!(getent("redis.docker").code, 0, "still resolves after down");
+}
+
+#[test]
+fn resolved_backend_uses_set_link_dns_ex_for_another_port() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let h = lab.start_resolved();
+    lab.dockroute_resolved(
+        h,
+        &[
+            "up",
+            "--vm-ip",
+            VM_IP,
+            "--dns",
+            "resolved",
+            "--nameserver",
+            "172.17.0.1:5353",
+        ],
+    )
+    .ok();
+    let dns = lab.nsenter(h, RESOLVECTL, &["dns", "vboxnet0"]).ok().stdout;
+    assert!(dns.contains("172.17.0.1:5353"), "{dns}");
+    lab.dockroute_resolved(h, &["down"]).ok();
+    let dns = lab.nsenter(h, RESOLVECTL, &["dns", "vboxnet0"]).ok().stdout;
+    assert!(!dns.contains("172.17.0.1"), "{dns}");
+}
+
+#[test]
+fn resolved_backend_without_resolved_is_refused_before_any_change() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let before = lab.snapshot();
+    let run = lab.dockroute(&["up", "--vm-ip", VM_IP, "--dns", "resolved"]);
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.starts_with("error: ") && run.stderr.lines().count() == 1,
+        "{}",
+        run.stderr
+    );
+    assert_eq!(lab.snapshot(), before);
+}
+
+#[test]
+fn resolv_conf_backend_on_a_bind_mounted_file_and_byte_identical_after_down() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    // a realistic hand-written file (still only pointing inside the lab)
+    let original =
+        "# written by hand\nsearch lab.example\nnameserver 127.0.0.1\noptions timeout:2\n";
+    std::fs::write(lab.resolv_conf(), original).unwrap();
+    assert_eq!(lab.getent("redis.docker"), None);
+
+    // auto: a plain file, so resolv-conf; /etc/resolv.conf is a bind mount (EBUSY on rename)
+    let up = lab.dockroute(&["up", "--vm-ip", VM_IP]).ok();
+    assert!(
+        up.stdout
+            .contains("dns: set *.docker -> 172.17.0.1:53 (first nameserver in /etc/resolv.conf)"),
+        "{}",
+        up.stdout
+    );
+    assert_eq!(lab.getent("redis.docker").as_deref(), Some(CONTAINER_IP));
+    let now = std::fs::read_to_string(lab.resolv_conf()).unwrap();
+    assert!(
+        now.starts_with("# dockroute:") && now.lines().nth(1) == Some("nameserver 172.17.0.1"),
+        "{now}"
+    );
+    assert!(now.ends_with(original), "{now}");
+
+    lab.dockroute(&["up", "--vm-ip", VM_IP]).ok();
+    assert_eq!(
+        std::fs::read_to_string(lab.resolv_conf()).unwrap(),
+        now,
+        "second up changed it"
+    );
+
+    let st = lab
+        .dockroute(&["--json", "status", "--check-name", "redis.docker"])
+        .ok()
+        .json();
+    assert_eq!(st["dns"]["backend"], "resolv-conf");
+    assert_eq!(st["dns"]["in_place"], true);
+    assert_eq!(st["name_check"]["addresses"][0], CONTAINER_IP);
+
+    lab.dockroute(&["down"]).ok();
+    assert_eq!(
+        std::fs::read_to_string(lab.resolv_conf()).unwrap(),
+        original
+    );
+    assert_eq!(lab.getent("redis.docker"), None);
+}
+
+#[test]
+fn resolv_conf_rewritten_by_someone_else_is_left_alone_by_down() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    lab.dockroute(&["up", "--vm-ip", VM_IP]).ok();
+    // a DHCP client rewrites the file: dockroute's lines are gone
+    std::fs::write(lab.resolv_conf(), "nameserver 127.0.0.2\n").unwrap();
+    let st = lab.dockroute(&["--json", "status"]).ok().json();
+    assert_eq!(st["dns"]["in_place"], false);
+    lab.dockroute(&["down"]).ok();
+    assert_eq!(
+        std::fs::read_to_string(lab.resolv_conf()).unwrap(),
+        "nameserver 127.0.0.2\n"
+    );
+}
+
+#[test]
+fn resolv_conf_lines_are_found_even_without_the_record() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let original = std::fs::read(lab.resolv_conf()).unwrap();
+    lab.dockroute(&["up", "--vm-ip", VM_IP]).ok();
+    std::fs::remove_file(lab.state_dir().join("state.json")).unwrap();
+    lab.dockroute(&["down"]).ok();
+    assert_eq!(std::fs::read(lab.resolv_conf()).unwrap(), original);
+}
+
+#[test]
+fn resolver_dir_backend_writes_only_its_file() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let dir = lab.dir.path().join("resolver");
+    let dir_arg = dir.to_str().unwrap().to_string();
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("corp.example"), "nameserver 10.0.0.53\n").unwrap();
+    let up = |extra: &[&str]| {
+        let mut args = vec![
+            "up",
+            "--vm-ip",
+            VM_IP,
+            "--dns",
+            "resolver-dir",
+            "--resolver-dir",
+            &dir_arg,
+        ];
+        args.extend_from_slice(extra);
+        lab.dockroute(&args)
+    };
+    up(&["--nameserver", "172.17.0.1:5353"]).ok();
+    assert_eq!(
+        std::fs::read_to_string(dir.join("docker")).unwrap(),
+        "# managed by dockroute: `dockroute down` removes this file\nnameserver 172.17.0.1\nport 5353\n"
+    );
+    up(&[]).ok();
+    assert_eq!(
+        std::fs::read_to_string(dir.join("docker")).unwrap(),
+        "# managed by dockroute: `dockroute down` removes this file\nnameserver 172.17.0.1\n"
+    );
+    lab.dockroute(&["down"]).ok();
+    assert!(!dir.join("docker").exists());
+    assert_eq!(
+        std::fs::read_to_string(dir.join("corp.example")).unwrap(),
+        "nameserver 10.0.0.53\n"
+    );
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["corp.example"]);
+}
+
+#[test]
+fn resolver_dir_refusals_change_nothing() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let before = lab.snapshot();
+    let dir = lab.dir.path().join("resolver");
+    std::fs::create_dir(&dir).unwrap();
+    let dir_arg = dir.to_str().unwrap().to_string();
+    let args = [
+        "up",
+        "--vm-ip",
+        VM_IP,
+        "--dns",
+        "resolver-dir",
+        "--resolver-dir",
+        &dir_arg,
+    ];
+
+    // a file dockroute did not write
+    std::fs::write(dir.join("docker"), "nameserver 9.9.9.9\n").unwrap();
+    let run = lab.dockroute(&args);
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("is not dockroute's") && run.stderr.lines().count() == 1,
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("docker")).unwrap(),
+        "nameserver 9.9.9.9\n"
+    );
+    assert_eq!(lab.snapshot(), before);
+
+    // a symlink, even to a file that looks like dockroute's
+    std::fs::remove_file(dir.join("docker")).unwrap();
+    let target = lab.dir.path().join("elsewhere");
+    std::fs::write(
+        &target,
+        "# managed by dockroute: `dockroute down` removes this file\nnameserver 1.1.1.1\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&target, dir.join("docker")).unwrap();
+    let run = lab.dockroute(&args);
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("not a regular file"), "{}", run.stderr);
+    assert!(
+        std::fs::read_to_string(&target)
+            .unwrap()
+            .contains("1.1.1.1")
+    );
+    assert_eq!(lab.snapshot(), before);
+    assert!(!lab.state_dir().join("state.json").exists());
+}
+
+#[test]
+fn switching_backends_undoes_the_previous_one() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let original = std::fs::read(lab.resolv_conf()).unwrap();
+    let dir = lab.dir.path().join("resolver");
+    lab.dockroute(&["up", "--vm-ip", VM_IP]).ok(); // resolv-conf
+    let dir_arg = dir.to_str().unwrap();
+    lab.dockroute(&[
+        "up",
+        "--vm-ip",
+        VM_IP,
+        "--dns",
+        "resolver-dir",
+        "--resolver-dir",
+        dir_arg,
+    ])
+    .ok();
+    assert_eq!(
+        std::fs::read(lab.resolv_conf()).unwrap(),
+        original,
+        "old backend not undone"
+    );
+    assert!(dir.join("docker").exists());
+    lab.dockroute(&["up", "--vm-ip", VM_IP, "--dns", "off"])
+        .ok();
+    assert!(!dir.join("docker").exists());
+}
