@@ -5,6 +5,8 @@
 #
 # Every command is timed by hyperfine without a shell (-N), in the lab's host namespace; the
 # "prepare" command puts the kernel back before each timed run. Prints medians in milliseconds.
+# Part 1: routes only (--dns off). Part 2: routes + DNS through a real systemd-resolved
+# (scripts/resolved-lab.sh) against `ip route replace` + `resolvectl dns` + `resolvectl domain`.
 set -euo pipefail
 shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
@@ -26,12 +28,12 @@ scripts/lab.sh create "$P"
 export DOCKROUTE_STATE_DIR=$WORK/state
 H=(ip netns exec "$P-host")
 DR="$BIN --config $WORK/config.toml"
-UP="$DR up --vm-ip 192.168.99.100"
+UP="$DR up --vm-ip 192.168.99.100 --dns off"
 DOWN="$DR down"
 REPLACE="ip route replace 172.17.0.0/16 via 192.168.99.100 dev vboxnet0"
 DEL="ip route del 172.17.0.0/16"
 
-# median CMD PREPARE -> milliseconds
+# median CMD PREPARE -> milliseconds (run inside "${H[@]}")
 median() {
     local csv=$WORK/out.csv
     if ! "${H[@]}" hyperfine -N --style none --warmup 30 --runs "$RUNS" \
@@ -51,6 +53,19 @@ up_again=$(median "$UP" "$UP")
 replace=$(median "$REPLACE" "$DEL")
 del=$(median "$DEL" "$REPLACE") # the last timed run deleted the route
 
+# Part 2: the same host namespace, now with systemd-resolved and its stub as /etc/resolv.conf.
+HOLDER=$(scripts/resolved-lab.sh start "$P")
+H=(nsenter -t "$HOLDER" -m -n)
+RESOLVECTL=$PWD/target/test-deps/systemd-resolved/usr/bin/resolvectl
+UP_DNS="$DR up --vm-ip 192.168.99.100 --dns resolved"
+up_dns=$(median "$UP_DNS" "$DOWN")
+"${H[@]}" $UP_DNS >/dev/null
+up_dns_again=$(median "$UP_DNS" "$UP_DNS")
+"${H[@]}" $DOWN >/dev/null
+r_dns=$(median "$RESOLVECTL dns vboxnet0 172.17.0.1" "$RESOLVECTL revert vboxnet0")
+r_domain=$(median "$RESOLVECTL domain vboxnet0 ~docker" "$RESOLVECTL revert vboxnet0")
+"${H[@]}" "$RESOLVECTL" revert vboxnet0
+
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 sum() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a + b }'; }
 cycle=$(sum "$up" "$down")
@@ -63,3 +78,10 @@ printf '  %-44s %8s ms\n' "ip route replace (one route)" "$replace"
 printf '  %-44s %8s ms\n' "ip route del (one route)" "$del"
 printf '  %-44s %8s ms  vs recipe %s ms  ratio %s\n' "cycle up + down" "$cycle" "$recipe" "$(ratio "$cycle" "$recipe")"
 printf '  %-44s %8s\n' "ratio up / ip route replace" "$(ratio "$up" "$replace")"
+recipe_dns=$(awk -v a="$replace" -v b="$r_dns" -v c="$r_domain" 'BEGIN { printf "%.3f", a + b + c }')
+echo "with systemd-resolved (--dns resolved):"
+printf '  %-44s %8s ms\n' "dockroute up (routes + per-link DNS)" "$up_dns"
+printf '  %-44s %8s ms\n' "dockroute up, nothing to change" "$up_dns_again"
+printf '  %-44s %8s ms\n' "resolvectl dns vboxnet0 172.17.0.1" "$r_dns"
+printf '  %-44s %8s ms\n' "resolvectl domain vboxnet0 ~docker" "$r_domain"
+printf '  %-44s %8s ms  ratio %s\n' "recipe: ip route replace + the two resolvectl" "$recipe_dns" "$(ratio "$up_dns" "$recipe_dns")"

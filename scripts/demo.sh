@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on a simulated VM: build dockroute, build a namespace lab (scripts/lab.sh), show the
-# container unreachable, run `dockroute up`, show it reachable, `status`, `down`, and show the
-# host's routing state is byte-identical to before. The lab is removed on exit, Ctrl-C or failure.
+# container unreachable and its name unknown, run `dockroute up`, show a real TCP exchange and
+# redis.docker resolving, `status`, `down`, and show the host's routes, rules and resolv.conf are
+# byte-identical to before. The lab is removed on exit, Ctrl-C or failure.
 #
 #   sudo scripts/demo.sh
 set -euo pipefail
@@ -32,35 +33,42 @@ talk() { # a real TCP exchange with the container's echo service on 172.17.0.2:6
     echo "\$ echo hello | socat - TCP:172.17.0.2:6379"
     echo "hello from the host" | host socat -T2 - TCP:172.17.0.2:6379,connect-timeout=2
 }
-snapshot() { host ip route show table all; host ip rule show; }
+resolve() { echo "\$ getent hosts redis.docker"; host getent hosts redis.docker; }
+snapshot() { host ip route show table all; host ip rule show; host cat /etc/resolv.conf; }
 
 snapshot >"$WORK/before"
-step "before: the container is not reachable from the host"
+step "before: the container is not reachable from the host, and its name is unknown"
 if talk; then echo "unexpected: reachable before dockroute up" >&2; exit 1; fi
+if resolve; then echo "unexpected: redis.docker resolves before dockroute up" >&2; exit 1; fi
+echo "(no answer)"
 
 step "dockroute up"
 dockroute up --vm-ip 192.168.99.100
 
-step "after: the container answers over the host-only link"
+step "after: the container answers over the host-only link, and its name resolves"
 talk
+resolve
+echo "\$ cat /etc/resolv.conf   # the lab's own, bind-mounted by ip netns exec"
+host cat /etc/resolv.conf
 
 step "dockroute up again (idempotent: it is also the post-VPN-connect hook)"
 dockroute up --vm-ip 192.168.99.100
 
 step "dockroute status"
-dockroute status
+dockroute status --check-name redis.docker
 
 step "dockroute down"
 dockroute down
 snapshot >"$WORK/after"
 if cmp -s "$WORK/before" "$WORK/after"; then
-    echo "routes and rules are byte-identical to before up"
+    echo "routes, rules and resolv.conf are byte-identical to before up"
 else
     diff "$WORK/before" "$WORK/after" >&2 || true
     echo "routing state differs after down" >&2
     exit 1
 fi
 if talk 2>/dev/null; then echo "unexpected: still reachable after down" >&2; exit 1; fi
-echo "unreachable again, as before"
+if resolve 2>/dev/null; then echo "unexpected: still resolves after down" >&2; exit 1; fi
+echo "unreachable and unknown again, as before"
 
 step "done: the lab is removed"
