@@ -12,6 +12,13 @@ have ss || need+=(iproute2)
 have setpriv || need+=(util-linux)
 have sysctl || need+=(procps)
 have hyperfine || need+=(hyperfine)
+have nsenter || need+=(util-linux)
+have getent || need+=(libc-bin)
+# the DNS tests' private systemd-resolved (scripts/resolved-lab.sh) needs a bus and systemd's library
+have dbus-daemon || need+=(dbus-daemon)
+have dbus-send || need+=(dbus-bin)
+have dpkg-deb || need+=(dpkg)
+ls /usr/lib/*/systemd/libsystemd-shared-*.so >/dev/null 2>&1 || need+=(libsystemd-shared)
 if [ ${#need[@]} -gt 0 ]; then
     echo "deps: installing ${need[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive

@@ -13,8 +13,11 @@ CACHE=${DOCKROUTE_TEST_CACHE:-$here/../target/test-deps}
 
 die() { echo "resolved-lab: $*" >&2; exit 1; }
 
-fetch() { # -> path of the extracted package root
+fetch() { # -> path of the extracted package root (one fetch at a time: tests run in parallel)
     local root="$CACHE/systemd-resolved"
+    mkdir -p "$CACHE"
+    exec 9>"$CACHE/.fetch.lock"
+    flock 9
     if [ ! -x "$root/lib/systemd/systemd-resolved" ]; then
         local tmp
         tmp=$(mktemp -d)
@@ -25,6 +28,7 @@ fetch() { # -> path of the extracted package root
         dpkg-deb -x "$tmp"/systemd-resolved_*.deb "$root"
         rm -rf "$tmp"
     fi
+    exec 9>&-
     echo "$root"
 }
 
@@ -62,8 +66,9 @@ EOF
     local i
     for i in $(seq 1 500); do
         if [ -s /run/systemd/resolve/stub-resolv.conf ] &&
-            busctl --system call org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus \
-                NameHasOwner s org.freedesktop.resolve1 2>/dev/null | grep -q true; then
+            dbus-send --system --print-reply --dest=org.freedesktop.DBus /org/freedesktop/DBus \
+                org.freedesktop.DBus.NameHasOwner string:org.freedesktop.resolve1 2>/dev/null |
+            grep -q 'boolean true'; then
             mount --bind /run/systemd/resolve/stub-resolv.conf /etc/resolv.conf
             touch "$work/ready"
             exec sleep infinity
