@@ -237,6 +237,7 @@ pub async fn down<N: Net>(
     }
     let mut failed = Vec::new();
     let mut dns = None;
+    let dns_steps = 1; // the DNS undo (from the record, or by resolv.conf's marker)
     match dns_state {
         Some(state) => match dns::revert(&state).await {
             Ok(changed) => dns = Some(DnsOutcome { state, changed }),
@@ -259,7 +260,7 @@ pub async fn down<N: Net>(
     }
     if !failed.is_empty() {
         return Err(EngineError::Remove {
-            total: changes.len() + 1,
+            total: changes.len() + dns_steps,
             failed,
         });
     }

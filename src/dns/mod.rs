@@ -91,6 +91,21 @@ impl DnsError {
     }
 }
 
+/// What systemd-resolved has for one link.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LinkDns {
+    pub servers: Vec<SocketAddrV4>,
+    pub domains: Vec<(String, bool)>,
+    pub default_route: Option<bool>,
+}
+
+impl LinkDns {
+    /// Whether the link routes `domain` (routing-only) to `ns`, as dockroute sets it.
+    pub fn carries(&self, domain: &str, ns: SocketAddrV4) -> bool {
+        self.servers.contains(&ns) && self.domains.contains(&(domain.to_string(), true))
+    }
+}
+
 /// Whether `resolv_conf` sends queries to systemd-resolved's stub: a symlink to one of its stub
 /// files, or a file with the same content as one.
 pub fn routes_through_resolved(resolv_conf: &Path) -> bool {

@@ -2,7 +2,7 @@
 //! what `resolvectl domain vboxnet0 '~docker'; resolvectl dns vboxnet0 IP;
 //! resolvectl default-route vboxnet0 false` does.
 
-use super::DnsError;
+use super::{DnsError, LinkDns};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use zbus::proxy::CacheProperties;
 use zbus::zvariant::OwnedObjectPath;
@@ -50,29 +50,6 @@ fn bus_err(what: &str, e: zbus::Error) -> DnsError {
 
 fn is_unknown_method(e: &zbus::Error) -> bool {
     matches!(e, zbus::Error::MethodError(name, _, _) if name.as_str() == UNKNOWN_METHOD)
-}
-
-/// What resolved has for one link.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LinkDns {
-    pub servers: Vec<SocketAddrV4>,
-    pub domains: Vec<(String, bool)>,
-    pub default_route: Option<bool>,
-}
-
-impl LinkDns {
-    fn wanted(domain: &str, ns: SocketAddrV4) -> LinkDns {
-        LinkDns {
-            servers: vec![ns],
-            domains: vec![(domain.to_string(), true)],
-            default_route: Some(false),
-        }
-    }
-
-    /// Whether the link routes `domain` (routing-only) to `ns`, as dockroute sets it.
-    pub fn carries(&self, domain: &str, ns: SocketAddrV4) -> bool {
-        self.servers.contains(&ns) && self.domains.contains(&(domain.to_string(), true))
-    }
 }
 
 struct Session {
@@ -143,7 +120,11 @@ pub async fn current(ifindex: u32) -> Result<LinkDns, DnsError> {
 /// Route `domain` to `ns` on the link. Returns whether anything changed.
 pub async fn apply(ifindex: u32, domain: &str, ns: SocketAddrV4) -> Result<bool, DnsError> {
     let s = session().await?;
-    let wanted = LinkDns::wanted(domain, ns);
+    let wanted = LinkDns {
+        servers: vec![ns],
+        domains: vec![(domain.to_string(), true)],
+        default_route: Some(false),
+    };
     let now = s.link(ifindex).await?;
     if now.servers == wanted.servers
         && now.domains == wanted.domains

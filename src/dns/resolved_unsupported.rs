@@ -1,20 +1,7 @@
 //! systemd-resolved exists only on Linux: the resolved backend says so elsewhere.
 
-use super::DnsError;
+use super::{DnsError, LinkDns};
 use std::net::SocketAddrV4;
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LinkDns {
-    pub servers: Vec<SocketAddrV4>,
-    pub domains: Vec<(String, bool)>,
-    pub default_route: Option<bool>,
-}
-
-impl LinkDns {
-    pub fn carries(&self, _domain: &str, _ns: SocketAddrV4) -> bool {
-        false
-    }
-}
 
 fn unsupported() -> DnsError {
     DnsError::Refused("systemd-resolved exists only on Linux; use --dns resolver-dir".into())
