@@ -3,8 +3,8 @@
 use crate::discover::Target;
 use crate::net::{Change, Entry, MAIN_METRIC, MAIN_TABLE, RULE_PREF, RouteSpec, RuleSpec, TABLE};
 
-/// What dockroute installs for a target, in the order it is added:
-/// routes in its own table, the rules that reach that table, then a copy of each subnet route in
+/// What dockroute installs for a target, in the order it is added: routes in its own table (the
+/// host-only network first), the rules that reach that table, then a copy of each subnet route in
 /// the main table (found by `lookup main suppress_prefixlength 0` rules that VPN clients insert
 /// ahead of dockroute's rule).
 pub fn desired(t: &Target) -> Vec<Entry> {
@@ -20,8 +20,9 @@ pub fn desired(t: &Target) -> Vec<Entry> {
             metric,
         })
     };
-    let mut out: Vec<Entry> = t.subnets.iter().map(|s| via_vm(TABLE, *s, 0)).collect();
-    out.push(Entry::Route(RouteSpec {
+    // The host-only network first: the kernel checks a gateway against the table it goes into,
+    // and a VPN may have deleted the link's connected route from main.
+    let mut out = vec![Entry::Route(RouteSpec {
         table: TABLE,
         dst: host_net,
         gateway: None,
@@ -29,7 +30,8 @@ pub fn desired(t: &Target) -> Vec<Entry> {
         ifname: t.ifname.clone(),
         prefsrc: Some(t.host_addr.addr()),
         metric: 0,
-    }));
+    })];
+    out.extend(t.subnets.iter().map(|s| via_vm(TABLE, *s, 0)));
     for dst in t.subnets.iter().copied().chain([host_net]) {
         out.push(Entry::Rule(RuleSpec {
             pref: RULE_PREF,
@@ -94,9 +96,9 @@ mod tests {
         assert_eq!(
             lines,
             [
+                "route 192.168.99.0/24 dev vboxnet0 scope link src 192.168.99.1 table dockroute proto dockroute",
                 "route 172.17.0.0/16 via 192.168.99.100 dev vboxnet0 table dockroute proto dockroute",
                 "route 172.18.0.0/16 via 192.168.99.100 dev vboxnet0 table dockroute proto dockroute",
-                "route 192.168.99.0/24 dev vboxnet0 scope link src 192.168.99.1 table dockroute proto dockroute",
                 "rule pref 5100 to 172.17.0.0/16 lookup dockroute proto dockroute",
                 "rule pref 5100 to 172.18.0.0/16 lookup dockroute proto dockroute",
                 "rule pref 5100 to 192.168.99.0/24 lookup dockroute proto dockroute",

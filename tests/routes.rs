@@ -4,10 +4,6 @@
 mod common;
 use common::*;
 
-fn up(lab: &Lab) -> Run {
-    lab.dockroute(&["up", "--vm-ip", VM_IP]).ok()
-}
-
 #[test]
 fn up_makes_the_container_reachable_and_down_restores_the_exact_state() {
     if !privileged() {
@@ -85,55 +81,7 @@ fn dry_run_prints_the_changes_and_applies_none() {
     assert!(lab.reaches_container());
 }
 
-/// Each VPN routing pattern of issue 2, point 4. The developer's old manual route
-/// (`route add 172.17.0.0/16 <vm>`) breaks under the VPN; dockroute's routes keep working, and
-/// `down` leaves the VPN's objects and the manual route exactly as they were.
-fn vpn_scenario(manual_metric: &str, vpn: impl Fn(&Lab), manual_survives_vpn: bool) {
-    let lab = Lab::new();
-    lab.add_tunnel("tun0", "10.66.0.2/24");
-    lab.ip(&format!(
-        "route add 172.17.0.0/16 via {VM_IP} metric {manual_metric}"
-    ));
-    assert!(lab.reaches_container(), "the manual route does not work");
-    vpn(&lab);
-    assert_eq!(
-        lab.reaches_container(),
-        manual_survives_vpn,
-        "the VPN simulation does not behave like the real client"
-    );
-    let with_vpn = lab.snapshot();
-
-    up(&lab);
-    assert!(lab.reaches_container(), "dockroute lost against the VPN");
-    let status = lab.dockroute(&["--json", "status"]).ok().json();
-    assert!(
-        status["probes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|p| p["ok"] == true),
-        "{status}"
-    );
-    let again = lab.dockroute(&["--json", "up", "--vm-ip", VM_IP]).ok();
-    assert_eq!(again.json()["changes"], serde_json::json!([]));
-
-    lab.dockroute(&["down"]).ok();
-    assert_eq!(
-        lab.snapshot(),
-        with_vpn,
-        "down touched something not its own"
-    );
-
-    // The other order: dockroute first, then the VPN connects.
-    let lab = Lab::new();
-    lab.add_tunnel("tun0", "10.66.0.2/24");
-    up(&lab);
-    vpn(&lab);
-    assert!(
-        lab.reaches_container(),
-        "a VPN connecting after up broke the route"
-    );
-}
+// Each VPN routing pattern of issue 2, point 4, through common::vpn_scenario.
 
 #[test]
 fn survives_an_exact_prefix_route_with_a_lower_metric() {
