@@ -2,11 +2,13 @@
 
 use crate::discover::{self, DiscoverError, Target};
 use crate::dns::{self, Backend, DnsError, DnsState};
+use crate::firewall::{self, FirewallError, FwChange};
 use crate::net::{
     Change, ForeignRoute, ForeignRule, LinkInfo, Lookup, MAIN_TABLE, Net, NetError, RULE_PREF,
 };
 use crate::plan;
 use crate::record::{Record, RecordError, Store};
+use crate::settings::FirewallMode;
 use crate::settings::Settings;
 use ipnet::Ipv4Net;
 use serde::Serialize;
@@ -22,6 +24,14 @@ pub enum EngineError {
     Record(#[from] RecordError),
     #[error(transparent)]
     Dns(#[from] DnsError),
+    #[error(transparent)]
+    Firewall(#[from] FirewallError),
+    #[error("firewall: {err}; rolled back the {done} route change(s) of this run{}", undo_note(.undo_failed))]
+    FirewallApply {
+        err: FirewallError,
+        done: usize,
+        undo_failed: Vec<String>,
+    },
     #[error("{err}; rolled back the {done} change(s) made before it{}", undo_note(.undo_failed))]
     Apply {
         err: NetError,
@@ -66,6 +76,8 @@ pub struct DnsOutcome {
 pub struct Outcome {
     pub target: Option<Target>,
     pub changes: Vec<Change>,
+    /// Firewall rules inserted (repairs) or deleted (dockroute's own, no longer needed).
+    pub firewall: Vec<FwChange>,
     pub dns: Option<DnsOutcome>,
     pub dry_run: bool,
 }
@@ -148,6 +160,22 @@ pub async fn up<N: Net>(
     let desired = plan::desired(&target);
     let snap = net.snapshot().await?;
     let changes = plan::diff(&desired, &snap.owned);
+    let fw = match settings.firewall {
+        FirewallMode::Auto => {
+            let scope = firewall::Scope {
+                ifname: target.ifname.clone(),
+                nets: target
+                    .subnets
+                    .iter()
+                    .copied()
+                    .chain([target.host_net()])
+                    .collect(),
+            };
+            let seen = firewall::observe(Some(&scope))?;
+            firewall::diff(&seen.desired, &seen.owned)
+        }
+        FirewallMode::Off => Vec::new(),
+    };
     if dry_run {
         let dns = match want_dns {
             Some(state) => Some(DnsOutcome {
@@ -159,6 +187,7 @@ pub async fn up<N: Net>(
         return Ok(Outcome {
             target: Some(target),
             changes,
+            firewall: fw,
             dns,
             dry_run,
         });
@@ -166,6 +195,14 @@ pub async fn up<N: Net>(
 
     let previous = store.load().ok().flatten();
     apply_all(net, &changes, hooks).await?;
+    if let Err(err) = firewall::apply(&fw) {
+        let undo_failed = undo_all(net, &changes).await;
+        return Err(EngineError::FirewallApply {
+            err,
+            done: changes.len(),
+            undo_failed,
+        });
+    }
     let record = Record::new(target.clone(), desired, want_dns.clone());
     if previous.as_ref() != Some(&record) {
         store.save(&record)?;
@@ -180,6 +217,7 @@ pub async fn up<N: Net>(
         Some(state) => match dns::apply(&state).await {
             Ok(changed) => Some(DnsOutcome { state, changed }),
             Err(err) => {
+                firewall::undo(&fw);
                 let undo_failed = undo_all(net, &changes).await;
                 let restored = match &previous {
                     Some(p) => store.save(p),
@@ -200,6 +238,7 @@ pub async fn up<N: Net>(
     Ok(Outcome {
         target: Some(target),
         changes,
+        firewall: fw,
         dns,
         dry_run,
     })
@@ -217,6 +256,7 @@ pub async fn down<N: Net>(
     let _lock = if dry_run { None } else { Some(store.lock()?) };
     let snap = net.snapshot().await?;
     let changes = plan::diff(&[], &snap.owned);
+    let fw = firewall::removals()?;
     let record = store.load().ok().flatten();
     let dns_state = record.as_ref().and_then(|r| r.dns.clone());
     let target = record.map(|r| r.target);
@@ -231,13 +271,17 @@ pub async fn down<N: Net>(
         return Ok(Outcome {
             target,
             changes,
+            firewall: fw,
             dns,
             dry_run,
         });
     }
     let mut failed = Vec::new();
+    if let Err(e) = firewall::apply(&fw) {
+        failed.push(e.to_string());
+    }
     let mut dns = None;
-    let dns_steps = 1; // the DNS undo (from the record, or by resolv.conf's marker)
+    let other_steps = 2; // the firewall, and the DNS undo (from the record, or resolv.conf's marker)
     match dns_state {
         Some(state) => match dns::revert(&state).await {
             Ok(changed) => dns = Some(DnsOutcome { state, changed }),
@@ -260,7 +304,7 @@ pub async fn down<N: Net>(
     }
     if !failed.is_empty() {
         return Err(EngineError::Remove {
-            total: changes.len() + dns_steps,
+            total: changes.len() + other_steps,
             failed,
         });
     }
@@ -268,6 +312,7 @@ pub async fn down<N: Net>(
     Ok(Outcome {
         target,
         changes,
+        firewall: fw,
         dns,
         dry_run,
     })
@@ -545,7 +590,7 @@ mod tests {
             dns: crate::settings::DnsMode::Off,
             resolver_dir: "/etc/resolver".into(),
             resolv_conf: "/nonexistent/resolv.conf".into(),
-            firewall: crate::settings::FirewallMode::Off,
+            firewall: FirewallMode::Off,
         }
     }
 

@@ -18,7 +18,8 @@ pub fn outcome(verb: &str, o: &Outcome) -> String {
         );
     }
     let dns_changed = o.dns.as_ref().is_some_and(|d| d.changed);
-    if o.changes.is_empty() {
+    let n = o.changes.len() + o.firewall.len();
+    if n == 0 {
         let what = if dns_changed {
             "routes up to date"
         } else {
@@ -27,15 +28,15 @@ pub fn outcome(verb: &str, o: &Outcome) -> String {
         let _ = writeln!(s, "{verb}: {what}");
     } else {
         let head = if o.dry_run {
-            format!(
-                "{verb} --dry-run: would apply {} change(s):",
-                o.changes.len()
-            )
+            format!("{verb} --dry-run: would apply {n} change(s):")
         } else {
-            format!("{verb}: applied {} change(s):", o.changes.len())
+            format!("{verb}: applied {n} change(s):")
         };
         let _ = writeln!(s, "{head}");
         for c in &o.changes {
+            let _ = writeln!(s, "  {c}");
+        }
+        for c in &o.firewall {
             let _ = writeln!(s, "  {c}");
         }
     }

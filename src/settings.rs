@@ -211,13 +211,7 @@ impl Settings {
             _ => None,
         };
         let dns = up.dns.or(cfg.dns).unwrap_or(DnsMode::Auto);
-        let firewall = up.firewall.or(cfg.firewall).unwrap_or(FirewallMode::Off);
-        if firewall != FirewallMode::Off {
-            return Err(SettingsError(
-                "--firewall: only 'off' is supported in this version (firewall repair is not built yet)"
-                    .into(),
-            ));
-        }
+        let firewall = up.firewall.or(cfg.firewall).unwrap_or(FirewallMode::Auto);
         let resolver_dir = up
             .resolver_dir
             .clone()
@@ -337,7 +331,7 @@ mod tests {
     }
 
     #[test]
-    fn overlapping_subnets_and_unbuilt_backends_are_refused() {
+    fn overlapping_subnets_are_refused_and_firewall_repair_is_the_default() {
         let up = UpArgs {
             subnets: vec![
                 "172.16.0.0/12".parse().unwrap(),
@@ -348,13 +342,7 @@ mod tests {
         let none = Path::new("/nonexistent-default");
         let e = Settings::load(None, Some(none), false, Some(&up), None);
         assert!(e.unwrap_err().0.contains("overlap"));
-        let up = UpArgs {
-            firewall: Some(FirewallMode::Auto),
-            ..Default::default()
-        };
-        let e = Settings::load(None, None, false, Some(&up), None)
-            .unwrap_err()
-            .0;
-        assert!(e.contains("--firewall"), "{e}");
+        let s = Settings::load(None, None, false, None, None).unwrap();
+        assert_eq!(s.firewall, FirewallMode::Auto);
     }
 }

@@ -74,6 +74,10 @@ fn bad_input_is_refused_with_one_line_and_changes_nothing() {
             "invalid value 'bogus'",
         ),
         (
+            &["up", "--vm-ip", VM_IP, "--firewall", "on"],
+            "invalid value 'on'",
+        ),
+        (
             &["up", "--vm-ip", VM_IP, "--domain", "a b"],
             "invalid domain",
         ),
@@ -92,10 +96,6 @@ fn bad_input_is_refused_with_one_line_and_changes_nothing() {
                 "172.17.0.1:5353",
             ],
             "cannot name a DNS port",
-        ),
-        (
-            &["up", "--vm-ip", VM_IP, "--firewall", "auto"],
-            "--firewall",
         ),
         (
             &["up", "--vm-ip", VM_IP, "--bogus"],

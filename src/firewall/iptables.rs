@@ -1,0 +1,464 @@
+//! iptables (the nf_tables backend and the legacy one): find what drops traffic between the host
+//! and the VM, and the narrow rules that let it through. Parsing and the walk are pure; the
+//! program runs with argument vectors only.
+
+use super::{Direction, Repair, Scope, TAG};
+use ipnet::Ipv4Net;
+
+/// One `-A CHAIN ...` line of `iptables -S`, as far as the walk needs it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rule {
+    pub chain: String,
+    /// The words after `-A`, for deleting exactly this rule with `-D`.
+    pub words: Vec<String>,
+    pub iif: Option<(bool, String)>,
+    pub oif: Option<(bool, String)>,
+    pub src: Option<(bool, Ipv4Net)>,
+    pub dst: Option<(bool, Ipv4Net)>,
+    /// Other conditions (protocol, state, marks, ...): the rule may or may not match.
+    pub other: bool,
+    pub target: Option<String>,
+    pub comment: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Chain {
+    pub name: String,
+    /// `-P CHAIN POLICY` for built-in chains.
+    pub policy: Option<String>,
+    pub rules: Vec<Rule>,
+}
+
+/// Split an `iptables -S` line into words, honouring double quotes.
+fn words(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut any = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                any = true;
+            }
+            '\\' if quoted => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            c if c.is_whitespace() && !quoted => {
+                if any {
+                    out.push(std::mem::take(&mut cur));
+                    any = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        out.push(cur);
+    }
+    out
+}
+
+fn parse_rule(w: &[String]) -> Rule {
+    let mut r = Rule {
+        chain: w.get(1).cloned().unwrap_or_default(),
+        words: w[1..].to_vec(),
+        ..Default::default()
+    };
+    let mut i = 2;
+    let mut neg = false;
+    while i < w.len() {
+        let opt = w[i].as_str();
+        let val = w.get(i + 1).cloned().unwrap_or_default();
+        match opt {
+            "!" => {
+                neg = true;
+                i += 1;
+                continue;
+            }
+            "-i" => r.iif = Some((neg, val)),
+            "-o" => r.oif = Some((neg, val)),
+            "-s" | "-d" => match val
+                .parse::<Ipv4Net>()
+                .or_else(|_| val.parse::<std::net::Ipv4Addr>().map(Ipv4Net::from))
+            {
+                Ok(n) if opt == "-s" => r.src = Some((neg, n)),
+                Ok(n) => r.dst = Some((neg, n)),
+                Err(_) => r.other = true,
+            },
+            "-j" | "-g" => r.target = Some(val),
+            "-m" if val == "comment" => {}
+            "--comment" => r.comment = Some(val),
+            _ if opt.starts_with('-') => {
+                r.other = true;
+                // skip this option's values (they do not start with '-')
+                i += 1;
+                while i < w.len() && !w[i].starts_with('-') && w[i] != "!" {
+                    i += 1;
+                }
+                neg = false;
+                continue;
+            }
+            _ => {}
+        }
+        neg = false;
+        i += 2;
+    }
+    r
+}
+
+/// Parse `iptables -S` (one table).
+pub fn parse(text: &str) -> Vec<Chain> {
+    let mut chains: Vec<Chain> = Vec::new();
+    let chain_mut = |chains: &mut Vec<Chain>, name: &str| -> usize {
+        match chains.iter().position(|c| c.name == name) {
+            Some(i) => i,
+            None => {
+                chains.push(Chain {
+                    name: name.to_string(),
+                    ..Default::default()
+                });
+                chains.len() - 1
+            }
+        }
+    };
+    for line in text.lines() {
+        let w = words(line);
+        match w.first().map(String::as_str) {
+            Some("-P") if w.len() >= 3 => {
+                let i = chain_mut(&mut chains, &w[1]);
+                chains[i].policy = Some(w[2].clone());
+            }
+            Some("-N") if w.len() >= 2 => {
+                chain_mut(&mut chains, &w[1]);
+            }
+            Some("-A") if w.len() >= 2 => {
+                let i = chain_mut(&mut chains, &w[1]);
+                chains[i].rules.push(parse_rule(&w));
+            }
+            _ => {}
+        }
+    }
+    chains
+}
+
+fn iface_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('+') {
+        Some(prefix) => name.starts_with(prefix),
+        None => pattern == name,
+    }
+}
+
+/// (could match some of our packets, surely matches all of them)
+fn matches(r: &Rule, dir: Direction, scope: &Scope) -> (bool, bool) {
+    let mut could = true;
+    let mut surely = !r.other;
+    let (iface, other_iface, peer, local) = match dir {
+        Direction::Out => (&r.oif, &r.iif, &r.dst, &r.src),
+        Direction::In => (&r.iif, &r.oif, &r.src, &r.dst),
+    };
+    // Locally generated packets have no input interface, received ones no output interface:
+    // `-i X` never matches in OUTPUT, `! -i X` always does (and the same for `-o` in INPUT).
+    if let Some((neg, _)) = other_iface
+        && !neg
+    {
+        return (false, false);
+    }
+    if let Some((neg, pat)) = iface {
+        let m = iface_matches(pat, &scope.ifname) != *neg;
+        could &= m;
+        surely &= m;
+    }
+    if let Some((neg, net)) = peer {
+        let any = scope
+            .nets
+            .iter()
+            .any(|n| net.contains(&n.network()) || n.contains(&net.network()));
+        let all = scope.nets.iter().all(|n| net.contains(n));
+        let (c, s) = if *neg { (!all, !any) } else { (any, all) };
+        could &= c;
+        surely &= s;
+    }
+    if local.is_some() {
+        surely = false; // the host's own address: not worth deciding
+    }
+    (could, surely)
+}
+
+enum Flow {
+    /// Accepted (or dropped) for good: stop.
+    Done,
+    /// Fell off the end of a user chain, or RETURNed: the caller goes on.
+    Continue,
+}
+
+const MAX_DEPTH: usize = 16;
+
+fn walk(
+    chains: &[Chain],
+    name: &str,
+    dir: Direction,
+    scope: &Scope,
+    depth: usize,
+    out: &mut Vec<(String, Direction, &'static str)>,
+) -> Flow {
+    let Some(chain) = chains.iter().find(|c| c.name == name) else {
+        return Flow::Continue;
+    };
+    let builtin = chain.policy.is_some();
+    for r in &chain.rules {
+        if r.comment.as_deref() == Some(TAG) {
+            continue; // judge the firewall as if dockroute's own rules were not there
+        }
+        let (could, surely) = matches(r, dir, scope);
+        if !could {
+            continue;
+        }
+        match r.target.as_deref() {
+            Some("DROP" | "REJECT") => {
+                let verdict = if builtin { "ACCEPT" } else { "RETURN" };
+                out.push((chain.name.clone(), dir, verdict));
+                if !builtin {
+                    return Flow::Continue; // our RETURN hands the packet back to the caller
+                }
+                // our ACCEPT at the top of a built-in chain ends the walk
+                return Flow::Done;
+            }
+            Some("ACCEPT") if surely => return Flow::Done,
+            Some("RETURN") if surely => return Flow::Continue,
+            Some(t) if depth < MAX_DEPTH && chains.iter().any(|c| c.name == t) => {
+                if let Flow::Done = walk(chains, t, dir, scope, depth + 1, out) {
+                    return Flow::Done;
+                }
+            }
+            _ => {}
+        }
+    }
+    if builtin && matches!(chain.policy.as_deref(), Some("DROP" | "REJECT")) {
+        out.push((chain.name.clone(), dir, "ACCEPT"));
+    }
+    Flow::Continue
+}
+
+/// The repairs one iptables backend's filter table needs (`label` names the backend).
+pub fn plan(label: &str, chains: &[Chain], scope: &Scope) -> Vec<Repair> {
+    let mut spots = Vec::new();
+    walk(chains, "OUTPUT", Direction::Out, scope, 0, &mut spots);
+    walk(chains, "INPUT", Direction::In, scope, 0, &mut spots);
+    let mut out: Vec<Repair> = Vec::new();
+    for (chain, dir, verdict) in spots {
+        for net in &scope.nets {
+            let r = Repair {
+                backend: label.to_string(),
+                table: "filter".into(),
+                chain: chain.clone(),
+                direction: dir,
+                net: *net,
+                ifname: scope.ifname.clone(),
+                verdict: verdict.to_string(),
+                handle: None,
+            };
+            if !out.contains(&r) {
+                out.push(r);
+            }
+        }
+    }
+    out
+}
+
+/// dockroute's rules in one backend's filter table, with the words to delete each.
+pub fn owned(label: &str, chains: &[Chain]) -> Vec<(Repair, Vec<String>)> {
+    let mut out = Vec::new();
+    for c in chains {
+        for r in c.rules.iter().filter(|r| r.comment.as_deref() == Some(TAG)) {
+            let (direction, iface, peer) = match (&r.oif, &r.iif) {
+                (Some((false, o)), _) => (Direction::Out, o.clone(), r.dst),
+                (_, Some((false, i))) => (Direction::In, i.clone(), r.src),
+                _ => (Direction::Out, String::new(), None),
+            };
+            let Some((false, net)) = peer else {
+                // tagged but not of dockroute's shape: still dockroute's, remove it on down
+                out.push((
+                    Repair {
+                        backend: label.to_string(),
+                        table: "filter".into(),
+                        chain: c.name.clone(),
+                        direction,
+                        net: Ipv4Net::default(),
+                        ifname: iface,
+                        verdict: r.target.clone().unwrap_or_default(),
+                        handle: None,
+                    },
+                    r.words.clone(),
+                ));
+                continue;
+            };
+            out.push((
+                Repair {
+                    backend: label.to_string(),
+                    table: "filter".into(),
+                    chain: c.name.clone(),
+                    direction,
+                    net,
+                    ifname: iface,
+                    verdict: r.target.clone().unwrap_or_default(),
+                    handle: None,
+                },
+                r.words.clone(),
+            ));
+        }
+    }
+    out
+}
+
+/// The rule as `iptables -S` would show it after `-A`: `CHAIN -o IF -d NET ... -j VERDICT`.
+pub fn rule_words(r: &Repair) -> Vec<String> {
+    let (iface_opt, net_opt) = match r.direction {
+        Direction::Out => ("-o", "-d"),
+        Direction::In => ("-i", "-s"),
+    };
+    let net = r.net.to_string();
+    [
+        r.chain.as_str(),
+        iface_opt,
+        &r.ifname,
+        net_opt,
+        &net,
+        "-m",
+        "comment",
+        "--comment",
+        TAG,
+        "-j",
+        &r.verdict,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// The arguments that insert `r` at the top of its chain.
+pub fn insert_args(r: &Repair) -> Vec<String> {
+    let mut words = rule_words(r);
+    let mut a = vec!["-w".to_string(), "-t".into(), r.table.clone(), "-I".into()];
+    a.push(words.remove(0));
+    a.push("1".into());
+    a.extend(words);
+    a
+}
+
+/// The arguments that delete the rule `iptables -S` showed as `-A WORDS`.
+pub fn delete_args(table: &str, words: &[String]) -> Vec<String> {
+    let mut a = vec!["-w".to_string(), "-t".into(), table.into(), "-D".into()];
+    a.extend(words.iter().cloned());
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope() -> Scope {
+        Scope {
+            ifname: "vboxnet0".into(),
+            nets: vec![
+                "172.17.0.0/16".parse().unwrap(),
+                "192.168.99.0/24".parse().unwrap(),
+            ],
+        }
+    }
+
+    fn spots(text: &str) -> Vec<String> {
+        plan("iptables", &parse(text), &scope())
+            .iter()
+            .map(|r| format!("{} {:?} {} {}", r.chain, r.direction, r.net, r.verdict))
+            .collect()
+    }
+
+    const ANYCONNECT: &str = "-P INPUT ACCEPT\n-P FORWARD ACCEPT\n-P OUTPUT ACCEPT\n-N ciscovpn\n-A INPUT -j ciscovpn\n-A OUTPUT -j ciscovpn\n-A ciscovpn -o lo -j RETURN\n-A ciscovpn -i lo -j RETURN\n-A ciscovpn -o cscotun0 -j RETURN\n-A ciscovpn -i cscotun0 -j RETURN\n-A ciscovpn -j DROP\n";
+
+    #[test]
+    fn parses_quoted_comments_and_negations() {
+        let c = parse(
+            "-A OUTPUT ! -o tun0 -m comment --comment \"wg-quick(8) rule for wg0\" -m mark --mark 0xca6c -j DROP\n",
+        );
+        let r = &c[0].rules[0];
+        assert_eq!(r.oif, Some((true, "tun0".into())));
+        assert_eq!(r.comment.as_deref(), Some("wg-quick(8) rule for wg0"));
+        assert!(r.other);
+        assert_eq!(r.target.as_deref(), Some("DROP"));
+        assert_eq!(r.words[0], "OUTPUT");
+    }
+
+    #[test]
+    fn anyconnect_chain_gets_returns_in_both_directions() {
+        let s = spots(ANYCONNECT);
+        assert_eq!(
+            s,
+            [
+                "ciscovpn Out 172.17.0.0/16 RETURN",
+                "ciscovpn Out 192.168.99.0/24 RETURN",
+                "ciscovpn In 172.17.0.0/16 RETURN",
+                "ciscovpn In 192.168.99.0/24 RETURN",
+            ]
+        );
+    }
+
+    #[test]
+    fn policy_drop_gets_accepts_after_the_rules_that_do_not_help() {
+        let s = spots(
+            "-P INPUT DROP\n-P OUTPUT DROP\n-A INPUT -i lo -j ACCEPT\n-A OUTPUT -o lo -j ACCEPT\n-A OUTPUT -o tun0 -j ACCEPT\n",
+        );
+        assert_eq!(s.len(), 4);
+        assert!(s.iter().any(|l| l == "OUTPUT Out 172.17.0.0/16 ACCEPT"));
+        assert!(s.iter().any(|l| l == "INPUT In 192.168.99.0/24 ACCEPT"));
+    }
+
+    #[test]
+    fn nothing_to_repair_when_our_traffic_is_accepted_first_or_never_dropped() {
+        assert!(spots("-P INPUT ACCEPT\n-P OUTPUT ACCEPT\n").is_empty());
+        assert!(spots("-P INPUT DROP\n-P OUTPUT DROP\n-A INPUT -i vboxnet0 -j ACCEPT\n-A OUTPUT -o vboxnet+ -j ACCEPT\n").is_empty());
+        // a drop that only concerns another interface
+        assert!(spots("-P OUTPUT ACCEPT\n-A OUTPUT -o eth0 -j DROP\n").is_empty());
+        // a drop for another network entirely
+        assert!(spots("-P OUTPUT ACCEPT\n-A OUTPUT -d 10.0.0.0/8 -j DROP\n").is_empty());
+    }
+
+    #[test]
+    fn a_conditional_accept_does_not_count_as_letting_us_through() {
+        let s = spots(
+            "-P OUTPUT DROP\n-P INPUT ACCEPT\n-A OUTPUT -o vboxnet0 -p tcp --dport 22 -j ACCEPT\n",
+        );
+        assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn dockroute_rules_are_ignored_when_judging_and_found_when_owned() {
+        let with_ours = format!(
+            "{ANYCONNECT}-A ciscovpn -d 172.17.0.0/16 -o vboxnet0 -m comment --comment dockroute -j RETURN\n"
+        );
+        assert_eq!(spots(&with_ours).len(), 4);
+        let owned = owned("iptables", &parse(&with_ours));
+        assert_eq!(owned.len(), 1);
+        assert_eq!(owned[0].0.direction, Direction::Out);
+        assert_eq!(owned[0].0.net.to_string(), "172.17.0.0/16");
+        assert_eq!(
+            delete_args("filter", &owned[0].1).join(" "),
+            "-w -t filter -D ciscovpn -d 172.17.0.0/16 -o vboxnet0 -m comment --comment dockroute -j RETURN"
+        );
+    }
+
+    #[test]
+    fn insert_args_are_narrow() {
+        let r = &plan("iptables", &parse(ANYCONNECT), &scope())[2];
+        assert_eq!(
+            insert_args(r).join(" "),
+            "-w -t filter -I ciscovpn 1 -i vboxnet0 -s 172.17.0.0/16 -m comment --comment dockroute -j RETURN"
+        );
+    }
+}
