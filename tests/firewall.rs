@@ -161,3 +161,105 @@ fn firewall_off_leaves_the_block_alone() {
     assert_eq!(fw(&lab, "iptables", "-S"), rules);
     assert!(!lab.reaches_container());
 }
+
+/// Load an nft ruleset fragment in the lab's host namespace.
+fn nft_load(lab: &Lab, rules: &str) {
+    let f = lab.dir.path().join("vpn.nft");
+    std::fs::write(&f, rules).unwrap();
+    fw(lab, "nft", &format!("-f {}", f.display()));
+}
+
+const MULLVAD_LIKE: &str = "table inet vpn {
+    chain input {
+        type filter hook input priority 0; policy drop;
+        iifname \"lo\" accept
+        iifname \"tun0\" accept
+    }
+    chain output {
+        type filter hook output priority 0; policy drop;
+        oifname \"lo\" accept
+        oifname \"tun0\" accept
+    }
+}
+";
+
+fn nft_scenario(vpn: &str, reconnect: Option<&str>, expected_rules: usize) {
+    let lab = Lab::new();
+    lab.add_tunnel("tun0", "10.66.0.2/24");
+    up(&lab);
+    assert!(lab.reaches_container());
+    nft_load(&lab, vpn);
+    assert!(!lab.reaches_container(), "the VPN's table does not block");
+    let vpn_rules = fw(&lab, "nft", "list ruleset");
+    let tagged = |lab: &Lab| {
+        fw(lab, "nft", "list ruleset")
+            .matches("comment \"dockroute\"")
+            .count()
+    };
+
+    let fixed = up(&lab);
+    assert!(
+        fixed.stdout.contains("+ firewall nftables"),
+        "{}",
+        fixed.stdout
+    );
+    assert!(lab.reaches_container(), "still blocked after up");
+    assert_eq!(tagged(&lab), expected_rules);
+    let again = lab
+        .dockroute(&["--json", "up", "--vm-ip", VM_IP])
+        .ok()
+        .json();
+    assert_eq!(again["firewall"], serde_json::json!([]), "{again}");
+
+    if let Some(reconnect) = reconnect {
+        // the client re-creates its table on every state change
+        nft_load(&lab, reconnect);
+        assert!(
+            !lab.reaches_container(),
+            "the reconnect did not rebuild the block"
+        );
+        up(&lab);
+        assert!(lab.reaches_container());
+        assert_eq!(tagged(&lab), expected_rules, "duplicated rules");
+    }
+    lab.dockroute(&["down"]).ok();
+    assert_eq!(
+        fw(&lab, "nft", "list ruleset"),
+        vpn_rules,
+        "the VPN's table changed"
+    );
+}
+
+#[test]
+fn nftables_vpn_table_with_policy_drop_and_its_recreation() {
+    if !privileged() {
+        return;
+    }
+    let recreate = format!("delete table inet vpn\n{MULLVAD_LIKE}");
+    nft_scenario(MULLVAD_LIKE, Some(&recreate), 4);
+}
+
+#[test]
+fn nftables_route_type_output_chain() {
+    if !privileged() {
+        return;
+    }
+    // NordVPN's nftables backend: output is a `type route` chain with policy drop; input filters.
+    nft_scenario(
+        "table inet nordvpn {
+    chain input {
+        type filter hook input priority 0; policy drop;
+        iifname \"lo\" accept
+        iifname \"tun0\" accept
+    }
+    chain output {
+        type route hook output priority -150; policy drop;
+        oifname \"lo\" accept
+        oifname \"tun0\" accept
+    }
+}
+",
+        None,
+        4,
+    );
+}

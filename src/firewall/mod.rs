@@ -4,10 +4,12 @@
 //! delete, flush or reorder anyone else's rules.
 //!
 //! Backends: iptables with the nf_tables backend and iptables-legacy (a rule in one does not
-//! override a drop in the other). The legacy backend is consulted only when its filter table
-//! exists already: merely listing it would create it.
+//! override a drop in the other), and native nftables tables. The legacy backend is consulted
+//! only when its filter table exists already: merely listing it would create it.
 
 pub mod iptables;
+pub mod nft;
+pub mod walk;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -36,8 +38,9 @@ pub enum Direction {
 /// One rule dockroute inserts (or found carrying its tag).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Repair {
-    /// `iptables` or `iptables-legacy`.
+    /// `iptables`, `iptables-legacy` or `nftables`.
     pub backend: String,
+    /// iptables: the table (`filter`); nftables: family and table (`inet mullvad`).
     pub table: String,
     pub chain: String,
     pub direction: Direction,
@@ -120,9 +123,9 @@ fn has_program(program: &str) -> bool {
 }
 
 /// The iptables backends in use here: (label = program, its filter table).
-fn iptables_backends() -> Result<Vec<(String, Vec<iptables::Chain>)>, FirewallError> {
+fn iptables_backends() -> Result<Vec<(String, Vec<walk::Chain>)>, FirewallError> {
     let mut out = Vec::new();
-    let list = |program: &str| -> Result<Vec<iptables::Chain>, FirewallError> {
+    let list = |program: &str| -> Result<Vec<walk::Chain>, FirewallError> {
         let args: Vec<String> = ["-w", "-t", "filter", "-S"]
             .iter()
             .map(|s| s.to_string())
@@ -164,6 +167,11 @@ pub fn observe(scope: Option<&Scope>) -> Result<Observed, FirewallError> {
         }
         o.owned.extend(iptables::owned(&label, &chains));
     }
+    if has_program("nft") {
+        let (desired, owned) = nft::observe(&nft::ruleset()?, scope);
+        o.desired.extend(desired);
+        o.owned.extend(owned.into_iter().map(|r| (r, Vec::new())));
+    }
     Ok(o)
 }
 
@@ -201,6 +209,22 @@ pub fn diff(desired: &[Repair], owned: &[(Repair, Vec<String>)]) -> Vec<FwChange
 }
 
 fn apply_one(c: &FwChange) -> Result<(), FirewallError> {
+    if let FwChange::Insert { rule } | FwChange::Delete { rule, .. } = c
+        && rule.backend == nft::BACKEND
+    {
+        return match c {
+            FwChange::Insert { rule } => nft::run(nft::insert_cmd(rule)),
+            FwChange::Delete { rule, .. } => match nft::run(nft::delete_cmd(rule)) {
+                // gone already (the VPN re-created its table): the goal is reached
+                Err(FirewallError::Run { msg, .. })
+                    if msg.contains("No such file or directory") =>
+                {
+                    Ok(())
+                }
+                r => r,
+            },
+        };
+    }
     match c {
         FwChange::Insert { rule } => run(&rule.backend, &iptables::insert_args(rule)).map(|_| ()),
         FwChange::Delete { rule, words } => {
@@ -234,6 +258,19 @@ pub fn apply(changes: &[FwChange]) -> Result<(), FirewallError> {
 pub fn undo(changes: &[FwChange]) {
     for done in changes.iter().rev() {
         let inverse = match done {
+            FwChange::Insert { rule } if rule.backend == nft::BACKEND => {
+                // nftables deletes by handle: find the rule just inserted by its tag
+                let found = observe(None)
+                    .ok()
+                    .and_then(|o| o.owned.into_iter().map(|(r, _)| r).find(|r| same(r, rule)));
+                match found {
+                    Some(rule) => FwChange::Delete {
+                        rule,
+                        words: Vec::new(),
+                    },
+                    None => continue,
+                }
+            }
             FwChange::Insert { rule } => FwChange::Delete {
                 rule: rule.clone(),
                 words: iptables::rule_words(rule),

@@ -1,0 +1,166 @@
+//! The model both backends are read into, and the walk that finds what drops traffic between
+//! the host and the VM. Pure.
+
+use super::{Direction, Repair, Scope, TAG};
+use ipnet::Ipv4Net;
+
+/// One rule, as far as the walk needs it (an iptables `-A` line or an nftables rule).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rule {
+    pub chain: String,
+    /// iptables: the words after `-A`, for deleting exactly this rule with `-D`.
+    pub words: Vec<String>,
+    /// nftables: the rule's handle.
+    pub handle: Option<u64>,
+    pub iif: Option<(bool, String)>,
+    pub oif: Option<(bool, String)>,
+    pub src: Option<(bool, Ipv4Net)>,
+    pub dst: Option<(bool, Ipv4Net)>,
+    /// Other conditions (protocol, state, marks, ...): the rule may or may not match.
+    pub other: bool,
+    pub target: Option<String>,
+    pub comment: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Chain {
+    pub name: String,
+    /// The policy of a built-in (iptables) or base (nftables) chain; `None` for a vendor chain.
+    pub policy: Option<String>,
+    pub rules: Vec<Rule>,
+}
+
+fn iface_matches(pattern: &str, name: &str) -> bool {
+    // iptables writes wildcards as `vboxnet+`, nftables as `vboxnet*`
+    match pattern
+        .strip_suffix('+')
+        .or_else(|| pattern.strip_suffix('*'))
+    {
+        Some(prefix) => name.starts_with(prefix),
+        None => pattern == name,
+    }
+}
+
+/// (could match some of our packets, surely matches all of them)
+fn matches(r: &Rule, dir: Direction, scope: &Scope) -> (bool, bool) {
+    let mut could = true;
+    let mut surely = !r.other;
+    let (iface, other_iface, peer, local) = match dir {
+        Direction::Out => (&r.oif, &r.iif, &r.dst, &r.src),
+        Direction::In => (&r.iif, &r.oif, &r.src, &r.dst),
+    };
+    // Locally generated packets have no input interface, received ones no output interface:
+    // `-i X` never matches in OUTPUT, `! -i X` always does (and the same for `-o` in INPUT).
+    if let Some((neg, _)) = other_iface
+        && !neg
+    {
+        return (false, false);
+    }
+    if let Some((neg, pat)) = iface {
+        let m = iface_matches(pat, &scope.ifname) != *neg;
+        could &= m;
+        surely &= m;
+    }
+    if let Some((neg, net)) = peer {
+        let any = scope
+            .nets
+            .iter()
+            .any(|n| net.contains(&n.network()) || n.contains(&net.network()));
+        let all = scope.nets.iter().all(|n| net.contains(n));
+        let (c, s) = if *neg { (!all, !any) } else { (any, all) };
+        could &= c;
+        surely &= s;
+    }
+    if local.is_some() {
+        surely = false; // the host's own address: not worth deciding
+    }
+    (could, surely)
+}
+
+enum Flow {
+    /// Accepted (or dropped) for good: stop.
+    Done,
+    /// Fell off the end of a user chain, or RETURNed: the caller goes on.
+    Continue,
+}
+
+const MAX_DEPTH: usize = 16;
+
+fn walk(
+    chains: &[Chain],
+    name: &str,
+    dir: Direction,
+    scope: &Scope,
+    depth: usize,
+    out: &mut Vec<(String, Direction, &'static str)>,
+) -> Flow {
+    let Some(chain) = chains.iter().find(|c| c.name == name) else {
+        return Flow::Continue;
+    };
+    let builtin = chain.policy.is_some();
+    for r in &chain.rules {
+        if r.comment.as_deref() == Some(TAG) {
+            continue; // judge the firewall as if dockroute's own rules were not there
+        }
+        let (could, surely) = matches(r, dir, scope);
+        if !could {
+            continue;
+        }
+        match r.target.as_deref() {
+            Some("DROP" | "REJECT") => {
+                let verdict = if builtin { "ACCEPT" } else { "RETURN" };
+                out.push((chain.name.clone(), dir, verdict));
+                if !builtin {
+                    return Flow::Continue; // our RETURN hands the packet back to the caller
+                }
+                // our ACCEPT at the top of a built-in chain ends the walk
+                return Flow::Done;
+            }
+            Some("ACCEPT") if surely => return Flow::Done,
+            Some("RETURN") if surely => return Flow::Continue,
+            Some(t) if depth < MAX_DEPTH && chains.iter().any(|c| c.name == t) => {
+                if let Flow::Done = walk(chains, t, dir, scope, depth + 1, out) {
+                    return Flow::Done;
+                }
+            }
+            _ => {}
+        }
+    }
+    if builtin && matches!(chain.policy.as_deref(), Some("DROP" | "REJECT")) {
+        out.push((chain.name.clone(), dir, "ACCEPT"));
+    }
+    Flow::Continue
+}
+
+/// The repairs for `chains` (one table), walking from each entry chain in its direction.
+pub fn plan(
+    backend: &str,
+    table: &str,
+    chains: &[Chain],
+    entries: &[(&str, Direction)],
+    scope: &Scope,
+) -> Vec<Repair> {
+    let mut spots = Vec::new();
+    for (chain, dir) in entries {
+        walk(chains, chain, *dir, scope, 0, &mut spots);
+    }
+    let mut out: Vec<Repair> = Vec::new();
+    for (chain, dir, verdict) in spots {
+        for net in &scope.nets {
+            let r = Repair {
+                backend: backend.to_string(),
+                table: table.to_string(),
+                chain: chain.clone(),
+                direction: dir,
+                net: *net,
+                ifname: scope.ifname.clone(),
+                verdict: verdict.to_string(),
+                handle: None,
+            };
+            if !out.contains(&r) {
+                out.push(r);
+            }
+        }
+    }
+    out
+}
