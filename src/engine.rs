@@ -10,6 +10,7 @@ use crate::plan;
 use crate::record::{Record, RecordError, Store};
 use crate::settings::FirewallMode;
 use crate::settings::Settings;
+use crate::vpn::{self, VpnLink};
 use ipnet::Ipv4Net;
 use serde::Serialize;
 use std::net::{IpAddr, Ipv4Addr};
@@ -359,6 +360,26 @@ pub struct Status {
     pub dns: Option<DnsStatus>,
     /// `--check-name`: what the system resolver answers.
     pub name_check: Option<NameCheck>,
+    /// What looks like a VPN, what its firewall blocks, and what dockroute repaired.
+    pub vpn: VpnStatus,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct VpnStatus {
+    /// Links that look like VPN tunnels.
+    pub links: Vec<VpnLink>,
+    /// Routes through those links.
+    pub routes: Vec<ForeignRoute>,
+    /// Policy rules besides the kernel's three defaults.
+    pub rules: Vec<ForeignRule>,
+    /// dockroute's firewall rules in place.
+    pub firewall_repaired: Vec<firewall::Repair>,
+    /// What blocks the VM now: the rules `up` would insert.
+    pub firewall_blocking: Vec<firewall::Repair>,
+    /// Why the firewalls could not be read (reading them needs root).
+    pub firewall_error: Option<String>,
+    /// Vendor switches that fix the same at the source.
+    pub hints: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -428,6 +449,64 @@ pub async fn status<N: Net>(
     };
     let links = net.links().await?;
     let snap = net.snapshot().await?;
+    let mut vpn_status = VpnStatus {
+        links: links
+            .iter()
+            .filter_map(|l| {
+                vpn::classify(&l.name).map(|client| VpnLink {
+                    name: l.name.clone(),
+                    client,
+                })
+            })
+            .collect(),
+        ..Default::default()
+    };
+    vpn_status.routes = snap
+        .foreign_routes
+        .iter()
+        .filter(|r| {
+            r.table != 255 // the kernel's local and broadcast entries
+                && r.dev
+                    .as_ref()
+                    .is_some_and(|d| vpn_status.links.iter().any(|l| &l.name == d))
+        })
+        .cloned()
+        .collect();
+    vpn_status.rules = snap
+        .foreign_rules
+        .iter()
+        .filter(|r| !vpn::is_default_rule(r))
+        .cloned()
+        .collect();
+    let scope = target.as_ref().map(|t| firewall::Scope {
+        ifname: t.ifname.clone(),
+        nets: t.subnets.iter().copied().chain([t.host_net()]).collect(),
+    });
+    match firewall::observe(scope.as_ref()) {
+        Ok(seen) => {
+            vpn_status.firewall_blocking = firewall::diff(&seen.desired, &seen.owned)
+                .into_iter()
+                .filter_map(|c| match c {
+                    firewall::FwChange::Insert { rule } => Some(rule),
+                    firewall::FwChange::Delete { .. } => None,
+                })
+                .collect();
+            vpn_status.firewall_repaired = seen.owned.into_iter().map(|(r, _)| r).collect();
+        }
+        Err(e) => vpn_status.firewall_error = Some(e.to_string()),
+    }
+    let fw_all: Vec<firewall::Repair> = vpn_status
+        .firewall_repaired
+        .iter()
+        .chain(&vpn_status.firewall_blocking)
+        .cloned()
+        .collect();
+    vpn_status.hints = vpn::hints(
+        &vpn_status.links,
+        &vpn_status.rules,
+        &fw_all,
+        scope.as_ref().map(|s| s.nets.as_slice()).unwrap_or(&[]),
+    );
     let link = target
         .as_ref()
         .and_then(|t| links.iter().find(|l| l.name == t.ifname).cloned());
@@ -507,6 +586,7 @@ pub async fn status<N: Net>(
         conflicts,
         dns,
         name_check,
+        vpn: vpn_status,
     })
 }
 

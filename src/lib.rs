@@ -16,3 +16,4 @@ pub mod record;
 pub mod report;
 pub mod settings;
 pub mod validate;
+pub mod vpn;

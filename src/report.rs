@@ -145,6 +145,46 @@ pub fn status(st: &Status) -> String {
         };
         row(&mut s, "name", &answer);
     }
+    let v = &st.vpn;
+    if v.links.is_empty() {
+        row(&mut s, "vpn", "no tunnel links");
+    } else {
+        let names: Vec<String> = v
+            .links
+            .iter()
+            .map(|l| format!("{} ({})", l.name, l.client))
+            .collect();
+        row(&mut s, "vpn", &names.join(", "));
+        for r in &v.routes {
+            let _ = writeln!(s, "  route {r}");
+        }
+    }
+    for r in &v.rules {
+        let _ = writeln!(s, "  rule {r}");
+    }
+    match &v.firewall_error {
+        Some(e) => row(&mut s, "firewall", &format!("not readable ({e})")),
+        None if v.firewall_blocking.is_empty() && v.firewall_repaired.is_empty() => {
+            row(&mut s, "firewall", "nothing blocks the VM")
+        }
+        None => {
+            let state = if v.firewall_blocking.is_empty() {
+                "repaired by dockroute"
+            } else {
+                "BLOCKS the VM (run dockroute up)"
+            };
+            row(&mut s, "firewall", state);
+            for r in &v.firewall_repaired {
+                let _ = writeln!(s, "  repaired: {r}");
+            }
+            for r in &v.firewall_blocking {
+                let _ = writeln!(s, "  needed:   {r}");
+            }
+        }
+    }
+    for h in &v.hints {
+        let _ = writeln!(s, "  hint: {h}");
+    }
     if st.conflicts.is_empty() {
         row(&mut s, "conflicts", "none");
     } else {

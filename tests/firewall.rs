@@ -30,11 +30,34 @@ fn tagged_rules(lab: &Lab, program: &str) -> usize {
         .count()
 }
 
+/// `status` lists the tunnel, what blocks the VM, what dockroute repaired, and the vendor hint.
+fn check_status(lab: &Lab, blocking: usize, repaired: usize, hint: Option<&str>) {
+    let st = lab.dockroute(&["--json", "status"]).ok().json();
+    let v = &st["vpn"];
+    let links = v["links"].as_array().unwrap();
+    assert!(links.iter().any(|l| l["name"] == "tun0"), "{v}");
+    assert_eq!(
+        v["firewall_blocking"].as_array().unwrap().len(),
+        blocking,
+        "{v}"
+    );
+    assert_eq!(
+        v["firewall_repaired"].as_array().unwrap().len(),
+        repaired,
+        "{v}"
+    );
+    if let Some(h) = hint {
+        let hints = v["hints"].as_array().unwrap();
+        assert!(hints.iter().any(|x| x.as_str().unwrap().contains(h)), "{v}");
+    }
+}
+
 fn scenario(
     program: &str,
     vpn: &dyn Fn(&Lab),
     reconnect: Option<&dyn Fn(&Lab)>,
     expected_rules: usize,
+    hint: Option<&str>,
 ) {
     let lab = Lab::new();
     lab.add_tunnel("tun0", "10.66.0.2/24");
@@ -46,6 +69,7 @@ fn scenario(
         "the VPN's firewall does not block like the real one"
     );
     let vpn_rules = fw(&lab, program, "-S");
+    check_status(&lab, expected_rules, 0, hint);
 
     let fixed = up(&lab);
     assert!(fixed.stdout.contains("+ firewall"), "{}", fixed.stdout);
@@ -56,6 +80,7 @@ fn scenario(
         .ok()
         .json();
     assert_eq!(again["firewall"], serde_json::json!([]), "{again}");
+    check_status(&lab, 0, expected_rules, hint);
 
     if let Some(reconnect) = reconnect {
         reconnect(&lab);
@@ -116,6 +141,7 @@ fn anyconnect_style_chain_and_its_reconnect() {
             anyconnect_chain(lab);
         }),
         4, // RETURN for the subnet and the host-only network, in and out
+        Some("split-exclude"),
     );
 }
 
@@ -135,7 +161,7 @@ fn kill_switch_with_policy_drop_nft_backend() {
     if !privileged() {
         return;
     }
-    scenario("iptables", &kill_switch("iptables"), None, 4);
+    scenario("iptables", &kill_switch("iptables"), None, 4, None);
 }
 
 #[test]
@@ -144,7 +170,13 @@ fn kill_switch_with_policy_drop_legacy_backend() {
         return;
     }
     // Proton's legacy CLI style; an accept in iptables-nft would not help against this drop.
-    scenario("iptables-legacy", &kill_switch("iptables-legacy"), None, 4);
+    scenario(
+        "iptables-legacy",
+        &kill_switch("iptables-legacy"),
+        None,
+        4,
+        None,
+    );
 }
 
 #[test]
@@ -183,7 +215,7 @@ const MULLVAD_LIKE: &str = "table inet vpn {
 }
 ";
 
-fn nft_scenario(vpn: &str, reconnect: Option<&str>, expected_rules: usize) {
+fn nft_scenario(vpn: &str, reconnect: Option<&str>, expected_rules: usize, hint: Option<&str>) {
     let lab = Lab::new();
     lab.add_tunnel("tun0", "10.66.0.2/24");
     up(&lab);
@@ -191,6 +223,7 @@ fn nft_scenario(vpn: &str, reconnect: Option<&str>, expected_rules: usize) {
     nft_load(&lab, vpn);
     assert!(!lab.reaches_container(), "the VPN's table does not block");
     let vpn_rules = fw(&lab, "nft", "list ruleset");
+    check_status(&lab, expected_rules, 0, hint);
     let tagged = |lab: &Lab| {
         fw(lab, "nft", "list ruleset")
             .matches("comment \"dockroute\"")
@@ -210,6 +243,7 @@ fn nft_scenario(vpn: &str, reconnect: Option<&str>, expected_rules: usize) {
         .ok()
         .json();
     assert_eq!(again["firewall"], serde_json::json!([]), "{again}");
+    check_status(&lab, 0, expected_rules, hint);
 
     if let Some(reconnect) = reconnect {
         // the client re-creates its table on every state change
@@ -236,7 +270,7 @@ fn nftables_vpn_table_with_policy_drop_and_its_recreation() {
         return;
     }
     let recreate = format!("delete table inet vpn\n{MULLVAD_LIKE}");
-    nft_scenario(MULLVAD_LIKE, Some(&recreate), 4);
+    nft_scenario(MULLVAD_LIKE, Some(&recreate), 4, None);
 }
 
 #[test]
@@ -261,5 +295,6 @@ fn nftables_route_type_output_chain() {
 ",
         None,
         4,
+        Some("nordvpn allowlist add subnet 172.17.0.0/16"),
     );
 }
