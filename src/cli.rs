@@ -17,7 +17,7 @@ use std::time::Duration;
 )]
 pub struct Cli {
     /// Config file; a missing default file means built-in defaults
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE", env = "DOCKROUTE_CONFIG")]
     pub config: Option<PathBuf>,
     /// Ownership record and lock
     #[arg(long, global = true, value_name = "DIR", env = "DOCKROUTE_STATE_DIR")]
@@ -37,6 +37,30 @@ pub enum Command {
     Down(DownArgs),
     /// Show what is installed, what the kernel does with container addresses, and conflicts
     Status(StatusArgs),
+    /// Install the VPN post-connect hooks (--hooks) so VPN connects re-run `up`
+    Install(InstallArgs),
+    /// Remove what `install` installed
+    Uninstall(UninstallArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// Print what would be installed, install nothing
+    #[arg(long)]
+    pub print: bool,
+    /// Install the post-connect hooks of the VPN clients whose directories exist
+    #[arg(long)]
+    pub hooks: bool,
+    /// Install under DIR instead of / (for packaging)
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    /// Uninstall under DIR instead of /
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Args)]

@@ -9,6 +9,7 @@ pub mod dns;
 pub mod engine;
 pub mod firewall;
 pub mod fsutil;
+pub mod hooks;
 pub mod machine;
 pub mod net;
 pub mod plan;

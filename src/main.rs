@@ -4,12 +4,14 @@
 use anyhow::{Context, bail};
 use clap::Parser;
 use clap::error::ErrorKind;
-use dockroute::cli::{Cli, Command};
+use dockroute::cli::{Cli, Command, InstallArgs};
 use dockroute::engine::{self, Hooks};
+use dockroute::hooks;
 use dockroute::net::System;
 use dockroute::record::Store;
 use dockroute::report;
 use dockroute::settings::Settings;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -36,7 +38,9 @@ fn clap_error(e: clap::Error) -> ExitCode {
             ExitCode::SUCCESS
         }
         ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
-            eprintln!("error: missing command: up, down or status (see dockroute --help)");
+            eprintln!(
+                "error: missing command: up, down, status, install or uninstall (see dockroute --help)"
+            );
             ExitCode::from(2)
         }
         _ => {
@@ -81,7 +85,56 @@ fn require_root(what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `install --hooks` / `uninstall`: files only, no network.
+fn install(cli: &Cli, a: &InstallArgs) -> anyhow::Result<()> {
+    if !a.hooks {
+        bail!(
+            "installing the service (systemd unit, launchd job) is not built yet; `dockroute install --hooks` installs the VPN post-connect hooks"
+        );
+    }
+    let root = a.root.clone().unwrap_or_else(|| PathBuf::from("/"));
+    if !a.print && root == Path::new("/") && !nix::unistd::geteuid().is_root() {
+        bail!("dockroute install writes to /etc: run it as root (sudo), or use --print");
+    }
+    let bin = std::env::current_exe()
+        .and_then(|p| p.canonicalize())
+        .context("finding the dockroute binary")?;
+    let results = hooks::install(&root, &bin, !a.print)?;
+    if a.print && !cli.json {
+        for (h, r) in hooks::HOOKS.iter().zip(&results) {
+            if r.action != "skipped (no such directory)" {
+                println!("# {} -> {}", h.client, r.path.display());
+                print!("{}", hooks::render(h, &bin)?);
+            }
+        }
+    }
+    print_hooks(cli.json, &results);
+    Ok(())
+}
+
+fn print_hooks(json: bool, results: &[hooks::HookResult]) {
+    if json {
+        print!("{}", report::json(&results));
+    } else {
+        for r in results {
+            println!("{}: {} ({})", r.action, r.path.display(), r.client);
+        }
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Install(a) => return install(&cli, a),
+        Command::Uninstall(a) => {
+            let root = a.root.clone().unwrap_or_else(|| PathBuf::from("/"));
+            if root == Path::new("/") && !nix::unistd::geteuid().is_root() {
+                bail!("dockroute uninstall removes files from /etc: run it as root (sudo)");
+            }
+            print_hooks(cli.json, &hooks::uninstall(&root)?);
+            return Ok(());
+        }
+        _ => {}
+    }
     let up_args = match &cli.command {
         Command::Up(a) => Some(a),
         _ => None,
@@ -123,6 +176,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     report::outcome("down", &o)
                 }
             }
+            // files only: handled before the runtime starts
+            Command::Install(_) | Command::Uninstall(_) => String::new(),
             Command::Status(a) => {
                 let st =
                     engine::status(&mut net, &settings, &store, a.check_name.as_deref()).await?;

@@ -1,0 +1,152 @@
+//! The post-connect hooks, installed by `dockroute install --hooks` under a private root and run
+//! the way their VPN client runs them, inside the lab: each one makes the container reachable.
+#![cfg(target_os = "linux")]
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn install(root: &Path) -> Run {
+    let out = Command::new(BIN)
+        .args(["install", "--hooks", "--root"])
+        .arg(root)
+        .output()
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Run a hook script in the lab's host namespace as its client would, with the lab's config.
+fn run_hook(lab: &Lab, script: &Path, args: &[&str]) {
+    std::fs::write(lab.config(), format!("vm_ip = \"{VM_IP}\"\n")).unwrap();
+    let start = Instant::now();
+    let status = Command::new("ip")
+        .args(["netns", "exec", &lab.host(), "sh"])
+        .arg(script)
+        .args(args)
+        .env("DOCKROUTE_CONFIG", lab.config())
+        .env("DOCKROUTE_STATE_DIR", lab.state_dir())
+        .env(
+            "DBUS_SYSTEM_BUS_ADDRESS",
+            "unix:path=/nonexistent/dockroute-test-bus",
+        )
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "the hook held up its client"
+    );
+}
+
+fn wait_until_reachable(lab: &Lab) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lab.tagged() < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "the hook did not run dockroute up"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(lab.reaches_container());
+}
+
+#[test]
+fn hooks_install_where_their_clients_look_and_run_up() {
+    if !privileged() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    for d in [
+        "etc/NetworkManager/dispatcher.d",
+        "etc/vpnc/post-connect.d",
+        "etc/openvpn",
+    ] {
+        std::fs::create_dir_all(root.path().join(d)).unwrap();
+    }
+    let out = install(root.path()).ok();
+    assert_eq!(
+        out.stdout.matches("installed: ").count(),
+        3,
+        "{}",
+        out.stdout
+    );
+    let nm = root
+        .path()
+        .join("etc/NetworkManager/dispatcher.d/90-dockroute");
+    let vpnc = root.path().join("etc/vpnc/post-connect.d/dockroute");
+    let ovpn = root.path().join("etc/openvpn/dockroute-route-up");
+
+    // NetworkManager: nothing on a link going down, `up` on vpn-up
+    let lab = Lab::new();
+    run_hook(&lab, &nm, &["tun0", "down"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(lab.tagged(), 0, "the hook ran up on a down event");
+    run_hook(&lab, &nm, &["tun0", "vpn-up"]);
+    wait_until_reachable(&lab);
+
+    let lab = Lab::new();
+    run_hook(&lab, &vpnc, &[]);
+    wait_until_reachable(&lab);
+
+    let lab = Lab::new();
+    run_hook(&lab, &ovpn, &[]);
+    wait_until_reachable(&lab);
+
+    let again = install(root.path()).ok();
+    assert_eq!(
+        again.stdout.matches("unchanged: ").count(),
+        3,
+        "{}",
+        again.stdout
+    );
+    let gone = Command::new(BIN)
+        .args(["uninstall", "--root"])
+        .arg(root.path())
+        .output()
+        .unwrap();
+    assert!(gone.status.success());
+    assert!(!nm.exists() && !vpnc.exists() && !ovpn.exists());
+}
+
+#[test]
+fn install_refuses_a_foreign_file_and_writes_nothing() {
+    if !privileged() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("etc/NetworkManager/dispatcher.d")).unwrap();
+    std::fs::create_dir_all(root.path().join("etc/openvpn")).unwrap();
+    std::fs::write(
+        root.path().join("etc/openvpn/dockroute-route-up"),
+        "#!/bin/sh\necho mine\n",
+    )
+    .unwrap();
+    let run = install(root.path());
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.starts_with("error: ") && run.stderr.lines().count() == 1,
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("is not dockroute's"), "{}", run.stderr);
+    assert!(
+        !root
+            .path()
+            .join("etc/NetworkManager/dispatcher.d/90-dockroute")
+            .exists()
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("etc/openvpn/dockroute-route-up")).unwrap(),
+        "#!/bin/sh\necho mine\n"
+    );
+    // install without --hooks says what is not built yet
+    let out = Command::new(BIN).arg("install").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--hooks"));
+}
