@@ -5,8 +5,10 @@
 #
 # Every command is timed by hyperfine without a shell (-N), in the lab's host namespace; the
 # "prepare" command puts the kernel back before each timed run. Prints medians in milliseconds.
-# Part 1: routes only (--dns off). Part 2: routes + DNS through a real systemd-resolved
-# (scripts/resolved-lab.sh) against `ip route replace` + `resolvectl dns` + `resolvectl domain`.
+# Part 1: routes only (--dns off --firewall off). Part 2: routes + DNS through a real
+# systemd-resolved (scripts/resolved-lab.sh) against `ip route replace` + `resolvectl dns` +
+# `resolvectl domain`, and `up` with its defaults (DNS and the firewall check, which reads
+# iptables and nftables through their programs).
 set -euo pipefail
 shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
@@ -28,7 +30,7 @@ scripts/lab.sh create "$P"
 export DOCKROUTE_STATE_DIR=$WORK/state
 H=(ip netns exec "$P-host")
 DR="$BIN --config $WORK/config.toml"
-UP="$DR up --vm-ip 192.168.99.100 --dns off"
+UP="$DR up --vm-ip 192.168.99.100 --dns off --firewall off"
 DOWN="$DR down"
 REPLACE="ip route replace 172.17.0.0/16 via 192.168.99.100 dev vboxnet0"
 DEL="ip route del 172.17.0.0/16"
@@ -57,11 +59,13 @@ del=$(median "$DEL" "$REPLACE") # the last timed run deleted the route
 HOLDER=$(scripts/resolved-lab.sh start "$P")
 H=(nsenter -t "$HOLDER" -m -n)
 RESOLVECTL=$PWD/target/test-deps/systemd-resolved/usr/bin/resolvectl
-UP_DNS="$DR up --vm-ip 192.168.99.100 --dns resolved"
+UP_DNS="$DR up --vm-ip 192.168.99.100 --dns resolved --firewall off"
+UP_ALL="$DR up --vm-ip 192.168.99.100"
 up_dns=$(median "$UP_DNS" "$DOWN")
 "${H[@]}" $UP_DNS >/dev/null
 up_dns_again=$(median "$UP_DNS" "$UP_DNS")
 "${H[@]}" $DOWN >/dev/null
+up_all=$(median "$UP_ALL" "$DOWN")
 r_dns=$(median "$RESOLVECTL dns vboxnet0 172.17.0.1" "$RESOLVECTL revert vboxnet0")
 r_domain=$(median "$RESOLVECTL domain vboxnet0 ~docker" "$RESOLVECTL revert vboxnet0")
 "${H[@]}" "$RESOLVECTL" revert vboxnet0
@@ -71,7 +75,7 @@ sum() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a + b }'; }
 cycle=$(sum "$up" "$down")
 recipe=$(sum "$replace" "$del")
 echo "dockroute bench: $RUNS runs each, medians (hyperfine -N), $(nproc) cores, kernel $(uname -r)"
-printf '  %-44s %8s ms\n' "dockroute up (5 routes and rules, record)" "$up"
+printf '  %-44s %8s ms\n' "dockroute up (routes only: 5 routes and rules)" "$up"
 printf '  %-44s %8s ms\n' "dockroute up, nothing to change" "$up_again"
 printf '  %-44s %8s ms\n' "dockroute down" "$down"
 printf '  %-44s %8s ms\n' "ip route replace (one route)" "$replace"
@@ -85,3 +89,4 @@ printf '  %-44s %8s ms\n' "dockroute up, nothing to change" "$up_dns_again"
 printf '  %-44s %8s ms\n' "resolvectl dns vboxnet0 172.17.0.1" "$r_dns"
 printf '  %-44s %8s ms\n' "resolvectl domain vboxnet0 ~docker" "$r_domain"
 printf '  %-44s %8s ms  ratio %s\n' "recipe: ip route replace + the two resolvectl" "$recipe_dns" "$(ratio "$up_dns" "$recipe_dns")"
+printf '  %-44s %8s ms\n' "dockroute up with defaults (+ firewall check)" "$up_all"

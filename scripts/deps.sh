@@ -12,6 +12,10 @@ have ss || need+=(iproute2)
 have setpriv || need+=(util-linux)
 have sysctl || need+=(procps)
 have hyperfine || need+=(hyperfine)
+# the firewall tests build VPN kill switches with both iptables backends and nftables
+have iptables || need+=(iptables)
+have iptables-legacy || need+=(iptables)
+have nft || need+=(nftables)
 have nsenter || need+=(util-linux)
 have getent || need+=(libc-bin)
 # the DNS tests' private systemd-resolved (scripts/resolved-lab.sh) needs a bus and systemd's library

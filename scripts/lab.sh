@@ -42,6 +42,10 @@ create() {
     echo "nameserver 127.0.0.1" >"/etc/netns/$h/resolv.conf"
     for ns in "$h" "$v" "$c"; do
         ip netns add "$ns"
+        # IPv4 only: the kernel adds IPv6 link-local routes asynchronously, which would make
+        # before/after snapshots of the routing tables race (dockroute routes IPv4 only)
+        ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 \
+            net.ipv6.conf.default.disable_ipv6=1
         ip -n "$ns" link set lo up
     done
     # host <-> VM: the host-only link

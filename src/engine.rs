@@ -161,7 +161,7 @@ pub async fn up<N: Net>(
     let desired = plan::desired(&target);
     let snap = net.snapshot().await?;
     let changes = plan::diff(&desired, &snap.owned);
-    let fw = match settings.firewall {
+    let (fw, fw_owned_before) = match settings.firewall {
         FirewallMode::Auto => {
             let scope = firewall::Scope {
                 ifname: target.ifname.clone(),
@@ -173,9 +173,12 @@ pub async fn up<N: Net>(
                     .collect(),
             };
             let seen = firewall::observe(Some(&scope))?;
-            firewall::diff(&seen.desired, &seen.owned)
+            (
+                firewall::diff(&seen.desired, &seen.owned),
+                !seen.owned.is_empty(),
+            )
         }
-        FirewallMode::Off => Vec::new(),
+        FirewallMode::Off => (Vec::new(), false),
     };
     if dry_run {
         let dns = match want_dns {
@@ -204,7 +207,9 @@ pub async fn up<N: Net>(
             undo_failed,
         });
     }
-    let record = Record::new(target.clone(), desired, want_dns.clone());
+    let mut record = Record::new(target.clone(), desired, want_dns.clone());
+    record.firewall =
+        !fw.is_empty() || previous.as_ref().is_some_and(|p| p.firewall) || fw_owned_before;
     if previous.as_ref() != Some(&record) {
         store.save(&record)?;
     }
@@ -257,8 +262,14 @@ pub async fn down<N: Net>(
     let _lock = if dry_run { None } else { Some(store.lock()?) };
     let snap = net.snapshot().await?;
     let changes = plan::diff(&[], &snap.owned);
-    let fw = firewall::removals()?;
     let record = store.load().ok().flatten();
+    // The firewalls are read (which takes a process per backend) only when dockroute inserted
+    // rules there, or when there is no record to say it did not.
+    let fw = if record.as_ref().is_none_or(|r| r.firewall) {
+        firewall::removals()?
+    } else {
+        Vec::new()
+    };
     let dns_state = record.as_ref().and_then(|r| r.dns.clone());
     let target = record.map(|r| r.target);
     if dry_run {

@@ -28,6 +28,10 @@ pub struct Record {
     /// died half-way).
     #[serde(default)]
     pub dns: Option<DnsState>,
+    /// Whether dockroute has inserted firewall rules (now or in an earlier `up`), so `down` knows
+    /// to look for them. Without a record, `down` always looks.
+    #[serde(default)]
+    pub firewall: bool,
 }
 
 impl Record {
@@ -37,6 +41,7 @@ impl Record {
             target,
             entries,
             dns,
+            firewall: false,
         }
     }
 }

@@ -117,9 +117,31 @@ fn run(program: &str, args: &[String]) -> Result<String, FirewallError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Where `program` is on PATH.
+fn find_program(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(program))
+            .find(|p| p.is_file())
+    })
+}
+
 fn has_program(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(program).is_file()))
+    find_program(program).is_some()
+}
+
+/// Whether `iptables` here is the legacy backend: the multi-call binary it resolves to says so
+/// (xtables-legacy-multi or xtables-nft-multi), without running `iptables -V`.
+fn iptables_is_legacy(path: &std::path::Path) -> Result<bool, FirewallError> {
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let name = real.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if name.contains("legacy") {
+        return Ok(true);
+    }
+    if name.contains("nft") {
+        return Ok(false);
+    }
+    Ok(run("iptables", &["-V".to_string()])?.contains("legacy"))
 }
 
 /// The iptables backends in use here: (label = program, its filter table).
@@ -133,9 +155,8 @@ fn iptables_backends() -> Result<Vec<(String, Vec<walk::Chain>)>, FirewallError>
         Ok(iptables::parse(&run(program, &args)?))
     };
     let mut main_is_legacy = false;
-    if has_program("iptables") {
-        let version = run("iptables", &["-V".to_string()])?;
-        main_is_legacy = version.contains("legacy");
+    if let Some(path) = find_program("iptables") {
+        main_is_legacy = iptables_is_legacy(&path)?;
         if !main_is_legacy || legacy_filter_exists() {
             out.push(("iptables".to_string(), list("iptables")?));
         }
