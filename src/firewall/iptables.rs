@@ -134,28 +134,16 @@ pub fn plan(label: &str, chains: &[Chain], scope: &Scope) -> Vec<Repair> {
 /// dockroute's rules in one backend's filter table, with the words to delete each. A rule that
 /// carries the tag but not dockroute's shape is still dockroute's (and goes on `down`).
 pub fn owned(label: &str, chains: &[Chain]) -> Vec<(Repair, Vec<String>)> {
-    let mut out = Vec::new();
-    for c in chains {
-        for r in c.rules.iter().filter(|r| r.comment.as_deref() == Some(TAG)) {
-            let (direction, iface, peer) = match (&r.oif, &r.iif) {
-                (Some((false, o)), _) => (Direction::Out, o.clone(), r.dst),
-                (_, Some((false, i))) => (Direction::In, i.clone(), r.src),
-                _ => (Direction::Out, String::new(), None),
-            };
-            let repair = Repair {
-                backend: label.to_string(),
-                table: "filter".into(),
-                chain: c.name.clone(),
-                direction,
-                net: peer.map(|(_, n)| n).unwrap_or_default(),
-                ifname: iface,
-                verdict: r.target.clone().unwrap_or_default(),
-                handle: None,
-            };
-            out.push((repair, r.words.clone()));
-        }
-    }
-    out
+    chains
+        .iter()
+        .flat_map(|c| c.rules.iter().filter(|r| r.comment.as_deref() == Some(TAG)))
+        .map(|r| {
+            (
+                walk::owned_repair(label, "filter", &r.chain, r),
+                r.words.clone(),
+            )
+        })
+        .collect()
 }
 
 /// The rule as `iptables -S` would show it after `-A`: `CHAIN -o IF -d NET ... -j VERDICT`.

@@ -181,23 +181,12 @@ pub fn observe(ruleset: &Nftables, scope: Option<&Scope>) -> (Vec<Repair>, Vec<R
             desired.extend(walk::plan(BACKEND, &table, &t.chains, &entries, scope));
         }
         for c in &t.chains {
-            for r in c.rules.iter().filter(|r| r.comment.as_deref() == Some(TAG)) {
-                let (direction, iface, peer) = match (&r.oif, &r.iif) {
-                    (Some((false, o)), _) => (Direction::Out, o.clone(), r.dst),
-                    (_, Some((false, i))) => (Direction::In, i.clone(), r.src),
-                    _ => (Direction::Out, String::new(), None),
-                };
-                owned.push(Repair {
-                    backend: BACKEND.into(),
-                    table: table.clone(),
-                    chain: c.name.clone(),
-                    direction,
-                    net: peer.map(|(_, n)| n).unwrap_or_default(),
-                    ifname: iface,
-                    verdict: r.target.clone().unwrap_or_default(),
-                    handle: r.handle,
-                });
-            }
+            owned.extend(
+                c.rules
+                    .iter()
+                    .filter(|r| r.comment.as_deref() == Some(TAG))
+                    .map(|r| walk::owned_repair(BACKEND, &table, &c.name, r)),
+            );
         }
     }
     (desired, owned)

@@ -164,3 +164,23 @@ pub fn plan(
     }
     out
 }
+
+/// The repair a dockroute-tagged rule stands for. A tagged rule of another shape is still
+/// dockroute's (and goes on `down`).
+pub fn owned_repair(backend: &str, table: &str, chain: &str, r: &Rule) -> Repair {
+    let (direction, iface, peer) = match (&r.oif, &r.iif) {
+        (Some((false, o)), _) => (Direction::Out, o.clone(), r.dst),
+        (_, Some((false, i))) => (Direction::In, i.clone(), r.src),
+        _ => (Direction::Out, String::new(), None),
+    };
+    Repair {
+        backend: backend.to_string(),
+        table: table.to_string(),
+        chain: chain.to_string(),
+        direction,
+        net: peer.map(|(_, n)| n).unwrap_or_default(),
+        ifname: iface,
+        verdict: r.target.clone().unwrap_or_default(),
+        handle: r.handle,
+    }
+}
