@@ -57,6 +57,31 @@ dockroute up --vm-ip 192.168.99.100
 step "dockroute status"
 dockroute status --check-name redis.docker
 
+step "a VPN connects: tunnel tun0 and a kill switch (INPUT/OUTPUT policy DROP, tunnel allowed)"
+host ip link add tun0 type veth peer name tun0p
+host ip addr add 10.66.0.2/24 dev tun0
+host ip link set tun0p up
+host ip link set tun0 up
+for rule in "-A INPUT -i lo -j ACCEPT" "-A INPUT -i tun0 -j ACCEPT" "-A OUTPUT -o lo -j ACCEPT" \
+    "-A OUTPUT -o tun0 -j ACCEPT" "-P INPUT DROP" "-P OUTPUT DROP"; do
+    # shellcheck disable=SC2086
+    host iptables $rule
+done
+if talk 2>/dev/null; then echo "unexpected: the kill switch lets the VM through" >&2; exit 1; fi
+echo "the container is cut off"
+
+step "dockroute up, as the post-connect hook runs it: it repairs the kill switch narrowly"
+dockroute up --vm-ip 192.168.99.100
+talk
+dockroute status | sed -n '/^vpn/,/^conflicts/p'
+
+step "the VPN disconnects (restores its policies, flushes its chains)"
+host iptables -P INPUT ACCEPT
+host iptables -P OUTPUT ACCEPT
+host iptables -F INPUT
+host iptables -F OUTPUT
+host ip link del tun0
+
 step "dockroute down"
 dockroute down
 snapshot >"$WORK/after"
