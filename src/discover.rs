@@ -75,6 +75,15 @@ impl Target {
     pub fn host_net(&self) -> Ipv4Net {
         self.host_addr.trunc()
     }
+
+    /// Every network reached through the VM's link: the subnets, then the host-only network.
+    pub fn networks(&self) -> Vec<Ipv4Net> {
+        self.subnets
+            .iter()
+            .copied()
+            .chain([self.host_net()])
+            .collect()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

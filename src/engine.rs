@@ -163,15 +163,7 @@ pub async fn up<N: Net>(
     let changes = plan::diff(&desired, &snap.owned);
     let (fw, fw_owned_before) = match settings.firewall {
         FirewallMode::Auto => {
-            let scope = firewall::Scope {
-                ifname: target.ifname.clone(),
-                nets: target
-                    .subnets
-                    .iter()
-                    .copied()
-                    .chain([target.host_net()])
-                    .collect(),
-            };
+            let scope = firewall::Scope::for_target(&target);
             let seen = firewall::observe(Some(&scope))?;
             (
                 firewall::diff(&seen.desired, &seen.owned),
@@ -489,10 +481,7 @@ pub async fn status<N: Net>(
         .filter(|r| !vpn::is_default_rule(r))
         .cloned()
         .collect();
-    let scope = target.as_ref().map(|t| firewall::Scope {
-        ifname: t.ifname.clone(),
-        nets: t.subnets.iter().copied().chain([t.host_net()]).collect(),
-    });
+    let scope = target.as_ref().map(firewall::Scope::for_target);
     match firewall::observe(scope.as_ref()) {
         Ok(seen) => {
             vpn_status.firewall_blocking = firewall::diff(&seen.desired, &seen.owned)
@@ -558,7 +547,7 @@ pub async fn status<N: Net>(
                 ok,
             });
         }
-        let nets: Vec<Ipv4Net> = t.subnets.iter().copied().chain([host_net]).collect();
+        let nets = t.networks();
         for r in snap.foreign_routes {
             let relevant = nets.iter().any(|n| overlaps(n, &r.dst))
                 && !(r.dst.prefix_len() == 0 && matches!(r.table, MAIN_TABLE | 253))

@@ -32,7 +32,7 @@ pub fn desired(t: &Target) -> Vec<Entry> {
         metric: 0,
     })];
     out.extend(t.subnets.iter().map(|s| via_vm(TABLE, *s, 0)));
-    for dst in t.subnets.iter().copied().chain([host_net]) {
+    for dst in t.networks() {
         out.push(Entry::Rule(RuleSpec {
             pref: RULE_PREF,
             dst,

@@ -26,6 +26,16 @@ pub struct Scope {
     pub nets: Vec<Ipv4Net>,
 }
 
+impl Scope {
+    /// Everything between the host and the target's VM.
+    pub fn for_target(t: &crate::discover::Target) -> Scope {
+        Scope {
+            ifname: t.ifname.clone(),
+            nets: t.networks(),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
