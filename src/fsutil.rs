@@ -58,6 +58,36 @@ pub fn replace_contents(path: &Path, body: &[u8]) -> io::Result<()> {
     }
 }
 
+/// What stands at a path that dockroute may replace or remove only if it wrote it: a file
+/// carrying its mark (`is_ours` on the content).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Marked {
+    Missing,
+    Ours(String),
+    /// A symlink, directory or other non-regular file: never written through or removed.
+    NotRegular,
+    /// A regular file without dockroute's mark.
+    Foreign,
+}
+
+/// Look at `path` without following a symlink there.
+pub fn read_marked(path: &Path, is_ours: impl Fn(&str) -> bool) -> io::Result<Marked> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Marked::Missing),
+        Err(e) => return Err(e),
+    };
+    if !meta.file_type().is_file() {
+        return Ok(Marked::NotRegular);
+    }
+    let content = std::fs::read_to_string(path)?;
+    Ok(if is_ours(&content) {
+        Marked::Ours(content)
+    } else {
+        Marked::Foreign
+    })
+}
+
 fn write_in_place(path: &Path, body: &[u8]) -> io::Result<()> {
     let mut f = OpenOptions::new()
         .write(true)

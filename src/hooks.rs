@@ -3,7 +3,7 @@
 //! source is scripts/hooks/ (built into the binary); every installed file carries a header line
 //! naming dockroute, and a file without it is never replaced or removed.
 
-use crate::fsutil;
+use crate::fsutil::{self, Marked};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -88,24 +88,17 @@ pub struct HookResult {
 
 /// Check one target: Ok(Some(current content)) when it is ours, Ok(None) when absent.
 fn existing(path: &Path) -> Result<Option<String>, HookError> {
-    match std::fs::symlink_metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io(path)(e)),
-        Ok(m) if !m.file_type().is_file() => Err(HookError::Refused(format!(
+    match fsutil::read_marked(path, is_ours).map_err(io(path))? {
+        Marked::Missing => Ok(None),
+        Marked::Ours(c) => Ok(Some(c)),
+        Marked::NotRegular => Err(HookError::Refused(format!(
             "{} exists and is not a regular file; dockroute leaves it alone",
             path.display()
         ))),
-        Ok(_) => {
-            let c = std::fs::read_to_string(path).map_err(io(path))?;
-            if is_ours(&c) {
-                Ok(Some(c))
-            } else {
-                Err(HookError::Refused(format!(
-                    "{} exists and is not dockroute's; remove it first",
-                    path.display()
-                )))
-            }
-        }
+        Marked::Foreign => Err(HookError::Refused(format!(
+            "{} exists and is not dockroute's; remove it first",
+            path.display()
+        ))),
     }
 }
 

@@ -3,7 +3,7 @@
 //! it, never writes through a symlink, and leaves every other file in DIR alone.
 
 use super::DnsError;
-use crate::fsutil;
+use crate::fsutil::{self, Marked};
 use std::net::SocketAddrV4;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -53,26 +53,20 @@ fn existing(dir: &Path, domain: &str) -> Result<Existing, DnsError> {
         Err(e) => return Err(DnsError::io(format!("reading {}", dir.display()), e)),
     }
     let file = path(dir, domain);
-    let meta = match std::fs::symlink_metadata(&file) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Existing::Missing),
-        Err(e) => return Err(DnsError::io(format!("reading {}", file.display()), e)),
-    };
-    if !meta.file_type().is_file() {
-        return Err(DnsError::Refused(format!(
+    match fsutil::read_marked(&file, is_ours)
+        .map_err(|e| DnsError::io(format!("reading {}", file.display()), e))?
+    {
+        Marked::Missing => Ok(Existing::Missing),
+        Marked::Ours(content) => Ok(Existing::Ours(content)),
+        Marked::NotRegular => Err(DnsError::Refused(format!(
             "{} exists and is not a regular file (a symlink?); dockroute leaves it alone",
             file.display()
-        )));
-    }
-    let content = std::fs::read_to_string(&file)
-        .map_err(|e| DnsError::io(format!("reading {}", file.display()), e))?;
-    if !is_ours(&content) {
-        return Err(DnsError::Refused(format!(
+        ))),
+        Marked::Foreign => Err(DnsError::Refused(format!(
             "{} exists and is not dockroute's (no '{HEADER}' line); remove it or pick another --domain",
             file.display()
-        )));
+        ))),
     }
-    Ok(Existing::Ours(content))
 }
 
 /// Refuse what this backend must not touch, before anything changes.
