@@ -240,12 +240,13 @@ pub fn diff(desired: &[Repair], owned: &[(Repair, Vec<String>)]) -> Vec<FwChange
 }
 
 fn apply_one(c: &FwChange) -> Result<(), FirewallError> {
-    if let FwChange::Insert { rule } | FwChange::Delete { rule, .. } = c
-        && rule.backend == nft::BACKEND
-    {
-        return match c {
-            FwChange::Insert { rule } => nft::run(nft::insert_cmd(rule)),
-            FwChange::Delete { rule, .. } => match nft::run(nft::delete_cmd(rule)) {
+    match c {
+        FwChange::Insert { rule } if rule.backend == nft::BACKEND => {
+            nft::run(nft::insert_cmd(rule))
+        }
+        FwChange::Insert { rule } => run(&rule.backend, &iptables::insert_args(rule)).map(|_| ()),
+        FwChange::Delete { rule, .. } if rule.backend == nft::BACKEND => {
+            match nft::run(nft::delete_cmd(rule)) {
                 // gone already (the VPN re-created its table): the goal is reached
                 Err(FirewallError::Run { msg, .. })
                     if msg.contains("No such file or directory") =>
@@ -253,11 +254,8 @@ fn apply_one(c: &FwChange) -> Result<(), FirewallError> {
                     Ok(())
                 }
                 r => r,
-            },
-        };
-    }
-    match c {
-        FwChange::Insert { rule } => run(&rule.backend, &iptables::insert_args(rule)).map(|_| ()),
+            }
+        }
         FwChange::Delete { rule, words } => {
             match run(&rule.backend, &iptables::delete_args(&rule.table, words)) {
                 // gone already (the vendor flushed its chain): the goal is reached
