@@ -23,11 +23,42 @@ fn fw(lab: &Lab, program: &str, args: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn tagged_rules(lab: &Lab, program: &str) -> usize {
-    fw(lab, program, "-S")
-        .lines()
-        .filter(|l| l.contains("--comment dockroute"))
-        .count()
+/// How a test reads one firewall backend: its name in dockroute's output, the listing of its
+/// rules, and how dockroute's tag looks in that listing.
+struct Backend {
+    name: &'static str,
+    program: &'static str,
+    list_args: &'static str,
+    tag: &'static str,
+}
+
+const IPTABLES: Backend = Backend {
+    name: "iptables",
+    program: "iptables",
+    list_args: "-S",
+    tag: "--comment dockroute",
+};
+const IPTABLES_LEGACY: Backend = Backend {
+    name: "iptables-legacy",
+    program: "iptables-legacy",
+    list_args: "-S",
+    tag: "--comment dockroute",
+};
+const NFTABLES: Backend = Backend {
+    name: "nftables",
+    program: "nft",
+    list_args: "list ruleset",
+    tag: "comment \"dockroute\"",
+};
+
+impl Backend {
+    fn list(&self, lab: &Lab) -> String {
+        fw(lab, self.program, self.list_args)
+    }
+
+    fn tagged(&self, lab: &Lab) -> usize {
+        self.list(lab).matches(self.tag).count()
+    }
 }
 
 /// `status` lists the tunnel, what blocks the VM, what dockroute repaired, and the vendor hint.
@@ -53,7 +84,7 @@ fn check_status(lab: &Lab, blocking: usize, repaired: usize, hint: Option<&str>)
 }
 
 fn scenario(
-    program: &str,
+    b: &Backend,
     vpn: &dyn Fn(&Lab),
     reconnect: Option<&dyn Fn(&Lab)>,
     expected_rules: usize,
@@ -68,13 +99,14 @@ fn scenario(
         !lab.reaches_container(),
         "the VPN's firewall does not block like the real one"
     );
-    let vpn_rules = fw(&lab, program, "-S");
+    let vpn_rules = b.list(&lab);
     check_status(&lab, expected_rules, 0, hint);
 
     let fixed = up(&lab);
-    assert!(fixed.stdout.contains("+ firewall"), "{}", fixed.stdout);
+    let added = format!("+ firewall {} ", b.name);
+    assert!(fixed.stdout.contains(&added), "{}", fixed.stdout);
     assert!(lab.reaches_container(), "still blocked after up");
-    assert_eq!(tagged_rules(&lab, program), expected_rules);
+    assert_eq!(b.tagged(&lab), expected_rules);
     let again = lab
         .dockroute(&["--json", "up", "--vm-ip", VM_IP])
         .ok()
@@ -93,20 +125,12 @@ fn scenario(
             lab.reaches_container(),
             "still blocked after up following the reconnect"
         );
-        assert_eq!(
-            tagged_rules(&lab, program),
-            expected_rules,
-            "duplicated rules"
-        );
+        assert_eq!(b.tagged(&lab), expected_rules, "duplicated rules");
     }
 
     let down = lab.dockroute(&["down"]).ok();
     assert!(down.stdout.contains("- firewall"), "{}", down.stdout);
-    assert_eq!(
-        fw(&lab, program, "-S"),
-        vpn_rules,
-        "the VPN's rules changed"
-    );
+    assert_eq!(b.list(&lab), vpn_rules, "the VPN's rules changed");
 }
 
 fn anyconnect_chain(lab: &Lab) {
@@ -129,7 +153,7 @@ fn anyconnect_style_chain_and_its_reconnect() {
     // AnyConnect on Linux: chain ciscovpn, jumped from INPUT and OUTPUT, ends in a catch-all DROP;
     // every reconnect flushes and rebuilds it.
     scenario(
-        "iptables",
+        &IPTABLES,
         &|lab| {
             fw(lab, "iptables", "-N ciscovpn");
             anyconnect_chain(lab);
@@ -161,7 +185,7 @@ fn kill_switch_with_policy_drop_nft_backend() {
     if !privileged() {
         return;
     }
-    scenario("iptables", &kill_switch("iptables"), None, 4, None);
+    scenario(&IPTABLES, &kill_switch("iptables"), None, 4, None);
 }
 
 #[test]
@@ -171,7 +195,7 @@ fn kill_switch_with_policy_drop_legacy_backend() {
     }
     // Proton's legacy CLI style; an accept in iptables-nft would not help against this drop.
     scenario(
-        "iptables-legacy",
+        &IPTABLES_LEGACY,
         &kill_switch("iptables-legacy"),
         None,
         4,
@@ -187,10 +211,10 @@ fn firewall_off_leaves_the_block_alone() {
     let lab = Lab::new();
     lab.add_tunnel("tun0", "10.66.0.2/24");
     kill_switch("iptables")(&lab);
-    let rules = fw(&lab, "iptables", "-S");
+    let rules = IPTABLES.list(&lab);
     lab.dockroute(&["up", "--vm-ip", VM_IP, "--firewall", "off"])
         .ok();
-    assert_eq!(fw(&lab, "iptables", "-S"), rules);
+    assert_eq!(IPTABLES.list(&lab), rules);
     assert!(!lab.reaches_container());
 }
 
@@ -215,62 +239,20 @@ const MULLVAD_LIKE: &str = "table inet vpn {
 }
 ";
 
-fn nft_scenario(vpn: &str, reconnect: Option<&str>, expected_rules: usize, hint: Option<&str>) {
-    let lab = Lab::new();
-    lab.add_tunnel("tun0", "10.66.0.2/24");
-    up(&lab);
-    assert!(lab.reaches_container());
-    nft_load(&lab, vpn);
-    assert!(!lab.reaches_container(), "the VPN's table does not block");
-    let vpn_rules = fw(&lab, "nft", "list ruleset");
-    check_status(&lab, expected_rules, 0, hint);
-    let tagged = |lab: &Lab| {
-        fw(lab, "nft", "list ruleset")
-            .matches("comment \"dockroute\"")
-            .count()
-    };
-
-    let fixed = up(&lab);
-    assert!(
-        fixed.stdout.contains("+ firewall nftables"),
-        "{}",
-        fixed.stdout
-    );
-    assert!(lab.reaches_container(), "still blocked after up");
-    assert_eq!(tagged(&lab), expected_rules);
-    let again = lab
-        .dockroute(&["--json", "up", "--vm-ip", VM_IP])
-        .ok()
-        .json();
-    assert_eq!(again["firewall"], serde_json::json!([]), "{again}");
-    check_status(&lab, 0, expected_rules, hint);
-
-    if let Some(reconnect) = reconnect {
-        // the client re-creates its table on every state change
-        nft_load(&lab, reconnect);
-        assert!(
-            !lab.reaches_container(),
-            "the reconnect did not rebuild the block"
-        );
-        up(&lab);
-        assert!(lab.reaches_container());
-        assert_eq!(tagged(&lab), expected_rules, "duplicated rules");
-    }
-    lab.dockroute(&["down"]).ok();
-    assert_eq!(
-        fw(&lab, "nft", "list ruleset"),
-        vpn_rules,
-        "the VPN's table changed"
-    );
-}
-
 #[test]
 fn nftables_vpn_table_with_policy_drop_and_its_recreation() {
     if !privileged() {
         return;
     }
     let recreate = format!("delete table inet vpn\n{MULLVAD_LIKE}");
-    nft_scenario(MULLVAD_LIKE, Some(&recreate), 4, None);
+    // the client re-creates its table on every state change
+    scenario(
+        &NFTABLES,
+        &|lab| nft_load(lab, MULLVAD_LIKE),
+        Some(&|lab| nft_load(lab, &recreate)),
+        4,
+        None,
+    );
 }
 
 #[test]
@@ -279,8 +261,7 @@ fn nftables_route_type_output_chain() {
         return;
     }
     // NordVPN's nftables backend: output is a `type route` chain with policy drop; input filters.
-    nft_scenario(
-        "table inet nordvpn {
+    const NORDVPN_LIKE: &str = "table inet nordvpn {
     chain input {
         type filter hook input priority 0; policy drop;
         iifname \"lo\" accept
@@ -292,7 +273,10 @@ fn nftables_route_type_output_chain() {
         oifname \"tun0\" accept
     }
 }
-",
+";
+    scenario(
+        &NFTABLES,
+        &|lab| nft_load(lab, NORDVPN_LIKE),
         None,
         4,
         Some("nordvpn allowlist add subnet 172.17.0.0/16"),
