@@ -12,6 +12,7 @@ pub mod fsutil;
 pub mod hooks;
 pub mod machine;
 pub mod net;
+pub mod nss;
 pub mod plan;
 pub mod record;
 pub mod report;

@@ -59,18 +59,14 @@ fn home_dir() -> Result<PathBuf, String> {
     if let Ok(user) = std::env::var("SUDO_USER")
         && !user.is_empty()
     {
-        return match nix::unistd::User::from_name(&user) {
-            Ok(Some(u)) => Ok(u.dir),
-            _ => Err(format!("cannot find the home of SUDO_USER '{user}'")),
-        };
+        return crate::nss::home_of(&user)
+            .map_err(|e| format!("cannot find the home of SUDO_USER '{user}': {e}"));
     }
     if let Some(h) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
         return Ok(PathBuf::from(h));
     }
-    match nix::unistd::User::from_uid(nix::unistd::getuid()) {
-        Ok(Some(u)) => Ok(u.dir),
-        _ => Err("cannot find the home directory (set MACHINE_STORAGE_PATH)".into()),
-    }
+    crate::nss::home_of(&nix::unistd::getuid().to_string())
+        .map_err(|e| format!("cannot find the home directory ({e}); set MACHINE_STORAGE_PATH"))
 }
 
 /// Read the VM IP of machine `name` from `path`.

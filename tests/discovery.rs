@@ -85,6 +85,39 @@ fn a_docker_machine_store_names_the_vm() {
 }
 
 #[test]
+fn under_sudo_the_store_is_in_the_invoking_users_home() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    // the passwd entry of nobody, as the system's NSS answers it (Debian: /nonexistent)
+    let passwd = std::process::Command::new("getent")
+        .args(["passwd", "nobody"])
+        .output()
+        .unwrap();
+    let home = String::from_utf8(passwd.stdout).unwrap();
+    let home = home.trim().split(':').nth(5).unwrap().to_string();
+    // sudo keeps HOME of the caller on some systems: $SUDO_USER's home wins over it
+    let env: [(&str, &dyn AsRef<std::ffi::OsStr>); 2] =
+        [("SUDO_USER", &"nobody"), ("HOME", &lab.dir.path())];
+    let before = lab.snapshot();
+    let run = lab.dockroute_env(&["up", "--machine", "dev"], &env);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let want = format!("cannot read {home}/.docker/machine/machines/dev/config.json");
+    assert!(run.stderr.contains(&want), "{}", run.stderr);
+    let env: [(&str, &dyn AsRef<std::ffi::OsStr>); 1] = [("SUDO_USER", &"no-such-user-dr")];
+    let run = lab.dockroute_env(&["up", "--machine", "dev"], &env);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr
+            .starts_with("error: cannot find the home of SUDO_USER 'no-such-user-dr'"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(lab.snapshot(), before);
+}
+
+#[test]
 fn the_config_file_names_the_vm_and_flags_override_it() {
     if !privileged() {
         return;
