@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Benchmark: dockroute up/down against the shell recipe, in one run inside a namespace lab.
 #
-#   sudo scripts/bench.sh [RUNS]      (default 300 runs per command, after 30 warm-up runs)
+#   sudo scripts/bench.sh [RUNS]      (default 300 timed runs per command, after warm-up runs)
 #
 # Every command is timed by hyperfine without a shell (-N), in the lab's host namespace; the
 # "prepare" command puts the kernel back before each timed run. Prints medians in milliseconds.
-# Part 1: routes only (--dns off --firewall off). Part 2: routes + DNS through a real
+# Part 1: routes only (--dns off --firewall off), dockroute and ip alternating in rounds so that
+# the machine's noise hits both alike. Part 2: routes + DNS through a real
 # systemd-resolved (scripts/resolved-lab.sh) against `ip route replace` + `resolvectl dns` +
 # `resolvectl domain`, and `up` with its defaults (DNS and the firewall check, which reads
 # iptables and nftables through their programs).
@@ -18,7 +19,8 @@ RUNS=${1:-300}
 scripts/deps.sh
 
 cargo build --release --locked -q
-BIN=$PWD/target/release/dockroute
+sync # the build's writes must not be flushed during the first timings
+BIN=$PWD/target/$(rustc --print host-tuple)/release/dockroute # .cargo/config.toml: build.target
 P="bench$$"
 WORK=$(mktemp -d /var/tmp/dockroute-bench.XXXXXX)
 chmod 755 "$WORK"
@@ -35,25 +37,46 @@ DOWN="$DR down"
 REPLACE="ip route replace 172.17.0.0/16 via 192.168.99.100 dev vboxnet0"
 DEL="ip route del 172.17.0.0/16"
 
-# median CMD PREPARE -> milliseconds (run inside "${H[@]}")
-median() {
-    local csv=$WORK/out.csv
-    if ! "${H[@]}" hyperfine -N --style none --warmup 30 --runs "$RUNS" \
-        --prepare "$2" --export-csv "$csv" "$1" >/dev/null 2>"$WORK/err"; then
+# sample NAME CMD PREPARE RUNS: time CMD RUNS times (inside "${H[@]}"), append the times in ms to
+# $WORK/NAME
+sample() {
+    local json=$WORK/out.json
+    if ! "${H[@]}" hyperfine -N --style none --warmup 10 --runs "$4" \
+        --prepare "$3" --export-json "$json" "$2" >/dev/null 2>"$WORK/err"; then
         cat "$WORK/err" >&2
         exit 1
     fi
-    awk -F, 'NR == 2 { printf "%.3f", $4 * 1000 }' "$csv"
+    tr -d ' \n' <"$json" | grep -o '"times":\[[^]]*\]' | tr -d '"times:[]' | tr , '\n' |
+        awk '{ printf "%.6f\n", $1 * 1000 }' >>"$WORK/$1"
+}
+# of NAME: the median of its samples, in ms
+of() { sort -g "$WORK/$1" | awk '{ v[NR] = $1 } END { printf "%.3f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+# median CMD PREPARE -> milliseconds, all runs in one go
+median() {
+    rm -f "$WORK/one"
+    sample one "$1" "$2" "$RUNS"
+    of one
 }
 
-up=$(median "$UP" "$DOWN")
-down=$(median "$DOWN" "$UP")
-"${H[@]}" $UP >/dev/null
-up_again=$(median "$UP" "$UP")
-"${H[@]}" $DOWN >/dev/null
-"${H[@]}" $REPLACE # so that the first "prepare" delete has something to delete
-replace=$(median "$REPLACE" "$DEL")
-del=$(median "$DEL" "$REPLACE") # the last timed run deleted the route
+# Part 1 compares dockroute with ip, so their runs alternate: 5 rounds, each timing every command
+# RUNS/5 times. Load from elsewhere on the machine then falls on both sides alike.
+ROUNDS=5
+PER=$(((RUNS + ROUNDS - 1) / ROUNDS))
+for _ in $(seq "$ROUNDS"); do
+    sample up "$UP" "$DOWN" "$PER"
+    sample down "$DOWN" "$UP" "$PER"
+    "${H[@]}" $UP >/dev/null
+    sample up_again "$UP" "$UP" "$PER"
+    "${H[@]}" $DOWN >/dev/null
+    "${H[@]}" $REPLACE # so that the first "prepare" delete has something to delete
+    sample replace "$REPLACE" "$DEL" "$PER"
+    sample del "$DEL" "$REPLACE" "$PER" # the last timed run deleted the route
+done
+up=$(of up)
+down=$(of down)
+up_again=$(of up_again)
+replace=$(of replace)
+del=$(of del)
 
 # Part 2: the same host namespace, now with systemd-resolved and its stub as /etc/resolv.conf.
 HOLDER=$(scripts/resolved-lab.sh start "$P")
@@ -74,7 +97,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 sum() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a + b }'; }
 cycle=$(sum "$up" "$down")
 recipe=$(sum "$replace" "$del")
-echo "dockroute bench: $RUNS runs each, medians (hyperfine -N), $(nproc) cores, kernel $(uname -r)"
+echo "dockroute bench: $RUNS runs each (part 1: $ROUNDS alternating rounds of $PER), medians (hyperfine -N), $(nproc) cores, kernel $(uname -r)"
 printf '  %-44s %8s ms\n' "dockroute up (routes only: 5 routes and rules)" "$up"
 printf '  %-44s %8s ms\n' "dockroute up, nothing to change" "$up_again"
 printf '  %-44s %8s ms\n' "dockroute down" "$down"

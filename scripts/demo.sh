@@ -14,7 +14,7 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "building dockroute"
 cargo build --release --locked -q
-BIN=$PWD/target/release/dockroute
+BIN=$PWD/target/$(rustc --print host-tuple)/release/dockroute # .cargo/config.toml: build.target
 
 P="demo$$"
 WORK=$(mktemp -d /tmp/dockroute-demo.XXXXXX)

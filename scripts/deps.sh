@@ -23,6 +23,8 @@ have dbus-daemon || need+=(dbus-daemon)
 have dbus-send || need+=(dbus-bin)
 have dpkg-deb || need+=(dpkg)
 ls /usr/lib/*/systemd/libsystemd-shared-*.so >/dev/null 2>&1 || need+=(libsystemd-shared)
+# the static Linux build (.cargo/config.toml) links glibc's libc.a
+ls /usr/lib/*/libc.a >/dev/null 2>&1 || need+=(libc6-dev)
 if [ ${#need[@]} -gt 0 ]; then
     echo "deps: installing ${need[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
@@ -30,6 +32,6 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 if ! have cargo; then
-    echo "deps: cargo not found: install Rust 1.89 or newer (https://rustup.rs), then run again" >&2
+    echo "deps: cargo not found: install Rust 1.91 or newer (https://rustup.rs), then run again" >&2
     exit 1
 fi
