@@ -426,7 +426,7 @@ pub async fn status<N: Net>(
         }
         None => None,
     };
-    let name_check = check_name.map(|name| match dns::resolve(name) {
+    let name_check = check_name.map(|name| match crate::nss::addresses(name) {
         Ok(addresses) => NameCheck {
             name: name.to_string(),
             addresses,

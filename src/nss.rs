@@ -42,16 +42,21 @@ pub fn parse_passwd_home(line: &str) -> Option<PathBuf> {
 /// The addresses in `getent ahosts` output (`ADDRESS SOCKTYPE [NAME]` per line), in order,
 /// without duplicates.
 pub fn parse_ahosts(out: &str) -> Vec<IpAddr> {
-    let mut addrs: Vec<IpAddr> = Vec::new();
-    for ip in out
-        .lines()
-        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
-    {
-        if !addrs.contains(&ip) {
-            addrs.push(ip);
+    unique(
+        out.lines()
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok()),
+    )
+}
+
+/// `ips` in order, each once (resolvers list an address once per socket type).
+fn unique(ips: impl IntoIterator<Item = IpAddr>) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = Vec::new();
+    for ip in ips {
+        if !out.contains(&ip) {
+            out.push(ip);
         }
     }
-    addrs
+    out
 }
 
 #[cfg(target_os = "linux")]
@@ -103,13 +108,8 @@ mod platform {
     }
 
     pub fn addresses(name: &str) -> Result<Vec<IpAddr>, String> {
-        let mut out: Vec<IpAddr> = Vec::new();
-        for a in (name, 0u16).to_socket_addrs().map_err(|e| e.to_string())? {
-            if !out.contains(&a.ip()) {
-                out.push(a.ip());
-            }
-        }
-        Ok(out)
+        let addrs = (name, 0u16).to_socket_addrs().map_err(|e| e.to_string())?;
+        Ok(super::unique(addrs.map(|a| a.ip())))
     }
 }
 

@@ -19,7 +19,7 @@ mod resolved;
 use crate::settings::DnsMode;
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::net::{IpAddr, SocketAddrV4};
+use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
 
 /// The system resolver configuration.
@@ -232,11 +232,6 @@ pub async fn observe(s: &DnsState) -> (bool, String) {
             }
         }
     }
-}
-
-/// Resolve `name` through the system resolver (getaddrinfo, as applications do; see `nss`).
-pub fn resolve(name: &str) -> Result<Vec<IpAddr>, String> {
-    crate::nss::addresses(name)
 }
 
 #[cfg(test)]
