@@ -33,7 +33,7 @@ pub enum EngineError {
         done: usize,
         undo_failed: Vec<String>,
     },
-    #[error("{err}; rolled back the {done} change(s) made before it{}", undo_note(.undo_failed))]
+    #[error("{err}; rolled back the {done} change(s) this run had made{}", undo_note(.undo_failed))]
     Apply {
         err: NetError,
         done: usize,
@@ -83,42 +83,86 @@ pub struct Outcome {
     pub dry_run: bool,
 }
 
-async fn stall(hooks: Hooks, i: usize) {
+fn stall(hooks: Hooks, i: usize) {
     if hooks.stall_before_change == Some(i) {
         tracing::warn!("test hook: stalling before change {i}");
-        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        std::thread::sleep(std::time::Duration::from_secs(3600));
     }
 }
 
-/// Undo `done` in reverse order; returns what could not be undone.
+/// Apply `changes` in one batch, or in two around the test hook's stall (so that a test can kill
+/// the process between them). Each change's result, in order; `Err` when they are unknown.
+async fn send<N: Net>(
+    net: &mut N,
+    changes: &[Change],
+    hooks: Hooks,
+) -> Result<Vec<Result<(), NetError>>, NetError> {
+    for change in changes {
+        tracing::info!("{change}");
+    }
+    let at = hooks
+        .stall_before_change
+        .map_or(0, |i| i.min(changes.len()));
+    let (before, after) = changes.split_at(at);
+    let mut results = Vec::with_capacity(changes.len());
+    if !before.is_empty() {
+        results.extend(net.apply(before).await?);
+    }
+    stall(hooks, at);
+    if !after.is_empty() {
+        results.extend(net.apply(after).await?);
+    }
+    Ok(results)
+}
+
+/// Undo `done`, newest first, in one batch; returns what could not be undone.
 async fn undo_all<N: Net>(net: &mut N, done: &[Change]) -> Vec<String> {
-    let mut failed = Vec::new();
-    for d in done.iter().rev() {
-        if let Err(e) = net.apply(&d.inverse()).await {
-            failed.push(format!("{}: {e}", d.inverse()));
-        }
+    let undo: Vec<Change> = done.iter().rev().map(Change::inverse).collect();
+    if undo.is_empty() {
+        return Vec::new();
     }
-    failed
+    match net.apply(&undo).await {
+        Ok(results) => undo
+            .iter()
+            .zip(results)
+            .filter_map(|(change, r)| r.err().map(|e| format!("{change}: {e}")))
+            .collect(),
+        Err(e) => vec![format!("undoing {} change(s): {e}", undo.len())],
+    }
 }
 
+/// Apply `changes`; if one fails, undo the others that took effect and report the first failure.
 async fn apply_all<N: Net>(
     net: &mut N,
     changes: &[Change],
     hooks: Hooks,
 ) -> Result<(), EngineError> {
-    for (i, change) in changes.iter().enumerate() {
-        stall(hooks, i).await;
-        tracing::info!("{change}");
-        if let Err(err) = net.apply(change).await {
-            let undo_failed = undo_all(net, &changes[..i]).await;
-            return Err(EngineError::Apply {
-                err,
-                done: i,
-                undo_failed,
-            });
+    let (err, applied) = match send(net, changes, hooks).await {
+        Ok(results) => {
+            let mut applied = Vec::new();
+            let mut first = None;
+            for (change, result) in changes.iter().zip(results) {
+                match result {
+                    Ok(()) => applied.push(change.clone()),
+                    Err(e) => {
+                        first.get_or_insert(e);
+                    }
+                }
+            }
+            match first {
+                None => return Ok(()),
+                Some(err) => (err, applied),
+            }
         }
-    }
-    Ok(())
+        // The answers were lost: undo them all (undoing what did not happen changes nothing).
+        Err(err) => (err, changes.to_vec()),
+    };
+    let undo_failed = undo_all(net, &applied).await;
+    Err(EngineError::Apply {
+        err,
+        done: applied.len(),
+        undo_failed,
+    })
 }
 
 /// The DNS setting `up` wants for this target, if any.
@@ -299,12 +343,13 @@ pub async fn down<N: Net>(
             }
         }
     }
-    for (i, change) in changes.iter().enumerate() {
-        stall(hooks, i).await;
-        tracing::info!("{change}");
-        if let Err(e) = net.apply(change).await {
-            failed.push(e.to_string());
-        }
+    match send(net, &changes, hooks).await {
+        Ok(results) => failed.extend(
+            results
+                .into_iter()
+                .filter_map(|r| r.err().map(|e| e.to_string())),
+        ),
+        Err(e) => failed.push(e.to_string()),
     }
     if !failed.is_empty() {
         return Err(EngineError::Remove {
@@ -604,6 +649,28 @@ mod tests {
         applied: usize,
     }
 
+    impl Fake {
+        fn apply_one(&mut self, change: &Change) -> Result<(), NetError> {
+            if self.fail_on == Some(self.applied) {
+                self.fail_on = None;
+                return Err(NetError::Conflict("injected failure".into()));
+            }
+            self.applied += 1;
+            match change {
+                Change::Add(e) => self.owned.push(e.clone()),
+                Change::Remove(e) => {
+                    let i = self
+                        .owned
+                        .iter()
+                        .position(|o| o == e)
+                        .expect("removing unknown");
+                    self.owned.remove(i);
+                }
+            }
+            Ok(())
+        }
+    }
+
     impl Net for Fake {
         async fn links(&mut self) -> Result<Vec<LinkInfo>, NetError> {
             Ok(vec![LinkInfo {
@@ -628,24 +695,11 @@ mod tests {
                 reason: "fake".into(),
             })
         }
-        async fn apply(&mut self, change: &Change) -> Result<(), NetError> {
-            if self.fail_on == Some(self.applied) {
-                self.fail_on = None;
-                return Err(NetError::Conflict("injected failure".into()));
-            }
-            self.applied += 1;
-            match change {
-                Change::Add(e) => self.owned.push(e.clone()),
-                Change::Remove(e) => {
-                    let i = self
-                        .owned
-                        .iter()
-                        .position(|o| o == e)
-                        .expect("removing unknown");
-                    self.owned.remove(i);
-                }
-            }
-            Ok(())
+        async fn apply(
+            &mut self,
+            changes: &[Change],
+        ) -> Result<Vec<Result<(), NetError>>, NetError> {
+            Ok(changes.iter().map(|c| self.apply_one(c)).collect())
         }
         async fn subscribe(&mut self) -> Result<(), NetError> {
             Ok(())
@@ -710,7 +764,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_change_rolls_back_the_ones_before_it() {
+    fn a_failed_change_rolls_back_the_others() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(dir.path());
         let mut fake = Fake {
@@ -724,7 +778,7 @@ mod tests {
                 .unwrap_err();
             let msg = e.to_string();
             assert!(
-                msg.contains("injected failure") && msg.contains("rolled back the 3 change(s)"),
+                msg.contains("injected failure") && msg.contains("rolled back the 4 change(s)"),
                 "{msg}"
             );
             assert!(fake.owned.is_empty(), "left behind: {:?}", fake.owned);

@@ -147,8 +147,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         std::env::var("DOCKER_HOST").ok(),
     )?;
     let store = Store::new(&settings.state_dir);
+    // No reactor, no timers: netlink requests block, and the D-Bus client brings its own runtime
+    // (dns::resolved). What an async step would wait on here does not exist.
     let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
         .build()
         .context("starting the runtime")?;
     rt.block_on(async {

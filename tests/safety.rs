@@ -271,3 +271,25 @@ fn a_failing_change_is_rolled_back() {
     assert_eq!(lab.snapshot(), before, "a failed up left changes behind");
     assert!(!exists(&lab.state_dir().join("state.json")));
 }
+
+#[test]
+fn a_change_failing_mid_batch_is_rolled_back_with_those_after_it() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    // Someone's route holds the slot of dockroute's second change (its gateway route in its own
+    // table). The kernel still applies the three changes sent after it in the same batch.
+    lab.ip(&format!("route add 172.17.0.0/16 via {VM_IP} table 5017"));
+    let before = lab.snapshot();
+    let run = lab.dockroute(&["up", "--vm-ip", VM_IP]);
+    refused(&run, "rolled back the 4 change(s)");
+    assert!(
+        run.stderr.contains("table dockroute"),
+        "the failing change is named: {}",
+        run.stderr
+    );
+    assert_eq!(lab.snapshot(), before, "a failed up left changes behind");
+    assert_eq!(lab.tagged(), 0);
+    assert!(!exists(&lab.state_dir().join("state.json")));
+}

@@ -44,6 +44,28 @@ trait Link {
     fn default_route(&self) -> zbus::Result<bool>;
 }
 
+/// Run one D-Bus conversation to its end on a runtime of its own, on a thread of its own.
+///
+/// zbus is async and needs a reactor; nothing else in a one-shot command does (netlink requests
+/// are blocking calls), so the command itself runs without one and pays for this runtime only
+/// when it talks to resolved. A thread of its own, because a runtime cannot start inside another.
+fn on_bus<T: Send>(
+    conversation: impl Future<Output = Result<T, DnsError>> + Send,
+) -> Result<T, DnsError> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| DnsError::Bus(format!("starting a D-Bus runtime: {e}")))?
+                    .block_on(conversation)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(DnsError::Bus("the D-Bus thread panicked".into())))
+    })
+}
+
 fn bus_err(what: &str, e: zbus::Error) -> DnsError {
     DnsError::Bus(format!("{what}: {e}"))
 }
@@ -109,16 +131,20 @@ impl Session {
 
 /// Check that resolved answers, before anything changes.
 pub async fn check(ifindex: u32) -> Result<(), DnsError> {
-    session().await?.link(ifindex).await.map(|_| ())
+    on_bus(async { session().await?.link(ifindex).await.map(|_| ()) })
 }
 
 /// What resolved has for the link now.
 pub async fn current(ifindex: u32) -> Result<LinkDns, DnsError> {
-    session().await?.link(ifindex).await
+    on_bus(async { session().await?.link(ifindex).await })
 }
 
 /// Route `domain` to `ns` on the link. Returns whether anything changed.
 pub async fn apply(ifindex: u32, domain: &str, ns: SocketAddrV4) -> Result<bool, DnsError> {
+    on_bus(set(ifindex, domain, ns))
+}
+
+async fn set(ifindex: u32, domain: &str, ns: SocketAddrV4) -> Result<bool, DnsError> {
     let s = session().await?;
     let wanted = LinkDns {
         servers: vec![ns],
@@ -174,6 +200,10 @@ pub async fn apply(ifindex: u32, domain: &str, ns: SocketAddrV4) -> Result<bool,
 /// Undo dockroute's settings on the link (`resolvectl revert`), but only while the link still
 /// carries them: settings someone else made since are left alone. Returns whether it reverted.
 pub async fn revert(ifindex: u32, domain: &str, ns: SocketAddrV4) -> Result<bool, DnsError> {
+    on_bus(unset(ifindex, domain, ns))
+}
+
+async fn unset(ifindex: u32, domain: &str, ns: SocketAddrV4) -> Result<bool, DnsError> {
     let s = session().await?;
     let now = match s.link(ifindex).await {
         Ok(now) => now,

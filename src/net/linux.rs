@@ -1,77 +1,81 @@
 //! [`Net`] over rtnetlink.
 
+use super::rtnl::{Events, Rtnl};
 use super::{
     Change, Entry, ForeignRoute, ForeignRule, LinkInfo, Lookup, Neighbour, Net, NetError, PROTO,
     RouteSpec, RuleSpec, Snapshot, protocol_name,
 };
-use futures_util::{StreamExt, TryStreamExt};
 use ipnet::Ipv4Net;
-use rtnetlink::packet_core::NetlinkMessage;
-use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
-use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
+use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+};
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
-use rtnetlink::sys::SocketAddr;
-use rtnetlink::{Handle, MulticastGroup, RouteMessageBuilder};
+use rtnetlink::{MulticastGroup, RouteMessageBuilder};
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
 
-type Events =
-    futures_channel::mpsc::UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>;
-
 /// The Linux kernel, reached over one rtnetlink socket (plus a multicast one when subscribed).
 pub struct System {
-    handle: Handle,
+    rtnl: Rtnl,
     events: Option<Events>,
     /// Link names from the last link dump of this run, so one command dumps links once.
     names: Option<HashMap<u32, String>>,
 }
 
-fn nl_err(op: impl Into<String>, e: rtnetlink::Error) -> NetError {
-    let source = match &e {
-        rtnetlink::Error::NetlinkError(m) if m.raw_code() != 0 => m.to_io(),
-        other => io::Error::other(other.to_string()),
-    };
-    NetError::os(op, source)
-}
-
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(m) if m.raw_code() != 0 => Some(m.raw_code().abs()),
-        _ => None,
-    }
+fn nl_err(op: impl Into<String>, e: io::Error) -> NetError {
+    NetError::os(op, e)
 }
 
 impl System {
-    /// Open a netlink connection. Must run inside a tokio runtime.
+    /// Open a netlink socket.
     pub fn new() -> Result<Self, NetError> {
-        let (conn, handle, _) =
-            rtnetlink::new_connection().map_err(|e| NetError::os("opening a netlink socket", e))?;
-        tokio::spawn(conn);
+        let rtnl = Rtnl::open().map_err(|e| NetError::os("opening a netlink socket", e))?;
         Ok(System {
-            handle,
+            rtnl,
             events: None,
             names: None,
         })
     }
 
-    async fn link_names(&mut self) -> Result<HashMap<u32, String>, NetError> {
+    fn dump(
+        &mut self,
+        what: &str,
+        msg: RouteNetlinkMessage,
+    ) -> Result<Vec<RouteNetlinkMessage>, NetError> {
+        self.rtnl
+            .dump(msg)
+            .map_err(|e| nl_err(format!("listing {what}"), e))
+    }
+
+    fn link_dump(&mut self) -> Result<Vec<LinkMessage>, NetError> {
+        let all = self.dump(
+            "links",
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+        )?;
+        Ok(all
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(l),
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn link_names(&mut self) -> Result<HashMap<u32, String>, NetError> {
         if let Some(names) = &self.names {
             return Ok(names.clone());
         }
-        let mut links = self.handle.link().get().execute();
         let mut out = HashMap::new();
-        while let Some(l) = links
-            .try_next()
-            .await
-            .map_err(|e| nl_err("listing links", e))?
-        {
+        for l in self.link_dump()? {
             for a in &l.attributes {
                 if let LinkAttribute::IfName(n) = a {
                     out.insert(l.header.index, n.clone());
@@ -277,15 +281,39 @@ const EEXIST: i32 = 17;
 const ESRCH: i32 = 3;
 const ENOENT: i32 = 2;
 
+/// Header flags of a change beyond request and ack: adds must not replace what is there.
+fn change_message(change: &Change) -> (RouteNetlinkMessage, u16) {
+    const ADD: u16 = NLM_F_CREATE | NLM_F_EXCL;
+    match change {
+        Change::Add(Entry::Route(r)) => (RouteNetlinkMessage::NewRoute(route_message(r)), ADD),
+        Change::Remove(Entry::Route(r)) => (RouteNetlinkMessage::DelRoute(route_message(r)), 0),
+        Change::Add(Entry::Rule(r)) => (RouteNetlinkMessage::NewRule(rule_message(r)), ADD),
+        Change::Remove(Entry::Rule(r)) => (RouteNetlinkMessage::DelRule(rule_message(r)), 0),
+    }
+}
+
+/// What the kernel's answer to `change` means.
+fn change_result(change: &Change, result: io::Result<()>) -> Result<(), NetError> {
+    let Err(e) = result else { return Ok(()) };
+    let (verb, entry) = match change {
+        Change::Add(entry) => ("add", entry),
+        Change::Remove(entry) => ("remove", entry),
+    };
+    match (change, e.raw_os_error()) {
+        // Already gone: the goal is reached.
+        (Change::Remove(_), Some(ESRCH | ENOENT)) => Ok(()),
+        (Change::Add(Entry::Route(r)), Some(EEXIST)) => Err(NetError::Conflict(format!(
+            "cannot add {entry}: another route for {} with metric {} is already in that table",
+            r.dst, r.metric
+        ))),
+        _ => Err(nl_err(format!("cannot {verb} {entry}"), e)),
+    }
+}
+
 impl Net for System {
     async fn links(&mut self) -> Result<Vec<LinkInfo>, NetError> {
         let mut out = Vec::new();
-        let mut links = self.handle.link().get().execute();
-        while let Some(l) = links
-            .try_next()
-            .await
-            .map_err(|e| nl_err("listing links", e))?
-        {
+        for l in self.link_dump()? {
             let name = l.attributes.iter().find_map(|a| match a {
                 LinkAttribute::IfName(n) => Some(n.clone()),
                 _ => None,
@@ -299,12 +327,12 @@ impl Net for System {
             });
         }
         self.names = Some(out.iter().map(|l| (l.index, l.name.clone())).collect());
-        let mut addrs = self.handle.address().get().execute();
-        while let Some(a) = addrs
-            .try_next()
-            .await
-            .map_err(|e| nl_err("listing addresses", e))?
-        {
+        let mut req = AddressMessage::default();
+        req.header.family = AddressFamily::Inet;
+        for m in self.dump("addresses", RouteNetlinkMessage::GetAddress(req))? {
+            let RouteNetlinkMessage::NewAddress(a) = m else {
+                continue;
+            };
             if a.header.family != AddressFamily::Inet {
                 continue;
             }
@@ -330,15 +358,13 @@ impl Net for System {
     }
 
     async fn neighbours(&mut self) -> Result<Vec<Neighbour>, NetError> {
+        let mut req = NeighbourMessage::default();
+        req.header.family = AddressFamily::Inet;
         let mut out = Vec::new();
-        let mut req = self.handle.neighbours().get();
-        req.message_mut().header.family = AddressFamily::Inet;
-        let mut stream = req.execute();
-        while let Some(n) = stream
-            .try_next()
-            .await
-            .map_err(|e| nl_err("listing neighbours", e))?
-        {
+        for m in self.dump("neighbours", RouteNetlinkMessage::GetNeighbour(req))? {
+            let RouteNetlinkMessage::NewNeighbour(n) = m else {
+                continue;
+            };
             let ip = n.attributes.iter().find_map(|a| match a {
                 NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
                 _ => None,
@@ -362,20 +388,15 @@ impl Net for System {
     }
 
     async fn snapshot(&mut self) -> Result<Snapshot, NetError> {
-        let names = self.link_names().await?;
+        let names = self.link_names()?;
         let name_of = |i: Option<u32>| i.map(|i| names.get(&i).cloned().unwrap_or(i.to_string()));
         let mut snap = Snapshot::default();
 
-        let mut routes = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute();
-        while let Some(m) = routes
-            .try_next()
-            .await
-            .map_err(|e| nl_err("listing routes", e))?
-        {
+        let req = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        for m in self.dump("routes", RouteNetlinkMessage::GetRoute(req))? {
+            let RouteNetlinkMessage::NewRoute(m) = m else {
+                continue;
+            };
             let Some(r) = parse_route(&m) else { continue };
             if m.header.protocol == RouteProtocol::Other(PROTO) {
                 snap.owned.push(Entry::Route(RouteSpec {
@@ -400,12 +421,12 @@ impl Net for System {
             }
         }
 
-        let mut rules = self.handle.rule().get(rtnetlink::IpVersion::V4).execute();
-        while let Some(m) = rules
-            .try_next()
-            .await
-            .map_err(|e| nl_err("listing rules", e))?
-        {
+        let mut req = RuleMessage::default();
+        req.header.family = AddressFamily::Inet;
+        for m in self.dump("rules", RouteNetlinkMessage::GetRule(req))? {
+            let RouteNetlinkMessage::NewRule(m) = m else {
+                continue;
+            };
             let (pref, table, proto) = rule_of(&m);
             let (dst, selective, text) = rule_text(&m, table);
             let plain = !selective && m.header.action == RuleAction::ToTable;
@@ -434,20 +455,22 @@ impl Net for System {
         m.header.flags = RouteFlags::LookupTable;
         m.attributes
             .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
-        let mut stream = self.handle.route().get(m).execute();
-        let reply = match stream.next().await {
-            Some(Ok(r)) => r,
-            Some(Err(e)) => {
-                return match errno(&e) {
-                    Some(code) => Ok(Lookup::Unreachable {
-                        reason: io::Error::from_raw_os_error(code).to_string(),
-                    }),
-                    None => Err(nl_err(format!("looking up the route to {dst}"), e)),
-                };
+        let answer = self
+            .rtnl
+            .get(RouteNetlinkMessage::GetRoute(m))
+            .map_err(|e| nl_err(format!("looking up the route to {dst}"), e))?;
+        let reply = match answer {
+            Ok(RouteNetlinkMessage::NewRoute(r)) => r,
+            Ok(_) => {
+                return Err(NetError::os(
+                    format!("looking up the route to {dst}"),
+                    io::Error::other("unexpected reply"),
+                ));
             }
-            None => {
+            // The kernel's answer "no route" (ENETUNREACH, EHOSTUNREACH, ...) is a result.
+            Err(e) => {
                 return Ok(Lookup::Unreachable {
-                    reason: "no answer".into(),
+                    reason: e.to_string(),
                 });
             }
         };
@@ -458,7 +481,7 @@ impl Net for System {
             )
         })?;
         let dev = match r.oif {
-            Some(i) => Some(self.link_names().await?.remove(&i).unwrap_or(i.to_string())),
+            Some(i) => Some(self.link_names()?.remove(&i).unwrap_or(i.to_string())),
             None => None,
         };
         Ok(Lookup::Route {
@@ -470,47 +493,27 @@ impl Net for System {
         })
     }
 
-    async fn apply(&mut self, change: &Change) -> Result<(), NetError> {
-        let result = match change {
-            Change::Add(Entry::Route(r)) => {
-                self.handle.route().add(route_message(r)).execute().await
-            }
-            Change::Remove(Entry::Route(r)) => {
-                self.handle.route().del(route_message(r)).execute().await
-            }
-            Change::Add(Entry::Rule(r)) => {
-                let mut req = self.handle.rule().add();
-                *req.message_mut() = rule_message(r);
-                req.execute().await
-            }
-            Change::Remove(Entry::Rule(r)) => {
-                self.handle.rule().del(rule_message(r)).execute().await
-            }
-        };
-        let Err(e) = result else { return Ok(()) };
-        let (verb, entry) = match change {
-            Change::Add(entry) => ("add", entry),
-            Change::Remove(entry) => ("remove", entry),
-        };
-        match (change, errno(&e)) {
-            // Already gone: the goal is reached.
-            (Change::Remove(_), Some(ESRCH | ENOENT)) => Ok(()),
-            (Change::Add(Entry::Route(r)), Some(EEXIST)) => Err(NetError::Conflict(format!(
-                "cannot add {entry}: another route for {} with metric {} is already in that table",
-                r.dst, r.metric
-            ))),
-            _ => Err(nl_err(format!("cannot {verb} {entry}"), e)),
-        }
+    /// All changes in one datagram: the kernel applies and acknowledges them one by one.
+    async fn apply(&mut self, changes: &[Change]) -> Result<Vec<Result<(), NetError>>, NetError> {
+        let results = self
+            .rtnl
+            .changes(changes.iter().map(change_message).collect())
+            .map_err(|e| nl_err("sending route and rule changes", e))?;
+        Ok(changes
+            .iter()
+            .zip(results)
+            .map(|(change, result)| change_result(change, result))
+            .collect())
     }
 
     async fn subscribe(&mut self) -> Result<(), NetError> {
-        let (conn, _handle, events) = rtnetlink::new_multicast_connection(&[
+        let groups = [
             MulticastGroup::Link,
             MulticastGroup::Ipv4Ifaddr,
             MulticastGroup::Neigh,
-        ])
-        .map_err(|e| NetError::os("subscribing to netlink events", e))?;
-        tokio::spawn(conn);
+        ];
+        let events = Events::subscribe(&groups.map(|g| g as u32))
+            .map_err(|e| NetError::os("subscribing to netlink events", e))?;
         self.events = Some(events);
         Ok(())
     }
@@ -519,14 +522,8 @@ impl Net for System {
         let Some(events) = self.events.as_mut() else {
             return Ok(false);
         };
-        let deadline = tokio::time::Instant::from_std(deadline);
-        match tokio::time::timeout_at(deadline, events.next()).await {
-            Ok(Some(_)) => Ok(true),
-            Ok(None) => Err(NetError::os(
-                "waiting for netlink events",
-                io::Error::other("event socket closed"),
-            )),
-            Err(_) => Ok(false),
-        }
+        events
+            .wait(deadline)
+            .map_err(|e| NetError::os("waiting for netlink events", e))
     }
 }

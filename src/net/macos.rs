@@ -28,7 +28,7 @@ impl Net for System {
     async fn lookup(&mut self, _dst: Ipv4Addr) -> Result<Lookup, NetError> {
         Err(NetError::Unsupported(WHAT))
     }
-    async fn apply(&mut self, _change: &Change) -> Result<(), NetError> {
+    async fn apply(&mut self, _changes: &[Change]) -> Result<Vec<Result<(), NetError>>, NetError> {
         Err(NetError::Unsupported(WHAT))
     }
     async fn subscribe(&mut self) -> Result<(), NetError> {

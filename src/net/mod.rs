@@ -13,6 +13,8 @@ use std::time::Instant;
 #[cfg(target_os = "linux")]
 mod linux;
 #[cfg(target_os = "linux")]
+mod rtnl;
+#[cfg(target_os = "linux")]
 pub use linux::System;
 
 #[cfg(target_os = "macos")]
@@ -163,9 +165,11 @@ pub trait Net {
     async fn snapshot(&mut self) -> Result<Snapshot, NetError>;
     /// The route the kernel picks for `dst`.
     async fn lookup(&mut self, dst: Ipv4Addr) -> Result<Lookup, NetError>;
-    /// Apply one change. Adding what exists already or removing what is gone is an error only
-    /// when something else's object is in the way.
-    async fn apply(&mut self, change: &Change) -> Result<(), NetError>;
+    /// Apply `changes` in order, each on its own: one failing does not stop the ones after it.
+    /// Returns each change's result, in order; `Err` when the results are unknown (the request
+    /// or its answer was lost). Removing what is gone already is not an error; adding what
+    /// exists is, when something else's object is in the way.
+    async fn apply(&mut self, changes: &[Change]) -> Result<Vec<Result<(), NetError>>, NetError>;
     /// Start receiving link, address and neighbour events (before checking the state, so no
     /// event between the check and the wait is lost).
     async fn subscribe(&mut self) -> Result<(), NetError>;

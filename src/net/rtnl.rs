@@ -1,0 +1,235 @@
+//! A blocking rtnetlink socket: requests and their replies matched by sequence number, a batch of
+//! changes sent in one datagram, and an event socket for `--wait`.
+//!
+//! One-shot commands send a handful of requests to the kernel, which answers each within the
+//! `sendto` call that carried it. A reactor buys nothing there, so there is none: no epoll, no
+//! background task, no 64 KiB connection buffer. (netavark and innernet talk to rtnetlink the same
+//! way.) The message types are netlink-packet-route's, through rtnetlink's re-exports.
+
+use rtnetlink::packet_core::{
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload,
+};
+use rtnetlink::packet_route::RouteNetlinkMessage;
+use rtnetlink::sys::protocols::NETLINK_ROUTE;
+use rtnetlink::sys::{Socket, SocketAddr};
+use std::io;
+use std::os::fd::AsFd;
+use std::time::Instant;
+
+/// The kernel caps one netlink datagram at 32 KiB when the reader offers that much.
+const RECV_BUF: usize = 32 * 1024;
+/// A dump the kernel marks as interrupted (the table changed under it) is read again, this often.
+const DUMP_TRIES: usize = 3;
+
+type Message = NetlinkMessage<RouteNetlinkMessage>;
+
+/// One rtnetlink request socket.
+pub struct Rtnl {
+    socket: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+fn invalid(what: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("netlink: {what}"))
+}
+
+/// The error a kernel answer carries, if any (`code` is a negative errno, 0 for an ack).
+fn kernel_error(code: i32) -> Option<io::Error> {
+    (code != 0).then(|| io::Error::from_raw_os_error(code.saturating_abs()))
+}
+
+impl Rtnl {
+    pub fn open() -> io::Result<Self> {
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        Ok(Rtnl {
+            socket,
+            seq: 0,
+            buf: Vec::with_capacity(RECV_BUF),
+        })
+    }
+
+    /// Serialize `msgs` (each with its header flags) into one datagram with consecutive sequence
+    /// numbers, and send it; returns the first sequence number.
+    fn send(&mut self, msgs: Vec<(RouteNetlinkMessage, u16)>) -> io::Result<u32> {
+        let first = self.seq.wrapping_add(1);
+        let mut out = Vec::new();
+        for (m, flags) in msgs {
+            self.seq = self.seq.wrapping_add(1);
+            let mut header = NetlinkHeader::default();
+            header.flags = flags;
+            header.sequence_number = self.seq;
+            let mut msg = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(m));
+            msg.finalize();
+            let at = out.len();
+            out.resize(at + msg.buffer_len(), 0);
+            msg.serialize(&mut out[at..]);
+        }
+        if self.socket.send(&out, 0)? != out.len() {
+            return Err(invalid("short send"));
+        }
+        Ok(first)
+    }
+
+    /// Read one datagram and hand each message in it to `each`, until `each` says it is done.
+    fn receive(&mut self, mut each: impl FnMut(Message) -> io::Result<bool>) -> io::Result<()> {
+        loop {
+            self.buf.clear();
+            let n = self.socket.recv(&mut self.buf, nix::libc::MSG_TRUNC)?;
+            if n > self.buf.len() {
+                return Err(invalid(format!("a reply of {n} bytes did not fit")));
+            }
+            let mut rest = &self.buf[..];
+            while !rest.is_empty() {
+                let msg = Message::deserialize(rest).map_err(invalid)?;
+                let len = (msg.header.length as usize + 3) & !3;
+                rest = rest.get(len.max(1)..).unwrap_or_default();
+                if each(msg)? {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// A dump request: every message of the reply, in order. Read again if the kernel says the
+    /// dump was interrupted by a change.
+    pub fn dump(&mut self, msg: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let seq = self.send(vec![(msg.clone(), NLM_F_REQUEST | NLM_F_DUMP)])?;
+            let mut out = Vec::new();
+            let mut interrupted = false;
+            self.receive(|m| {
+                if m.header.sequence_number != seq {
+                    return Ok(false);
+                }
+                interrupted |= m.header.flags & NLM_F_DUMP_INTR != 0;
+                match m.payload {
+                    NetlinkPayload::InnerMessage(inner) => {
+                        out.push(inner);
+                        Ok(false)
+                    }
+                    NetlinkPayload::Done(d) => kernel_error(d.code).map_or(Ok(true), Err),
+                    NetlinkPayload::Error(e) => kernel_error(e.raw_code()).map_or(Ok(true), Err),
+                    NetlinkPayload::Noop => Ok(false),
+                    _ => Err(invalid("unexpected reply to a dump")),
+                }
+            })?;
+            if !interrupted || tries == DUMP_TRIES {
+                return Ok(out);
+            }
+            tracing::debug!("netlink dump interrupted by a change; reading it again");
+        }
+    }
+
+    /// A request with exactly one answer (a route lookup). The outer error is the socket's, the
+    /// inner one the kernel's answer.
+    pub fn get(
+        &mut self,
+        msg: RouteNetlinkMessage,
+    ) -> io::Result<Result<RouteNetlinkMessage, io::Error>> {
+        let seq = self.send(vec![(msg, NLM_F_REQUEST)])?;
+        let mut answer = None;
+        self.receive(|m| {
+            if m.header.sequence_number != seq {
+                return Ok(false);
+            }
+            answer = Some(match m.payload {
+                NetlinkPayload::InnerMessage(inner) => Ok(inner),
+                NetlinkPayload::Error(e) => {
+                    Err(kernel_error(e.raw_code()).unwrap_or_else(|| invalid("empty answer")))
+                }
+                _ => return Err(invalid("unexpected reply")),
+            });
+            Ok(true)
+        })?;
+        answer.ok_or_else(|| invalid("no answer"))
+    }
+
+    /// Changes (`NLM_F_REQUEST | NLM_F_ACK | flags`), all in one datagram. The kernel applies them in
+    /// order and acknowledges each; one failing does not stop the others. Returns each change's
+    /// result, in order. An `Err` from this function means the results are unknown.
+    pub fn changes(
+        &mut self,
+        msgs: Vec<(RouteNetlinkMessage, u16)>,
+    ) -> io::Result<Vec<Result<(), io::Error>>> {
+        let n = msgs.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let first = self.send(
+            msgs.into_iter()
+                .map(|(m, flags)| (m, NLM_F_REQUEST | NLM_F_ACK | flags))
+                .collect(),
+        )?;
+        let mut results: Vec<Option<Result<(), io::Error>>> = (0..n).map(|_| None).collect();
+        let mut left = n;
+        self.receive(|m| {
+            let i = m.header.sequence_number.wrapping_sub(first) as usize;
+            if let (Some(slot @ None), NetlinkPayload::Error(e)) = (results.get_mut(i), &m.payload)
+            {
+                *slot = Some(kernel_error(e.raw_code()).map_or(Ok(()), Err));
+                left -= 1;
+            }
+            Ok(left == 0)
+        })?;
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(invalid("no acknowledgement"))))
+            .collect())
+    }
+}
+
+/// A socket subscribed to rtnetlink multicast groups. Events are hints: the caller re-reads.
+pub struct Events {
+    socket: Socket,
+    buf: Vec<u8>,
+}
+
+impl Events {
+    /// `groups`: `RTNLGRP_*` numbers.
+    pub fn subscribe(groups: &[u32]) -> io::Result<Self> {
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        for g in groups {
+            socket.add_membership(*g)?;
+        }
+        Ok(Events {
+            socket,
+            buf: Vec::with_capacity(RECV_BUF),
+        })
+    }
+
+    /// Wait until something arrives (true) or `deadline` passes (false). A lost event (the kernel
+    /// says the socket overran) counts as one.
+    pub fn wait(&mut self, deadline: Instant) -> io::Result<bool> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            // Round up, so that a deadline less than a millisecond away is still waited for.
+            let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+            let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
+            match poll(
+                &mut fds,
+                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+            ) {
+                Ok(0) if Instant::now() >= deadline => return Ok(false),
+                Ok(0) => continue,
+                Ok(_) => break,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.buf.clear();
+        match self.socket.recv(&mut self.buf, nix::libc::MSG_DONTWAIT) {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+}
