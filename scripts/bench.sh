@@ -58,9 +58,9 @@ median() {
     of one
 }
 
-# Part 1 compares dockroute with ip, so their runs alternate: 5 rounds, each timing every command
-# RUNS/5 times. Load from elsewhere on the machine then falls on both sides alike.
-ROUNDS=5
+# Part 1 compares dockroute with ip, so their runs alternate: 20 rounds, each timing every command
+# RUNS/20 times. Load from elsewhere on the machine then falls on both sides alike.
+ROUNDS=20
 PER=$(((RUNS + ROUNDS - 1) / ROUNDS))
 for _ in $(seq "$ROUNDS"); do
     sample up "$UP" "$DOWN" "$PER"

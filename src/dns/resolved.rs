@@ -4,6 +4,7 @@
 
 use super::{DnsError, LinkDns};
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::OnceLock;
 use zbus::proxy::CacheProperties;
 use zbus::zvariant::OwnedObjectPath;
 
@@ -44,22 +45,30 @@ trait Link {
     fn default_route(&self) -> zbus::Result<bool>;
 }
 
-/// Run one D-Bus conversation to its end on a runtime of its own, on a thread of its own.
+/// Run one D-Bus conversation to its end, on a thread of its own, on the command's D-Bus runtime.
 ///
 /// zbus is async and needs a reactor; nothing else in a one-shot command does (netlink requests
-/// are blocking calls), so the command itself runs without one and pays for this runtime only
-/// when it talks to resolved. A thread of its own, because a runtime cannot start inside another.
+/// are blocking calls), so the command itself runs without one and starts this runtime only when
+/// it talks to resolved (once; later conversations reuse it). A thread of its own, because a
+/// runtime cannot be entered from inside another.
 fn on_bus<T: Send>(
     conversation: impl Future<Output = Result<T, DnsError>> + Send,
 ) -> Result<T, DnsError> {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| DnsError::Bus(format!("starting a D-Bus runtime: {e}")))?
-                    .block_on(conversation)
+                let rt = match RUNTIME.get() {
+                    Some(rt) => rt,
+                    None => {
+                        let rt = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .map_err(|e| DnsError::Bus(format!("starting a D-Bus runtime: {e}")))?;
+                        RUNTIME.get_or_init(|| rt)
+                    }
+                };
+                rt.block_on(conversation)
             })
             .join()
             .unwrap_or_else(|_| Err(DnsError::Bus("the D-Bus thread panicked".into())))
