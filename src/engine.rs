@@ -728,13 +728,6 @@ mod tests {
         }
     }
 
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    }
-
     #[test]
     fn up_twice_changes_nothing_the_second_time_and_down_clears() {
         let dir = tempfile::tempdir().unwrap();
@@ -744,7 +737,7 @@ mod tests {
             fail_on: None,
             applied: 0,
         };
-        rt().block_on(async {
+        futures_lite::future::block_on(async {
             let first = up(&mut fake, &settings(), &store, false, Hooks::default())
                 .await
                 .unwrap();
@@ -772,7 +765,7 @@ mod tests {
             fail_on: Some(3),
             applied: 0,
         };
-        rt().block_on(async {
+        futures_lite::future::block_on(async {
             let e = up(&mut fake, &settings(), &store, false, Hooks::default())
                 .await
                 .unwrap_err();
@@ -795,7 +788,7 @@ mod tests {
             fail_on: None,
             applied: 0,
         };
-        rt().block_on(async {
+        futures_lite::future::block_on(async {
             let o = up(&mut fake, &settings(), &store, true, Hooks::default())
                 .await
                 .unwrap();

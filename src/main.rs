@@ -216,12 +216,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         std::env::var("DOCKER_HOST").ok(),
     )?;
     let store = Store::new(&settings.state_dir);
-    // No reactor, no timers: netlink requests block, and the D-Bus client brings its own runtime
-    // (dns::resolved). What an async step would wait on here does not exist.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .context("starting the runtime")?;
-    rt.block_on(async {
+    // No reactor: netlink requests are blocking calls, and the D-Bus client starts a runtime of its
+    // own when it is needed (dns::resolved). Nothing here waits on an event loop.
+    futures_lite::future::block_on(async {
         let mut net = System::new()?;
         let out = match &cli.command {
             Command::Up(a) => {

@@ -45,34 +45,30 @@ trait Link {
     fn default_route(&self) -> zbus::Result<bool>;
 }
 
-/// Run one D-Bus conversation to its end, on a thread of its own, on the command's D-Bus runtime.
+/// Run one D-Bus conversation to its end on the command's D-Bus runtime.
 ///
 /// zbus is async and needs a reactor; nothing else in a one-shot command does (netlink requests
-/// are blocking calls), so the command itself runs without one and starts this runtime only when
-/// it talks to resolved (once; later conversations reuse it). A thread of its own, because a
-/// runtime cannot be entered from inside another.
-fn on_bus<T: Send>(
-    conversation: impl Future<Output = Result<T, DnsError>> + Send,
-) -> Result<T, DnsError> {
+/// are blocking calls), so the command runs without one and starts this runtime only when it
+/// talks to resolved, once: later conversations reuse it. A runtime cannot be entered from inside
+/// another, so a caller already inside one gets an error, not a panic.
+fn on_bus<T>(conversation: impl Future<Output = Result<T, DnsError>>) -> Result<T, DnsError> {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let rt = match RUNTIME.get() {
-                    Some(rt) => rt,
-                    None => {
-                        let rt = tokio::runtime::Builder::new_current_thread()
-                            .enable_all()
-                            .build()
-                            .map_err(|e| DnsError::Bus(format!("starting a D-Bus runtime: {e}")))?;
-                        RUNTIME.get_or_init(|| rt)
-                    }
-                };
-                rt.block_on(conversation)
-            })
-            .join()
-            .unwrap_or_else(|_| Err(DnsError::Bus("the D-Bus thread panicked".into())))
-    })
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return Err(DnsError::Bus(
+            "the D-Bus client cannot run inside another tokio runtime".into(),
+        ));
+    }
+    let rt = match RUNTIME.get() {
+        Some(rt) => rt,
+        None => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| DnsError::Bus(format!("starting the D-Bus runtime: {e}")))?;
+            RUNTIME.get_or_init(|| rt)
+        }
+    };
+    rt.block_on(conversation)
 }
 
 fn bus_err(what: &str, e: zbus::Error) -> DnsError {
