@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 /// The process entry point.
 ///
 /// std's start-up would also install its stack-overflow handler, and on glibc finding the main
-/// thread's stack for it means reading and parsing /proc/self/maps: 8% of the instructions and 14
+/// thread's stack for it means reading and parsing /proc/self/maps: 8% of the instructions and 15
 /// of the system calls of a routes-only `up`, which is mostly start-up (README, Benchmark). The
 /// two things std's start-up does that matter here, [`start_up`] does. A stack overflow still
 /// ends the process on the guard page, only without std's message. Arguments reach
@@ -60,14 +60,16 @@ fn start_up() {
         for p in fds {
             if p.revents & libc::POLLNVAL != 0 {
                 // The lowest free descriptor is this one: the ones below it are open by now.
-                match std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open("/dev/null")
-                {
-                    Ok(f) => {
-                        let _ = f.into_raw_fd();
+                // Not close-on-exec, as std does it: the programs dockroute runs inherit it too.
+                match nix::fcntl::open(
+                    "/dev/null",
+                    nix::fcntl::OFlag::O_RDWR,
+                    nix::sys::stat::Mode::empty(),
+                ) {
+                    Ok(fd) => {
+                        let _ = fd.into_raw_fd();
                     }
+                    // Nowhere to say it: the descriptors for that are what is missing.
                     Err(_) => std::process::exit(2),
                 }
             }
