@@ -251,25 +251,35 @@ fn sigkill_half_way_through_down_then_down_finishes() {
     assert_eq!(lab.snapshot(), before);
 }
 
+/// `up` meets someone's route (`ip route add BLOCKER`) in the slot one of its changes needs: it
+/// fails naming that change (`named`), every other change of the run is undone, and no record
+/// is left.
+fn blocked_up_is_rolled_back(blocker: &str, named: &str) {
+    let lab = Lab::new();
+    lab.ip(&format!("route add {blocker}"));
+    let before = lab.snapshot();
+    let run = lab.dockroute(&["up", "--vm-ip", VM_IP]);
+    refused(&run, "rolled back the 4 change(s)");
+    assert!(
+        run.stderr.contains(named),
+        "the failing change is named: {}",
+        run.stderr
+    );
+    assert_eq!(lab.snapshot(), before, "a failed up left changes behind");
+    assert_eq!(lab.tagged(), 0);
+    assert!(!exists(&lab.state_dir().join("state.json")));
+}
+
 #[test]
 fn a_failing_change_is_rolled_back() {
     if !privileged() {
         return;
     }
-    let lab = Lab::new();
     // Someone holds exactly the main-table slot dockroute's last change needs.
-    lab.ip(&format!("route add 172.17.0.0/16 via {VM_IP} metric 5017"));
-    let before = lab.snapshot();
-    let run = lab.dockroute(&["up", "--vm-ip", VM_IP]);
-    refused(&run, "rolled back the 4 change(s)");
-    assert!(
-        run.stderr
-            .contains("another route for 172.17.0.0/16 with metric 5017"),
-        "{}",
-        run.stderr
+    blocked_up_is_rolled_back(
+        &format!("172.17.0.0/16 via {VM_IP} metric 5017"),
+        "another route for 172.17.0.0/16 with metric 5017",
     );
-    assert_eq!(lab.snapshot(), before, "a failed up left changes behind");
-    assert!(!exists(&lab.state_dir().join("state.json")));
 }
 
 #[test]
@@ -277,19 +287,10 @@ fn a_change_failing_mid_batch_is_rolled_back_with_those_after_it() {
     if !privileged() {
         return;
     }
-    let lab = Lab::new();
     // Someone's route holds the slot of dockroute's second change (its gateway route in its own
     // table). The kernel still applies the three changes sent after it in the same batch.
-    lab.ip(&format!("route add 172.17.0.0/16 via {VM_IP} table 5017"));
-    let before = lab.snapshot();
-    let run = lab.dockroute(&["up", "--vm-ip", VM_IP]);
-    refused(&run, "rolled back the 4 change(s)");
-    assert!(
-        run.stderr.contains("table dockroute"),
-        "the failing change is named: {}",
-        run.stderr
+    blocked_up_is_rolled_back(
+        &format!("172.17.0.0/16 via {VM_IP} table 5017"),
+        "table dockroute",
     );
-    assert_eq!(lab.snapshot(), before, "a failed up left changes behind");
-    assert_eq!(lab.tagged(), 0);
-    assert!(!exists(&lab.state_dir().join("state.json")));
 }
