@@ -31,10 +31,6 @@ pub struct System {
     names: Option<HashMap<u32, String>>,
 }
 
-fn nl_err(op: impl Into<String>, e: io::Error) -> NetError {
-    NetError::os(op, e)
-}
-
 impl System {
     /// Open a netlink socket.
     pub fn new() -> Result<Self, NetError> {
@@ -53,7 +49,7 @@ impl System {
     ) -> Result<Vec<RouteNetlinkMessage>, NetError> {
         self.rtnl
             .dump(msg)
-            .map_err(|e| nl_err(format!("listing {what}"), e))
+            .map_err(|e| NetError::os(format!("listing {what}"), e))
     }
 
     fn link_dump(&mut self) -> Result<Vec<LinkMessage>, NetError> {
@@ -74,16 +70,19 @@ impl System {
         if let Some(names) = &self.names {
             return Ok(names.clone());
         }
-        let mut out = HashMap::new();
-        for l in self.link_dump()? {
-            for a in &l.attributes {
-                if let LinkAttribute::IfName(n) = a {
-                    out.insert(l.header.index, n.clone());
-                }
-            }
-        }
-        Ok(out)
+        Ok(self
+            .link_dump()?
+            .iter()
+            .filter_map(|l| Some((l.header.index, if_name(l)?)))
+            .collect())
     }
+}
+
+fn if_name(l: &LinkMessage) -> Option<String> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.clone()),
+        _ => None,
+    })
 }
 
 fn table_of(m: &RouteMessage) -> u32 {
@@ -306,7 +305,7 @@ fn change_result(change: &Change, result: io::Result<()>) -> Result<(), NetError
             "cannot add {entry}: another route for {} with metric {} is already in that table",
             r.dst, r.metric
         ))),
-        _ => Err(nl_err(format!("cannot {verb} {entry}"), e)),
+        _ => Err(NetError::os(format!("cannot {verb} {entry}"), e)),
     }
 }
 
@@ -314,13 +313,9 @@ impl Net for System {
     async fn links(&mut self) -> Result<Vec<LinkInfo>, NetError> {
         let mut out = Vec::new();
         for l in self.link_dump()? {
-            let name = l.attributes.iter().find_map(|a| match a {
-                LinkAttribute::IfName(n) => Some(n.clone()),
-                _ => None,
-            });
             out.push(LinkInfo {
                 index: l.header.index,
-                name: name.unwrap_or_default(),
+                name: if_name(&l).unwrap_or_default(),
                 up: l.header.flags.contains(LinkFlags::Up),
                 loopback: l.header.flags.contains(LinkFlags::Loopback),
                 addrs: Vec::new(),
@@ -455,18 +450,13 @@ impl Net for System {
         m.header.flags = RouteFlags::LookupTable;
         m.attributes
             .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
-        let answer = self
+        let op = || format!("looking up the route to {dst}");
+        let reply = match self
             .rtnl
             .get(RouteNetlinkMessage::GetRoute(m))
-            .map_err(|e| nl_err(format!("looking up the route to {dst}"), e))?;
-        let reply = match answer {
-            Ok(RouteNetlinkMessage::NewRoute(r)) => r,
-            Ok(_) => {
-                return Err(NetError::os(
-                    format!("looking up the route to {dst}"),
-                    io::Error::other("unexpected reply"),
-                ));
-            }
+            .map_err(|e| NetError::os(op(), e))?
+        {
+            Ok(reply) => reply,
             // The kernel's answer "no route" (ENETUNREACH, EHOSTUNREACH, ...) is a result.
             Err(e) => {
                 return Ok(Lookup::Unreachable {
@@ -474,12 +464,11 @@ impl Net for System {
                 });
             }
         };
-        let r = parse_route(&reply).ok_or_else(|| {
-            NetError::os(
-                format!("looking up the route to {dst}"),
-                io::Error::other("unexpected reply"),
-            )
-        })?;
+        let (reply, r) = match reply {
+            RouteNetlinkMessage::NewRoute(m) => parse_route(&m).map(|r| (m, r)),
+            _ => None,
+        }
+        .ok_or_else(|| NetError::os(op(), io::Error::other("unexpected reply")))?;
         let dev = match r.oif {
             Some(i) => Some(self.link_names()?.remove(&i).unwrap_or(i.to_string())),
             None => None,
@@ -498,7 +487,7 @@ impl Net for System {
         let results = self
             .rtnl
             .changes(changes.iter().map(change_message).collect())
-            .map_err(|e| nl_err("sending route and rule changes", e))?;
+            .map_err(|e| NetError::os("sending route and rule changes", e))?;
         Ok(changes
             .iter()
             .zip(results)
