@@ -17,5 +17,6 @@ pub mod plan;
 pub mod record;
 pub mod report;
 pub mod settings;
+pub mod trust;
 pub mod validate;
 pub mod vpn;
