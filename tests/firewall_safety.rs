@@ -514,3 +514,33 @@ add rule inet vpn output reject
     down.ok();
     assert_eq!(lab.tagged(), 0);
 }
+
+#[test]
+fn a_system_program_others_can_change_is_refused() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    kill_switch(&lab);
+    let marker = lab.dir.path().join("ran");
+    let fake = lab.dir.path().join("iptables-fake");
+    script(&fake, &format!("/usr/bin/touch {}", marker.display()));
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // over the program /usr/sbin/iptables leads to (through /etc/alternatives)
+    let target = std::fs::canonicalize("/usr/sbin/iptables").unwrap();
+    let run = output(custom(
+        &lab,
+        &["up", "--vm-ip", VM_IP],
+        &[],
+        &[(&fake, target.to_str().unwrap())],
+    ));
+    assert!(!exists(&marker), "a world-writable program ran as root");
+    assert_ne!(run.code, 0, "{}", run.stdout);
+    assert!(
+        run.stderr.contains("iptables: refusing to run it")
+            && run.stderr.contains("writable by users other than root"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(lab.tagged(), 0, "up changed routes before refusing");
+}

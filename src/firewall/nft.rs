@@ -520,6 +520,28 @@ mod tests {
     }
 
     #[test]
+    fn nfts_own_enoent_text_means_already_gone() {
+        let failed = |msg: &str| {
+            FirewallError::Exec(exec::ExecError::Failed {
+                program: "nft".into(),
+                args: vec![],
+                code: Some(1),
+                msg: msg.into(),
+            })
+        };
+        // what nft 1.0.6 prints for a missing rule handle, and for a missing table
+        assert!(is_gone(&failed(
+            "internal:0:0-0: Error: Could not process rule: No such file or directory"
+        )));
+        assert!(is_gone(&failed(
+            "Error: No such file or directory; did you mean table 'vpn' in family inet?"
+        )));
+        assert!(!is_gone(&failed(
+            "Error: Could not process rule: Operation not permitted"
+        )));
+    }
+
+    #[test]
     fn unreadable_output_is_an_error() {
         assert!(read("garbage").is_err());
         assert!(read("{}").is_err());
