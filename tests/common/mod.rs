@@ -40,9 +40,17 @@ pub fn privileged() -> bool {
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
-/// Hides the machine's system bus (see [`Lab::command`]), then runs its arguments.
-const HIDE_BUS: &str =
-    "if [ -d /run/dbus ]; then mount -t tmpfs -o mode=755 tmpfs /run/dbus; fi; exec \"$@\"";
+/// In a private mount namespace, hide the machine's system bus (see [`Lab::command`]), then run
+/// the arguments that follow.
+const HIDE_BUS: &[&str] = &[
+    "--mount",
+    "--propagation",
+    "private",
+    "sh",
+    "-c",
+    "if [ -d /run/dbus ]; then mount -t tmpfs -o mode=755 tmpfs /run/dbus; fi; exec \"$@\"",
+    "sh",
+];
 
 pub struct Run {
     pub code: i32,
@@ -145,30 +153,22 @@ impl Lab {
     /// the machine's bus (a developer's systemd-resolved).
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new("unshare");
-        c.args([
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            HIDE_BUS,
-            "sh",
-        ])
-        .args(["ip", "netns", "exec", &self.host(), BIN])
-        .arg("--config")
-        .arg(self.config())
-        .args(args)
-        .env("DOCKROUTE_STATE_DIR", self.state_dir())
-        .env_remove("DOCKER_HOST")
-        .env_remove("MACHINE_STORAGE_PATH")
-        .env_remove("SUDO_USER")
-        .env_remove("DOCKROUTE_TEST_STALL_AFTER")
-        // for runs that are not root (which honour it): never the machine's bus either
-        .env(
-            "DBUS_SYSTEM_BUS_ADDRESS",
-            format!("unix:path={}/no-bus", self.dir.path().display()),
-        )
-        .stdin(Stdio::null());
+        c.args(HIDE_BUS)
+            .args(["ip", "netns", "exec", &self.host(), BIN])
+            .arg("--config")
+            .arg(self.config())
+            .args(args)
+            .env("DOCKROUTE_STATE_DIR", self.state_dir())
+            .env_remove("DOCKER_HOST")
+            .env_remove("MACHINE_STORAGE_PATH")
+            .env_remove("SUDO_USER")
+            .env_remove("DOCKROUTE_TEST_STALL_AFTER")
+            // for runs that are not root (which honour it): never the machine's bus either
+            .env(
+                "DBUS_SYSTEM_BUS_ADDRESS",
+                format!("unix:path={}/no-bus", self.dir.path().display()),
+            )
+            .stdin(Stdio::null());
         c
     }
 
