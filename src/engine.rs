@@ -79,6 +79,10 @@ pub struct Outcome {
     pub changes: Vec<Change>,
     /// Firewall rules inserted (repairs) or deleted (dockroute's own, no longer needed).
     pub firewall: Vec<FwChange>,
+    /// What the firewall step could not check (a missing program, a rule it cannot read, a rule
+    /// commented `dockroute` that is not dockroute's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub firewall_warnings: Vec<String>,
     pub dns: Option<DnsOutcome>,
     pub dry_run: bool,
 }
@@ -205,16 +209,23 @@ pub async fn up<N: Net>(
     let desired = plan::desired(&target);
     let snap = net.snapshot().await?;
     let changes = plan::diff(&desired, &snap.owned);
-    let (fw, fw_owned_before) = match settings.firewall {
+    let (fw, fw_owned_before, firewall_warnings) = match settings.firewall {
         FirewallMode::Auto => {
             let scope = firewall::Scope::for_target(&target);
-            let seen = firewall::observe(Some(&scope))?;
+            let seen = firewall::observe(Some(&scope));
+            if let Some(e) = seen.errors.into_iter().next() {
+                return Err(e.into());
+            }
+            for w in &seen.warnings {
+                tracing::warn!("firewall: {w}");
+            }
             (
                 firewall::diff(&seen.desired, &seen.owned),
                 !seen.owned.is_empty(),
+                seen.warnings,
             )
         }
-        FirewallMode::Off => (Vec::new(), false),
+        FirewallMode::Off => (Vec::new(), false, Vec::new()),
     };
     if dry_run {
         let dns = match want_dns {
@@ -228,6 +239,7 @@ pub async fn up<N: Net>(
             target: Some(target),
             changes,
             firewall: fw,
+            firewall_warnings,
             dns,
             dry_run,
         });
@@ -281,6 +293,7 @@ pub async fn up<N: Net>(
         target: Some(target),
         changes,
         firewall: fw,
+        firewall_warnings,
         dns,
         dry_run,
     })
@@ -301,11 +314,17 @@ pub async fn down<N: Net>(
     let record = store.load().ok().flatten();
     // The firewalls are read (which takes a process per backend) only when dockroute inserted
     // rules there, or when there is no record to say it did not.
-    let fw = if record.as_ref().is_none_or(|r| r.firewall) {
-        firewall::removals()?
+    // One firewall backend that cannot be read does not stop the others, DNS or the routes
+    // from being undone: its error is reported at the end.
+    let (fw, fw_seen) = if record.as_ref().is_none_or(|r| r.firewall) {
+        firewall::removals()
     } else {
-        Vec::new()
+        (Vec::new(), firewall::Observed::default())
     };
+    for w in &fw_seen.warnings {
+        tracing::warn!("firewall: {w}");
+    }
+    let firewall_warnings = fw_seen.warnings;
     let dns_state = record.as_ref().and_then(|r| r.dns.clone());
     let target = record.map(|r| r.target);
     if dry_run {
@@ -316,18 +335,20 @@ pub async fn down<N: Net>(
             }),
             None => None,
         };
+        if let Some(e) = fw_seen.errors.into_iter().next() {
+            return Err(e.into());
+        }
         return Ok(Outcome {
             target,
             changes,
             firewall: fw,
+            firewall_warnings,
             dns,
             dry_run,
         });
     }
-    let mut failed = Vec::new();
-    if let Err(e) = firewall::apply(&fw) {
-        failed.push(e.to_string());
-    }
+    let mut failed: Vec<String> = fw_seen.errors.iter().map(|e| e.to_string()).collect();
+    failed.extend(firewall::apply_all(&fw).iter().map(|e| e.to_string()));
     let mut dns = None;
     let other_steps = 2; // the firewall, and the DNS undo (from the record, or resolv.conf's marker)
     match dns_state {
@@ -362,6 +383,7 @@ pub async fn down<N: Net>(
         target,
         changes,
         firewall: fw,
+        firewall_warnings,
         dns,
         dry_run,
     })
@@ -424,7 +446,11 @@ pub struct VpnStatus {
     pub firewall_repaired: Vec<firewall::Repair>,
     /// What blocks the VM now: the rules `up` would insert.
     pub firewall_blocking: Vec<firewall::Repair>,
-    /// Why the firewalls could not be read (reading them needs root).
+    /// Rules commented `dockroute` that are not of its shape: someone else's, left alone.
+    pub firewall_foreign: Vec<firewall::Foreign>,
+    /// What could not be checked (a missing program, a rule that cannot be read).
+    pub firewall_warnings: Vec<String>,
+    /// Why a firewall could not be read (reading them needs root); the others are still shown.
     pub firewall_error: Option<String>,
     /// Vendor switches that fix the same at the source.
     pub hints: Vec<String>,
@@ -527,18 +553,20 @@ pub async fn status<N: Net>(
         .cloned()
         .collect();
     let scope = target.as_ref().map(firewall::Scope::for_target);
-    match firewall::observe(scope.as_ref()) {
-        Ok(seen) => {
-            vpn_status.firewall_blocking = firewall::diff(&seen.desired, &seen.owned)
-                .into_iter()
-                .filter_map(|c| match c {
-                    firewall::FwChange::Insert { rule } => Some(rule),
-                    firewall::FwChange::Delete { .. } => None,
-                })
-                .collect();
-            vpn_status.firewall_repaired = seen.owned.into_iter().map(|(r, _)| r).collect();
-        }
-        Err(e) => vpn_status.firewall_error = Some(e.to_string()),
+    let seen = firewall::observe(scope.as_ref());
+    vpn_status.firewall_blocking = firewall::diff(&seen.desired, &seen.owned)
+        .into_iter()
+        .filter_map(|c| match c {
+            firewall::FwChange::Insert { rule } => Some(rule),
+            firewall::FwChange::Delete { .. } => None,
+        })
+        .collect();
+    vpn_status.firewall_repaired = seen.owned.into_iter().map(|(r, _)| r).collect();
+    vpn_status.firewall_foreign = seen.foreign;
+    vpn_status.firewall_warnings = seen.warnings;
+    if !seen.errors.is_empty() {
+        let errors: Vec<String> = seen.errors.iter().map(|e| e.to_string()).collect();
+        vpn_status.firewall_error = Some(errors.join("; "));
     }
     let fw_all: Vec<firewall::Repair> = vpn_status
         .firewall_repaired

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod discover;
 pub mod dns;
 pub mod engine;
+pub mod exec;
 pub mod firewall;
 pub mod fsutil;
 pub mod machine;

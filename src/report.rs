@@ -51,6 +51,9 @@ pub fn outcome(verb: &str, o: &Outcome) -> String {
         };
         let _ = writeln!(s, "dns: {action} {}", d.state);
     }
+    for w in &o.firewall_warnings {
+        let _ = writeln!(s, "firewall: WARNING {w}");
+    }
     s
 }
 
@@ -162,12 +165,15 @@ pub fn status(st: &Status) -> String {
     for r in &v.rules {
         let _ = writeln!(s, "  rule {r}");
     }
+    if let Some(e) = &v.firewall_error {
+        row(&mut s, "firewall", &format!("not readable ({e})"));
+    }
     match &v.firewall_error {
-        Some(e) => row(&mut s, "firewall", &format!("not readable ({e})")),
+        Some(_) if v.firewall_blocking.is_empty() && v.firewall_repaired.is_empty() => {}
         None if v.firewall_blocking.is_empty() && v.firewall_repaired.is_empty() => {
             row(&mut s, "firewall", "nothing blocks the VM")
         }
-        None => {
+        _ => {
             let state = if v.firewall_blocking.is_empty() {
                 "repaired by dockroute"
             } else {
@@ -181,6 +187,9 @@ pub fn status(st: &Status) -> String {
                 let _ = writeln!(s, "  needed:   {r}");
             }
         }
+    }
+    for w in &v.firewall_warnings {
+        let _ = writeln!(s, "  WARNING: {w}");
     }
     for h in &v.hints {
         let _ = writeln!(s, "  hint: {h}");

@@ -40,6 +40,18 @@ pub fn privileged() -> bool {
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+/// In a private mount namespace, hide the machine's system bus (see [`Lab::command`]), then run
+/// the arguments that follow.
+const HIDE_BUS: &[&str] = &[
+    "--mount",
+    "--propagation",
+    "private",
+    "sh",
+    "-c",
+    "if [ -d /run/dbus ]; then mount -t tmpfs -o mode=755 tmpfs /run/dbus; fi; exec \"$@\"",
+    "sh",
+];
+
 pub struct Run {
     pub code: i32,
     pub stdout: String,
@@ -135,10 +147,14 @@ impl Lab {
         self.dir.path().join("config.toml")
     }
 
-    /// `dockroute ARGS` in the lab's host namespace, with a private config and state dir.
+    /// `dockroute ARGS` in the lab's host namespace, with a private config and state dir, in a
+    /// private mount namespace where /run/dbus is empty: as root, dockroute talks to the system
+    /// bus at its fixed socket (never through DBUS_SYSTEM_BUS_ADDRESS), and it must never reach
+    /// the machine's bus (a developer's systemd-resolved).
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.host(), BIN])
+        let mut c = Command::new("unshare");
+        c.args(HIDE_BUS)
+            .args(["ip", "netns", "exec", &self.host(), BIN])
             .arg("--config")
             .arg(self.config())
             .args(args)
@@ -147,7 +163,7 @@ impl Lab {
             .env_remove("MACHINE_STORAGE_PATH")
             .env_remove("SUDO_USER")
             .env_remove("DOCKROUTE_TEST_STALL_AFTER")
-            // never the machine's D-Bus (a developer's systemd-resolved): only the resolved lab's
+            // for runs that are not root (which honour it): never the machine's bus either
             .env(
                 "DBUS_SYSTEM_BUS_ADDRESS",
                 format!("unix:path={}/no-bus", self.dir.path().display()),
