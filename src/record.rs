@@ -105,6 +105,8 @@ pub struct Lock {
 
 /// How often a waiting run tries the lock again.
 const LOCK_POLL: Duration = Duration::from_millis(50);
+/// How long a waiting run gives the holder to write its pid before saying it does not know it.
+const HOLDER_GRACE: Duration = Duration::from_millis(200);
 
 impl Store {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
@@ -183,23 +185,30 @@ impl Store {
     }
 
     fn wait_for_lock(&self, file: &File, path: &Path) -> Result<(), RecordError> {
-        tracing::warn!(
-            "waiting for another dockroute (pid {}) to finish (at most {:?})",
-            holder_pid(&read_holder(file)),
-            self.lock_timeout
-        );
-        let deadline = Instant::now() + self.lock_timeout;
+        let start = Instant::now();
+        let deadline = start + self.lock_timeout;
+        let mut told = false;
         loop {
             match file.try_lock() {
                 Ok(()) => return Ok(()),
                 Err(std::fs::TryLockError::WouldBlock) => {}
                 Err(std::fs::TryLockError::Error(e)) => return Err(io_err(path)(e)),
             }
+            let holder = read_holder(file);
+            // Said once, as soon as the holder has written its pid (it does right after locking).
+            if !told && (holder.is_some() || start.elapsed() >= HOLDER_GRACE) {
+                tracing::warn!(
+                    "waiting for another dockroute (pid {}) to finish (at most {:?})",
+                    holder_pid(&holder),
+                    self.lock_timeout
+                );
+                told = true;
+            }
             let now = Instant::now();
             if now >= deadline {
                 return Err(RecordError::Locked {
                     path: path.to_path_buf(),
-                    holder: read_holder(file),
+                    holder,
                     waited: self.lock_timeout,
                 });
             }
