@@ -26,8 +26,20 @@ pub struct Cli {
     /// Machine-readable output on stdout
     #[arg(long, global = true)]
     pub json: bool,
+    /// Give up after SECS when another dockroute holds the lock (default 30)
+    #[arg(long, global = true, value_name = "SECS", value_parser = lock_timeout)]
+    pub lock_timeout: Option<Duration>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+fn lock_timeout(s: &str) -> Result<Duration, String> {
+    validate::wait_secs(s).map_err(|_| {
+        format!(
+            "invalid --lock-timeout '{}': expected 0 to 3600 seconds",
+            s.escape_default()
+        )
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -117,6 +129,9 @@ pub struct DownArgs {
     /// Print the changes and apply none
     #[arg(long)]
     pub dry_run: bool,
+    /// Directory of the resolver file to remove (as given to `up`; default /etc/resolver)
+    #[arg(long, value_name = "DIR")]
+    pub resolver_dir: Option<PathBuf>,
 }
 
 #[cfg(test)]

@@ -206,6 +206,9 @@ pub async fn up<N: Net>(
         dns::check(d).await?;
     }
     let _lock = if dry_run { None } else { Some(store.lock()?) };
+    if let (Some(d), false) = (&want_dns, dry_run) {
+        dns::sweep(d.backend, &d.path);
+    }
     let desired = plan::desired(&target);
     let snap = net.snapshot().await?;
     let changes = plan::diff(&desired, &snap.owned);
@@ -261,11 +264,16 @@ pub async fn up<N: Net>(
     if previous.as_ref() != Some(&record) {
         store.save(&record)?;
     }
-    if let Some(old) = previous.as_ref().and_then(|r| r.dns.as_ref())
-        && want_dns.as_ref().is_none_or(|w| !same_place(old, w))
-        && let Err(e) = dns::revert(old).await
-    {
-        tracing::warn!("could not undo the previous DNS setting ({old}): {e}");
+    // Undone where the settings point, never at a path from the record.
+    let previous_dns = previous.as_ref().and_then(|r| r.dns.as_ref());
+    match previous_dns.map(|d| dns::at_settings(d, settings)) {
+        Some(Ok(old)) if want_dns.as_ref().is_none_or(|w| !same_place(&old, w)) => {
+            if let Err(e) = dns::revert(&old).await {
+                tracing::warn!("could not undo the previous DNS setting ({old}): {e}");
+            }
+        }
+        Some(Err(e)) => tracing::warn!("leaving the previous DNS setting: {e}"),
+        _ => {}
     }
     let dns = match want_dns {
         Some(state) => match dns::apply(&state).await {
@@ -325,14 +333,21 @@ pub async fn down<N: Net>(
         tracing::warn!("firewall: {w}");
     }
     let firewall_warnings = fw_seen.warnings;
-    let dns_state = record.as_ref().and_then(|r| r.dns.clone());
+    // Undone where the settings point, never at a path from the record.
+    let dns_state = record
+        .as_ref()
+        .and_then(|r| r.dns.as_ref())
+        .map(|d| dns::at_settings(d, settings));
     let target = record.map(|r| r.target);
     if dry_run {
         let dns = match dns_state {
-            Some(state) => Some(DnsOutcome {
-                changed: dns::observe(&state).await.0,
-                state,
-            }),
+            Some(state) => {
+                let state = state?;
+                Some(DnsOutcome {
+                    changed: dns::observe(&state).await.0,
+                    state,
+                })
+            }
             None => None,
         };
         if let Some(e) = fw_seen.errors.into_iter().next() {
@@ -350,12 +365,18 @@ pub async fn down<N: Net>(
     let mut failed: Vec<String> = fw_seen.errors.iter().map(|e| e.to_string()).collect();
     failed.extend(firewall::apply_all(&fw).iter().map(|e| e.to_string()));
     let mut dns = None;
+    match &dns_state {
+        Some(Ok(state)) => dns::sweep(state.backend, &state.path),
+        Some(Err(_)) => {}
+        None => dns::sweep(Backend::ResolvConf, &settings.resolv_conf),
+    }
     let other_steps = 2; // the firewall, and the DNS undo (from the record, or resolv.conf's marker)
     match dns_state {
-        Some(state) => match dns::revert(&state).await {
+        Some(Ok(state)) => match dns::revert(&state).await {
             Ok(changed) => dns = Some(DnsOutcome { state, changed }),
             Err(e) => failed.push(e.to_string()),
         },
+        Some(Err(e)) => failed.push(e.to_string()),
         // No record (deleted, or unreadable): the marked lines in resolv.conf still identify
         // themselves.
         None => {
@@ -486,15 +507,22 @@ pub async fn status<N: Net>(
         Ok(r) => (r, None),
         Err(e) => (None, Some(e.to_string())),
     };
-    let dns = match record.as_ref().and_then(|r| r.dns.clone()) {
-        Some(state) => {
-            let (in_place, detail) = dns::observe(&state).await;
-            Some(DnsStatus {
-                state,
-                in_place,
-                detail,
-            })
-        }
+    let dns = match record.as_ref().and_then(|r| r.dns.as_ref()) {
+        Some(recorded) => Some(match dns::at_settings(recorded, settings) {
+            Ok(state) => {
+                let (in_place, detail) = dns::observe(&state).await;
+                DnsStatus {
+                    state,
+                    in_place,
+                    detail,
+                }
+            }
+            Err(e) => DnsStatus {
+                state: recorded.clone(),
+                in_place: false,
+                detail: e.to_string(),
+            },
+        }),
         None => None,
     };
     let name_check = check_name.map(|name| match crate::nss::addresses(name) {

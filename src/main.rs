@@ -9,7 +9,7 @@
 use anyhow::{Context, bail};
 use clap::Parser;
 use clap::error::ErrorKind;
-use dockroute::cli::{Cli, Command, InstallArgs, UninstallArgs};
+use dockroute::cli::{Cli, Command, InstallArgs, UninstallArgs, UpArgs};
 use dockroute::engine::{self, Hooks};
 use dockroute::net::System;
 use dockroute::record::Store;
@@ -137,14 +137,25 @@ fn init_logging() {
         .init();
 }
 
-/// `DOCKROUTE_TEST_STALL_AFTER=N` makes `up`/`down` stop before their Nth change (tests kill it
-/// there to prove a half-applied run can be cleaned up).
+/// Test hooks, in debug builds only (release builds have neither the hooks nor their variables):
+/// `DOCKROUTE_TEST_STALL_AFTER=N` makes `up`/`down` stop before their Nth change, and
+/// `DOCKROUTE_TEST_STALL_RENAME=NAME` before renaming a temporary file over a file named NAME
+/// (tests kill it there to prove a half-applied run can be cleaned up).
+#[cfg(debug_assertions)]
 fn hooks() -> Hooks {
+    if let Some(name) = std::env::var_os("DOCKROUTE_TEST_STALL_RENAME") {
+        dockroute::fsutil::set_stall_before_rename(name);
+    }
     Hooks {
         stall_before_change: std::env::var("DOCKROUTE_TEST_STALL_AFTER")
             .ok()
             .and_then(|v| v.parse().ok()),
     }
+}
+
+#[cfg(not(debug_assertions))]
+fn hooks() -> Hooks {
+    Hooks::default()
 }
 
 fn require_root(what: &str) -> anyhow::Result<()> {
@@ -332,6 +343,14 @@ fn uninstall(cli: &Cli, a: &UninstallArgs) -> anyhow::Result<()> {
 }
 
 /// `down` as the `down` command runs it (for `uninstall`).
+/// The state directory, with the lock timeout the command line asks for.
+fn store(cli: &Cli, settings: &Settings) -> Store {
+    Store::new(&settings.state_dir).with_lock_timeout(
+        cli.lock_timeout
+            .unwrap_or(dockroute::record::DEFAULT_LOCK_TIMEOUT),
+    )
+}
+
 fn run_down(cli: &Cli) -> anyhow::Result<engine::Outcome> {
     let settings = Settings::load(
         cli.config.as_deref(),
@@ -340,7 +359,7 @@ fn run_down(cli: &Cli) -> anyhow::Result<engine::Outcome> {
         None,
         std::env::var("DOCKER_HOST").ok(),
     )?;
-    let store = Store::new(&settings.state_dir);
+    let store = store(cli, &settings);
     futures_lite::future::block_on(async {
         let mut net = System::new()?;
         Ok(engine::down(&mut net, &settings, &store, false, hooks()).await?)
@@ -353,8 +372,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Uninstall(a) => return uninstall(&cli, a),
         _ => {}
     }
+    // `down` takes only the places DNS was set at from the flags (the resolver dir).
+    let down_args;
     let up_args = match &cli.command {
         Command::Up(a) => Some(a),
+        Command::Down(a) => {
+            down_args = UpArgs {
+                resolver_dir: a.resolver_dir.clone(),
+                ..UpArgs::default()
+            };
+            Some(&down_args)
+        }
         _ => None,
     };
     let settings = Settings::load(
@@ -364,7 +392,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         up_args,
         std::env::var("DOCKER_HOST").ok(),
     )?;
-    let store = Store::new(&settings.state_dir);
+    let store = store(&cli, &settings);
     // No reactor: netlink requests are blocking calls, and the D-Bus client starts a runtime of its
     // own when it is needed (dns::resolved). Nothing here waits on an event loop.
     futures_lite::future::block_on(async {
