@@ -402,6 +402,10 @@ pub struct Status {
     pub installed: Vec<crate::net::Entry>,
     /// Whether the installed entries are exactly what `up` would install now.
     pub in_sync: bool,
+    /// Routes and rules tagged like dockroute's but not of its shape: never removed.
+    pub tagged_not_owned: Vec<crate::net::Tagged>,
+    /// What needs a person's attention.
+    pub warnings: Vec<String>,
     pub probes: Vec<Probe>,
     pub conflicts: Vec<Conflict>,
     /// Per-domain DNS as the last `up` set it, and whether it is still in place.
@@ -497,6 +501,13 @@ pub async fn status<N: Net>(
     };
     let links = net.links().await?;
     let snap = net.snapshot().await?;
+    let tagged_not_owned = snap.tagged_not_owned();
+    let warnings = tagged_not_owned
+        .iter()
+        .map(|t| {
+            format!("{t}: tagged like dockroute's but not its shape; dockroute leaves it alone")
+        })
+        .collect();
     let mut vpn_status = VpnStatus {
         links: links
             .iter()
@@ -627,6 +638,8 @@ pub async fn status<N: Net>(
         record_error,
         installed: snap.owned,
         in_sync,
+        tagged_not_owned,
+        warnings,
         probes,
         conflicts,
         dns,

@@ -111,6 +111,19 @@ pub fn status(st: &Status) -> String {
     for e in &st.installed {
         let _ = writeln!(s, "  {e}");
     }
+    if !st.tagged_not_owned.is_empty() {
+        row(
+            &mut s,
+            "tagged",
+            &format!(
+                "WARNING: {} entries tagged like dockroute's but not its shape (left alone)",
+                st.tagged_not_owned.len()
+            ),
+        );
+        for t in &st.tagged_not_owned {
+            let _ = writeln!(s, "  {t}");
+        }
+    }
     if !st.probes.is_empty() {
         let _ = writeln!(s, "kernel picks");
         for p in &st.probes {
