@@ -203,8 +203,10 @@ pub async fn up<N: Net>(
     }
     let _lock = if dry_run { None } else { Some(store.lock()?) };
     let desired = plan::desired(&target);
-    let snap = net.snapshot().await?;
-    let changes = plan::diff(&desired, &snap.owned);
+    // Only dockroute's own entries: the kernel filters the route dump (a VPN's thousands of
+    // routes in main are not read).
+    let owned = net.owned().await?;
+    let changes = plan::diff(&desired, &owned);
     let (fw, fw_owned_before) = match settings.firewall {
         FirewallMode::Auto => {
             let scope = firewall::Scope::for_target(&target);
@@ -296,8 +298,8 @@ pub async fn down<N: Net>(
     hooks: Hooks,
 ) -> Result<Outcome, EngineError> {
     let _lock = if dry_run { None } else { Some(store.lock()?) };
-    let snap = net.snapshot().await?;
-    let changes = plan::diff(&[], &snap.owned);
+    let owned = net.owned().await?;
+    let changes = plan::diff(&[], &owned);
     let record = store.load().ok().flatten();
     // The firewalls are read (which takes a process per backend) only when dockroute inserted
     // rules there, or when there is no record to say it did not.

@@ -26,6 +26,9 @@ use std::time::Instant;
 /// The Linux kernel, reached over one rtnetlink socket (plus a multicast one when subscribed).
 pub struct System {
     rtnl: Rtnl,
+    /// For filtered route dumps, opened on first use; `None` inside when the kernel has no
+    /// strict checking (then the full dump is read and filtered here).
+    strict: Option<Option<Rtnl>>,
     events: Option<Events>,
     /// Link names from the last link dump of this run, so one command dumps links once.
     names: Option<HashMap<u32, String>>,
@@ -37,6 +40,7 @@ impl System {
         let rtnl = Rtnl::open().map_err(|e| NetError::os("opening a netlink socket", e))?;
         Ok(System {
             rtnl,
+            strict: None,
             events: None,
             names: None,
         })
@@ -64,6 +68,31 @@ impl System {
                 _ => None,
             })
             .collect())
+    }
+
+    /// IPv4 routes carrying dockroute's protocol tag: filtered by the kernel where it can, the
+    /// full dump otherwise (callers classify every message either way).
+    fn tagged_routes(&mut self) -> Result<Vec<RouteNetlinkMessage>, NetError> {
+        let strict = self
+            .strict
+            .get_or_insert_with(|| match Rtnl::open_strict() {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::debug!("no strict netlink checking ({e}): reading every route");
+                    None
+                }
+            });
+        let mut req = RouteMessage::default();
+        req.header.address_family = AddressFamily::Inet;
+        req.header.protocol = RouteProtocol::Other(PROTO);
+        req.header.kind = RouteType::Unicast;
+        let msg = RouteNetlinkMessage::GetRoute(req);
+        match strict {
+            Some(rtnl) => rtnl
+                .dump(msg)
+                .map_err(|e| NetError::os("listing dockroute's routes", e)),
+            None => self.dump("routes", msg),
+        }
     }
 
     /// Every IPv4 policy rule, in the kernel's order (the order it matches them in).
@@ -174,6 +203,14 @@ struct ParsedRoute {
     oif: Option<u32>,
     prefsrc: Option<Ipv4Addr>,
     metric: u32,
+}
+
+/// Whether a parsed route is dockroute's: its tag, and one of the shapes it creates.
+fn owned_route(m: &RouteMessage, r: &ParsedRoute) -> bool {
+    m.header.protocol == RouteProtocol::Other(PROTO)
+        && m.header.kind == RouteType::Unicast
+        && r.oif.is_some()
+        && owned_route_shape(r.table, r.metric)
 }
 
 fn parse_route(m: &RouteMessage) -> Option<ParsedRoute> {
@@ -491,11 +528,7 @@ impl Net for System {
             };
             let Some(r) = parse_route(&m) else { continue };
             // Only routes of the shapes dockroute creates are its own, whatever else is tagged.
-            if m.header.protocol == RouteProtocol::Other(PROTO)
-                && m.header.kind == RouteType::Unicast
-                && r.oif.is_some()
-                && owned_route_shape(r.table, r.metric)
-            {
+            if owned_route(&m, &r) {
                 snap.owned.push(Entry::Route(RouteSpec {
                     table: r.table,
                     dst: r.dst,
@@ -535,6 +568,42 @@ impl Net for System {
             });
         }
         Ok(snap)
+    }
+
+    async fn owned(&mut self) -> Result<Vec<Entry>, NetError> {
+        let mut routes = Vec::new();
+        for m in self.tagged_routes()? {
+            let RouteNetlinkMessage::NewRoute(m) = m else {
+                continue;
+            };
+            match parse_route(&m) {
+                Some(r) if owned_route(&m, &r) => routes.push(r),
+                _ => {}
+            }
+        }
+        let mut owned = Vec::new();
+        if !routes.is_empty() {
+            let names = self.link_names()?;
+            for r in routes {
+                let ifindex = r.oif.unwrap_or(0);
+                owned.push(Entry::Route(RouteSpec {
+                    table: r.table,
+                    dst: r.dst,
+                    gateway: r.gateway,
+                    ifindex,
+                    ifname: names.get(&ifindex).cloned().unwrap_or(ifindex.to_string()),
+                    prefsrc: r.prefsrc,
+                    metric: r.metric,
+                }));
+            }
+        }
+        owned.extend(
+            self.rule_dump()?
+                .iter()
+                .filter_map(owned_rule)
+                .map(Entry::Rule),
+        );
+        Ok(owned)
     }
 
     async fn lookup(&mut self, dst: Ipv4Addr) -> Result<Lookup, NetError> {

@@ -214,6 +214,11 @@ pub trait Net {
     async fn neighbours(&mut self) -> Result<Vec<Neighbour>, NetError>;
     /// All IPv4 routes and rules, split by owner.
     async fn snapshot(&mut self) -> Result<Snapshot, NetError>;
+    /// dockroute's own routes and rules only (what `up` and `down` need), as in
+    /// [`Snapshot::owned`]; an implementation may ask the kernel for less than a snapshot.
+    async fn owned(&mut self) -> Result<Vec<Entry>, NetError> {
+        Ok(self.snapshot().await?.owned)
+    }
     /// The route the kernel picks for `dst`.
     async fn lookup(&mut self, dst: Ipv4Addr) -> Result<Lookup, NetError>;
     /// Apply `changes` in order, each on its own: one failing does not stop the ones after it.
