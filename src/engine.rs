@@ -210,8 +210,10 @@ pub async fn up<N: Net>(
         dns::sweep(d.backend, &d.path);
     }
     let desired = plan::desired(&target);
-    let snap = net.snapshot().await?;
-    let changes = plan::diff(&desired, &snap.owned);
+    // Only dockroute's own entries: the kernel filters the route dump (a VPN's thousands of
+    // routes in main are not read).
+    let owned = net.owned().await?;
+    let changes = plan::diff(&desired, &owned);
     let (fw, fw_owned_before, firewall_warnings) = match settings.firewall {
         FirewallMode::Auto => {
             let scope = firewall::Scope::for_target(&target);
@@ -317,8 +319,8 @@ pub async fn down<N: Net>(
     hooks: Hooks,
 ) -> Result<Outcome, EngineError> {
     let _lock = if dry_run { None } else { Some(store.lock()?) };
-    let snap = net.snapshot().await?;
-    let changes = plan::diff(&[], &snap.owned);
+    let owned = net.owned().await?;
+    let changes = plan::diff(&[], &owned);
     let record = store.load().ok().flatten();
     // The firewalls are read (which takes a process per backend) only when dockroute inserted
     // rules there, or when there is no record to say it did not.
@@ -445,6 +447,10 @@ pub struct Status {
     pub installed: Vec<crate::net::Entry>,
     /// Whether the installed entries are exactly what `up` would install now.
     pub in_sync: bool,
+    /// Routes and rules tagged like dockroute's but not of its shape: never removed.
+    pub tagged_not_owned: Vec<crate::net::Tagged>,
+    /// What needs a person's attention.
+    pub warnings: Vec<String>,
     pub probes: Vec<Probe>,
     pub conflicts: Vec<Conflict>,
     /// Per-domain DNS as the last `up` set it, and whether it is still in place.
@@ -551,6 +557,13 @@ pub async fn status<N: Net>(
     };
     let links = net.links().await?;
     let snap = net.snapshot().await?;
+    let tagged_not_owned = snap.tagged_not_owned();
+    let warnings = tagged_not_owned
+        .iter()
+        .map(|t| {
+            format!("{t}: tagged like dockroute's but not its shape; dockroute leaves it alone")
+        })
+        .collect();
     let mut vpn_status = VpnStatus {
         links: links
             .iter()
@@ -683,6 +696,8 @@ pub async fn status<N: Net>(
         record_error,
         installed: snap.owned,
         in_sync,
+        tagged_not_owned,
+        warnings,
         probes,
         conflicts,
         dns,

@@ -95,7 +95,8 @@ fn cli() -> c_int {
         Ok(()) => 0,
         Err(e) => {
             let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("error: {msg}");
+            // Errors quote link names, paths and values: shown, never obeyed by the terminal.
+            eprintln!("error: {}", report::escape_controls(&msg));
             1
         }
     }
@@ -118,7 +119,7 @@ fn clap_error(e: clap::Error) -> c_int {
             let rendered = e.render().to_string();
             let first = rendered.lines().next().unwrap_or("invalid arguments");
             let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("error: {first}");
+            eprintln!("error: {}", report::escape_controls(first));
             2
         }
     }
