@@ -17,6 +17,9 @@ mod rtnl;
 #[cfg(target_os = "linux")]
 pub use linux::System;
 
+// The BSD routing socket as macOS speaks it: pure, tested everywhere.
+pub mod rtmsg;
+
 #[cfg(target_os = "macos")]
 mod macos;
 #[cfg(target_os = "macos")]
