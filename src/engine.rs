@@ -190,6 +190,22 @@ fn same_place(a: &DnsState, b: &DnsState) -> bool {
     a.backend == b.backend && a.domain == b.domain && a.path == b.path && a.ifindex == b.ifindex
 }
 
+/// The entries `up` wants for `target` on this platform, and the subnets routed as their halves
+/// (with one table, a prefix that someone else's route holds is routed as its two halves).
+async fn planned<N: Net>(
+    net: &mut N,
+    target: &Target,
+) -> Result<(Vec<crate::net::Entry>, Vec<plan::single::Split>), EngineError> {
+    match plan::LAYOUT {
+        plan::Layout::PolicyTable => Ok((plan::desired(target), Vec::new())),
+        plan::Layout::SingleTable => {
+            let held = net.held(&plan::single::candidates(target)).await?;
+            let p = plan::single::desired(target, &held).map_err(NetError::Conflict)?;
+            Ok((p.entries, p.splits))
+        }
+    }
+}
+
 /// `up`: discover, plan, observe, diff, apply routes (undoing a half-applied change), record,
 /// then DNS (undoing the routes of this run if DNS fails).
 pub async fn up<N: Net>(
@@ -209,7 +225,10 @@ pub async fn up<N: Net>(
     if let (Some(d), false) = (&want_dns, dry_run) {
         dns::sweep(d.backend, &d.path);
     }
-    let desired = plan::desired(&target);
+    let (desired, splits) = planned(net, &target).await?;
+    for split in &splits {
+        tracing::warn!("{split}");
+    }
     // Only dockroute's own entries: the kernel filters the route dump (a VPN's thousands of
     // routes in main are not read).
     let owned = net.owned().await?;
@@ -447,6 +466,10 @@ pub struct Status {
     pub installed: Vec<crate::net::Entry>,
     /// Whether the installed entries are exactly what `up` would install now.
     pub in_sync: bool,
+    /// Subnets routed as their two halves, because another route holds the exact prefix (one
+    /// routing table: macOS).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub split: Vec<plan::single::Split>,
     /// Routes and rules tagged like dockroute's but not of its shape: never removed.
     pub tagged_not_owned: Vec<crate::net::Tagged>,
     /// What needs a person's attention.
@@ -558,7 +581,7 @@ pub async fn status<N: Net>(
     let links = net.links().await?;
     let snap = net.snapshot().await?;
     let tagged_not_owned = snap.tagged_not_owned();
-    let warnings = tagged_not_owned
+    let mut warnings: Vec<String> = tagged_not_owned
         .iter()
         .map(|t| {
             format!("{t}: tagged like dockroute's but not its shape; dockroute leaves it alone")
@@ -628,13 +651,21 @@ pub async fn status<N: Net>(
     let mut probes = Vec::new();
     let mut conflicts = Vec::new();
     let mut in_sync = false;
+    let mut split = Vec::new();
     if let Some(t) = &target {
         // The link may have been re-created with a new index since the last `up`.
         let mut current = t.clone();
         if let Some(l) = &link {
             current.ifindex = l.index;
         }
-        in_sync = plan::diff(&plan::desired(&current), &snap.owned).is_empty();
+        match planned(net, &current).await {
+            Ok((want, splits)) => {
+                in_sync = plan::diff(&want, &snap.owned).is_empty();
+                split = splits;
+            }
+            Err(EngineError::Net(NetError::Conflict(e))) => warnings.push(e),
+            Err(e) => return Err(e),
+        }
         let host_net = t.host_net();
         let mut targets: Vec<(Ipv4Net, Ipv4Addr)> = t
             .subnets
@@ -696,6 +727,7 @@ pub async fn status<N: Net>(
         record_error,
         installed: snap.owned,
         in_sync,
+        split,
         tagged_not_owned,
         warnings,
         probes,

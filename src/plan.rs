@@ -3,6 +3,24 @@
 use crate::discover::Target;
 use crate::net::{Change, Entry, MAIN_METRIC, MAIN_TABLE, RULE_PREF, RouteSpec, RuleSpec, TABLE};
 
+pub mod single;
+
+/// How this platform's routing is laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Linux: dockroute's own table reached by policy rules (this module's [`desired`]).
+    PolicyTable,
+    /// macOS: one table, no rules ([`single::desired`]).
+    SingleTable,
+}
+
+/// The layout of the platform dockroute is built for.
+pub const LAYOUT: Layout = if cfg!(target_os = "macos") {
+    Layout::SingleTable
+} else {
+    Layout::PolicyTable
+};
+
 /// What dockroute installs for a target, in the order it is added: routes in its own table (the
 /// host-only network first), the rules that reach that table, then a copy of each subnet route in
 /// the main table (found by `lookup main suppress_prefixlength 0` rules that VPN clients insert

@@ -170,6 +170,9 @@ fn status_text(st: &Status) -> String {
     for e in &st.installed {
         let _ = writeln!(s, "  {e}");
     }
+    for sp in &st.split {
+        let _ = writeln!(s, "  split: {sp}");
+    }
     if !st.tagged_not_owned.is_empty() {
         row(
             &mut s,

@@ -18,6 +18,7 @@ mod rtnl;
 pub use linux::System;
 
 // The BSD routing socket as macOS speaks it: pure, tested everywhere.
+pub mod darwin;
 pub mod rtmsg;
 
 #[cfg(target_os = "macos")]
@@ -208,6 +209,14 @@ pub enum Lookup {
     Unreachable { reason: String },
 }
 
+/// A prefix that a route which is not dockroute's holds exactly, with a description of that
+/// route (on macOS, where there is one table and an add of the same prefix fails).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Held {
+    pub prefix: Ipv4Net,
+    pub by: String,
+}
+
 /// The platform's network interface. One implementation per OS, chosen above.
 #[allow(async_fn_in_trait)] // single-threaded runtime: no Send bounds needed
 pub trait Net {
@@ -221,6 +230,12 @@ pub trait Net {
     /// [`Snapshot::owned`]; an implementation may ask the kernel for less than a snapshot.
     async fn owned(&mut self) -> Result<Vec<Entry>, NetError> {
         Ok(self.snapshot().await?.owned)
+    }
+    /// Which of `prefixes` a route that is not dockroute's holds exactly, in the table
+    /// dockroute adds its routes to. Only a single-table platform (macOS) needs to know: on
+    /// Linux dockroute's own table holds nobody else's routes.
+    async fn held(&mut self, _prefixes: &[Ipv4Net]) -> Result<Vec<Held>, NetError> {
+        Ok(Vec::new())
     }
     /// The route the kernel picks for `dst`.
     async fn lookup(&mut self, dst: Ipv4Addr) -> Result<Lookup, NetError>;

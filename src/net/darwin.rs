@@ -1,0 +1,656 @@
+//! dockroute's routes on macOS, in terms of routing-socket messages ([`super::rtmsg`]): which
+//! requests to send, how to read the kernel's answers and dumps, and which routes are
+//! dockroute's. Pure and tested everywhere; the socket itself is in `macos.rs`.
+//!
+//! macOS has one routing table and no policy rules. dockroute adds an unscoped route per subnet
+//! via the VM's IP (a route scoped to an interface is not used for ordinary traffic), flagged
+//! `RTF_STATIC | RTF_PROTO1 | RTF_PROTO2`. The two protocol flags together are dockroute's mark:
+//! the kernel gives them no meaning (route(8) exposes them as `-proto1`/`-proto2`). `RTF_PROTO3`
+//! is never set: the kernel uses it for its own expiring clones.
+//!
+//! The kernel's RTM_DELETE removes whatever route has the prefix, whoever's it is, so a removal
+//! first reads the route back (RTM_GET with the mask: an exact match) and deletes it only when
+//! its flags carry the mark and its gateway is the one dockroute set. RTM_ADD of a prefix that
+//! already has a route fails with EEXIST whatever the gateway: [`crate::plan::single`] then uses
+//! the prefix's two halves, which win by longest-prefix match.
+
+use super::rtmsg::{self, LinkAddr, Message, RtMsg, Sockaddr, rtax, rtf, rtm};
+use super::{Entry, ForeignRoute, LinkInfo, Lookup, MAIN_TABLE, Neighbour, RouteSpec};
+use ipnet::Ipv4Net;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+/// The flags that mark a route as dockroute's.
+pub const MARK: u32 = rtf::PROTO1 | rtf::PROTO2;
+/// The flags dockroute's RTM_ADD carries: route(8)'s `-net ... GATEWAY` plus the mark.
+pub const ADD_FLAGS: u32 = rtf::UP | rtf::GATEWAY | rtf::STATIC | MARK;
+/// The flags of the other requests (as route(8) sends them; the kernel does not match on them).
+pub const REQUEST_FLAGS: u32 = rtf::UP | rtf::GATEWAY | rtf::STATIC;
+
+/// Where a route sends packets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// To a gateway (RTF_GATEWAY with an AF_INET gateway).
+    Gateway(Ipv4Addr),
+    /// Out of an interface directly (a link-level gateway: connected networks, ARP entries).
+    Link(LinkAddr),
+    /// Nothing the kernel told.
+    None,
+}
+
+/// An IPv4 route as the kernel reports it (RTM_GET reply, route dump, broadcast).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KRoute {
+    pub dst: Ipv4Net,
+    pub via: Via,
+    pub flags: u32,
+    /// The interface the route is bound to (`rtm_index`).
+    pub index: u16,
+    /// The interface's name, when the message carried RTA_IFP.
+    pub ifname: Option<String>,
+    /// The interface's address the route uses (RTA_IFA).
+    pub ifa: Option<Ipv4Addr>,
+}
+
+impl KRoute {
+    /// Read a route message about an IPv4 destination; `None` for other families, a mask with
+    /// holes, or a message without a destination.
+    pub fn from_msg(m: &RtMsg) -> Option<KRoute> {
+        let dst = m.dst()?.inet()?;
+        let prefix = if m.flags & rtf::HOST != 0 {
+            32
+        } else {
+            match m.netmask() {
+                Some(Sockaddr::Mask(mask)) => rtmsg::prefix_len(*mask)?,
+                // a network route always has a mask; without one it is a host route
+                _ => 32,
+            }
+        };
+        let via = match m.gateway() {
+            Some(Sockaddr::Inet(gw)) if m.flags & rtf::GATEWAY != 0 => Via::Gateway(*gw),
+            Some(Sockaddr::Link(l)) => Via::Link(l.clone()),
+            _ => Via::None,
+        };
+        Some(KRoute {
+            dst: Ipv4Net::new(dst, prefix).ok()?.trunc(),
+            via,
+            flags: m.flags,
+            index: m.index,
+            ifname: m.ifp().map(|l| l.name.clone()).filter(|n| !n.is_empty()),
+            ifa: m.ifa().and_then(Sockaddr::inet),
+        })
+    }
+
+    pub fn gateway(&self) -> Option<Ipv4Addr> {
+        match self.via {
+            Via::Gateway(g) => Some(g),
+            _ => None,
+        }
+    }
+
+    /// Whether the route has dockroute's mark and shape: a network route via a gateway, not
+    /// scoped to an interface.
+    pub fn is_ours(&self) -> bool {
+        self.flags & MARK == MARK
+            && self.flags & (rtf::HOST | rtf::IFSCOPE | rtf::PROTO3 | rtf::WASCLONED) == 0
+            && self.gateway().is_some()
+    }
+
+    /// A cache entry the kernel made (ARP, cloned host routes), not a route anyone added.
+    pub fn is_cache(&self) -> bool {
+        self.flags & (rtf::LLINFO | rtf::WASCLONED | rtf::LOCAL | rtf::BROADCAST | rtf::MULTICAST)
+            != 0
+    }
+
+    /// The route as one of dockroute's entries (macOS has one table: shown as `main`).
+    pub fn entry(&self, ifname: &str) -> Entry {
+        Entry::Route(RouteSpec {
+            table: MAIN_TABLE,
+            dst: self.dst,
+            gateway: self.gateway(),
+            ifindex: u32::from(self.index),
+            ifname: ifname.to_string(),
+            prefsrc: None,
+            metric: 0,
+        })
+    }
+
+    /// What `status` shows for a route that is not dockroute's.
+    pub fn foreign(&self, ifname: Option<&str>) -> ForeignRoute {
+        ForeignRoute {
+            table: MAIN_TABLE,
+            dst: self.dst,
+            kind: kind(self.flags).to_string(),
+            gateway: self.gateway(),
+            dev: ifname.map(str::to_string),
+            protocol: protocol(self.flags).to_string(),
+            metric: 0,
+        }
+    }
+
+    /// The route as `status` shows a lookup of it.
+    pub fn lookup(&self, ifname: Option<&str>) -> Lookup {
+        Lookup::Route {
+            table: MAIN_TABLE,
+            kind: kind(self.flags).to_string(),
+            gateway: self.gateway(),
+            dev: ifname.map(str::to_string),
+            prefsrc: self.ifa,
+        }
+    }
+}
+
+impl fmt::Display for KRoute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.dst)?;
+        match &self.via {
+            Via::Gateway(g) => write!(f, " via {g}")?,
+            Via::Link(l) if !l.name.is_empty() => write!(f, " link {}", l.name.escape_debug())?,
+            _ => {}
+        }
+        match &self.ifname {
+            Some(n) => write!(f, " dev {}", n.escape_debug())?,
+            None => write!(f, " ifindex {}", self.index)?,
+        }
+        write!(f, " flags {}", flag_letters(self.flags))
+    }
+}
+
+/// `unicast`, `blackhole` or `unreachable`, as on Linux.
+fn kind(flags: u32) -> &'static str {
+    if flags & rtf::BLACKHOLE != 0 {
+        "blackhole"
+    } else if flags & rtf::REJECT != 0 {
+        "unreachable"
+    } else {
+        "unicast"
+    }
+}
+
+/// Who made a route, as far as its flags tell.
+fn protocol(flags: u32) -> &'static str {
+    if flags & MARK == MARK {
+        super::PROTO_NAME
+    } else if flags & rtf::STATIC != 0 {
+        "static"
+    } else if flags & rtf::DYNAMIC != 0 {
+        "redirect"
+    } else {
+        "kernel"
+    }
+}
+
+/// The flags as `netstat -rn` prints them (`UGSc`), plus 1/2/3 for the protocol flags.
+pub fn flag_letters(flags: u32) -> String {
+    const LETTERS: &[(u32, char)] = &[
+        (rtf::UP, 'U'),
+        (rtf::GATEWAY, 'G'),
+        (rtf::HOST, 'H'),
+        (rtf::REJECT, 'R'),
+        (rtf::DYNAMIC, 'D'),
+        (rtf::MODIFIED, 'M'),
+        (rtf::CLONING, 'C'),
+        (rtf::PRCLONING, 'c'),
+        (rtf::LLINFO, 'L'),
+        (rtf::STATIC, 'S'),
+        (rtf::BLACKHOLE, 'B'),
+        (rtf::PROTO1, '1'),
+        (rtf::PROTO2, '2'),
+        (rtf::PROTO3, '3'),
+        (rtf::WASCLONED, 'W'),
+        (rtf::IFSCOPE, 'I'),
+        (rtf::ROUTER, 'r'),
+    ];
+    LETTERS
+        .iter()
+        .filter(|(f, _)| flags & f != 0)
+        .map(|(_, c)| *c)
+        .collect()
+}
+
+fn addrs(pairs: Vec<(usize, Sockaddr)>) -> rtmsg::Addrs {
+    let mut a: rtmsg::Addrs = Default::default();
+    for (i, s) in pairs {
+        a[i] = Some(s);
+    }
+    a
+}
+
+/// RTM_ADD of `route` (which must have a gateway): unscoped, marked.
+pub fn add_request(dst: Ipv4Net, gateway: Ipv4Addr, seq: i32) -> RtMsg {
+    RtMsg::request(
+        rtm::ADD,
+        ADD_FLAGS,
+        seq,
+        addrs(vec![
+            (rtax::DST, Sockaddr::Inet(dst.network())),
+            (rtax::GATEWAY, Sockaddr::Inet(gateway)),
+            (rtax::NETMASK, Sockaddr::Mask(dst.netmask())),
+        ]),
+    )
+}
+
+/// RTM_DELETE of the route with exactly this prefix (whoever's it is: read it back first).
+pub fn delete_request(dst: Ipv4Net, seq: i32) -> RtMsg {
+    RtMsg::request(
+        rtm::DELETE,
+        REQUEST_FLAGS,
+        seq,
+        addrs(vec![
+            (rtax::DST, Sockaddr::Inet(dst.network())),
+            (rtax::NETMASK, Sockaddr::Mask(dst.netmask())),
+        ]),
+    )
+}
+
+/// RTM_GET of exactly this prefix, asking for the interface's name and address in the answer.
+pub fn get_exact_request(dst: Ipv4Net, seq: i32) -> RtMsg {
+    RtMsg::request(
+        rtm::GET,
+        REQUEST_FLAGS,
+        seq,
+        addrs(vec![
+            (rtax::DST, Sockaddr::Inet(dst.network())),
+            (rtax::NETMASK, Sockaddr::Mask(dst.netmask())),
+            (rtax::IFP, Sockaddr::Link(LinkAddr::default())),
+        ]),
+    )
+}
+
+/// RTM_GET of the route the kernel picks for `addr` (longest prefix match), with interface.
+pub fn lookup_request(addr: Ipv4Addr, seq: i32) -> RtMsg {
+    RtMsg::request(
+        rtm::GET,
+        REQUEST_FLAGS,
+        seq,
+        addrs(vec![
+            (rtax::DST, Sockaddr::Inet(addr)),
+            (rtax::IFP, Sockaddr::Link(LinkAddr::default())),
+        ]),
+    )
+}
+
+/// Whether `m` answers our request `seq` (the kernel echoes every request to every routing
+/// socket, with the sender's pid).
+pub fn is_reply(m: &Message, pid: i32, seq: i32) -> bool {
+    matches!(m, Message::Route(r) if r.pid == pid && r.seq == seq)
+}
+
+/// Whether a message read while waiting says links, addresses or routes changed.
+pub fn is_event(m: &Message) -> bool {
+    match m {
+        Message::Link(_) | Message::Addr(_) => true,
+        Message::Route(r) => {
+            matches!(r.kind, rtm::ADD | rtm::DELETE | rtm::CHANGE)
+                && r.errno == 0
+                && KRoute::from_msg(r).is_some_and(|k| !k.is_cache())
+        }
+        Message::Other { .. } => false,
+    }
+}
+
+/// Routes of a dump (`sysctl NET_RT_DUMP`), without the kernel's cache entries.
+pub fn routes(msgs: &[Message]) -> Vec<KRoute> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            Message::Route(r) => KRoute::from_msg(r),
+            _ => None,
+        })
+        .filter(|r| !r.is_cache())
+        .collect()
+}
+
+/// The ARP table from a dump of the routes flagged RTF_LLINFO (`sysctl NET_RT_FLAGS`): an
+/// entry is live when it holds a hardware address (an unanswered one has none).
+pub fn neighbours(msgs: &[Message]) -> Vec<Neighbour> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            Message::Route(r) if r.flags & rtf::LLINFO != 0 => {
+                let ip = r.dst()?.inet()?;
+                let Some(Sockaddr::Link(l)) = r.gateway() else {
+                    return None;
+                };
+                let ifindex = if r.index != 0 { r.index } else { l.index };
+                Some(Neighbour {
+                    ifindex: u32::from(ifindex),
+                    ip,
+                    live: l.addr.len() == 6
+                        && l.addr.iter().any(|b| *b != 0)
+                        && r.flags & rtf::REJECT == 0,
+                })
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Before an add: the route's interface must exist, be up and have an address on the gateway's
+/// network. Without that the kernel binds the route to the default route's interface (a VPN's
+/// utun, Wi-Fi) and still reports success.
+pub fn link_ready(links: &[LinkInfo], route: &RouteSpec) -> Result<(), String> {
+    let Some(gw) = route.gateway else {
+        return Err(format!("{}: no gateway", route.dst));
+    };
+    let link = links
+        .iter()
+        .find(|l| l.index == route.ifindex && l.name == route.ifname)
+        .ok_or_else(|| {
+            format!(
+                "link {} (index {}) is gone; not adding {} via {gw}",
+                route.ifname, route.ifindex, route.dst
+            )
+        })?;
+    if !link.up {
+        return Err(format!(
+            "link {} is down; not adding {}",
+            link.name, route.dst
+        ));
+    }
+    if !link.addrs.iter().any(|a| a.trunc().contains(&gw)) {
+        return Err(format!(
+            "link {} has no address on the network of {gw}; not adding {} (the kernel would send it another way)",
+            link.name, route.dst
+        ));
+    }
+    Ok(())
+}
+
+/// What reading a route back says about one dockroute wants there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// dockroute's route, via the wanted gateway over the wanted interface.
+    Ours,
+    /// dockroute's mark and gateway, but bound to another interface.
+    WrongLink { index: u16 },
+    /// Someone else's route (or ours with another gateway).
+    Other(KRoute),
+}
+
+/// Compare what the kernel has for `want.dst` with `want`.
+pub fn check(found: &KRoute, want: &RouteSpec) -> Check {
+    if found.is_ours() && found.gateway() == want.gateway && found.dst == want.dst {
+        if u32::from(found.index) == want.ifindex {
+            Check::Ours
+        } else {
+            Check::WrongLink { index: found.index }
+        }
+    } else {
+        Check::Other(found.clone())
+    }
+}
+
+/// Whether a route read back before a removal may be deleted: it carries the mark and the
+/// gateway dockroute set (RTM_DELETE itself would remove anyone's route of that prefix).
+pub fn may_delete(found: &KRoute, want: &RouteSpec) -> bool {
+    found.is_ours() && found.dst == want.dst && found.gateway() == want.gateway
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::rtmsg::{decode, mask_of, rta};
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    fn want() -> RouteSpec {
+        RouteSpec {
+            table: MAIN_TABLE,
+            dst: net("172.17.0.0/16"),
+            gateway: Some("192.168.99.100".parse().unwrap()),
+            ifindex: 7,
+            ifname: "vboxnet0".into(),
+            prefsrc: None,
+            metric: 0,
+        }
+    }
+
+    /// What the kernel answers to an RTM_GET: `flags`, bound to `index`, with IFP and IFA.
+    fn reply(dst: &str, gw: Sockaddr, flags: u32, index: u16, ifname: &str) -> RtMsg {
+        let d = net(dst);
+        let mut a: rtmsg::Addrs = Default::default();
+        a[rtax::DST] = Some(Sockaddr::Inet(d.network()));
+        a[rtax::GATEWAY] = Some(gw);
+        a[rtax::NETMASK] = Some(Sockaddr::Mask(d.netmask()));
+        a[rtax::IFP] = Some(Sockaddr::Link(LinkAddr {
+            index,
+            kind: 6,
+            name: ifname.into(),
+            addr: vec![0xa, 0, 0x27, 0, 0, 1],
+        }));
+        a[rtax::IFA] = Some(Sockaddr::Inet("192.168.99.1".parse().unwrap()));
+        let mut m = RtMsg::request(rtm::GET, flags, 9, a);
+        m.index = index;
+        m.pid = 4242;
+        m
+    }
+
+    /// Through the wire and back, as the socket layer will see it.
+    fn wire(m: &RtMsg) -> RtMsg {
+        match decode(&m.encode()).unwrap().0 {
+            Message::Route(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn inet(s: &str) -> Sockaddr {
+        Sockaddr::Inet(s.parse().unwrap())
+    }
+
+    #[test]
+    fn add_is_route8s_add_with_the_mark() {
+        let m = add_request(net("172.17.0.0/16"), "192.168.99.100".parse().unwrap(), 1);
+        let bytes = m.encode();
+        // route(8)'s vector, except the flags word: 0x803 | PROTO1 | PROTO2 = 0xc803
+        assert_eq!(&bytes[..12], &[0x84, 0, 5, 1, 0, 0, 0, 0, 0x03, 0xc8, 0, 0]);
+        assert_eq!(bytes.len(), 132);
+        assert_eq!(m.flags & rtf::PROTO3, 0);
+        assert_eq!(&bytes[124..], &[6, 2, 0, 0, 0xff, 0xff, 0, 0]);
+        let d = delete_request(net("172.17.0.0/16"), 2).encode();
+        assert_eq!(d.len(), 116);
+        assert_eq!(
+            get_exact_request(net("172.17.0.0/16"), 3).encode().len(),
+            136
+        );
+        let l = lookup_request("172.17.0.1".parse().unwrap(), 4);
+        assert_eq!(l.addr_bits(), rta::DST | rta::IFP);
+    }
+
+    #[test]
+    fn reads_a_get_reply_and_tells_ours_from_theirs() {
+        let ours = wire(&reply(
+            "172.17.0.0/16",
+            inet("192.168.99.100"),
+            ADD_FLAGS | rtf::PRCLONING | rtf::DONE,
+            7,
+            "vboxnet0",
+        ));
+        let k = KRoute::from_msg(&ours).unwrap();
+        assert_eq!(
+            k.to_string(),
+            "172.17.0.0/16 via 192.168.99.100 dev vboxnet0 flags UGcS12"
+        );
+        assert!(k.is_ours());
+        assert_eq!(check(&k, &want()), Check::Ours);
+        assert!(may_delete(&k, &want()));
+
+        // the same route bound to the VPN's interface: the kernel took another way
+        let wrong = KRoute::from_msg(&wire(&reply(
+            "172.17.0.0/16",
+            inet("192.168.99.100"),
+            ADD_FLAGS | rtf::DONE,
+            12,
+            "utun3",
+        )))
+        .unwrap();
+        assert_eq!(check(&wrong, &want()), Check::WrongLink { index: 12 });
+
+        // AnyConnect's route for the same prefix: not ours, never deleted
+        let vpn = KRoute::from_msg(&wire(&reply(
+            "172.17.0.0/16",
+            inet("10.8.0.1"),
+            rtf::UP | rtf::GATEWAY | rtf::STATIC | rtf::DONE,
+            12,
+            "utun3",
+        )))
+        .unwrap();
+        assert!(!vpn.is_ours());
+        assert!(matches!(check(&vpn, &want()), Check::Other(_)));
+        assert!(!may_delete(&vpn, &want()));
+        assert_eq!(
+            vpn.foreign(Some("utun3")).to_string(),
+            "172.17.0.0/16 via 10.8.0.1 dev utun3 table main proto static"
+        );
+
+        // marked but with another gateway (a VM that moved): ours to replace, not this one's
+        let mut moved = k.clone();
+        moved.via = Via::Gateway("192.168.99.101".parse().unwrap());
+        assert!(!may_delete(&moved, &want()));
+        // marked with only one protocol flag, or scoped: not ours
+        let mut one = k.clone();
+        one.flags &= !rtf::PROTO2;
+        assert!(!one.is_ours());
+        let mut scoped = k.clone();
+        scoped.flags |= rtf::IFSCOPE;
+        assert!(!scoped.is_ours());
+    }
+
+    #[test]
+    fn reads_a_dump_into_routes_and_neighbours() {
+        let connected = reply(
+            "192.168.99.0/24",
+            Sockaddr::Link(LinkAddr {
+                index: 7,
+                kind: 6,
+                name: String::new(),
+                addr: vec![],
+            }),
+            rtf::UP | rtf::CLONING,
+            7,
+            "",
+        );
+        let mut arp_ok = reply(
+            "192.168.99.100/32",
+            Sockaddr::Link(LinkAddr {
+                index: 7,
+                kind: 6,
+                name: String::new(),
+                addr: vec![8, 0, 0x27, 0xaa, 0xbb, 0xcc],
+            }),
+            rtf::UP | rtf::HOST | rtf::LLINFO | rtf::WASCLONED,
+            7,
+            "",
+        );
+        arp_ok.addrs[rtax::NETMASK] = None;
+        let mut arp_incomplete = arp_ok.clone();
+        arp_incomplete.addrs[rtax::DST] = Some(inet("192.168.99.101"));
+        arp_incomplete.addrs[rtax::GATEWAY] = Some(Sockaddr::Link(LinkAddr {
+            index: 7,
+            kind: 6,
+            name: String::new(),
+            addr: vec![],
+        }));
+        let ours = reply("172.17.0.0/16", inet("192.168.99.100"), ADD_FLAGS, 7, "");
+        let mut buf = Vec::new();
+        for m in [&connected, &arp_ok, &arp_incomplete, &ours] {
+            buf.extend(m.encode());
+        }
+        let msgs = rtmsg::split(&buf).unwrap();
+        let rs = routes(&msgs);
+        assert_eq!(rs.len(), 2, "ARP entries are not routes: {rs:?}");
+        assert_eq!(rs[0].foreign(Some("vboxnet0")).protocol, "kernel");
+        assert!(rs[1].is_ours());
+        assert_eq!(
+            rs[1].entry("vboxnet0").to_string(),
+            "route 172.17.0.0/16 via 192.168.99.100 dev vboxnet0 table main proto dockroute"
+        );
+        let n = neighbours(&msgs);
+        assert_eq!(
+            n,
+            vec![
+                Neighbour {
+                    ifindex: 7,
+                    ip: "192.168.99.100".parse().unwrap(),
+                    live: true
+                },
+                Neighbour {
+                    ifindex: 7,
+                    ip: "192.168.99.101".parse().unwrap(),
+                    live: false
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_host_route_and_odd_masks() {
+        let mut m = reply(
+            "10.1.2.3/32",
+            inet("10.0.0.1"),
+            rtf::UP | rtf::GATEWAY | rtf::HOST,
+            4,
+            "en0",
+        );
+        m.addrs[rtax::NETMASK] = None;
+        assert_eq!(KRoute::from_msg(&m).unwrap().dst, net("10.1.2.3/32"));
+        let mut holes = m.clone();
+        holes.flags &= !rtf::HOST;
+        holes.addrs[rtax::NETMASK] = Some(Sockaddr::Mask("255.0.255.0".parse().unwrap()));
+        assert_eq!(KRoute::from_msg(&holes), None);
+        let mut default = m.clone();
+        default.flags &= !rtf::HOST;
+        default.addrs[rtax::DST] = Some(inet("0.0.0.0"));
+        default.addrs[rtax::NETMASK] = Some(Sockaddr::Mask(mask_of(0)));
+        assert_eq!(KRoute::from_msg(&default).unwrap().dst, net("0.0.0.0/0"));
+    }
+
+    #[test]
+    fn an_add_waits_for_the_link_and_its_address() {
+        let mut links = vec![LinkInfo {
+            index: 7,
+            name: "vboxnet0".into(),
+            up: true,
+            loopback: false,
+            addrs: vec!["192.168.99.1/24".parse().unwrap()],
+        }];
+        assert_eq!(link_ready(&links, &want()), Ok(()));
+        links[0].addrs = vec!["192.168.56.1/24".parse().unwrap()];
+        let e = link_ready(&links, &want()).unwrap_err();
+        assert!(
+            e.contains("no address on the network of 192.168.99.100"),
+            "{e}"
+        );
+        links[0].up = false;
+        assert!(link_ready(&links, &want()).unwrap_err().contains("is down"));
+        links[0].index = 8; // re-created with another index
+        assert!(link_ready(&links, &want()).unwrap_err().contains("is gone"));
+    }
+
+    #[test]
+    fn replies_are_matched_by_pid_and_seq_and_events_filtered() {
+        let m = Message::Route(reply(
+            "172.17.0.0/16",
+            inet("192.168.99.100"),
+            ADD_FLAGS,
+            7,
+            "vboxnet0",
+        ));
+        assert!(is_reply(&m, 4242, 9));
+        assert!(!is_reply(&m, 4243, 9));
+        assert!(!is_reply(&m, 4242, 10));
+        assert!(!is_event(&m), "an RTM_GET is no change");
+        let Message::Route(mut add) = m else { panic!() };
+        add.kind = rtm::ADD;
+        assert!(is_event(&Message::Route(add.clone())));
+        add.errno = rtmsg::errno::EEXIST;
+        assert!(
+            !is_event(&Message::Route(add)),
+            "a failed add changed nothing"
+        );
+        assert!(is_event(&Message::Link(rtmsg::IfMsg {
+            index: 7,
+            flags: 1
+        })));
+    }
+}
