@@ -9,6 +9,7 @@
 
 pub mod iptables;
 pub mod nft;
+pub mod pf;
 pub mod walk;
 
 use crate::exec::{self, ExecError};
@@ -66,6 +67,10 @@ pub struct Repair {
 
 impl fmt::Display for Repair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.backend == pf::BACKEND {
+            let text = pf::rule_text(self).unwrap_or_else(|e| e.escape_debug().to_string());
+            return write!(f, "pf -a {} {text}", self.table);
+        }
         let (i, n) = match self.direction {
             Direction::Out => ("-o", "-d"),
             Direction::In => ("-i", "-s"),
@@ -229,7 +234,48 @@ pub struct Observed {
     pub errors: Vec<FirewallError>,
 }
 
+/// What the firewalls of this platform need and have: pf on macOS, netfilter elsewhere.
 pub fn observe(scope: Option<&Scope>) -> Observed {
+    #[cfg(target_os = "macos")]
+    {
+        observe_pf(scope)
+    }
+    #[cfg(not(target_os = "macos"))]
+    {
+        observe_netfilter(scope)
+    }
+}
+
+/// dockroute's pf anchor ([`pf`]): what it needs for `scope` and what it holds.
+#[cfg(target_os = "macos")]
+fn observe_pf(scope: Option<&Scope>) -> Observed {
+    let mut o = Observed::default();
+    match pf::run::listing() {
+        Ok(text) => {
+            let (owned, foreign) = pf::observe_listing(&text);
+            if let Some(scope) = scope {
+                o.desired = pf::desired(scope);
+            }
+            o.owned = owned.into_iter().map(|r| (r, Vec::new())).collect();
+            o.foreign = foreign;
+        }
+        Err(e) => o.errors.push(e),
+    }
+    if let Ok(Some(false)) = pf::run::is_enabled() {
+        tracing::info!(
+            "pf is disabled: nothing blocks the VM; the anchor takes effect if a VPN enables pf"
+        );
+    }
+    for f in &o.foreign {
+        o.warnings.push(format!(
+            "a rule in dockroute's anchor that dockroute did not make is left alone: {f}"
+        ));
+    }
+    o
+}
+
+/// iptables (both backends) and nftables.
+pub fn observe_netfilter(scope: Option<&Scope>) -> Observed {
     let mut o = Observed::default();
     for (label, chains) in iptables_backends(&mut o) {
         if let Some(scope) = scope {
@@ -296,8 +342,26 @@ pub fn diff(desired: &[Repair], owned: &[(Repair, Vec<String>)]) -> Vec<FwChange
     changes
 }
 
+#[cfg(target_os = "macos")]
+fn pf_apply(c: &FwChange) -> Result<(), FirewallError> {
+    pf::run::apply(c)
+}
+
+#[cfg(not(target_os = "macos"))]
+fn pf_apply(_c: &FwChange) -> Result<(), FirewallError> {
+    Err(FirewallError::Parse {
+        program: "pfctl".into(),
+        msg: "pf rules are only applied on macOS".into(),
+    })
+}
+
 fn apply_one(c: &FwChange) -> Result<(), FirewallError> {
     match c {
+        FwChange::Insert { rule } | FwChange::Delete { rule, .. }
+            if rule.backend == pf::BACKEND =>
+        {
+            pf_apply(c)
+        }
         FwChange::Insert { rule } if rule.backend == nft::BACKEND => {
             nft::run(vec![nft::insert_cmd(rule)])
         }

@@ -1,0 +1,382 @@
+//! pf (macOS): an anchor of dockroute's own, `com.apple/250.dockroute`, holding `pass quick`
+//! rules for the VM's link and networks in both directions.
+//!
+//! Why this anchor: the stock `/etc/pf.conf` evaluates `anchor "com.apple/*"`, which runs every
+//! child of `com.apple` in byte-wise order of the name (`250.dockroute` comes after
+//! `250.ApplicationFirewall`, before `300.NetworkLinkConditioner`). A `quick` rule that matches
+//! there ends the evaluation, so the pass wins over a VPN's block that comes later. The rules
+//! also carry `tag cisco_anyconnect_vpn_pass`: Cisco AnyConnect's pf rule is
+//! `block log quick inet all ! tagged cisco_anyconnect_vpn_pass`, which a tagged packet does not
+//! match wherever that rule sits.
+//!
+//! What dockroute does with pf: loads this one anchor with `pfctl -a ANCHOR -f -` (the main
+//! ruleset and every other anchor are never flushed or reloaded), and on `down` flushes the
+//! anchor's rules (`pfctl -a ANCHOR -F rules`). It never enables or disables pf: when pf is
+//! off, no VPN rule blocks anything, and the anchor takes effect as soon as a VPN turns pf on.
+//! Anchors live in kernel memory only: after a reboot `up` (or `watch`) loads it again.
+//!
+//! Rendering and reading `pfctl -vsr` listings is pure and tested everywhere; running pfctl
+//! (found as /sbin/pfctl, run by absolute path with an empty environment) is in [`run`], macOS
+//! only.
+
+use super::{Direction, Foreign, Repair, Scope};
+use ipnet::Ipv4Net;
+use serde::Serialize;
+use std::fmt::Write;
+
+/// dockroute's anchor, under the `com.apple/*` anchor point of the stock pf.conf.
+pub const ANCHOR: &str = "com.apple/250.dockroute";
+/// The backend name in [`Repair::backend`].
+pub const BACKEND: &str = "pf";
+/// The tag that Cisco AnyConnect's block rule lets through.
+pub const VPN_TAG: &str = "cisco_anyconnect_vpn_pass";
+/// [`Repair::verdict`] of dockroute's pf rules.
+pub const VERDICT: &str = "pass quick";
+
+/// The rules for `scope`: to each network out of the link, from each network in on the link.
+pub fn desired(scope: &Scope) -> Vec<Repair> {
+    let mut out = Vec::new();
+    for net in &scope.nets {
+        for direction in [Direction::Out, Direction::In] {
+            out.push(repair(direction, *net, &scope.ifname));
+        }
+    }
+    out
+}
+
+fn repair(direction: Direction, net: Ipv4Net, ifname: &str) -> Repair {
+    Repair {
+        backend: BACKEND.into(),
+        table: ANCHOR.into(),
+        chain: String::new(),
+        direction,
+        net,
+        ifname: ifname.into(),
+        verdict: VERDICT.into(),
+        handle: None,
+        table_handle: None,
+    }
+}
+
+/// One rule in pf.conf syntax.
+pub fn rule_text(r: &Repair) -> Result<String, String> {
+    crate::validate::interface(&r.ifname)?;
+    let (dir, from, to) = match r.direction {
+        Direction::Out => ("out", "any".to_string(), r.net.to_string()),
+        Direction::In => ("in", r.net.to_string(), "any".to_string()),
+    };
+    Ok(format!(
+        "pass {dir} quick on {} inet from {from} to {to} flags any keep state tag {VPN_TAG}",
+        r.ifname
+    ))
+}
+
+/// The anchor's whole text, as `pfctl -a ANCHOR -f -` reads it.
+pub fn render(rules: &[Repair]) -> Result<String, String> {
+    let mut s = String::from(
+        "# dockroute: traffic between this Mac and its VM (dockroute up loads this anchor, dockroute down empties it)\n",
+    );
+    for r in rules {
+        let _ = writeln!(s, "{}", rule_text(r)?);
+    }
+    Ok(s)
+}
+
+/// A rule of the anchor with pf's counters for it (`pfctl -vsr`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Listed {
+    pub rule: String,
+    pub evaluations: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub states: u64,
+}
+
+/// Read `pfctl -a ANCHOR -vsr` (or `-sr`): each rule line, with the counters of the bracketed
+/// line that follows it. `@N` rule numbers (`-vvsr`) are dropped.
+pub fn parse_listing(text: &str) -> Vec<Listed> {
+    let mut out: Vec<Listed> = Vec::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if t.is_empty() || t.starts_with('#') || t.starts_with("No ALTQ") || t.starts_with("ALTQ") {
+            continue;
+        }
+        if let Some(inner) = t.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+            if let Some(last) = out.last_mut() {
+                let words: Vec<&str> = inner.split_whitespace().collect();
+                for pair in words.windows(2) {
+                    let n = pair[1].parse().unwrap_or(0);
+                    match pair[0] {
+                        "Evaluations:" => last.evaluations = n,
+                        "Packets:" => last.packets = n,
+                        "Bytes:" => last.bytes = n,
+                        "States:" => last.states = n,
+                        _ => {}
+                    }
+                }
+            }
+            continue;
+        }
+        let rule = match t.strip_prefix('@') {
+            Some(rest) => rest
+                .split_once(char::is_whitespace)
+                .map_or("", |(_, r)| r.trim_start()),
+            None => t,
+        };
+        out.push(Listed {
+            rule: rule.to_string(),
+            ..Default::default()
+        });
+    }
+    out
+}
+
+/// The rule as dockroute's, when it has its shape: `pass in|out quick on IF inet`, from a
+/// network to any (in) or from any to a network (out), tagged for the VPN.
+pub fn owned_rule(rule: &str) -> Option<Repair> {
+    let w: Vec<&str> = rule.split_whitespace().collect();
+    let after = |key: &str| {
+        w.iter()
+            .position(|x| *x == key)
+            .and_then(|i| w.get(i + 1).copied())
+    };
+    if w.first() != Some(&"pass") || !w.contains(&"quick") || !w.contains(&"inet") {
+        return None;
+    }
+    if after("tag") != Some(VPN_TAG) {
+        return None;
+    }
+    let ifname = after("on")?;
+    let (from, to) = (after("from")?, after("to")?);
+    let (direction, net) = match (w.get(1).copied()?, from, to) {
+        ("out", "any", net) => (Direction::Out, net),
+        ("in", net, "any") => (Direction::In, net),
+        _ => return None,
+    };
+    // pfctl prints a host as a bare address
+    let net: Ipv4Net = net
+        .parse()
+        .or_else(|_| net.parse::<std::net::Ipv4Addr>().map(Ipv4Net::from))
+        .ok()?;
+    crate::validate::interface(ifname).ok()?;
+    Some(repair(direction, net, ifname))
+}
+
+/// Split the anchor's listing into dockroute's rules and others (someone put them there).
+pub fn observe_listing(text: &str) -> (Vec<Repair>, Vec<Foreign>) {
+    let mut owned = Vec::new();
+    let mut foreign = Vec::new();
+    for l in parse_listing(text) {
+        match owned_rule(&l.rule) {
+            Some(r) => owned.push(r),
+            None => foreign.push(Foreign {
+                backend: BACKEND.into(),
+                table: ANCHOR.into(),
+                chain: String::new(),
+                rule: l.rule,
+            }),
+        }
+    }
+    (owned, foreign)
+}
+
+/// Whether pf is enabled, from `pfctl -s info` (`Status: Enabled for 0 days 00:10:02`).
+pub fn enabled(info: &str) -> Option<bool> {
+    info.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix("Status:")?.trim_start();
+        if rest.starts_with("Enabled") {
+            Some(true)
+        } else if rest.starts_with("Disabled") {
+            Some(false)
+        } else {
+            None
+        }
+    })
+}
+
+/// The anchor's rules after applying one change to `current` (pf loads an anchor whole).
+pub fn after_change(current: &[Repair], change: &super::FwChange) -> Vec<Repair> {
+    let mut rules: Vec<Repair> = current.to_vec();
+    match change {
+        super::FwChange::Insert { rule } => {
+            if !rules.iter().any(|r| super::same(r, rule)) {
+                rules.push(rule.clone());
+            }
+        }
+        super::FwChange::Delete { rule, .. } => rules.retain(|r| !super::same(r, rule)),
+    }
+    rules
+}
+
+/// Running pfctl (macOS only).
+#[cfg(target_os = "macos")]
+pub mod run {
+    use super::*;
+    use crate::firewall::{FirewallError, FwChange};
+
+    fn pfctl(args: &[&str], input: Option<&[u8]>) -> Result<String, FirewallError> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        Ok(crate::exec::run("pfctl", &args, input)?)
+    }
+
+    /// The anchor's rules with counters (`pfctl -a ANCHOR -vsr`; needs root). An anchor that
+    /// was never loaded (pfctl: `DIOCGETRULES: Invalid argument`) is empty.
+    pub fn listing() -> Result<String, FirewallError> {
+        match pfctl(&["-a", ANCHOR, "-vsr"], None) {
+            Err(FirewallError::Exec(e))
+                if e.failure_text().is_some_and(|t| {
+                    t.contains("DIOCGETRULES") || t.contains("does not exist")
+                }) =>
+            {
+                Ok(String::new())
+            }
+            r => r,
+        }
+    }
+
+    /// Whether pf is on (`pfctl -s info`).
+    pub fn is_enabled() -> Result<Option<bool>, FirewallError> {
+        Ok(enabled(&pfctl(&["-s", "info"], None)?))
+    }
+
+    /// Load `rules` as the anchor's whole content, or empty it when there are none.
+    pub fn load(rules: &[Repair]) -> Result<(), FirewallError> {
+        if rules.is_empty() {
+            return pfctl(&["-a", ANCHOR, "-F", "rules"], None).map(|_| ());
+        }
+        let text = render(rules).map_err(|msg| FirewallError::Parse {
+            program: "pfctl".into(),
+            msg,
+        })?;
+        pfctl(&["-a", ANCHOR, "-f", "-"], Some(text.as_bytes())).map(|_| ())
+    }
+
+    /// Apply one change: read the anchor, change it, load it back.
+    pub fn apply(change: &FwChange) -> Result<(), FirewallError> {
+        let (owned, _) = observe_listing(&listing()?);
+        load(&after_change(&owned, change))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::firewall::{FwChange, diff};
+
+    fn scope() -> Scope {
+        Scope {
+            ifname: "vboxnet0".into(),
+            nets: vec![
+                "172.17.0.0/16".parse().unwrap(),
+                "192.168.99.0/24".parse().unwrap(),
+            ],
+        }
+    }
+
+    #[test]
+    fn renders_the_anchor_both_directions_tagged() {
+        let text = render(&desired(&scope())).unwrap();
+        assert_eq!(
+            text,
+            "# dockroute: traffic between this Mac and its VM (dockroute up loads this anchor, dockroute down empties it)\n\
+             pass out quick on vboxnet0 inet from any to 172.17.0.0/16 flags any keep state tag cisco_anyconnect_vpn_pass\n\
+             pass in quick on vboxnet0 inet from 172.17.0.0/16 to any flags any keep state tag cisco_anyconnect_vpn_pass\n\
+             pass out quick on vboxnet0 inet from any to 192.168.99.0/24 flags any keep state tag cisco_anyconnect_vpn_pass\n\
+             pass in quick on vboxnet0 inet from 192.168.99.0/24 to any flags any keep state tag cisco_anyconnect_vpn_pass\n"
+        );
+        // an interface name that could smuggle pf syntax is refused
+        let mut s = scope();
+        s.ifname = "en0 all pass".into();
+        assert!(render(&desired(&s)).is_err());
+        assert!(
+            ANCHOR > "com.apple/250.ApplicationFirewall"
+                && ANCHOR < "com.apple/300.NetworkLinkConditioner"
+        );
+    }
+
+    /// `pfctl -a com.apple/250.dockroute -vsr` as pfctl prints the loaded anchor, plus a rule
+    /// somebody else put there.
+    const LISTING: &str = "\
+No ALTQ support in kernel
+ALTQ related functions disabled
+pass out quick on vboxnet0 inet from any to 172.17.0.0/16 flags any keep state tag cisco_anyconnect_vpn_pass
+  [ Evaluations: 120       Packets: 14        Bytes: 1680        States: 1     ]
+pass in quick on vboxnet0 inet from 172.17.0.0/16 to any flags any keep state tag cisco_anyconnect_vpn_pass
+  [ Evaluations: 118       Packets: 0         Bytes: 0           States: 0     ]
+@2 pass out quick on vboxnet0 inet from any to 192.168.99.100 flags any keep state tag cisco_anyconnect_vpn_pass
+  [ Evaluations: 3         Packets: 3         Bytes: 180         States: 0     ]
+block drop quick on vboxnet0 inet from any to 172.17.0.0/16
+  [ Evaluations: 0         Packets: 0         Bytes: 0           States: 0     ]
+";
+
+    #[test]
+    fn reads_the_listing_with_counters_and_tells_ours_apart() {
+        let l = parse_listing(LISTING);
+        assert_eq!(l.len(), 4);
+        assert_eq!(
+            (l[0].evaluations, l[0].packets, l[0].bytes, l[0].states),
+            (120, 14, 1680, 1)
+        );
+        assert!(l[2].rule.starts_with("pass out quick"), "{}", l[2].rule);
+        let (owned, foreign) = observe_listing(LISTING);
+        assert_eq!(owned.len(), 3);
+        assert_eq!(owned[0], desired(&scope())[0]);
+        assert_eq!(owned[1], desired(&scope())[1]);
+        assert_eq!(owned[2].net.to_string(), "192.168.99.100/32");
+        assert_eq!(foreign.len(), 1);
+        assert!(foreign[0].rule.starts_with("block drop"));
+        // what up changes: the /24 pair is missing, the /32 rule is stale
+        let owned: Vec<(Repair, Vec<String>)> = owned.into_iter().map(|r| (r, vec![])).collect();
+        let c = diff(&desired(&scope()), &owned);
+        assert_eq!(c.len(), 3);
+        assert!(matches!(&c[0], FwChange::Delete { rule, .. } if rule.net.prefix_len() == 32));
+    }
+
+    #[test]
+    fn shapes_that_are_not_dockroutes() {
+        for r in [
+            "pass out on vboxnet0 inet from any to 172.17.0.0/16 tag cisco_anyconnect_vpn_pass",
+            "pass out quick on vboxnet0 inet from any to 172.17.0.0/16",
+            "pass out quick on vboxnet0 inet from 10.0.0.0/8 to 172.17.0.0/16 tag cisco_anyconnect_vpn_pass",
+            "block out quick on vboxnet0 inet from any to 172.17.0.0/16 tag cisco_anyconnect_vpn_pass",
+            "pass in quick on vboxnet0 inet from any to 172.17.0.0/16 tag cisco_anyconnect_vpn_pass",
+            "pass out quick inet from any to 172.17.0.0/16 tag cisco_anyconnect_vpn_pass",
+        ] {
+            assert_eq!(owned_rule(r), None, "{r}");
+        }
+    }
+
+    #[test]
+    fn one_change_at_a_time_keeps_the_rest_of_the_anchor() {
+        let d = desired(&scope());
+        let one = after_change(&d[..1], &FwChange::Insert { rule: d[1].clone() });
+        assert_eq!(one, d[..2].to_vec());
+        assert_eq!(
+            after_change(&one, &FwChange::Insert { rule: d[1].clone() }),
+            one
+        );
+        let gone = after_change(
+            &one,
+            &FwChange::Delete {
+                rule: d[0].clone(),
+                words: vec![],
+            },
+        );
+        assert_eq!(gone, d[1..2].to_vec());
+    }
+
+    #[test]
+    fn reads_whether_pf_is_on() {
+        assert_eq!(
+            enabled(
+                "No ALTQ support in kernel\nStatus: Enabled for 0 days 00:10:02           Debug: Urgent\n"
+            ),
+            Some(true)
+        );
+        assert_eq!(
+            enabled("Status: Disabled for 0 days 00:00:00\n"),
+            Some(false)
+        );
+        assert_eq!(enabled("garbage"), None);
+    }
+}
