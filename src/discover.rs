@@ -6,6 +6,8 @@
 //! the link whose IPv4 network contains the VM IP. [`choose`] is pure; [`discover`] feeds it the
 //! kernel's view and, with `--wait`, tries again on every link, address or neighbour event.
 
+pub mod dhcpd_leases;
+
 use crate::machine::{self, DockerHost};
 use crate::net::{LinkInfo, Neighbour, Net, NetError};
 use ipnet::Ipv4Net;
@@ -23,10 +25,22 @@ pub const HOST_ONLY_PREFIXES: &[&str] = &["vboxnet", "virbr"];
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum VmIpSource {
     Flag,
-    Config { path: PathBuf },
-    Machine { name: String, path: PathBuf },
+    Config {
+        path: PathBuf,
+    },
+    Machine {
+        name: String,
+        path: PathBuf,
+    },
     DockerHost,
-    Neighbour { interface: String },
+    Neighbour {
+        interface: String,
+    },
+    /// An unexpired lease of macOS's DHCP server for vmnet networks.
+    Lease {
+        interface: String,
+        path: PathBuf,
+    },
 }
 
 impl fmt::Display for VmIpSource {
@@ -40,6 +54,9 @@ impl fmt::Display for VmIpSource {
             VmIpSource::DockerHost => write!(f, "DOCKER_HOST"),
             VmIpSource::Neighbour { interface } => {
                 write!(f, "the neighbour table of {interface}")
+            }
+            VmIpSource::Lease { interface, path } => {
+                write!(f, "the DHCP leases in {} on {interface}", path.display())
             }
         }
     }
@@ -129,7 +146,50 @@ pub fn external_vm_ip(req: &Request) -> Result<(Option<SourcedIp>, Vec<String>),
 }
 
 fn is_host_only(name: &str) -> bool {
-    HOST_ONLY_PREFIXES.iter().any(|p| name.starts_with(p))
+    HOST_ONLY_PREFIXES.iter().any(|p| name.starts_with(p)) || is_vmnet_bridge(name)
+}
+
+/// macOS vmnet networks (Lima, Colima, minikube on vfkit/qemu, VirtualBox 7 host-only networks)
+/// appear as `bridge100`, `bridge101`, ...: the number shifts with the order VMs start in.
+pub fn is_vmnet_bridge(name: &str) -> bool {
+    name.strip_prefix("bridge")
+        .filter(|n| n.len() == 3 && n.bytes().all(|b| b.is_ascii_digit()))
+        .is_some_and(|n| n.starts_with('1'))
+}
+
+/// The one VM with an unexpired lease in `path` (macOS's DHCP server for vmnet) on the
+/// host-only links (or on `--interface`), if exactly one.
+fn lease_vm(links: &[LinkInfo], req: &Request, path: &std::path::Path) -> Option<SourcedIp> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_file() || meta.len() > dhcpd_leases::MAX_LEN {
+        return None;
+    }
+    let leases = dhcpd_leases::parse(&std::fs::read_to_string(path).ok()?);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    let mut found: Vec<(String, Ipv4Addr)> = Vec::new();
+    for l in links.iter().filter(|l| match &req.interface {
+        Some(name) => &l.name == name,
+        None => !l.loopback && is_host_only(&l.name),
+    }) {
+        for a in &l.addrs {
+            for ip in dhcpd_leases::live_on(&leases, a.trunc(), a.addr(), now) {
+                found.push((l.name.clone(), ip));
+            }
+        }
+    }
+    match found.as_slice() {
+        [(interface, ip)] => Some((
+            *ip,
+            VmIpSource::Lease {
+                interface: interface.clone(),
+                path: path.to_path_buf(),
+            },
+        )),
+        _ => None,
+    }
 }
 
 fn names(links: &[&LinkInfo]) -> String {
@@ -322,7 +382,14 @@ pub async fn discover<N: Net>(net: &mut N, req: &Request) -> Result<Target, Disc
         } else {
             Vec::new()
         };
-        match choose(&links, &neighbours, req, vm.clone(), &tried) {
+        let mut chosen = choose(&links, &neighbours, req, vm.clone(), &tried);
+        if vm.is_none()
+            && let Err(DiscoverError::NotYet(_)) = &chosen
+            && let Some(leased) = lease_vm(&links, req, std::path::Path::new(dhcpd_leases::PATH))
+        {
+            chosen = choose(&links, &[], req, Some(leased), &tried);
+        }
+        match chosen {
             Ok(t) => return Ok(t),
             Err(DiscoverError::NotYet(msg)) => match deadline {
                 Some(d) => {
@@ -525,5 +592,42 @@ mod tests {
         let (v, tried) = external_vm_ip(&r).unwrap();
         assert!(v.is_none());
         assert!(tried.iter().any(|t| t.contains("is not tcp://IP")));
+    }
+
+    #[test]
+    fn vmnet_bridges_are_host_only_links_and_leases_name_the_vm() {
+        assert!(is_vmnet_bridge("bridge100") && is_vmnet_bridge("bridge101"));
+        assert!(!is_vmnet_bridge("bridge0") && !is_vmnet_bridge("bridge1000"));
+        assert!(!is_vmnet_bridge("bridge200") && !is_vmnet_bridge("br-1234"));
+        let mut links = lab();
+        links.push(link(21, "bridge100", "192.168.64.1/24"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dhcpd_leases");
+        let far = 0xffff_ffffu64;
+        std::fs::write(
+            &path,
+            format!(
+                "{{\n\tname=lima-default\n\tip_address=192.168.64.7\n\thw_address=1,5e:a:bc:0:12:34\n\tlease={far:#x}\n}}\n{{\n\tname=gone\n\tip_address=192.168.64.5\n\tlease=0x10\n}}\n"
+            ),
+        )
+        .unwrap();
+        let (ip, source) = lease_vm(&links, &req(), &path).unwrap();
+        assert_eq!(ip, Ipv4Addr::new(192, 168, 64, 7));
+        let t = choose(&links, &[], &req(), Some((ip, source)), &[]).unwrap();
+        assert_eq!(t.ifname, "bridge100");
+        assert!(
+            t.vm_ip_source.to_string().contains("DHCP leases")
+                && t.vm_ip_source.to_string().contains("bridge100"),
+            "{}",
+            t.vm_ip_source
+        );
+        // a second live VM makes it ambiguous: no guess
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str(&format!(
+            "{{\n\tip_address=192.168.64.8\n\tlease={far:#x}\n}}\n"
+        ));
+        std::fs::write(&path, text).unwrap();
+        assert_eq!(lease_vm(&links, &req(), &path), None);
+        assert_eq!(lease_vm(&links, &req(), &dir.path().join("absent")), None);
     }
 }
