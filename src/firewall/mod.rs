@@ -7,6 +7,7 @@
 //! override a drop in the other), and native nftables tables. The legacy backend is consulted
 //! only when its filter table exists already: merely listing it would create it.
 
+pub mod ipfw;
 pub mod iptables;
 pub mod nft;
 pub mod pf;
