@@ -27,6 +27,18 @@ pub const ADD_FLAGS: u32 = rtf::UP | rtf::GATEWAY | rtf::STATIC | MARK;
 /// The flags of the other requests (as route(8) sends them; the kernel does not match on them).
 pub const REQUEST_FLAGS: u32 = rtf::UP | rtf::GATEWAY | rtf::STATIC;
 
+/// The SCDynamicStore keys whose changes say a link's IPv4 configuration or the primary
+/// service changed (regular expressions, as `SCDynamicStoreSetNotificationKeys` takes them).
+pub const STORE_PATTERNS: &[&str] = &[
+    "State:/Network/Interface/[^/]+/IPv4",
+    "State:/Network/Global/IPv4",
+];
+
+/// The key configd publishes while `ifname` has an IPv4 address.
+pub fn store_key(ifname: &str) -> String {
+    format!("State:/Network/Interface/{ifname}/IPv4")
+}
+
 /// Where a route sends packets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Via {
@@ -625,6 +637,23 @@ mod tests {
         assert!(link_ready(&links, &want()).unwrap_err().contains("is down"));
         links[0].index = 8; // re-created with another index
         assert!(link_ready(&links, &want()).unwrap_err().contains("is gone"));
+    }
+
+    #[test]
+    fn store_keys_cover_every_interface() {
+        assert_eq!(
+            store_key("bridge100"),
+            "State:/Network/Interface/bridge100/IPv4"
+        );
+        let re = STORE_PATTERNS[0];
+        assert_eq!(re, "State:/Network/Interface/[^/]+/IPv4");
+        let key = store_key("vboxnet0");
+        let (pre, post) = re.split_once("[^/]+").unwrap();
+        let name = key
+            .strip_prefix(pre)
+            .and_then(|k| k.strip_suffix(post))
+            .unwrap();
+        assert!(!name.contains('/'));
     }
 
     #[test]

@@ -32,9 +32,13 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
 /// Big enough for any routing message.
 const READ_BUF: usize = 4096;
 
+/// How long one turn of waiting looks at the routing socket, then at configd's notifications.
+const WAIT_SLICE: Duration = Duration::from_millis(100);
+
 pub struct System {
     sock: OwnedFd,
     events: Option<OwnedFd>,
+    store: Option<super::macos_store::Watch>,
     seq: i32,
     pid: i32,
 }
@@ -152,6 +156,7 @@ impl System {
         Ok(System {
             sock: route_socket()?,
             events: None,
+            store: None,
             seq: 0,
             pid: std::process::id() as i32,
         })
@@ -400,6 +405,12 @@ impl Net for System {
     async fn subscribe(&mut self) -> Result<(), NetError> {
         if self.events.is_none() {
             self.events = Some(route_socket()?);
+            self.store = super::macos_store::Watch::new();
+            if self.store.is_none() {
+                tracing::debug!(
+                    "no SCDynamicStore notifications; waiting on the routing socket only"
+                );
+            }
         }
         Ok(())
     }
@@ -411,8 +422,24 @@ impl Net for System {
         };
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            if !readable(fd, left).map_err(|e| NetError::os("waiting for routing events", e))? {
+            if left.is_zero() {
                 return Ok(false);
+            }
+            let slice = match &self.store {
+                Some(_) => left.min(WAIT_SLICE),
+                None => left,
+            };
+            if !readable(fd, slice).map_err(|e| NetError::os("waiting for routing events", e))? {
+                if let Some(store) = &self.store
+                    && store.wait(
+                        deadline
+                            .saturating_duration_since(Instant::now())
+                            .min(WAIT_SLICE),
+                    )
+                {
+                    return Ok(true);
+                }
+                continue;
             }
             let buf = match read_msg(fd) {
                 Ok(b) => b,

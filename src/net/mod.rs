@@ -24,6 +24,8 @@ pub mod rtmsg;
 #[cfg(target_os = "macos")]
 mod macos;
 #[cfg(target_os = "macos")]
+mod macos_store;
+#[cfg(target_os = "macos")]
 pub use macos::System;
 
 /// The route protocol number that marks routes and rules as dockroute's. Values above
