@@ -502,6 +502,9 @@ pub struct VpnStatus {
     pub firewall_warnings: Vec<String>,
     /// Why a firewall could not be read (reading them needs root); the others are still shown.
     pub firewall_error: Option<String>,
+    /// pf (macOS): the rules of dockroute's anchor with pf's counters for them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub firewall_counters: Vec<firewall::pf::Listed>,
     /// Vendor switches that fix the same at the source.
     pub hints: Vec<String>,
 }
@@ -627,6 +630,7 @@ pub async fn status<N: Net>(
         .collect();
     vpn_status.firewall_repaired = seen.owned.into_iter().map(|(r, _)| r).collect();
     vpn_status.firewall_foreign = seen.foreign;
+    vpn_status.firewall_counters = seen.counters;
     vpn_status.firewall_warnings = seen.warnings;
     if !seen.errors.is_empty() {
         let errors: Vec<String> = seen.errors.iter().map(|e| e.to_string()).collect();

@@ -260,6 +260,18 @@ fn status_text(st: &Status) -> String {
             }
         }
     }
+    for c in &v.firewall_counters {
+        let _ = writeln!(
+            s,
+            "  pf {}: {} [evaluations {}, packets {}, bytes {}, states {}]",
+            crate::firewall::pf::ANCHOR,
+            c.rule,
+            c.evaluations,
+            c.packets,
+            c.bytes,
+            c.states
+        );
+    }
     for w in &v.firewall_warnings {
         let _ = writeln!(s, "  WARNING: {w}");
     }

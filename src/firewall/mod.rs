@@ -233,6 +233,8 @@ pub struct Observed {
     /// What could not be checked (a missing program, a rule that could not be read).
     pub warnings: Vec<String>,
     pub errors: Vec<FirewallError>,
+    /// pf: every rule of dockroute's anchor with its counters (`pfctl -vsr`).
+    pub counters: Vec<pf::Listed>,
 }
 
 /// What the firewalls of this platform need and have: pf on macOS, netfilter elsewhere.
@@ -253,6 +255,7 @@ fn observe_pf(scope: Option<&Scope>) -> Observed {
     let mut o = Observed::default();
     match pf::run::listing() {
         Ok(text) => {
+            o.counters = pf::parse_listing(&text);
             let (owned, foreign) = pf::observe_listing(&text);
             if let Some(scope) = scope {
                 o.desired = pf::desired(scope);

@@ -33,6 +33,40 @@ pub const VPN_TAG: &str = "cisco_anyconnect_vpn_pass";
 /// [`Repair::verdict`] of dockroute's pf rules.
 pub const VERDICT: &str = "pass quick";
 
+/// What `status` says when pf is off.
+pub const DISABLED_NOTE: &str = "pf is disabled, so no pf rule blocks the VM; dockroute leaves it off and keeps its anchor loaded for when a VPN enables pf";
+
+/// VPN clients that filter traffic in a system extension (a Network Extension content filter or
+/// transparent proxy) rather than only in pf: an app bundle or install directory whose presence
+/// says so, and the client's name.
+pub const SYSTEM_EXTENSION_VPNS: &[(&str, &str)] = &[
+    (
+        "/Applications/Cisco/Cisco Secure Client.app",
+        "Cisco Secure Client 5",
+    ),
+    ("/opt/cisco/secureclient", "Cisco Secure Client 5"),
+    ("/Applications/GlobalProtect.app", "Palo Alto GlobalProtect"),
+];
+
+/// What `status` explains for each client found (by name, once): pf rules cannot override it,
+/// and what to ask the VPN's administrator for.
+pub fn system_extension_notes(found: &[&str]) -> Vec<String> {
+    let mut names: Vec<&str> = Vec::new();
+    for (path, name) in SYSTEM_EXTENSION_VPNS {
+        if found.contains(path) && !names.contains(name) {
+            names.push(name);
+        }
+    }
+    names
+        .into_iter()
+        .map(|n| {
+            format!(
+                "{n} is installed: it can filter traffic in a system extension, which pf rules (dockroute's anchor included) cannot override; if the VM stays unreachable while it is connected, ask the VPN administrator for local LAN access or a split-tunnel exclude of the VM's networks"
+            )
+        })
+        .collect()
+}
+
 /// The rules for `scope`: to each network out of the link, from each network in on the link.
 pub fn desired(scope: &Scope) -> Vec<Repair> {
     let mut out = Vec::new();
@@ -234,6 +268,15 @@ pub mod run {
         }
     }
 
+    /// The paths of [`SYSTEM_EXTENSION_VPNS`] that exist here.
+    pub fn vpn_apps_present() -> Vec<&'static str> {
+        SYSTEM_EXTENSION_VPNS
+            .iter()
+            .map(|(p, _)| *p)
+            .filter(|p| std::path::Path::new(p).exists())
+            .collect()
+    }
+
     /// Whether pf is on (`pfctl -s info`).
     pub fn is_enabled() -> Result<Option<bool>, FirewallError> {
         Ok(enabled(&pfctl(&["-s", "info"], None)?))
@@ -363,6 +406,22 @@ block drop quick on vboxnet0 inet from any to 172.17.0.0/16
             },
         );
         assert_eq!(gone, d[1..2].to_vec());
+    }
+
+    #[test]
+    fn explains_vpns_that_filter_in_a_system_extension() {
+        assert!(system_extension_notes(&[]).is_empty());
+        let n = system_extension_notes(&[
+            "/Applications/Cisco/Cisco Secure Client.app",
+            "/opt/cisco/secureclient",
+        ]);
+        assert_eq!(n.len(), 1, "one note per client: {n:?}");
+        assert!(
+            n[0].starts_with("Cisco Secure Client 5 is installed")
+                && n[0].contains("local LAN access")
+        );
+        let n = system_extension_notes(&["/Applications/GlobalProtect.app"]);
+        assert!(n[0].contains("GlobalProtect") && n[0].contains("split-tunnel exclude"));
     }
 
     #[test]
