@@ -9,6 +9,7 @@
 
 pub mod resolv_conf;
 pub mod resolver_dir;
+pub mod scutil;
 
 #[cfg(target_os = "linux")]
 mod resolved;
@@ -291,7 +292,11 @@ pub async fn observe(s: &DnsState) -> (bool, String) {
         },
         Backend::ResolverDir => {
             let file = resolver_dir::path(&s.path, &s.domain);
-            match std::fs::read_to_string(&file) {
+            // what lookups really go through (macOS), after what the file says
+            let system = scutil::describe(&s.domain)
+                .map(|d| format!("; {d}"))
+                .unwrap_or_default();
+            let (ok, detail) = match std::fs::read_to_string(&file) {
                 Ok(c) if c == resolver_dir::render(s.nameserver) => {
                     (true, format!("{} in place", file.display()))
                 }
@@ -300,7 +305,8 @@ pub async fn observe(s: &DnsState) -> (bool, String) {
                     format!("{} differs from dockroute's", file.display()),
                 ),
                 Err(e) => (false, format!("{}: {e}", file.display())),
-            }
+            };
+            (ok, format!("{detail}{system}"))
         }
     }
 }
