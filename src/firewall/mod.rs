@@ -266,10 +266,10 @@ fn observe_pf(scope: Option<&Scope>) -> Observed {
         Err(e) => o.errors.push(e),
     }
     if let Ok(Some(false)) = pf::run::is_enabled() {
-        tracing::info!(
-            "pf is disabled: nothing blocks the VM; the anchor takes effect if a VPN enables pf"
-        );
+        o.warnings.push(pf::DISABLED_NOTE.to_string());
     }
+    o.warnings
+        .extend(pf::system_extension_notes(&pf::run::vpn_apps_present()));
     for f in &o.foreign {
         o.warnings.push(format!(
             "a rule in dockroute's anchor that dockroute did not make is left alone: {f}"
