@@ -14,10 +14,15 @@
 //! already has a route fails with EEXIST whatever the gateway: [`crate::plan::single`] then uses
 //! the prefix's two halves, which win by longest-prefix match.
 
+use super::rtmsg::errno;
 use super::rtmsg::{self, LinkAddr, Message, RtMsg, Sockaddr, rtax, rtf, rtm};
-use super::{Entry, ForeignRoute, LinkInfo, Lookup, MAIN_TABLE, Neighbour, RouteSpec};
+use super::{
+    Entry, ForeignRoute, Held, LinkInfo, Lookup, MAIN_TABLE, Neighbour, NetError, RouteSpec,
+};
 use ipnet::Ipv4Net;
+use std::collections::HashMap;
 use std::fmt;
+use std::io;
 use std::net::Ipv4Addr;
 
 /// The flags that mark a route as dockroute's.
@@ -397,6 +402,142 @@ pub fn may_delete(found: &KRoute, want: &RouteSpec) -> bool {
     found.is_ours() && found.dst == want.dst && found.gateway() == want.gateway
 }
 
+/// What the kernel answered to one request.
+#[derive(Debug)]
+pub enum Answer {
+    /// The echo of the request, filled in (RTM_GET: the route found).
+    Done(Box<RtMsg>),
+    /// The request failed with this (Darwin) errno.
+    Errno(i32),
+}
+
+/// Something that sends a routing message and returns the kernel's answer to it: the routing
+/// socket on macOS, a simulated kernel in tests. It sets the sequence number.
+pub trait Requester {
+    fn request(&mut self, m: RtMsg, what: &str) -> Result<Answer, NetError>;
+}
+
+fn os_errno(what: String, e: i32) -> NetError {
+    NetError::os(what, io::Error::other(errno::describe(e)))
+}
+
+/// The route with exactly this prefix, if any (RTM_GET with the mask).
+pub fn get_exact<R: Requester>(k: &mut R, dst: Ipv4Net) -> Result<Option<KRoute>, NetError> {
+    let what = format!("reading the route {dst}");
+    match k.request(get_exact_request(dst, 0), &what)? {
+        Answer::Done(r) => Ok(KRoute::from_msg(&r)),
+        Answer::Errno(errno::ESRCH) => Ok(None),
+        Answer::Errno(e) => Err(os_errno(what, e)),
+    }
+}
+
+/// Which of `prefixes` a route that is not dockroute's holds exactly.
+pub fn held<R: Requester>(k: &mut R, prefixes: &[Ipv4Net]) -> Result<Vec<Held>, NetError> {
+    let mut out = Vec::new();
+    for p in prefixes {
+        if let Some(r) = get_exact(k, *p)?
+            && !r.is_ours()
+        {
+            out.push(Held {
+                prefix: *p,
+                by: r.to_string(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The route the kernel picks for `dst`; `names` maps interface indexes to names for answers
+/// that carry no interface name.
+pub fn lookup<R: Requester>(
+    k: &mut R,
+    dst: Ipv4Addr,
+    names: &HashMap<u32, String>,
+) -> Result<Lookup, NetError> {
+    let what = format!("looking up the route to {dst}");
+    match k.request(lookup_request(dst, 0), &what)? {
+        Answer::Done(r) => Ok(match KRoute::from_msg(&r) {
+            Some(route) => {
+                let ifname = route
+                    .ifname
+                    .clone()
+                    .or_else(|| names.get(&u32::from(route.index)).cloned());
+                route.lookup(ifname.as_deref())
+            }
+            None => Lookup::Unreachable {
+                reason: "the kernel's answer names no IPv4 route".into(),
+            },
+        }),
+        Answer::Errno(e) => Ok(Lookup::Unreachable {
+            reason: errno::describe(e),
+        }),
+    }
+}
+
+/// Add dockroute's route `r`: only when its link is ready ([`link_ready`]); then read it back.
+/// EEXIST with dockroute's own route there (an earlier run) is success; with anyone else's it is
+/// a conflict that names the other route, which stays as it is. A route the kernel bound to
+/// another interface is taken back out and reported.
+pub fn add<R: Requester>(k: &mut R, r: &RouteSpec, links: &[LinkInfo]) -> Result<(), NetError> {
+    link_ready(links, r).map_err(NetError::Conflict)?;
+    let Some(gw) = r.gateway else {
+        return Err(NetError::Unsupported("a route without a gateway on macOS"));
+    };
+    let what = format!("adding route {} via {gw}", r.dst);
+    let existed = match k.request(add_request(r.dst, gw, 0), &what)? {
+        Answer::Done(_) => false,
+        Answer::Errno(errno::EEXIST) => true,
+        Answer::Errno(e) => return Err(os_errno(what, e)),
+    };
+    let Some(found) = get_exact(k, r.dst)? else {
+        return Err(NetError::Conflict(format!(
+            "{}: added, but the kernel has no such route right after",
+            r.dst
+        )));
+    };
+    match check(&found, r) {
+        Check::Ours => Ok(()),
+        Check::WrongLink { index } => {
+            // ours (mark and gateway): take it back rather than leave traffic on the wrong link
+            let _ = k.request(delete_request(r.dst, 0), &what);
+            Err(NetError::Conflict(format!(
+                "{}: the kernel bound the route via {gw} to interface index {index}, not {} (index {}); removed it",
+                r.dst, r.ifname, r.ifindex
+            )))
+        }
+        Check::Other(other) if existed => Err(NetError::Conflict(format!(
+            "{}: {}: {other} is not dockroute's and is left alone",
+            r.dst,
+            errno::describe(errno::EEXIST)
+        ))),
+        Check::Other(other) => Err(NetError::Conflict(format!(
+            "{}: added, but reading it back shows {other}",
+            r.dst
+        ))),
+    }
+}
+
+/// Remove dockroute's route `r`: read back first, delete only a route with dockroute's mark and
+/// `r`'s gateway (RTM_DELETE itself would remove anyone's route of that prefix). Gone already,
+/// or someone else's now: nothing to do.
+pub fn remove<R: Requester>(k: &mut R, r: &RouteSpec) -> Result<(), NetError> {
+    let Some(found) = get_exact(k, r.dst)? else {
+        return Ok(());
+    };
+    if !may_delete(&found, r) {
+        tracing::info!(
+            "{}: the route there is not dockroute's now ({found}); left alone",
+            r.dst
+        );
+        return Ok(());
+    }
+    let what = format!("deleting route {}", r.dst);
+    match k.request(delete_request(r.dst, 0), &what)? {
+        Answer::Done(_) | Answer::Errno(errno::ESRCH) => Ok(()),
+        Answer::Errno(e) => Err(os_errno(what, e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -681,5 +822,253 @@ mod tests {
             index: 7,
             flags: 1
         })));
+    }
+
+    /// A simulated XNU routing table speaking bytes: one table keyed by prefix; RTM_ADD of a
+    /// prefix that has a route fails with EEXIST whatever the gateway; RTM_DELETE removes the
+    /// prefix's route whoever's it is; RTM_GET with a mask is exact, without one the longest
+    /// prefix. A gateway on 192.168.99.0/24 binds to vboxnet0 (index 7) unless `vbox_down`,
+    /// then to the default route's interface (en0, index 4), as the kernel does.
+    struct Sim {
+        routes: Vec<(Ipv4Net, Ipv4Addr, u32, u16)>,
+        vbox_down: bool,
+        seq: i32,
+        requests: Vec<u8>,
+    }
+
+    impl Sim {
+        fn new() -> Sim {
+            Sim {
+                routes: vec![(
+                    net("0.0.0.0/0"),
+                    "10.0.0.1".parse().unwrap(),
+                    rtf::UP | rtf::GATEWAY | rtf::STATIC,
+                    4,
+                )],
+                vbox_down: false,
+                seq: 0,
+                requests: Vec::new(),
+            }
+        }
+
+        fn has(&self, dst: &str, gw: &str) -> bool {
+            let (d, g): (Ipv4Net, Ipv4Addr) = (net(dst), gw.parse().unwrap());
+            self.routes.iter().any(|r| r.0 == d && r.1 == g)
+        }
+
+        fn name(index: u16) -> &'static str {
+            match index {
+                7 => "vboxnet0",
+                12 => "utun3",
+                _ => "en0",
+            }
+        }
+
+        fn reply(&self, m: &RtMsg, r: &(Ipv4Net, Ipv4Addr, u32, u16)) -> RtMsg {
+            let mut a: rtmsg::Addrs = Default::default();
+            a[rtax::DST] = Some(Sockaddr::Inet(r.0.network()));
+            a[rtax::GATEWAY] = Some(Sockaddr::Inet(r.1));
+            a[rtax::NETMASK] = Some(Sockaddr::Mask(r.0.netmask()));
+            a[rtax::IFP] = Some(Sockaddr::Link(LinkAddr {
+                index: r.3,
+                kind: 6,
+                name: Sim::name(r.3).into(),
+                addr: vec![0xa, 0, 0x27, 0, 0, r.3 as u8],
+            }));
+            let mut out = RtMsg::request(m.kind, r.2 | rtf::DONE, m.seq, a);
+            out.index = r.3;
+            out.pid = 4242;
+            // the kernel trims the mask it returns: go through the wire as it would
+            let mut bytes = out.encode();
+            let mask_at = RT_OFF + 16 + 16;
+            let used = 4 + r
+                .0
+                .netmask()
+                .octets()
+                .iter()
+                .rposition(|b| *b != 0)
+                .map_or(0, |i| i + 1);
+            bytes[mask_at] = used as u8;
+            bytes[mask_at + 1] = 0xff;
+            match decode(&bytes).unwrap().0 {
+                Message::Route(r) => r,
+                _ => unreachable!(),
+            }
+        }
+    }
+
+    const RT_OFF: usize = rtmsg::RT_MSGHDR_LEN;
+
+    impl Requester for Sim {
+        fn request(&mut self, m: RtMsg, _what: &str) -> Result<Answer, NetError> {
+            self.seq += 1;
+            let mut m = m;
+            m.seq = self.seq;
+            let bytes = m.encode();
+            self.requests.extend(&bytes);
+            let Message::Route(m) = decode(&bytes).unwrap().0 else {
+                panic!("not a route message")
+            };
+            assert_eq!(m.flags & rtf::PROTO3, 0, "never PROTO3");
+            let dst = m.dst().and_then(Sockaddr::inet).unwrap();
+            let mask = match m.netmask() {
+                Some(Sockaddr::Mask(mk)) => Some(rtmsg::prefix_len(*mk).unwrap()),
+                _ => None,
+            };
+            let exact = |mask: u8| Ipv4Net::new(dst, mask).unwrap().trunc();
+            match m.kind {
+                rtm::ADD => {
+                    let d = exact(mask.unwrap());
+                    if self.routes.iter().any(|r| r.0 == d) {
+                        return Ok(Answer::Errno(errno::EEXIST));
+                    }
+                    let gw = m.gateway().and_then(Sockaddr::inet).unwrap();
+                    let on_vbox = net("192.168.99.0/24").contains(&gw) && !self.vbox_down;
+                    let index = if on_vbox { 7 } else { 4 };
+                    self.routes.push((d, gw, m.flags | rtf::PRCLONING, index));
+                    Ok(Answer::Done(Box::new(m)))
+                }
+                rtm::DELETE => {
+                    let d = exact(mask.unwrap());
+                    match self.routes.iter().position(|r| r.0 == d) {
+                        Some(i) => {
+                            self.routes.remove(i);
+                            Ok(Answer::Done(Box::new(m)))
+                        }
+                        None => Ok(Answer::Errno(errno::ESRCH)),
+                    }
+                }
+                rtm::GET => {
+                    let found = match mask {
+                        Some(p) => self.routes.iter().find(|r| r.0 == exact(p)),
+                        None => self
+                            .routes
+                            .iter()
+                            .filter(|r| r.0.contains(&dst))
+                            .max_by_key(|r| r.0.prefix_len()),
+                    };
+                    match found {
+                        Some(r) => Ok(Answer::Done(Box::new(self.reply(&m, r)))),
+                        None => Ok(Answer::Errno(errno::ESRCH)),
+                    }
+                }
+                k => panic!("unexpected request {k}"),
+            }
+        }
+    }
+
+    fn vbox_links() -> Vec<LinkInfo> {
+        vec![LinkInfo {
+            index: 7,
+            name: "vboxnet0".into(),
+            up: true,
+            loopback: false,
+            addrs: vec!["192.168.99.1/24".parse().unwrap()],
+        }]
+    }
+
+    fn spec(dst: &str) -> RouteSpec {
+        RouteSpec {
+            dst: net(dst),
+            ..want()
+        }
+    }
+
+    #[test]
+    fn against_a_simulated_kernel_a_vpn_route_is_never_touched() {
+        let mut k = Sim::new();
+        let links = vbox_links();
+        // a clean add, read back on vboxnet0; adding again (EEXIST, ours) is fine
+        add(&mut k, &want(), &links).unwrap();
+        assert!(k.has("172.17.0.0/16", "192.168.99.100"));
+        add(&mut k, &want(), &links).unwrap();
+        assert_eq!(k.routes.len(), 2);
+        remove(&mut k, &want()).unwrap();
+        assert!(!k.has("172.17.0.0/16", "192.168.99.100"));
+        remove(&mut k, &want()).unwrap(); // gone already: fine
+
+        // a VPN takes the exact prefix
+        k.routes.push((
+            net("172.17.0.0/16"),
+            "10.8.0.1".parse().unwrap(),
+            rtf::UP | rtf::GATEWAY | rtf::STATIC,
+            12,
+        ));
+        let e = add(&mut k, &want(), &links).unwrap_err().to_string();
+        assert!(
+            e.contains("EEXIST") && e.contains("via 10.8.0.1 dev utun3"),
+            "{e}"
+        );
+        // removing "our" /16 must not delete the VPN's route of the same prefix
+        remove(&mut k, &want()).unwrap();
+        assert!(
+            k.has("172.17.0.0/16", "10.8.0.1"),
+            "the VPN's route was deleted"
+        );
+
+        // held() sees it; the halves go in and win by longest prefix; the VPN's route stays
+        let h = held(
+            &mut k,
+            &[
+                net("172.17.0.0/16"),
+                net("172.17.0.0/17"),
+                net("172.17.128.0/17"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].prefix, net("172.17.0.0/16"));
+        for half in ["172.17.0.0/17", "172.17.128.0/17"] {
+            add(&mut k, &spec(half), &links).unwrap();
+        }
+        let names: HashMap<u32, String> = HashMap::new();
+        for probe in ["172.17.0.1", "172.17.200.9"] {
+            let l = lookup(&mut k, probe.parse().unwrap(), &names).unwrap();
+            assert_eq!(
+                l.to_string(),
+                "via 192.168.99.100 dev vboxnet0 table main",
+                "{probe}"
+            );
+        }
+        assert!(k.has("172.17.0.0/16", "10.8.0.1"));
+        // held() ignores dockroute's own halves
+        assert_eq!(held(&mut k, &[net("172.17.0.0/17")]).unwrap(), vec![]);
+        // a route at our prefix with our mark but another gateway is not deleted either
+        k.routes.retain(|r| r.0 != net("172.17.0.0/17"));
+        k.routes.push((
+            net("172.17.0.0/17"),
+            "192.168.99.7".parse().unwrap(),
+            ADD_FLAGS,
+            7,
+        ));
+        remove(&mut k, &spec("172.17.0.0/17")).unwrap();
+        assert!(k.has("172.17.0.0/17", "192.168.99.7"));
+    }
+
+    #[test]
+    fn against_a_simulated_kernel_a_route_bound_elsewhere_is_taken_back() {
+        let mut k = Sim::new();
+        // the link looks ready to dockroute, but the kernel binds the gateway elsewhere
+        k.vbox_down = true;
+        let e = add(&mut k, &want(), &vbox_links()).unwrap_err().to_string();
+        assert!(
+            e.contains("interface index 4") && e.contains("removed it"),
+            "{e}"
+        );
+        assert_eq!(
+            k.routes.len(),
+            1,
+            "only the default route is left: {:?}",
+            k.routes
+        );
+        // and with the link gone, nothing is even sent
+        let before = k.requests.len();
+        let e = add(&mut k, &want(), &[]).unwrap_err().to_string();
+        assert!(e.contains("is gone"), "{e}");
+        assert_eq!(k.requests.len(), before);
+        // a lookup with no route at all
+        k.routes.clear();
+        let l = lookup(&mut k, "172.17.0.1".parse().unwrap(), &HashMap::new()).unwrap();
+        assert!(matches!(l, Lookup::Unreachable { .. }), "{l}");
     }
 }

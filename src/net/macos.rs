@@ -15,9 +15,9 @@
 //!   route additions and deletions wake the waiter, which then looks again. (configd's
 //!   `State:/Network/Interface/IF/IPv4` keys are derived from the same kernel events.)
 
-use super::darwin::{self, Check, KRoute};
-use super::rtmsg::{self, Message, RtMsg, af, errno, rtf};
-use super::{Change, Entry, Held, LinkInfo, Lookup, Neighbour, Net, NetError, RouteSpec, Snapshot};
+use super::darwin::{self, Answer, Requester};
+use super::rtmsg::{self, Message, RtMsg, af, rtf};
+use super::{Change, Entry, Held, LinkInfo, Lookup, Neighbour, Net, NetError, Snapshot};
 use ipnet::Ipv4Net;
 use nix::libc;
 use nix::net::if_::InterfaceFlags;
@@ -145,12 +145,6 @@ fn route_dump(what: i32, arg: i32) -> Result<Vec<Message>, NetError> {
     ))
 }
 
-/// What a request came back with.
-enum Answer {
-    Done(Box<RtMsg>),
-    Errno(i32),
-}
-
 impl System {
     pub fn new() -> Result<Self, NetError> {
         Ok(System {
@@ -172,6 +166,16 @@ impl System {
         }
     }
 
+    fn names(&self) -> HashMap<u32, String> {
+        links_now()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|l| (l.index, l.name))
+            .collect()
+    }
+}
+
+impl Requester for System {
     /// Send `m` (with the next sequence number) and wait for the kernel's echo of it.
     fn request(&mut self, mut m: RtMsg, what: &str) -> Result<Answer, NetError> {
         self.seq = self.seq.wrapping_add(1);
@@ -210,76 +214,6 @@ impl System {
                     Answer::Done(Box::new(r))
                 });
             }
-        }
-    }
-
-    /// The route with exactly this prefix, if any.
-    fn get_exact(&mut self, dst: Ipv4Net) -> Result<Option<KRoute>, NetError> {
-        let what = format!("reading the route {dst}");
-        match self.request(darwin::get_exact_request(dst, 0), &what)? {
-            Answer::Done(r) => Ok(KRoute::from_msg(&r)),
-            Answer::Errno(errno::ESRCH) => Ok(None),
-            Answer::Errno(e) => Err(NetError::os(what, io::Error::from_raw_os_error(e))),
-        }
-    }
-
-    fn names(&self) -> HashMap<u32, String> {
-        links_now()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|l| (l.index, l.name))
-            .collect()
-    }
-
-    fn add(&mut self, r: &RouteSpec, links: &[LinkInfo]) -> Result<(), NetError> {
-        darwin::link_ready(links, r).map_err(NetError::Conflict)?;
-        let Some(gw) = r.gateway else {
-            return Err(NetError::Unsupported("a route without a gateway on macOS"));
-        };
-        let what = format!("adding route {} via {gw}", r.dst);
-        match self.request(darwin::add_request(r.dst, gw, 0), &what)? {
-            Answer::Done(_) | Answer::Errno(errno::EEXIST) => {}
-            Answer::Errno(e) => return Err(NetError::os(what, io::Error::from_raw_os_error(e))),
-        }
-        let Some(found) = self.get_exact(r.dst)? else {
-            return Err(NetError::Conflict(format!(
-                "{}: added, but the kernel has no such route right after",
-                r.dst
-            )));
-        };
-        match darwin::check(&found, r) {
-            Check::Ours => Ok(()),
-            Check::WrongLink { index } => {
-                // ours (mark and gateway): take it back rather than leave traffic on the wrong link
-                let _ = self.request(darwin::delete_request(r.dst, 0), &what);
-                Err(NetError::Conflict(format!(
-                    "{}: the kernel bound the route via {gw} to interface index {index}, not {} ({}); removed it",
-                    r.dst, r.ifname, r.ifindex
-                )))
-            }
-            Check::Other(k) => Err(NetError::Conflict(format!(
-                "{}: {}; the route there is not dockroute's ({k}) and is left alone",
-                r.dst,
-                errno::describe(errno::EEXIST)
-            ))),
-        }
-    }
-
-    fn remove(&mut self, r: &RouteSpec) -> Result<(), NetError> {
-        let Some(found) = self.get_exact(r.dst)? else {
-            return Ok(());
-        };
-        if !darwin::may_delete(&found, r) {
-            tracing::info!(
-                "{}: the route there is not dockroute's now ({found}); left alone",
-                r.dst
-            );
-            return Ok(());
-        }
-        let what = format!("deleting route {}", r.dst);
-        match self.request(darwin::delete_request(r.dst, 0), &what)? {
-            Answer::Done(_) | Answer::Errno(errno::ESRCH) => Ok(()),
-            Answer::Errno(e) => Err(NetError::os(what, io::Error::from_raw_os_error(e))),
         }
     }
 }
@@ -351,39 +285,12 @@ impl Net for System {
     }
 
     async fn held(&mut self, prefixes: &[Ipv4Net]) -> Result<Vec<Held>, NetError> {
-        let mut out = Vec::new();
-        for p in prefixes {
-            if let Some(r) = self.get_exact(*p)?
-                && !r.is_ours()
-            {
-                out.push(Held {
-                    prefix: *p,
-                    by: r.to_string(),
-                });
-            }
-        }
-        Ok(out)
+        darwin::held(self, prefixes)
     }
 
     async fn lookup(&mut self, dst: Ipv4Addr) -> Result<Lookup, NetError> {
-        let what = format!("looking up the route to {dst}");
-        match self.request(darwin::lookup_request(dst, 0), &what)? {
-            Answer::Done(r) => match KRoute::from_msg(&r) {
-                Some(k) => {
-                    let ifname = k
-                        .ifname
-                        .clone()
-                        .or_else(|| self.names().get(&u32::from(k.index)).cloned());
-                    Ok(k.lookup(ifname.as_deref()))
-                }
-                None => Ok(Lookup::Unreachable {
-                    reason: "the kernel's answer names no IPv4 route".into(),
-                }),
-            },
-            Answer::Errno(e) => Ok(Lookup::Unreachable {
-                reason: errno::describe(e),
-            }),
-        }
+        let names = self.names();
+        darwin::lookup(self, dst, &names)
     }
 
     async fn apply(&mut self, changes: &[Change]) -> Result<Vec<Result<(), NetError>>, NetError> {
@@ -391,8 +298,8 @@ impl Net for System {
         Ok(changes
             .iter()
             .map(|c| match c {
-                Change::Add(Entry::Route(r)) => self.add(r, &links),
-                Change::Remove(Entry::Route(r)) => self.remove(r),
+                Change::Add(Entry::Route(r)) => darwin::add(self, r, &links),
+                Change::Remove(Entry::Route(r)) => darwin::remove(self, r),
                 Change::Add(Entry::Rule(_)) => {
                     Err(NetError::Unsupported("policy routing rules on macOS"))
                 }
