@@ -196,7 +196,7 @@ async fn planned<N: Net>(
     net: &mut N,
     target: &Target,
 ) -> Result<(Vec<crate::net::Entry>, Vec<plan::single::Split>), EngineError> {
-    match plan::LAYOUT {
+    match net.layout() {
         plan::Layout::PolicyTable => Ok((plan::desired(target), Vec::new())),
         plan::Layout::SingleTable => {
             let held = net.held(&plan::single::candidates(target)).await?;
@@ -747,6 +747,7 @@ mod tests {
     use super::*;
     use crate::discover::{Request, VmIpSource};
     use crate::net::{Entry, LinkInfo, Neighbour, Snapshot};
+    use crate::report;
     use std::time::Instant;
 
     /// A fake kernel: one host-only link, a list of owned entries, and a change that fails.
@@ -902,6 +903,155 @@ mod tests {
             assert_eq!(o.changes.len(), 5);
             assert!(fake.owned.is_empty());
             assert!(!store.dir().exists());
+        });
+    }
+
+    /// A fake one-table kernel (macOS): routes by prefix, some of them a VPN's.
+    struct OneTable {
+        /// (prefix, via, dockroute's)
+        routes: Vec<(Ipv4Net, Ipv4Addr, bool)>,
+    }
+
+    impl OneTable {
+        fn ours(&self) -> Vec<Entry> {
+            self.routes
+                .iter()
+                .filter(|r| r.2)
+                .map(|r| {
+                    Entry::Route(crate::net::RouteSpec {
+                        table: MAIN_TABLE,
+                        dst: r.0,
+                        gateway: Some(r.1),
+                        ifindex: 3,
+                        ifname: "vboxnet0".into(),
+                        prefsrc: None,
+                        metric: 0,
+                    })
+                })
+                .collect()
+        }
+    }
+
+    impl Net for OneTable {
+        fn layout(&self) -> crate::net::Layout {
+            crate::net::Layout::SingleTable
+        }
+        async fn links(&mut self) -> Result<Vec<LinkInfo>, NetError> {
+            Fake {
+                owned: vec![],
+                fail_on: None,
+                applied: 0,
+            }
+            .links()
+            .await
+        }
+        async fn neighbours(&mut self) -> Result<Vec<Neighbour>, NetError> {
+            Ok(vec![])
+        }
+        async fn snapshot(&mut self) -> Result<Snapshot, NetError> {
+            Ok(Snapshot {
+                owned: self.ours(),
+                ..Default::default()
+            })
+        }
+        async fn held(&mut self, prefixes: &[Ipv4Net]) -> Result<Vec<crate::net::Held>, NetError> {
+            Ok(self
+                .routes
+                .iter()
+                .filter(|r| !r.2 && prefixes.contains(&r.0))
+                .map(|r| crate::net::Held {
+                    prefix: r.0,
+                    by: format!("{} via {} dev utun3", r.0, r.1),
+                })
+                .collect())
+        }
+        async fn lookup(&mut self, _dst: Ipv4Addr) -> Result<Lookup, NetError> {
+            Ok(Lookup::Unreachable {
+                reason: "fake".into(),
+            })
+        }
+        async fn apply(
+            &mut self,
+            changes: &[Change],
+        ) -> Result<Vec<Result<(), NetError>>, NetError> {
+            Ok(changes
+                .iter()
+                .map(|c| match c {
+                    Change::Add(Entry::Route(r)) => {
+                        if self.routes.iter().any(|x| x.0 == r.dst) {
+                            return Err(NetError::Conflict("EEXIST".into()));
+                        }
+                        self.routes.push((r.dst, r.gateway.unwrap(), true));
+                        Ok(())
+                    }
+                    Change::Remove(Entry::Route(r)) => {
+                        self.routes.retain(|x| !(x.2 && x.0 == r.dst));
+                        Ok(())
+                    }
+                    Change::Add(Entry::Rule(_)) => panic!("no rules on one table"),
+                    Change::Remove(Entry::Rule(_)) => Ok(()),
+                })
+                .collect())
+        }
+        async fn subscribe(&mut self) -> Result<(), NetError> {
+            Ok(())
+        }
+        async fn next_event(&mut self, _deadline: Instant) -> Result<bool, NetError> {
+            Ok(false)
+        }
+    }
+
+    #[test]
+    fn one_table_routes_around_a_vpn_and_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let vpn: Ipv4Net = "172.17.0.0/16".parse().unwrap();
+        let vpn_gw: Ipv4Addr = "10.8.0.1".parse().unwrap();
+        let mut k = OneTable {
+            routes: vec![(vpn, vpn_gw, false)],
+        };
+        let text = |c: &[Change]| c.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+        futures_lite::future::block_on(async {
+            let o = up(&mut k, &settings(), &store, false, Hooks::default())
+                .await
+                .unwrap();
+            assert_eq!(
+                text(&o.changes),
+                [
+                    "+ route 172.17.0.0/17 via 192.168.99.100 dev vboxnet0 table main proto dockroute",
+                    "+ route 172.17.128.0/17 via 192.168.99.100 dev vboxnet0 table main proto dockroute",
+                ]
+            );
+            assert!(
+                k.routes.contains(&(vpn, vpn_gw, false)),
+                "the VPN's route stays"
+            );
+            let st = status(&mut k, &settings(), &store, None).await.unwrap();
+            assert!(st.in_sync);
+            assert_eq!(st.split.len(), 1);
+            assert!(report::status(&st).contains("split: 172.17.0.0/16 is held by another route (172.17.0.0/16 via 10.8.0.1 dev utun3)"));
+            // nothing to do while it stays that way
+            let again = up(&mut k, &settings(), &store, false, Hooks::default())
+                .await
+                .unwrap();
+            assert!(again.changes.is_empty());
+            // the VPN disconnects: the halves give way to the whole subnet
+            k.routes.retain(|r| r.2);
+            let back = up(&mut k, &settings(), &store, false, Hooks::default())
+                .await
+                .unwrap();
+            assert_eq!(back.changes.len(), 3);
+            assert_eq!(
+                text(&back.changes)[2],
+                "+ route 172.17.0.0/16 via 192.168.99.100 dev vboxnet0 table main proto dockroute"
+            );
+            // down removes dockroute's routes and nobody else's
+            let other = ("172.16.0.0/12".parse().unwrap(), vpn_gw, false);
+            k.routes.push(other);
+            down(&mut k, &settings(), &store, false, Hooks::default())
+                .await
+                .unwrap();
+            assert_eq!(k.routes, vec![other]);
         });
     }
 }

@@ -5,21 +5,7 @@ use crate::net::{Change, Entry, MAIN_METRIC, MAIN_TABLE, RULE_PREF, RouteSpec, R
 
 pub mod single;
 
-/// How this platform's routing is laid out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Layout {
-    /// Linux: dockroute's own table reached by policy rules (this module's [`desired`]).
-    PolicyTable,
-    /// macOS: one table, no rules ([`single::desired`]).
-    SingleTable,
-}
-
-/// The layout of the platform dockroute is built for.
-pub const LAYOUT: Layout = if cfg!(target_os = "macos") {
-    Layout::SingleTable
-} else {
-    Layout::PolicyTable
-};
+pub use crate::net::Layout;
 
 /// What dockroute installs for a target, in the order it is added: routes in its own table (the
 /// host-only network first), the rules that reach that table, then a copy of each subnet route in

@@ -211,6 +211,24 @@ pub enum Lookup {
     Unreachable { reason: String },
 }
 
+/// How a platform's routing is laid out, which decides the plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Linux: dockroute's own table reached by policy rules (`plan::desired`).
+    PolicyTable,
+    /// macOS: one table, no rules (`plan::single`).
+    SingleTable,
+}
+
+impl Layout {
+    /// The layout of the platform dockroute is built for.
+    pub const HOST: Layout = if cfg!(target_os = "macos") {
+        Layout::SingleTable
+    } else {
+        Layout::PolicyTable
+    };
+}
+
 /// A prefix that a route which is not dockroute's holds exactly, with a description of that
 /// route (on macOS, where there is one table and an add of the same prefix fails).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -222,6 +240,10 @@ pub struct Held {
 /// The platform's network interface. One implementation per OS, chosen above.
 #[allow(async_fn_in_trait)] // single-threaded runtime: no Send bounds needed
 pub trait Net {
+    /// How routing is laid out here.
+    fn layout(&self) -> Layout {
+        Layout::HOST
+    }
     /// Links with their IPv4 addresses.
     async fn links(&mut self) -> Result<Vec<LinkInfo>, NetError>;
     /// The IPv4 neighbour (ARP) table.
