@@ -35,6 +35,9 @@ pub enum Command {
     Up(UpArgs),
     /// Remove exactly what dockroute installed
     Down(DownArgs),
+    /// Run `up`, then again whenever links, routes, rules, the firewall or the config change
+    /// (foreground; SIGTERM/SIGINT end it, SIGHUP re-reads the config)
+    Watch(WatchArgs),
     /// Show what is installed, what the kernel does with container addresses, and conflicts
     Status(StatusArgs),
     /// Install the VPN post-connect hooks (--hooks) so VPN connects re-run `up`
@@ -107,6 +110,15 @@ pub struct UpArgs {
     pub dry_run: bool,
 }
 
+#[derive(Debug, Default, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub up: UpArgs,
+    /// Remove the setup (as `down`) when ending on SIGTERM or SIGINT
+    #[arg(long)]
+    pub down_on_exit: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct DownArgs {
     /// Print the changes and apply none
@@ -164,12 +176,29 @@ mod tests {
         assert_eq!(up.dns, Some(DnsMode::ResolvConf));
         assert_eq!(up.nameserver.unwrap().port(), 5353);
         assert_eq!(up.wait, Some(Duration::from_millis(2500)));
+        let c = Cli::try_parse_from([
+            "dockroute",
+            "watch",
+            "--vm-ip",
+            "192.168.99.100",
+            "--firewall",
+            "off",
+            "--down-on-exit",
+        ])
+        .unwrap();
+        let Command::Watch(w) = c.command else {
+            panic!("not watch")
+        };
+        assert!(w.down_on_exit);
+        assert_eq!(w.up.firewall, Some(FirewallMode::Off));
         for bad in [
             vec!["up", "--vm-ip", "300.1.1.1"],
             vec!["up", "--subnet", "172.17.0.1/16"],
             vec!["up", "--interface", "way-too-long-name0"],
             vec!["up", "--dns", "bogus"],
             vec!["up", "--wait", "-1"],
+            vec!["watch", "--vm-ip", "300.1.1.1"],
+            vec!["watch", "--bogus"],
         ] {
             let args = std::iter::once("dockroute").chain(bad.iter().copied());
             assert!(Cli::try_parse_from(args).is_err(), "{bad:?}");

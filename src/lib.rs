@@ -20,3 +20,4 @@ pub mod settings;
 pub mod trust;
 pub mod validate;
 pub mod vpn;
+pub mod watch;

@@ -9,13 +9,14 @@
 use anyhow::{Context, bail};
 use clap::Parser;
 use clap::error::ErrorKind;
-use dockroute::cli::{Cli, Command, InstallArgs};
+use dockroute::cli::{Cli, Command, InstallArgs, WatchArgs};
 use dockroute::engine::{self, Hooks};
 use dockroute::hooks;
 use dockroute::net::System;
 use dockroute::record::Store;
 use dockroute::report;
 use dockroute::settings::Settings;
+use dockroute::watch;
 use std::ffi::c_int;
 use std::os::fd::IntoRawFd;
 use std::path::{Path, PathBuf};
@@ -90,7 +91,12 @@ fn cli() -> c_int {
         Ok(cli) => cli,
         Err(e) => return clap_error(e),
     };
-    init_logging();
+    // `watch` is a daemon: its log is what it has to say (one line per change)
+    init_logging(if matches!(cli.command, Command::Watch(_)) {
+        tracing::level_filters::LevelFilter::INFO
+    } else {
+        tracing::level_filters::LevelFilter::WARN
+    });
     match run(cli) {
         Ok(()) => 0,
         Err(e) => {
@@ -110,7 +116,7 @@ fn clap_error(e: clap::Error) -> c_int {
         }
         ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
             eprintln!(
-                "error: missing command: up, down, status, install or uninstall (see dockroute --help)"
+                "error: missing command: up, down, status, watch, install or uninstall (see dockroute --help)"
             );
             2
         }
@@ -124,12 +130,13 @@ fn clap_error(e: clap::Error) -> c_int {
     }
 }
 
-/// Logs to stderr at the level in `DOCKROUTE_LOG` (error, warn, info, debug, trace; default warn).
-fn init_logging() {
+/// Logs to stderr at the level in `DOCKROUTE_LOG` (error, warn, info, debug, trace; default warn,
+/// info for `watch`).
+fn init_logging(default: tracing::level_filters::LevelFilter) {
     let level = std::env::var("DOCKROUTE_LOG")
         .ok()
         .and_then(|v| v.parse::<tracing::level_filters::LevelFilter>().ok())
-        .unwrap_or(tracing::level_filters::LevelFilter::WARN);
+        .unwrap_or(default);
     tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
@@ -193,6 +200,29 @@ fn print_hooks(json: bool, results: &[hooks::HookResult]) {
     }
 }
 
+/// `watch`: runs until SIGTERM or SIGINT; the settings are read again on SIGHUP and when the
+/// config file changes.
+fn watch(cli: &Cli, a: &WatchArgs) -> anyhow::Result<()> {
+    if a.up.dry_run {
+        bail!("watch applies changes as they become needed; use `up --dry-run` to preview them");
+    }
+    require_root("watch")?;
+    let load = || {
+        Settings::load(
+            cli.config.as_deref(),
+            cli.state_dir.as_deref(),
+            cli.json,
+            Some(&a.up),
+            std::env::var("DOCKER_HOST").ok(),
+        )
+    };
+    let opts = watch::Options {
+        down_on_exit: a.down_on_exit,
+    };
+    watch::run(load, opts)?;
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Install(a) => return install(&cli, a),
@@ -204,6 +234,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print_hooks(cli.json, &hooks::uninstall(&root)?);
             return Ok(());
         }
+        Command::Watch(a) => return watch(&cli, a),
         _ => {}
     }
     let up_args = match &cli.command {
@@ -245,8 +276,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     report::outcome("down", &o)
                 }
             }
-            // files only: handled before the runtime starts
-            Command::Install(_) | Command::Uninstall(_) => String::new(),
+            // files only, or a loop of its own: handled before the runtime starts
+            Command::Install(_) | Command::Uninstall(_) | Command::Watch(_) => String::new(),
             Command::Status(a) => {
                 let st =
                     engine::status(&mut net, &settings, &store, a.check_name.as_deref()).await?;

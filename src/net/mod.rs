@@ -13,7 +13,7 @@ use std::time::Instant;
 #[cfg(target_os = "linux")]
 mod linux;
 #[cfg(target_os = "linux")]
-mod rtnl;
+pub(crate) mod rtnl;
 #[cfg(target_os = "linux")]
 pub use linux::System;
 
