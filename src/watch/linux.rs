@@ -250,7 +250,7 @@ fn read_sources(s: &mut Sources, ready: &[bool], causes: &mut Causes) -> Result<
         }
     }
     if is(2) && s.files.changed() {
-        woken.reload = Some("config file changed");
+        woken.reload.get_or_insert("config file changed");
     }
     let mut i = 3;
     if let Some(n) = s.nft.as_mut() {
@@ -337,10 +337,10 @@ fn reconcile(
         Err(e) => {
             let msg = e.to_string();
             if last_error.as_deref() != Some(msg.as_str()) {
-                tracing::warn!("{msg} (waiting for the next event)");
+                tracing::warn!("reconcile #{count}: {msg} (waiting for the next event)");
                 *last_error = Some(msg);
             } else {
-                tracing::debug!("reconcile #{count}: still: {msg}");
+                tracing::debug!("reconcile #{count}: the same error again");
             }
             Verdict::Failed {
                 touched: touched(&e),
