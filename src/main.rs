@@ -154,6 +154,17 @@ fn hooks() -> Hooks {
     }
 }
 
+/// `DOCKROUTE_TEST_BACKSTOP_SECS=S` shortens watch's backstop re-check (tests of what sends no
+/// events, such as iptables-legacy); at least 0.1 s.
+fn test_backstop() -> Option<std::time::Duration> {
+    let secs: f64 = std::env::var("DOCKROUTE_TEST_BACKSTOP_SECS")
+        .ok()?
+        .parse()
+        .ok()?;
+    (secs.is_finite() && secs > 0.0)
+        .then(|| std::time::Duration::from_secs_f64(secs.clamp(0.1, 3600.0)))
+}
+
 fn require_root(what: &str) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!(
@@ -218,6 +229,7 @@ fn watch(cli: &Cli, a: &WatchArgs) -> anyhow::Result<()> {
     };
     let opts = watch::Options {
         down_on_exit: a.down_on_exit,
+        backstop: test_backstop(),
     };
     watch::run(load, opts)?;
     Ok(())

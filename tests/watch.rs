@@ -17,9 +17,18 @@ struct Watch {
 
 impl Watch {
     fn start(lab: &Lab, args: &[&str]) -> Watch {
+        Watch::start_env(lab, args, &[])
+    }
+
+    fn start_env(lab: &Lab, args: &[&str], env: &[(&str, &str)]) -> Watch {
         let mut all = vec!["watch"];
         all.extend_from_slice(args);
-        let mut child = lab.spawn(&all, &[("DOCKROUTE_LOG", "debug")]);
+        let mut env = env.to_vec();
+        env.push(("DOCKROUTE_LOG", "debug"));
+        Watch::collect(lab.spawn(&all, &env))
+    }
+
+    fn collect(mut child: Child) -> Watch {
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(String::new()));
         let sink = log.clone();
@@ -348,6 +357,38 @@ fn repairs_a_vpn_nftables_table_with_policy_drop_each_time_it_is_recreated() {
 }
 
 #[test]
+fn the_backstop_repairs_what_sends_no_events_iptables_legacy() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    lab.add_tunnel("tun0", "10.66.0.2/24");
+    let w = Watch::start_env(
+        &lab,
+        &["--vm-ip", VM_IP],
+        &[("DOCKROUTE_TEST_BACKSTOP_SECS", "1")],
+    );
+    started(&lab, &w);
+    for rule in [
+        "-A INPUT -i lo -j ACCEPT",
+        "-A INPUT -i tun0 -j ACCEPT",
+        "-A OUTPUT -o lo -j ACCEPT",
+        "-A OUTPUT -o tun0 -j ACCEPT",
+        "-P INPUT DROP",
+        "-P OUTPUT DROP",
+    ] {
+        let args: Vec<&str> = rule.split_whitespace().collect();
+        in_lab(&lab, "iptables-legacy", &args);
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || lab.reaches_container()),
+        "not repaired by the backstop:\n{}",
+        w.log()
+    );
+    w.wait_log("reconcile{cause=backstop re-check}: + firewall iptables-legacy");
+}
+
+#[test]
 fn sigterm_and_sigint_end_it_within_a_second_and_leave_the_setup() {
     if !privileged() {
         return;
@@ -431,4 +472,91 @@ fn sighup_and_a_config_change_re_read_the_config() {
         w.log()
     );
     heals(&lab, "SIGHUP");
+}
+
+/// The PIDs of the lab's systemd-resolved (the binary resolved-lab.sh runs, in the lab's network
+/// namespace): only processes this test's lab started.
+fn lab_resolved_pids(lab: &Lab) -> Vec<i32> {
+    let bin = std::path::Path::new(RESOLVECTL)
+        .parent()
+        .and_then(|p| p.parent())
+        .and_then(|p| p.parent())
+        .unwrap()
+        .join("lib/systemd/systemd-resolved");
+    let ns = std::fs::metadata(format!("/run/netns/{}", lab.host())).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let exe = std::fs::read_link(e.path().join("exe"));
+        let net = std::fs::metadata(e.path().join("ns/net"));
+        if exe.is_ok_and(|x| x == bin) && net.is_ok_and(|n| n.ino() == ns.ino()) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[test]
+fn resolved_restarting_gets_the_per_link_dns_again() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let h = lab.start_resolved();
+    let mut c = Command::new("nsenter");
+    c.args(["-t", &h.to_string(), "-m", "-n", BIN])
+        .arg("--config")
+        .arg(lab.config())
+        .args(["watch", "--vm-ip", VM_IP, "--dns", "resolved"])
+        .env("DOCKROUTE_STATE_DIR", lab.state_dir())
+        .env("DOCKROUTE_LOG", "debug")
+        .env_remove("DOCKER_HOST")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let w = Watch::collect(c.spawn().expect("spawning watch"));
+    w.wait_log("systemd-resolved, config file");
+    let domain = || {
+        lab.nsenter(h, RESOLVECTL, &["domain", "vboxnet0"])
+            .stdout
+            .contains("~docker")
+    };
+    assert!(eventually(Duration::from_secs(5), domain), "{}", w.log());
+
+    // resolved restarts and has lost its per-link settings (its saved link state is gone too)
+    let pids = lab_resolved_pids(&lab);
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    let pid = nix::unistd::Pid::from_raw(pids[0]);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(eventually(Duration::from_secs(5), || lab_resolved_pids(
+        &lab
+    )
+    .is_empty()));
+    lab.nsenter(h, "rm", &["-rf", "/run/systemd/resolve/netif"]);
+    let bin = std::path::Path::new(RESOLVECTL)
+        .parent()
+        .and_then(|p| p.parent())
+        .and_then(|p| p.parent())
+        .unwrap()
+        .join("lib/systemd/systemd-resolved");
+    let mut resolved = Command::new("nsenter")
+        .args(["-t", &h.to_string(), "-m", "-n"])
+        .arg(bin)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    w.wait_log("cause=systemd-resolved restarted");
+    assert!(
+        eventually(Duration::from_secs(5), domain),
+        "not set again:\n{}",
+        w.log()
+    );
+    drop(w);
+    let _ = resolved.kill();
+    let _ = resolved.wait();
 }

@@ -44,6 +44,8 @@ impl WatchError {
 pub struct Options {
     /// Run `down` when ending on SIGTERM or SIGINT.
     pub down_on_exit: bool,
+    /// The re-check with no event (default 60 s; tests shorten it).
+    pub backstop: Option<std::time::Duration>,
 }
 
 #[cfg(not(target_os = "linux"))]
