@@ -560,3 +560,28 @@ fn resolved_restarting_gets_the_per_link_dns_again() {
     let _ = resolved.kill();
     let _ = resolved.wait();
 }
+
+#[test]
+fn refusals_change_nothing() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let before = lab.snapshot();
+    let r = lab.dockroute(&["watch", "--vm-ip", VM_IP, "--dry-run"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.starts_with("error: watch applies changes"), "{}", r.stderr);
+    let r = lab.as_nobody(&["watch", "--vm-ip", VM_IP]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("run it as root"), "{}", r.stderr);
+    std::fs::write(lab.config(), "vm_ip = \"300.1.1.1\"\n").unwrap();
+    let r = lab.dockroute(&["watch"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("config.toml line 1: invalid IPv4 address"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert_eq!(lab.snapshot(), before);
+}
