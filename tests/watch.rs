@@ -570,7 +570,11 @@ fn refusals_change_nothing() {
     let before = lab.snapshot();
     let r = lab.dockroute(&["watch", "--vm-ip", VM_IP, "--dry-run"]);
     assert_ne!(r.code, 0);
-    assert!(r.stderr.starts_with("error: watch applies changes"), "{}", r.stderr);
+    assert!(
+        r.stderr.starts_with("error: watch applies changes"),
+        "{}",
+        r.stderr
+    );
     let r = lab.as_nobody(&["watch", "--vm-ip", VM_IP]);
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("run it as root"), "{}", r.stderr);
@@ -578,10 +582,47 @@ fn refusals_change_nothing() {
     let r = lab.dockroute(&["watch"]);
     assert_ne!(r.code, 0);
     assert!(
-        r.stderr.contains("config.toml line 1: invalid IPv4 address"),
+        r.stderr
+            .contains("config.toml line 1: invalid IPv4 address"),
         "{}",
         r.stderr
     );
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
     assert_eq!(lab.snapshot(), before);
+}
+
+#[test]
+fn follows_the_vm_ip_when_docker_machine_records_a_new_one() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let store = lab.dir.path().join("machine");
+    let config = store.join("machines/dev/config.json");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    let record = |ip: &str| {
+        // written as docker-machine does: a new file renamed over the old one
+        let tmp = config.with_extension("tmp");
+        std::fs::write(&tmp, format!("{{\"Driver\": {{\"IPAddress\": \"{ip}\"}}}}")).unwrap();
+        std::fs::rename(&tmp, &config).unwrap();
+    };
+    record(VM_IP);
+    let w = Watch::start_env(
+        &lab,
+        &["--machine", "dev"],
+        &[("MACHINE_STORAGE_PATH", store.to_str().unwrap())],
+    );
+    started(&lab, &w);
+    let vm = format!("{}-vm", lab.prefix);
+    ip_in(&vm, &format!("addr del {VM_IP}/24 dev eth0"));
+    ip_in(&vm, "addr add 192.168.99.101/24 dev eth0");
+    record("192.168.99.101");
+    assert!(
+        eventually(Duration::from_secs(5), || lab
+            .ip("route show table 5017")
+            .contains("via 192.168.99.101")),
+        "the route did not move:\n{}",
+        w.log()
+    );
+    heals(&lab, "docker-machine recording a new IP");
 }
