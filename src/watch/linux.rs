@@ -373,7 +373,10 @@ pub fn run(
     let signals = signals()?;
     // Subscribe before the first look, so that no change between the look and the wait is lost.
     let mut sources = Sources::open(&settings, signals)?;
-    let timing = Timing::default();
+    let mut timing = Timing::default();
+    if let Some(b) = opts.backstop {
+        timing.backstop = b;
+    }
     let mut causes = Causes::default();
     causes.add("start");
     let mut last_error = None;
@@ -383,7 +386,7 @@ pub fn run(
     let mut pacer = Pacer::new(timing, Instant::now());
     pacer.ran(Instant::now(), v);
     tracing::info!(
-        "watching (rtnetlink{}{}{}, config file; backstop every {} s)",
+        "watching (rtnetlink{}{}{}, config file; backstop every {:.1} s)",
         if sources.neighbours {
             " with neighbours"
         } else {
@@ -399,7 +402,7 @@ pub fn run(
         } else {
             ""
         },
-        timing.backstop.as_secs()
+        timing.backstop.as_secs_f64()
     );
     loop {
         let now = Instant::now();
