@@ -309,6 +309,13 @@ fn reconcile(
     let started = Instant::now();
     let mut s = settings.clone();
     s.request.wait = None; // watch itself waits, on events
+    if causes.routes_only() && last_error.is_none() {
+        // Routes and rules changed, nothing else, and the last reconcile succeeded: the firewall
+        // and its repairs are as that one left them (nftables changes are events of their own,
+        // iptables-legacy's the backstop's), so this one skips reading it (the `iptables` and
+        // `nft` processes).
+        s.firewall = FirewallMode::Off;
+    }
     let store = Store::new(&s.state_dir);
     let result = futures_lite::future::block_on(async {
         let mut net = System::new()?;

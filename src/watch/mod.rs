@@ -72,7 +72,15 @@ impl Causes {
     pub fn take(&mut self) -> Causes {
         std::mem::take(self)
     }
+
+    /// Whether only routes and rules changed. Those change neither the target (link, addresses,
+    /// neighbours, config) nor the firewall, so the reconcile can leave the firewall unread.
+    pub fn routes_only(&self) -> bool {
+        !self.0.is_empty() && self.0.keys().all(|k| ROUTE_EVENTS.contains(k))
+    }
 }
+
+const ROUTE_EVENTS: [&str; 4] = ["route added", "route deleted", "rule added", "rule deleted"];
 
 impl fmt::Display for Causes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -179,6 +187,16 @@ mod tests {
         c.add("route deleted");
         assert_eq!(c.to_string(), "route deleted x2, rule deleted");
         assert_eq!(Causes::default().to_string(), "backstop re-check");
+        assert!(c.routes_only());
+        c.add(rtnl_event(16, false).unwrap());
+        assert!(!c.routes_only(), "a link change may change the target");
+        assert!(
+            !Causes::default().routes_only(),
+            "the backstop reads everything"
+        );
+        let mut nft = Causes::default();
+        nft.add(nft_event((10 << 8) | 6).unwrap());
+        assert!(!nft.routes_only());
     }
 
     #[test]
