@@ -1,5 +1,7 @@
 //! When `watch` reconciles: events are hints, so a burst of them (a VPN connect is dozens of
-//! messages) becomes one reconcile once they stop for a moment; a reconcile that changed something
+//! messages) becomes one reconcile once they stop for a moment. The first event after a quiet
+//! spell is acted on at once (an isolated change, such as a route deleted, heals in about a
+//! millisecond); what follows it within the burst waits for the burst to end. A reconcile that changed something
 //! is followed by one more (its own echoes trigger it) that must find nothing; when reconciles keep
 //! changing things (something fights dockroute, or a failure rolls back and echoes) they back off;
 //! and with no events at all a backstop re-check runs at most once per `backstop`. Pure: the
@@ -55,6 +57,8 @@ pub struct Pacer {
     last_run: Instant,
     streak: u32,
     not_before: Option<Instant>,
+    /// The pending events began after a quiet spell: reconcile at once.
+    leading: bool,
 }
 
 impl Pacer {
@@ -67,12 +71,17 @@ impl Pacer {
             last_run: now,
             streak: 0,
             not_before: None,
+            leading: false,
         }
     }
 
     /// An event arrived.
     pub fn event(&mut self, now: Instant) {
-        self.first.get_or_insert(now);
+        if self.first.is_none() {
+            // Echoes of the last reconcile arrive right after it: they wait for the quiet gap.
+            self.leading = now.saturating_duration_since(self.last_run) >= self.timing.quiet;
+            self.first = Some(now);
+        }
         self.last = Some(now);
     }
 
@@ -85,6 +94,7 @@ impl Pacer {
     /// before the back-off allows.
     pub fn due(&self) -> Instant {
         let at = match (self.first, self.last) {
+            (Some(first), Some(_)) if self.leading => first,
             (Some(first), Some(last)) => {
                 (last + self.timing.quiet).min(first + self.timing.burst_max)
             }
@@ -100,6 +110,7 @@ impl Pacer {
     pub fn ran(&mut self, now: Instant, verdict: Verdict) {
         self.first = None;
         self.last = None;
+        self.leading = false;
         self.last_run = now;
         self.streak = match verdict {
             Verdict::Clean | Verdict::Failed { touched: false } => 0,
@@ -127,15 +138,20 @@ mod tests {
     }
 
     #[test]
-    fn a_burst_is_one_reconcile_after_the_quiet_gap() {
+    fn the_first_event_after_quiet_acts_at_once_and_the_rest_of_its_burst_after_the_gap() {
         let t0 = Instant::now();
         let mut p = Pacer::new(Timing::default(), t0);
         assert!(!p.pending());
-        for i in 0..5 {
-            p.event(t0 + ms(i * 3));
-        }
+        let t1 = t0 + Duration::from_secs(5);
+        p.event(t1);
         assert!(p.pending());
-        assert_eq!(p.due(), t0 + ms(12 + 10));
+        assert_eq!(p.due(), t1, "an isolated change heals at once");
+        p.ran(t1 + ms(1), Verdict::Changed);
+        // the rest of the burst (and the echoes of that reconcile) coalesce
+        for i in 0..5 {
+            p.event(t1 + ms(1 + i * 3));
+        }
+        assert_eq!(p.due(), t1 + ms(13 + 10));
     }
 
     #[test]
@@ -143,7 +159,7 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Pacer::new(Timing::default(), t0);
         for i in 0..1000 {
-            p.event(t0 + ms(i * 5));
+            p.event(t0 + ms(i * 5)); // began right after a reconcile: no leading edge
         }
         assert_eq!(p.due(), t0 + ms(250));
     }
@@ -161,10 +177,13 @@ mod tests {
     fn a_heal_and_its_echo_settle_without_back_off() {
         let t0 = Instant::now();
         let mut p = Pacer::new(Timing::default(), t0);
-        p.event(t0);
-        p.ran(t0 + ms(12), Verdict::Changed);
-        p.event(t0 + ms(12)); // the echo of our own change
-        assert_eq!(p.due(), t0 + ms(22));
+        let t1 = t0 + Duration::from_secs(1);
+        p.event(t1);
+        assert_eq!(p.due(), t1);
+        p.ran(t1 + ms(1), Verdict::Changed);
+        p.event(t1 + ms(1)); // the echo of our own change
+        assert_eq!(p.due(), t1 + ms(11));
+        let t0 = t1;
         p.ran(t0 + ms(25), Verdict::Clean);
         assert!(!p.pending());
         assert_eq!(p.backoff(), Duration::ZERO);
@@ -177,6 +196,7 @@ mod tests {
         let mut p = Pacer::new(Timing::default(), t0);
         let mut now = t0;
         let mut delays = Vec::new();
+        // each reconcile's echo arrives right after it: never a leading edge
         for _ in 0..12 {
             p.event(now);
             now = p.due().max(now);
@@ -200,6 +220,6 @@ mod tests {
             p.ran(t0 + ms(i), Verdict::Failed { touched: false });
         }
         p.event(t0 + ms(20));
-        assert_eq!(p.due(), t0 + ms(30));
+        assert_eq!(p.due(), t0 + ms(20));
     }
 }
