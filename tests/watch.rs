@@ -363,6 +363,44 @@ fn repairs_a_vpn_nftables_table_with_policy_drop_each_time_it_is_recreated() {
     assert!(n <= n0 + 10, "{n} reconciles:\n{}", w.log());
 }
 
+fn kill_switch(lab: &Lab, program: &str) {
+    for rule in [
+        "-A INPUT -i lo -j ACCEPT",
+        "-A INPUT -i tun0 -j ACCEPT",
+        "-A OUTPUT -o lo -j ACCEPT",
+        "-A OUTPUT -o tun0 -j ACCEPT",
+        "-P INPUT DROP",
+        "-P OUTPUT DROP",
+    ] {
+        let args: Vec<&str> = rule.split_whitespace().collect();
+        in_lab(lab, program, &args);
+    }
+}
+
+#[test]
+fn an_iptables_nft_kill_switch_is_repaired_on_its_nftables_events_and_then_quiet() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    lab.add_tunnel("tun0", "10.66.0.2/24");
+    let w = Watch::start(&lab, &["--vm-ip", VM_IP]);
+    started(&lab, &w);
+    let n0 = w.settles(Duration::from_millis(1000));
+    kill_switch(&lab, "iptables");
+    assert!(
+        eventually(Duration::from_secs(5), || lab.reaches_container()),
+        "not repaired:\n{}",
+        w.log()
+    );
+    w.wait_log("+ firewall iptables -t filter");
+    // its own `iptables -I` echo once; its `iptables -S` reads cause no events
+    let n = w.settles(Duration::from_millis(1500));
+    assert!(n <= n0 + 12, "{n} reconciles:\n{}", w.log());
+    let again = w.settles(Duration::from_millis(1000));
+    assert_eq!(again, n, "{}", w.log());
+}
+
 #[test]
 fn the_backstop_repairs_what_sends_no_events_iptables_legacy() {
     if !privileged() {
@@ -376,17 +414,7 @@ fn the_backstop_repairs_what_sends_no_events_iptables_legacy() {
         &[("DOCKROUTE_TEST_BACKSTOP_SECS", "1")],
     );
     started(&lab, &w);
-    for rule in [
-        "-A INPUT -i lo -j ACCEPT",
-        "-A INPUT -i tun0 -j ACCEPT",
-        "-A OUTPUT -o lo -j ACCEPT",
-        "-A OUTPUT -o tun0 -j ACCEPT",
-        "-P INPUT DROP",
-        "-P OUTPUT DROP",
-    ] {
-        let args: Vec<&str> = rule.split_whitespace().collect();
-        in_lab(&lab, "iptables-legacy", &args);
-    }
+    kill_switch(&lab, "iptables-legacy");
     assert!(
         eventually(Duration::from_secs(5), || lab.reaches_container()),
         "not repaired by the backstop:\n{}",
