@@ -217,7 +217,9 @@ fn watch(cli: &Cli, a: &WatchArgs) -> anyhow::Result<()> {
     if a.up.dry_run {
         bail!("watch applies changes as they become needed; use `up --dry-run` to preview them");
     }
-    require_root("watch")?;
+    if !nix::unistd::geteuid().is_root() {
+        bail!("dockroute watch changes the routing tables: run it as root (sudo)");
+    }
     let load = || {
         Settings::load(
             cli.config.as_deref(),
