@@ -1,5 +1,6 @@
 //! The command-line contract (v1). Scripts and checks drive it: change it only on purpose.
 
+use crate::service::Init;
 use crate::settings::{DnsMode, FirewallMode};
 use crate::validate;
 use clap::{Args, Parser, Subcommand};
@@ -25,8 +26,20 @@ pub struct Cli {
     /// Machine-readable output on stdout
     #[arg(long, global = true)]
     pub json: bool,
+    /// Give up after SECS when another dockroute holds the lock (default 30)
+    #[arg(long, global = true, value_name = "SECS", value_parser = lock_timeout)]
+    pub lock_timeout: Option<Duration>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+fn lock_timeout(s: &str) -> Result<Duration, String> {
+    validate::wait_secs(s).map_err(|_| {
+        format!(
+            "invalid --lock-timeout '{}': expected 0 to 3600 seconds",
+            s.escape_default()
+        )
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -40,28 +53,32 @@ pub enum Command {
     Watch(WatchArgs),
     /// Show what is installed, what the kernel does with container addresses, and conflicts
     Status(StatusArgs),
-    /// Install the VPN post-connect hooks (--hooks) so VPN connects re-run `up`
+    /// Install the boot job that runs `dockroute watch` (systemd unit or launchd job), and with
+    /// --hooks the VPN post-connect hooks
     Install(InstallArgs),
-    /// Remove what `install` installed
+    /// Stop and remove the boot job, run `down`, remove the hooks
     Uninstall(UninstallArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct InstallArgs {
-    /// Print what would be installed, install nothing
+    /// Print the job file (and with --hooks the hooks) and write nothing
     #[arg(long)]
     pub print: bool,
-    /// Install the post-connect hooks of the VPN clients whose directories exist
+    /// The service manager for the boot job (default: the running OS's)
+    #[arg(long, value_enum, value_name = "INIT")]
+    pub init: Option<Init>,
+    /// Also install the post-connect hooks of the VPN clients whose directories exist
     #[arg(long)]
     pub hooks: bool,
-    /// Install under DIR instead of / (for packaging)
+    /// Install under DIR instead of / (packaging); no service manager is told
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub struct UninstallArgs {
-    /// Uninstall under DIR instead of /
+    /// Uninstall under DIR instead of / (no service manager, no `down`)
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
 }
@@ -124,6 +141,9 @@ pub struct DownArgs {
     /// Print the changes and apply none
     #[arg(long)]
     pub dry_run: bool,
+    /// Directory of the resolver file to remove (as given to `up`; default /etc/resolver)
+    #[arg(long, value_name = "DIR")]
+    pub resolver_dir: Option<PathBuf>,
 }
 
 #[cfg(test)]
@@ -191,6 +211,12 @@ mod tests {
         };
         assert!(w.down_on_exit);
         assert_eq!(w.up.firewall, Some(FirewallMode::Off));
+        let c =
+            Cli::try_parse_from(["dockroute", "install", "--print", "--init", "launchd"]).unwrap();
+        let Command::Install(i) = c.command else {
+            panic!("not install")
+        };
+        assert!(i.print && !i.hooks && i.init == Some(Init::Launchd));
         for bad in [
             vec!["up", "--vm-ip", "300.1.1.1"],
             vec!["up", "--subnet", "172.17.0.1/16"],
@@ -199,6 +225,7 @@ mod tests {
             vec!["up", "--wait", "-1"],
             vec!["watch", "--vm-ip", "300.1.1.1"],
             vec!["watch", "--bogus"],
+            vec!["install", "--init", "upstart"],
         ] {
             let args = std::iter::once("dockroute").chain(bad.iter().copied());
             assert!(Cli::try_parse_from(args).is_err(), "{bad:?}");

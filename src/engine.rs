@@ -79,6 +79,10 @@ pub struct Outcome {
     pub changes: Vec<Change>,
     /// Firewall rules inserted (repairs) or deleted (dockroute's own, no longer needed).
     pub firewall: Vec<FwChange>,
+    /// What the firewall step could not check (a missing program, a rule it cannot read, a rule
+    /// commented `dockroute` that is not dockroute's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub firewall_warnings: Vec<String>,
     pub dns: Option<DnsOutcome>,
     pub dry_run: bool,
 }
@@ -202,19 +206,31 @@ pub async fn up<N: Net>(
         dns::check(d).await?;
     }
     let _lock = if dry_run { None } else { Some(store.lock()?) };
+    if let (Some(d), false) = (&want_dns, dry_run) {
+        dns::sweep(d.backend, &d.path);
+    }
     let desired = plan::desired(&target);
-    let snap = net.snapshot().await?;
-    let changes = plan::diff(&desired, &snap.owned);
-    let (fw, fw_owned_before) = match settings.firewall {
+    // Only dockroute's own entries: the kernel filters the route dump (a VPN's thousands of
+    // routes in main are not read).
+    let owned = net.owned().await?;
+    let changes = plan::diff(&desired, &owned);
+    let (fw, fw_owned_before, firewall_warnings) = match settings.firewall {
         FirewallMode::Auto => {
             let scope = firewall::Scope::for_target(&target);
-            let seen = firewall::observe(Some(&scope))?;
+            let seen = firewall::observe(Some(&scope));
+            if let Some(e) = seen.errors.into_iter().next() {
+                return Err(e.into());
+            }
+            for w in &seen.warnings {
+                tracing::warn!("firewall: {w}");
+            }
             (
                 firewall::diff(&seen.desired, &seen.owned),
                 !seen.owned.is_empty(),
+                seen.warnings,
             )
         }
-        FirewallMode::Off => (Vec::new(), false),
+        FirewallMode::Off => (Vec::new(), false, Vec::new()),
     };
     if dry_run {
         let dns = match want_dns {
@@ -228,6 +244,7 @@ pub async fn up<N: Net>(
             target: Some(target),
             changes,
             firewall: fw,
+            firewall_warnings,
             dns,
             dry_run,
         });
@@ -249,11 +266,16 @@ pub async fn up<N: Net>(
     if previous.as_ref() != Some(&record) {
         store.save(&record)?;
     }
-    if let Some(old) = previous.as_ref().and_then(|r| r.dns.as_ref())
-        && want_dns.as_ref().is_none_or(|w| !same_place(old, w))
-        && let Err(e) = dns::revert(old).await
-    {
-        tracing::warn!("could not undo the previous DNS setting ({old}): {e}");
+    // Undone where the settings point, never at a path from the record.
+    let previous_dns = previous.as_ref().and_then(|r| r.dns.as_ref());
+    match previous_dns.map(|d| dns::at_settings(d, settings)) {
+        Some(Ok(old)) if want_dns.as_ref().is_none_or(|w| !same_place(&old, w)) => {
+            if let Err(e) = dns::revert(&old).await {
+                tracing::warn!("could not undo the previous DNS setting ({old}): {e}");
+            }
+        }
+        Some(Err(e)) => tracing::warn!("leaving the previous DNS setting: {e}"),
+        _ => {}
     }
     let dns = match want_dns {
         Some(state) => match dns::apply(&state).await {
@@ -281,6 +303,7 @@ pub async fn up<N: Net>(
         target: Some(target),
         changes,
         firewall: fw,
+        firewall_warnings,
         dns,
         dry_run,
     })
@@ -296,45 +319,66 @@ pub async fn down<N: Net>(
     hooks: Hooks,
 ) -> Result<Outcome, EngineError> {
     let _lock = if dry_run { None } else { Some(store.lock()?) };
-    let snap = net.snapshot().await?;
-    let changes = plan::diff(&[], &snap.owned);
+    let owned = net.owned().await?;
+    let changes = plan::diff(&[], &owned);
     let record = store.load().ok().flatten();
     // The firewalls are read (which takes a process per backend) only when dockroute inserted
     // rules there, or when there is no record to say it did not.
-    let fw = if record.as_ref().is_none_or(|r| r.firewall) {
-        firewall::removals()?
+    // One firewall backend that cannot be read does not stop the others, DNS or the routes
+    // from being undone: its error is reported at the end.
+    let (fw, fw_seen) = if record.as_ref().is_none_or(|r| r.firewall) {
+        firewall::removals()
     } else {
-        Vec::new()
+        (Vec::new(), firewall::Observed::default())
     };
-    let dns_state = record.as_ref().and_then(|r| r.dns.clone());
+    for w in &fw_seen.warnings {
+        tracing::warn!("firewall: {w}");
+    }
+    let firewall_warnings = fw_seen.warnings;
+    // Undone where the settings point, never at a path from the record.
+    let dns_state = record
+        .as_ref()
+        .and_then(|r| r.dns.as_ref())
+        .map(|d| dns::at_settings(d, settings));
     let target = record.map(|r| r.target);
     if dry_run {
         let dns = match dns_state {
-            Some(state) => Some(DnsOutcome {
-                changed: dns::observe(&state).await.0,
-                state,
-            }),
+            Some(state) => {
+                let state = state?;
+                Some(DnsOutcome {
+                    changed: dns::observe(&state).await.0,
+                    state,
+                })
+            }
             None => None,
         };
+        if let Some(e) = fw_seen.errors.into_iter().next() {
+            return Err(e.into());
+        }
         return Ok(Outcome {
             target,
             changes,
             firewall: fw,
+            firewall_warnings,
             dns,
             dry_run,
         });
     }
-    let mut failed = Vec::new();
-    if let Err(e) = firewall::apply(&fw) {
-        failed.push(e.to_string());
-    }
+    let mut failed: Vec<String> = fw_seen.errors.iter().map(|e| e.to_string()).collect();
+    failed.extend(firewall::apply_all(&fw).iter().map(|e| e.to_string()));
     let mut dns = None;
+    match &dns_state {
+        Some(Ok(state)) => dns::sweep(state.backend, &state.path),
+        Some(Err(_)) => {}
+        None => dns::sweep(Backend::ResolvConf, &settings.resolv_conf),
+    }
     let other_steps = 2; // the firewall, and the DNS undo (from the record, or resolv.conf's marker)
     match dns_state {
-        Some(state) => match dns::revert(&state).await {
+        Some(Ok(state)) => match dns::revert(&state).await {
             Ok(changed) => dns = Some(DnsOutcome { state, changed }),
             Err(e) => failed.push(e.to_string()),
         },
+        Some(Err(e)) => failed.push(e.to_string()),
         // No record (deleted, or unreadable): the marked lines in resolv.conf still identify
         // themselves.
         None => {
@@ -362,6 +406,7 @@ pub async fn down<N: Net>(
         target,
         changes,
         firewall: fw,
+        firewall_warnings,
         dns,
         dry_run,
     })
@@ -402,6 +447,10 @@ pub struct Status {
     pub installed: Vec<crate::net::Entry>,
     /// Whether the installed entries are exactly what `up` would install now.
     pub in_sync: bool,
+    /// Routes and rules tagged like dockroute's but not of its shape: never removed.
+    pub tagged_not_owned: Vec<crate::net::Tagged>,
+    /// What needs a person's attention.
+    pub warnings: Vec<String>,
     pub probes: Vec<Probe>,
     pub conflicts: Vec<Conflict>,
     /// Per-domain DNS as the last `up` set it, and whether it is still in place.
@@ -424,7 +473,11 @@ pub struct VpnStatus {
     pub firewall_repaired: Vec<firewall::Repair>,
     /// What blocks the VM now: the rules `up` would insert.
     pub firewall_blocking: Vec<firewall::Repair>,
-    /// Why the firewalls could not be read (reading them needs root).
+    /// Rules commented `dockroute` that are not of its shape: someone else's, left alone.
+    pub firewall_foreign: Vec<firewall::Foreign>,
+    /// What could not be checked (a missing program, a rule that cannot be read).
+    pub firewall_warnings: Vec<String>,
+    /// Why a firewall could not be read (reading them needs root); the others are still shown.
     pub firewall_error: Option<String>,
     /// Vendor switches that fix the same at the source.
     pub hints: Vec<String>,
@@ -460,15 +513,22 @@ pub async fn status<N: Net>(
         Ok(r) => (r, None),
         Err(e) => (None, Some(e.to_string())),
     };
-    let dns = match record.as_ref().and_then(|r| r.dns.clone()) {
-        Some(state) => {
-            let (in_place, detail) = dns::observe(&state).await;
-            Some(DnsStatus {
-                state,
-                in_place,
-                detail,
-            })
-        }
+    let dns = match record.as_ref().and_then(|r| r.dns.as_ref()) {
+        Some(recorded) => Some(match dns::at_settings(recorded, settings) {
+            Ok(state) => {
+                let (in_place, detail) = dns::observe(&state).await;
+                DnsStatus {
+                    state,
+                    in_place,
+                    detail,
+                }
+            }
+            Err(e) => DnsStatus {
+                state: recorded.clone(),
+                in_place: false,
+                detail: e.to_string(),
+            },
+        }),
         None => None,
     };
     let name_check = check_name.map(|name| match crate::nss::addresses(name) {
@@ -497,6 +557,13 @@ pub async fn status<N: Net>(
     };
     let links = net.links().await?;
     let snap = net.snapshot().await?;
+    let tagged_not_owned = snap.tagged_not_owned();
+    let warnings = tagged_not_owned
+        .iter()
+        .map(|t| {
+            format!("{t}: tagged like dockroute's but not its shape; dockroute leaves it alone")
+        })
+        .collect();
     let mut vpn_status = VpnStatus {
         links: links
             .iter()
@@ -527,18 +594,20 @@ pub async fn status<N: Net>(
         .cloned()
         .collect();
     let scope = target.as_ref().map(firewall::Scope::for_target);
-    match firewall::observe(scope.as_ref()) {
-        Ok(seen) => {
-            vpn_status.firewall_blocking = firewall::diff(&seen.desired, &seen.owned)
-                .into_iter()
-                .filter_map(|c| match c {
-                    firewall::FwChange::Insert { rule } => Some(rule),
-                    firewall::FwChange::Delete { .. } => None,
-                })
-                .collect();
-            vpn_status.firewall_repaired = seen.owned.into_iter().map(|(r, _)| r).collect();
-        }
-        Err(e) => vpn_status.firewall_error = Some(e.to_string()),
+    let seen = firewall::observe(scope.as_ref());
+    vpn_status.firewall_blocking = firewall::diff(&seen.desired, &seen.owned)
+        .into_iter()
+        .filter_map(|c| match c {
+            firewall::FwChange::Insert { rule } => Some(rule),
+            firewall::FwChange::Delete { .. } => None,
+        })
+        .collect();
+    vpn_status.firewall_repaired = seen.owned.into_iter().map(|(r, _)| r).collect();
+    vpn_status.firewall_foreign = seen.foreign;
+    vpn_status.firewall_warnings = seen.warnings;
+    if !seen.errors.is_empty() {
+        let errors: Vec<String> = seen.errors.iter().map(|e| e.to_string()).collect();
+        vpn_status.firewall_error = Some(errors.join("; "));
     }
     let fw_all: Vec<firewall::Repair> = vpn_status
         .firewall_repaired
@@ -627,6 +696,8 @@ pub async fn status<N: Net>(
         record_error,
         installed: snap.owned,
         in_sync,
+        tagged_not_owned,
+        warnings,
         probes,
         conflicts,
         dns,

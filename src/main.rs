@@ -9,12 +9,12 @@
 use anyhow::{Context, bail};
 use clap::Parser;
 use clap::error::ErrorKind;
-use dockroute::cli::{Cli, Command, InstallArgs, WatchArgs};
+use dockroute::cli::{Cli, Command, InstallArgs, UninstallArgs, UpArgs, WatchArgs};
 use dockroute::engine::{self, Hooks};
-use dockroute::hooks;
 use dockroute::net::System;
 use dockroute::record::Store;
 use dockroute::report;
+use dockroute::service::{self, Init};
 use dockroute::settings::Settings;
 use dockroute::watch;
 use std::ffi::c_int;
@@ -101,7 +101,8 @@ fn cli() -> c_int {
         Ok(()) => 0,
         Err(e) => {
             let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("error: {msg}");
+            // Errors quote link names, paths and values: shown, never obeyed by the terminal.
+            eprintln!("error: {}", report::escape_controls(&msg));
             1
         }
     }
@@ -124,7 +125,7 @@ fn clap_error(e: clap::Error) -> c_int {
             let rendered = e.render().to_string();
             let first = rendered.lines().next().unwrap_or("invalid arguments");
             let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("error: {first}");
+            eprintln!("error: {}", report::escape_controls(first));
             2
         }
     }
@@ -144,9 +145,15 @@ fn init_logging(default: tracing::level_filters::LevelFilter) {
         .init();
 }
 
-/// `DOCKROUTE_TEST_STALL_AFTER=N` makes `up`/`down` stop before their Nth change (tests kill it
-/// there to prove a half-applied run can be cleaned up).
+/// Test hooks, in debug builds only (release builds have neither the hooks nor their variables):
+/// `DOCKROUTE_TEST_STALL_AFTER=N` makes `up`/`down` stop before their Nth change, and
+/// `DOCKROUTE_TEST_STALL_RENAME=NAME` before renaming a temporary file over a file named NAME
+/// (tests kill it there to prove a half-applied run can be cleaned up).
+#[cfg(debug_assertions)]
 fn hooks() -> Hooks {
+    if let Some(name) = std::env::var_os("DOCKROUTE_TEST_STALL_RENAME") {
+        dockroute::fsutil::set_stall_before_rename(name);
+    }
     Hooks {
         stall_before_change: std::env::var("DOCKROUTE_TEST_STALL_AFTER")
             .ok()
@@ -154,6 +161,7 @@ fn hooks() -> Hooks {
     }
 }
 
+#[cfg(debug_assertions)]
 /// `DOCKROUTE_TEST_BACKSTOP_SECS=S` shortens watch's backstop re-check (tests of what sends no
 /// events, such as iptables-legacy); at least 0.1 s.
 fn test_backstop() -> Option<std::time::Duration> {
@@ -165,6 +173,16 @@ fn test_backstop() -> Option<std::time::Duration> {
         .then(|| std::time::Duration::from_secs_f64(secs.clamp(0.1, 3600.0)))
 }
 
+#[cfg(not(debug_assertions))]
+fn test_backstop() -> Option<std::time::Duration> {
+    None
+}
+
+#[cfg(not(debug_assertions))]
+fn hooks() -> Hooks {
+    Hooks::default()
+}
+
 fn require_root(what: &str) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!(
@@ -174,41 +192,203 @@ fn require_root(what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `install --hooks` / `uninstall`: files only, no network.
+/// `install`: the boot job (and with --hooks the VPN hooks), then the service manager is told.
+/// `--print` writes nothing.
 fn install(cli: &Cli, a: &InstallArgs) -> anyhow::Result<()> {
-    if !a.hooks {
-        bail!(
-            "installing the service (systemd unit, launchd job) is not built yet; `dockroute install --hooks` installs the VPN post-connect hooks"
-        );
-    }
-    let root = a.root.clone().unwrap_or_else(|| PathBuf::from("/"));
-    if !a.print && root == Path::new("/") && !nix::unistd::geteuid().is_root() {
-        bail!("dockroute install writes to /etc: run it as root (sudo), or use --print");
-    }
+    let init = a.init.unwrap_or_else(Init::native);
     let bin = std::env::current_exe()
         .and_then(|p| p.canonicalize())
         .context("finding the dockroute binary")?;
-    let results = hooks::install(&root, &bin, !a.print)?;
-    if a.print && !cli.json {
-        for (h, r) in hooks::HOOKS.iter().zip(&results) {
-            if r.action != "skipped (no such directory)" {
-                println!("# {} -> {}", h.client, r.path.display());
-                print!("{}", hooks::render(h, &bin)?);
-            }
+    let root = a.root.clone().unwrap_or_else(|| PathBuf::from("/"));
+    let targets = service::targets(init, a.hooks, &bin)?;
+    if a.print {
+        if let Err(e) = service::check_binary(&bin) {
+            tracing::warn!("{e}");
         }
+        return print_targets(cli.json, init, &root, &targets);
     }
-    print_hooks(cli.json, &results);
+    let system = root == Path::new("/");
+    if system && !nix::unistd::geteuid().is_root() {
+        bail!("dockroute install writes to /etc: run it as root (sudo), or use --print");
+    }
+    if system && init != Init::native() {
+        bail!(
+            "--init {} is not this system's service manager: use it with --print or --root DIR",
+            init_name(init)
+        );
+    }
+    service::check_binary(&bin)?;
+    let files = service::install(&root, &targets)?;
+    let (ran, to_run) = if system && service::manager_running(init) {
+        let reinstall = files[0].action != "installed";
+        (service::activate(init, &root, reinstall)?, Vec::new())
+    } else {
+        (Vec::new(), init.manual_steps())
+    };
+    let report = InstallReport {
+        files,
+        ran,
+        to_run,
+        down: None,
+    };
+    print!("{}", report.render(cli.json));
     Ok(())
 }
 
-fn print_hooks(json: bool, results: &[hooks::HookResult]) {
+fn init_name(init: Init) -> &'static str {
+    match init {
+        Init::Systemd => "systemd",
+        Init::Launchd => "launchd",
+    }
+}
+
+/// `install --print`: exactly the job file on stdout (a unit, or a plist); with --hooks each hook
+/// follows under a `# ==> PATH <==` line.
+fn print_targets(
+    json: bool,
+    init: Init,
+    root: &Path,
+    targets: &[service::Target],
+) -> anyhow::Result<()> {
+    #[derive(serde::Serialize)]
+    struct Printed<'a> {
+        client: &'static str,
+        path: PathBuf,
+        text: &'a str,
+    }
     if json {
-        print!("{}", report::json(&results));
-    } else {
-        for r in results {
-            println!("{}: {} ({})", r.action, r.path.display(), r.client);
+        let all: Vec<Printed> = targets
+            .iter()
+            .map(|t| Printed {
+                client: t.place.client,
+                path: t.place.path(root),
+                text: &t.body,
+            })
+            .collect();
+        #[derive(serde::Serialize)]
+        struct Out<'a> {
+            init: Init,
+            files: Vec<Printed<'a>>,
+        }
+        print!("{}", report::json(&Out { init, files: all }));
+        return Ok(());
+    }
+    for (i, t) in targets.iter().enumerate() {
+        if i > 0 {
+            println!(
+                "# ==> {} ({}) <==",
+                t.place.path(root).display(),
+                t.place.client
+            );
+        }
+        print!("{}", t.body);
+    }
+    Ok(())
+}
+
+/// What `install` and `uninstall` did.
+#[derive(serde::Serialize)]
+struct InstallReport {
+    files: Vec<service::FileResult>,
+    /// The service manager commands that ran.
+    ran: Vec<String>,
+    /// The commands to run by hand (no service manager was told).
+    to_run: Vec<String>,
+    /// uninstall: what `down` removed.
+    down: Option<engine::Outcome>,
+}
+
+impl InstallReport {
+    fn render(&self, json: bool) -> String {
+        if json {
+            return report::json(self);
+        }
+        let mut s = String::new();
+        for r in &self.files {
+            s += &format!("{}: {} ({})\n", r.action, r.path.display(), r.client);
+        }
+        for c in &self.ran {
+            s += &format!("ran: {c}\n");
+        }
+        if !self.to_run.is_empty() {
+            s += "the service manager was not told; to start the job on the target system, run as root:\n";
+            for c in &self.to_run {
+                s += &format!("  {c}\n");
+            }
+        }
+        if let Some(d) = &self.down {
+            s += &report::outcome("down", d);
+        }
+        s
+    }
+}
+
+/// `uninstall`: stop the job (a running `watch` would put back what `down` removes), `down`,
+/// then remove the job file and the hooks. With --root: files only.
+fn uninstall(cli: &Cli, a: &UninstallArgs) -> anyhow::Result<()> {
+    let root = a.root.clone().unwrap_or_else(|| PathBuf::from("/"));
+    let system = root == Path::new("/");
+    if system && !nix::unistd::geteuid().is_root() {
+        bail!("dockroute uninstall removes files from /etc and runs down: run it as root (sudo)");
+    }
+    let init = Init::native();
+    let mut ran = Vec::new();
+    let mut down = None;
+    let mut down_err = None;
+    if system {
+        let manager = service::manager_running(init);
+        if manager && std::fs::symlink_metadata(init.place().path(&root)).is_ok() {
+            ran.extend(service::deactivate(init)?);
+        }
+        match run_down(cli) {
+            Ok(o) => down = Some(o),
+            Err(e) => down_err = Some(e),
         }
     }
+    let files = service::uninstall(&root, &service::places())?;
+    if system
+        && service::manager_running(init)
+        && files
+            .iter()
+            .any(|f| f.action == "removed" && f.client == init.place().client)
+    {
+        ran.extend(service::forget(init)?);
+    }
+    let report = InstallReport {
+        files,
+        ran,
+        to_run: Vec::new(),
+        down,
+    };
+    print!("{}", report.render(cli.json));
+    match down_err {
+        Some(e) => Err(e.context("the files are removed, but dockroute down failed")),
+        None => Ok(()),
+    }
+}
+
+/// `down` as the `down` command runs it (for `uninstall`).
+/// The state directory, with the lock timeout the command line asks for.
+fn store(cli: &Cli, settings: &Settings) -> Store {
+    Store::new(&settings.state_dir).with_lock_timeout(
+        cli.lock_timeout
+            .unwrap_or(dockroute::record::DEFAULT_LOCK_TIMEOUT),
+    )
+}
+
+fn run_down(cli: &Cli) -> anyhow::Result<engine::Outcome> {
+    let settings = Settings::load(
+        cli.config.as_deref(),
+        cli.state_dir.as_deref(),
+        cli.json,
+        None,
+        std::env::var("DOCKER_HOST").ok(),
+    )?;
+    let store = store(cli, &settings);
+    futures_lite::future::block_on(async {
+        let mut net = System::new()?;
+        Ok(engine::down(&mut net, &settings, &store, false, hooks()).await?)
+    })
 }
 
 /// `watch`: runs until SIGTERM or SIGINT; the settings are read again on SIGHUP and when the
@@ -240,19 +420,21 @@ fn watch(cli: &Cli, a: &WatchArgs) -> anyhow::Result<()> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Install(a) => return install(&cli, a),
-        Command::Uninstall(a) => {
-            let root = a.root.clone().unwrap_or_else(|| PathBuf::from("/"));
-            if root == Path::new("/") && !nix::unistd::geteuid().is_root() {
-                bail!("dockroute uninstall removes files from /etc: run it as root (sudo)");
-            }
-            print_hooks(cli.json, &hooks::uninstall(&root)?);
-            return Ok(());
-        }
+        Command::Uninstall(a) => return uninstall(&cli, a),
         Command::Watch(a) => return watch(&cli, a),
         _ => {}
     }
+    // `down` takes only the places DNS was set at from the flags (the resolver dir).
+    let down_args;
     let up_args = match &cli.command {
         Command::Up(a) => Some(a),
+        Command::Down(a) => {
+            down_args = UpArgs {
+                resolver_dir: a.resolver_dir.clone(),
+                ..UpArgs::default()
+            };
+            Some(&down_args)
+        }
         _ => None,
     };
     let settings = Settings::load(
@@ -262,7 +444,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         up_args,
         std::env::var("DOCKER_HOST").ok(),
     )?;
-    let store = Store::new(&settings.state_dir);
+    let store = store(&cli, &settings);
     // No reactor: netlink requests are blocking calls, and the D-Bus client starts a runtime of its
     // own when it is needed (dns::resolved). Nothing here waits on an event loop.
     futures_lite::future::block_on(async {

@@ -47,7 +47,7 @@ fn follow(wake: &OwnedFd) -> Result<(), String> {
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
     rt.block_on(async {
-        let conn = zbus::Connection::system()
+        let conn = crate::dns::resolved::system_bus()
             .await
             .map_err(|e| format!("system bus: {e}"))?;
         let proxy = zbus::fdo::DBusProxy::new(&conn)

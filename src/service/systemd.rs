@@ -1,0 +1,132 @@
+//! The systemd unit: `systemd/dockroute.service` at the top of the repository is its source of
+//! truth, built into the binary; `install` fills in the binary's absolute path.
+
+use super::{Place, ServiceError};
+use std::path::Path;
+
+/// The unit's name, for systemctl.
+pub const UNIT: &str = "dockroute.service";
+const TEMPLATE: &str = include_str!("../../systemd/dockroute.service");
+
+/// Where the unit goes, relative to the install root.
+pub const PLACE: Place = Place {
+    client: "systemd (dockroute watch from boot)",
+    dir: "etc/systemd/system",
+    file: UNIT,
+    mode: 0o644,
+    create_dir: true,
+    is_ours,
+};
+
+/// The unit for the dockroute binary at `bin`.
+pub fn render(bin: &Path) -> Result<String, ServiceError> {
+    Ok(TEMPLATE.replace(super::BIN, super::job_binary(bin)?))
+}
+
+/// A unit is dockroute's when its first line is dockroute's header.
+pub fn is_ours(content: &str) -> bool {
+    content
+        .lines()
+        .next()
+        .is_some_and(|l| l.starts_with(super::MARK))
+}
+
+/// systemd manages this boot (the test systemd itself uses, sd_booted).
+#[cfg(target_os = "linux")]
+pub fn running() -> bool {
+    Path::new("/run/systemd/system").is_dir()
+}
+
+#[cfg(target_os = "linux")]
+fn systemctl() -> Result<&'static str, ServiceError> {
+    ["/usr/bin/systemctl", "/bin/systemctl"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .ok_or_else(|| {
+            ServiceError::Refused(
+                "systemd is running but systemctl was not found in /usr/bin or /bin".into(),
+            )
+        })
+}
+
+/// Load the unit, enable it and start it; a re-install restarts it (the binary may be new).
+#[cfg(target_os = "linux")]
+pub fn activate(reinstall: bool) -> Result<Vec<String>, ServiceError> {
+    let ctl = systemctl()?;
+    let mut steps = vec![
+        super::run_tool(ctl, &["daemon-reload"])?,
+        super::run_tool(ctl, &["enable", "--now", UNIT])?,
+    ];
+    if reinstall {
+        steps.push(super::run_tool(ctl, &["try-restart", UNIT])?);
+    }
+    Ok(steps)
+}
+
+/// Stop and disable the unit (before its file is removed).
+#[cfg(target_os = "linux")]
+pub fn deactivate() -> Result<Vec<String>, ServiceError> {
+    Ok(vec![super::run_tool(
+        systemctl()?,
+        &["disable", "--now", UNIT],
+    )?])
+}
+
+/// After the unit file is gone.
+#[cfg(target_os = "linux")]
+pub fn forget() -> Result<Vec<String>, ServiceError> {
+    Ok(vec![super::run_tool(systemctl()?, &["daemon-reload"])?])
+}
+
+/// What to run by hand when dockroute did not tell systemd.
+pub fn manual_steps() -> Vec<String> {
+    vec![
+        "systemctl daemon-reload".into(),
+        format!("systemctl enable --now {UNIT}"),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_unit_runs_watch_from_the_binary_after_the_network() {
+        let u = render(Path::new("/usr/local/bin/dockroute")).unwrap();
+        assert!(is_ours(&u));
+        assert!(
+            u.contains("\nExecStart=/usr/local/bin/dockroute watch\n"),
+            "{u}"
+        );
+        for line in [
+            "After=network-online.target",
+            "Wants=network-online.target",
+            "Restart=on-failure",
+            "ProtectSystem=strict",
+            "ProtectHome=read-only",
+            "NoNewPrivileges=yes",
+            "PrivateTmp=yes",
+            "SystemCallArchitectures=native",
+            "RestrictAddressFamilies=AF_UNIX AF_NETLINK AF_INET AF_INET6",
+            "StateDirectory=dockroute",
+            "WantedBy=multi-user.target",
+        ] {
+            assert!(u.lines().any(|l| l.starts_with(line)), "{line}");
+        }
+        let caps = u
+            .lines()
+            .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+            .unwrap();
+        assert!(caps.split(' ').any(|c| c == "CAP_NET_ADMIN"));
+        assert!(!caps.contains("CAP_SYS_ADMIN"));
+        assert!(!u.contains(super::super::BIN));
+        for bad in [
+            "relative/dockroute",
+            "/opt/my dir/dockroute",
+            "/opt/50%/dockroute",
+            "/x\n/dockroute",
+        ] {
+            assert!(render(Path::new(bad)).is_err(), "{bad:?}");
+        }
+    }
+}
