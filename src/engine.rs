@@ -45,6 +45,19 @@ pub enum EngineError {
         done: usize,
         undo_failed: Vec<String>,
     },
+    #[error(
+        "DNS: the VM's DNS server {server} does not answer ({why}); dockroute does not name it first in {path}, where every lookup of this host would wait for it{}; rolled back the {done} route change(s) of this run{}. Start the VM's DNS server and run `up` again, or use `--dns off` for the routes alone (`dockroute watch` puts the line in once the server answers)",
+        if *.withdrew { format!("; took dockroute's line out of {}", .path.display()) } else { String::new() },
+        undo_note(.undo_failed)
+    )]
+    DnsSilent {
+        server: std::net::SocketAddrV4,
+        path: std::path::PathBuf,
+        why: String,
+        withdrew: bool,
+        done: usize,
+        undo_failed: Vec<String>,
+    },
     #[error("{} of {total} removal(s) failed: {}", .failed.len(), .failed.join("; "))]
     Remove { total: usize, failed: Vec<String> },
 }
@@ -63,6 +76,19 @@ pub struct Hooks {
     pub stall_before_change: Option<usize>,
 }
 
+/// What `up` does about a DNS server that does not answer. Only the resolv-conf backend asks:
+/// there the server comes first for every name the host looks up, so a silent one stalls them
+/// all (the others send it only the domain's names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DnsGate {
+    /// `up`: ask it once the routes (and firewall repairs) are in place, since they are how it is
+    /// reached; no answer: undo this run's changes and refuse.
+    Refuse,
+    /// `watch`: `Some` is what its own probes found, `None` asks as `up` does. No answer: the
+    /// routes stay and dockroute's line is taken out of resolv.conf.
+    Withhold(Option<bool>),
+}
+
 /// What happened to per-domain DNS: set (`up`) or undone (`down`), and whether that changed
 /// anything (for a dry run: whether it would).
 #[derive(Debug, Serialize)]
@@ -70,6 +96,10 @@ pub struct DnsOutcome {
     #[serde(flatten)]
     pub state: DnsState,
     pub changed: bool,
+    /// Whether the server answered (resolv-conf only). `false` (watch only): the line was taken
+    /// out, or stays out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answers: Option<bool>,
 }
 
 /// The result of `up` or `down`.
@@ -190,14 +220,43 @@ fn same_place(a: &DnsState, b: &DnsState) -> bool {
     a.backend == b.backend && a.domain == b.domain && a.path == b.path && a.ifindex == b.ifindex
 }
 
+/// Take dockroute's line for `d` out of resolv.conf if it is there. Returns whether it was.
+fn withdraw(d: &DnsState) -> bool {
+    let set = std::fs::read_to_string(&d.path)
+        .is_ok_and(|c| dns::resolv_conf::is_set(&c, &d.domain, d.nameserver));
+    if !set {
+        return false;
+    }
+    match dns::resolv_conf::revert(&d.path) {
+        Ok(changed) => changed,
+        Err(e) => {
+            tracing::warn!("could not take dockroute's line out: {e}");
+            false
+        }
+    }
+}
+
 /// `up`: discover, plan, observe, diff, apply routes (undoing a half-applied change), record,
-/// then DNS (undoing the routes of this run if DNS fails).
+/// then DNS (undoing the routes of this run if DNS fails). A resolv-conf server that does not
+/// answer is refused ([`DnsGate::Refuse`]).
 pub async fn up<N: Net>(
     net: &mut N,
     settings: &Settings,
     store: &Store,
     dry_run: bool,
     hooks: Hooks,
+) -> Result<Outcome, EngineError> {
+    up_with(net, settings, store, dry_run, hooks, DnsGate::Refuse).await
+}
+
+/// [`up`], with what to do about a DNS server that does not answer.
+pub async fn up_with<N: Net>(
+    net: &mut N,
+    settings: &Settings,
+    store: &Store,
+    dry_run: bool,
+    hooks: Hooks,
+    gate: DnsGate,
 ) -> Result<Outcome, EngineError> {
     // Discovery and the DNS check only read and validate; the lock covers observe → record.
     let target = discover::discover(net, &settings.request).await?;
@@ -237,6 +296,7 @@ pub async fn up<N: Net>(
             Some(state) => Some(DnsOutcome {
                 changed: !dns::observe(&state).await.0,
                 state,
+                answers: None,
             }),
             None => None,
         };
@@ -260,6 +320,46 @@ pub async fn up<N: Net>(
             undo_failed,
         });
     }
+    // resolv-conf names the server first for every lookup: it must answer. It is reached
+    // through the routes and firewall repairs just put in place, so it is asked now (before them
+    // the query would fail, or leave by the default route), and they are undone if it is silent.
+    let silent = match (&want_dns, gate) {
+        (Some(d), _) if d.backend != Backend::ResolvConf => None,
+        (Some(d), DnsGate::Refuse | DnsGate::Withhold(None)) => {
+            match dns::probe::ask(
+                d.nameserver,
+                &d.domain,
+                dns::probe::TRIES,
+                dns::probe::TIMEOUT,
+            ) {
+                Ok(a) => {
+                    tracing::debug!("DNS: {} {a}", d.nameserver);
+                    None
+                }
+                Err(e) => Some(e.to_string()),
+            }
+        }
+        (Some(_), DnsGate::Withhold(Some(answers))) => {
+            (!answers).then(|| "watch's last probes got no answer".to_string())
+        }
+        (None, _) => None,
+    };
+    let answers = want_dns
+        .as_ref()
+        .filter(|d| d.backend == Backend::ResolvConf)
+        .map(|_| silent.is_none());
+    if let (Some(why), Some(d), DnsGate::Refuse) = (&silent, &want_dns, gate) {
+        firewall::undo(&fw);
+        let undo_failed = undo_all(net, &changes).await;
+        return Err(EngineError::DnsSilent {
+            server: d.nameserver,
+            path: d.path.clone(),
+            why: why.clone(),
+            withdrew: withdraw(d),
+            done: changes.len(),
+            undo_failed,
+        });
+    }
     let mut record = Record::new(target.clone(), desired, want_dns.clone());
     record.firewall =
         !fw.is_empty() || previous.as_ref().is_some_and(|p| p.firewall) || fw_owned_before;
@@ -278,8 +378,29 @@ pub async fn up<N: Net>(
         _ => {}
     }
     let dns = match want_dns {
+        Some(state) if answers == Some(false) => {
+            // watch: the routes stay, the line goes (and comes back when the server answers)
+            let changed = withdraw(&state);
+            if changed {
+                tracing::warn!(
+                    "DNS: the VM's DNS server {} does not answer ({}): took dockroute's line out of {}",
+                    state.nameserver,
+                    silent.as_deref().unwrap_or_default(),
+                    state.path.display()
+                );
+            }
+            Some(DnsOutcome {
+                state,
+                changed,
+                answers,
+            })
+        }
         Some(state) => match dns::apply(&state).await {
-            Ok(changed) => Some(DnsOutcome { state, changed }),
+            Ok(changed) => Some(DnsOutcome {
+                state,
+                changed,
+                answers,
+            }),
             Err(err) => {
                 firewall::undo(&fw);
                 let undo_failed = undo_all(net, &changes).await;
@@ -348,6 +469,7 @@ pub async fn down<N: Net>(
                 Some(DnsOutcome {
                     changed: dns::observe(&state).await.0,
                     state,
+                    answers: None,
                 })
             }
             None => None,
@@ -375,7 +497,13 @@ pub async fn down<N: Net>(
     let other_steps = 2; // the firewall, and the DNS undo (from the record, or resolv.conf's marker)
     match dns_state {
         Some(Ok(state)) => match dns::revert(&state).await {
-            Ok(changed) => dns = Some(DnsOutcome { state, changed }),
+            Ok(changed) => {
+                dns = Some(DnsOutcome {
+                    state,
+                    changed,
+                    answers: None,
+                })
+            }
             Err(e) => failed.push(e.to_string()),
         },
         Some(Err(e)) => failed.push(e.to_string()),
@@ -489,6 +617,14 @@ pub struct DnsStatus {
     pub state: DnsState,
     pub in_place: bool,
     pub detail: String,
+    /// Whether the server answered a query just now; `None` when it was not asked (the kernel
+    /// does not send it to the VM's link).
+    pub answers: Option<bool>,
+    /// What the query found ("answers (NXDOMAIN in 0.4 ms)", "no answer within 1.0 s", ...).
+    pub answer: String,
+    /// DNS does not work as dockroute set it: not in place, or the server does not answer (with
+    /// resolv-conf, a silent server also stalls every other lookup of the host).
+    pub degraded: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -496,6 +632,38 @@ pub struct NameCheck {
     pub name: String,
     pub addresses: Vec<IpAddr>,
     pub error: Option<String>,
+}
+
+/// Ask the recorded DNS server, when the kernel sends it to the VM over the host-only link (a
+/// query by another way would leave the host).
+async fn probe_dns<N: Net>(
+    net: &mut N,
+    d: &mut DnsStatus,
+    t: &Target,
+    ifindex: Option<u32>,
+) -> Result<(), EngineError> {
+    let ns = *d.state.nameserver.ip();
+    let via_vm = match net.lookup(ns).await? {
+        Lookup::Route { dev, .. } => ifindex.is_some() && dev.as_deref() == Some(t.ifname.as_str()),
+        Lookup::Unreachable { .. } => false,
+    };
+    if !via_vm {
+        d.answer = format!("not asked: the kernel does not send {ns} over {}", t.ifname);
+        return Ok(());
+    }
+    let r = dns::probe::ask(
+        d.state.nameserver,
+        &d.state.domain,
+        dns::probe::TRIES,
+        dns::probe::TIMEOUT,
+    );
+    d.answers = Some(r.is_ok());
+    d.degraded |= r.is_err();
+    d.answer = match r {
+        Ok(a) => a.to_string(),
+        Err(e) => e.to_string(),
+    };
+    Ok(())
 }
 
 fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
@@ -513,7 +681,7 @@ pub async fn status<N: Net>(
         Ok(r) => (r, None),
         Err(e) => (None, Some(e.to_string())),
     };
-    let dns = match record.as_ref().and_then(|r| r.dns.as_ref()) {
+    let mut dns = match record.as_ref().and_then(|r| r.dns.as_ref()) {
         Some(recorded) => Some(match dns::at_settings(recorded, settings) {
             Ok(state) => {
                 let (in_place, detail) = dns::observe(&state).await;
@@ -521,12 +689,18 @@ pub async fn status<N: Net>(
                     state,
                     in_place,
                     detail,
+                    answers: None,
+                    answer: String::new(),
+                    degraded: !in_place,
                 }
             }
             Err(e) => DnsStatus {
                 state: recorded.clone(),
                 in_place: false,
                 detail: e.to_string(),
+                answers: None,
+                answer: String::new(),
+                degraded: true,
             },
         }),
         None => None,
@@ -558,7 +732,7 @@ pub async fn status<N: Net>(
     let links = net.links().await?;
     let snap = net.snapshot().await?;
     let tagged_not_owned = snap.tagged_not_owned();
-    let warnings = tagged_not_owned
+    let mut warnings: Vec<String> = tagged_not_owned
         .iter()
         .map(|t| {
             format!("{t}: tagged like dockroute's but not its shape; dockroute leaves it alone")
@@ -686,6 +860,21 @@ pub async fn status<N: Net>(
                     rule,
                 });
             }
+        }
+    }
+    if let (Some(d), Some(t)) = (dns.as_mut(), &target) {
+        probe_dns(net, d, t, link.as_ref().map(|l| l.index)).await?;
+        if d.answers == Some(false) {
+            warnings.push(format!(
+                "the VM's DNS server {} does not answer ({}){}",
+                d.state.nameserver,
+                d.answer,
+                if d.state.backend == Backend::ResolvConf && d.in_place {
+                    ": every lookup of this host waits for it (`dockroute watch` takes the line out while it is silent; `dockroute down` removes it)"
+                } else {
+                    ""
+                }
+            ));
         }
     }
     Ok(Status {

@@ -204,6 +204,18 @@ fn status_text(st: &Status) -> String {
             };
             row(&mut s, "dns", &format!("{}: {state}", d.state));
             let _ = writeln!(s, "  {}", d.detail);
+            match d.answers {
+                Some(true) => {
+                    let _ = writeln!(s, "  {} {}", d.state.nameserver, d.answer);
+                }
+                Some(false) => {
+                    let _ = writeln!(s, "  {} DOES NOT ANSWER: {}", d.state.nameserver, d.answer);
+                }
+                None if !d.answer.is_empty() => {
+                    let _ = writeln!(s, "  {}", d.answer);
+                }
+                None => {}
+            }
         }
         None => row(&mut s, "dns", "not set by dockroute"),
     }

@@ -502,3 +502,47 @@ pub fn leftovers(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+impl Lab {
+    /// The VM's namespace.
+    pub fn vm(&self) -> String {
+        format!("{}-vm", self.prefix)
+    }
+
+    /// Stop the VM's DNS server: the lab's dnsmasq (a process in the VM namespace, which only
+    /// this lab's lab.sh started), killed and waited for until nothing listens on port 53.
+    pub fn stop_vm_dns(&self) {
+        let out = Command::new("ip")
+            .args(["netns", "pids", &self.vm()])
+            .output()
+            .expect("ip netns pids");
+        let mut killed = 0;
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() == "dnsmasq" {
+                let pid = nix::unistd::Pid::from_raw(pid.parse().unwrap());
+                nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+                killed += 1;
+            }
+        }
+        assert_eq!(killed, 1, "the lab's dnsmasq not found");
+        for _ in 0..300 {
+            let ss = Command::new("ip")
+                .args(["netns", "exec", &self.vm(), "ss", "-Hlun", "sport = :53"])
+                .output()
+                .expect("ss");
+            if !String::from_utf8_lossy(&ss.stdout).contains("53") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("dnsmasq still listens");
+    }
+
+    /// `getent hosts NAME` in the host namespace, and how long it took.
+    pub fn timed_getent(&self, name: &str) -> (Option<String>, Duration) {
+        let t = std::time::Instant::now();
+        let r = self.getent(name);
+        (r, t.elapsed())
+    }
+}
