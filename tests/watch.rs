@@ -254,9 +254,17 @@ fn waits_for_the_link_and_follows_it_being_deleted_and_recreated() {
     );
     create_link(&lab);
     heals(&lab, "the link re-created");
-    // DNS stays set (resolv-conf in the lab)
-    let rc = std::fs::read_to_string(lab.resolv_conf()).unwrap();
-    assert!(rc.contains("nameserver 172.17.0.1"), "{rc}");
+    // DNS is set (resolv-conf in the lab; while the VM was unreachable its line may have been
+    // taken out, and it is back once the server answers)
+    assert!(
+        eventually(Duration::from_secs(5), || std::fs::read_to_string(
+            lab.resolv_conf()
+        )
+        .unwrap()
+        .contains("nameserver 172.17.0.1")),
+        "{}",
+        w.log()
+    );
 }
 
 /// Make the host learn `ip` as a neighbour on vboxnet0 (an ARP exchange, as any traffic does).
@@ -695,17 +703,20 @@ fn a_silent_vm_dns_is_withdrawn_from_resolv_conf_within_5_s_and_restored() {
         gone.elapsed(),
         w.log()
     );
+    eprintln!("line taken out {:?} after the address went", gone.elapsed());
     assert_eq!(std::fs::read(lab.resolv_conf()).unwrap(), original);
     let (_, took) = lab.timed_getent("example.test");
     assert!(took < Duration::from_secs(1), "a lookup took {took:?}");
     assert_eq!(lab.tagged(), 5, "the routes stay");
 
     ip_in(&lab.vm(), &format!("addr add {VM_IP}/24 dev eth0"));
+    let back = Instant::now();
     assert!(
         eventually(Duration::from_secs(5), || has_marker(&lab)),
         "not put back:\n{}",
         w.log()
     );
+    eprintln!("line back {:?} after the address", back.elapsed());
     assert_eq!(lab.getent("redis.docker").as_deref(), Some("172.17.0.2"));
     w.wait_log("answers again");
 }
@@ -720,20 +731,21 @@ fn wake_ups(w: &Watch) -> u64 {
 }
 
 /// Without the resolv-conf backend nothing is probed: no wake-ups while idle. With it, a probe
-/// every 2 s, not more.
+/// every 1.5 s, not more.
 #[test]
 fn only_the_resolv_conf_backend_is_probed_and_never_in_a_tight_loop() {
     if !privileged() {
         return;
     }
     let lab = Lab::new();
-    for (dns, most) in [("off", 1), ("resolv-conf", 6)] {
+    for (dns, most) in [("off", 1), ("resolv-conf", 8)] {
         let w = Watch::start(&lab, &["--vm-ip", VM_IP, "--dns", dns]);
         started(&lab, &w);
         w.settles(Duration::from_millis(500));
         let before = wake_ups(&w);
         std::thread::sleep(Duration::from_secs(4));
         let woke = wake_ups(&w) - before;
+        eprintln!("--dns {dns}: {woke} wake-ups in 4 s");
         assert!(
             woke <= most,
             "--dns {dns}: {woke} wake-ups in 4 s:\n{}",
@@ -743,7 +755,7 @@ fn only_the_resolv_conf_backend_is_probed_and_never_in_a_tight_loop() {
             assert_eq!(w.count("DNS probe"), 0, "{}", w.log());
         } else {
             assert!(woke >= 2, "--dns {dns}: no probes? {woke}");
-            assert_eq!(w.count("DNS probe every 2 s"), 1, "{}", w.log());
+            assert_eq!(w.count("DNS probe every 1.5 s"), 1, "{}", w.log());
         }
     }
 }
