@@ -212,7 +212,16 @@ fn firewall_off_leaves_the_block_alone() {
     lab.add_tunnel("tun0", "10.66.0.2/24");
     kill_switch("iptables")(&lab);
     let rules = IPTABLES.list(&lab);
-    lab.dockroute(&["up", "--vm-ip", VM_IP, "--firewall", "off"])
+    let before = lab.snapshot();
+    // the block also keeps the VM's DNS from answering: with resolv-conf, up refuses
+    let refused = lab.dockroute(&["up", "--vm-ip", VM_IP, "--firewall", "off"]);
+    assert!(
+        refused.code != 0 && refused.stderr.contains("does not answer"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(lab.snapshot(), before);
+    lab.dockroute(&["up", "--vm-ip", VM_IP, "--firewall", "off", "--dns", "off"])
         .ok();
     assert_eq!(IPTABLES.list(&lab), rules);
     assert!(!lab.reaches_container());

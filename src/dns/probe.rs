@@ -30,7 +30,7 @@ pub enum ProbeError {
     BadName(String),
     #[error("no answer within {:.1} s", .0.as_secs_f64())]
     Timeout(Duration),
-    #[error("unreachable ({0})")]
+    #[error("{}", unreachable_text(.0))]
     Unreachable(io::Error),
     #[error("{op}: {err}")]
     Io { op: &'static str, err: io::Error },
@@ -128,6 +128,14 @@ pub fn check_reply(query: &[u8], reply: &[u8]) -> Option<u8> {
             theirs.eq_ignore_ascii_case(question).then_some(rcode)
         }
         _ => None,
+    }
+}
+
+fn unreachable_text(e: &io::Error) -> String {
+    if e.raw_os_error() == Some(nix::errno::Errno::ECONNREFUSED as i32) {
+        "port unreachable: nothing listens there".into()
+    } else {
+        format!("unreachable: {e}")
     }
 }
 
