@@ -31,15 +31,18 @@ fn main() {
         _ => false,
     };
     if ours {
-        for p in ["HEAD", "packed-refs"] {
-            if let Some(path) = git(&dir, &["rev-parse", "--git-path", p]) {
+        // Only files that exist: cargo reruns a build script on every build for a missing one.
+        let watch = |p: &str| {
+            if let Some(path) = git(&dir, &["rev-parse", "--git-path", p])
+                && dir.join(&path).is_file()
+            {
                 println!("cargo:rerun-if-changed={}", dir.join(path).display());
             }
-        }
-        if let Some(r) = git(&dir, &["symbolic-ref", "-q", "HEAD"])
-            && let Some(path) = git(&dir, &["rev-parse", "--git-path", &r])
-        {
-            println!("cargo:rerun-if-changed={}", dir.join(path).display());
+        };
+        watch("HEAD");
+        watch("packed-refs");
+        if let Some(r) = git(&dir, &["symbolic-ref", "-q", "HEAD"]) {
+            watch(&r);
         }
         if let Some(hash) = git(&dir, &["rev-parse", "--short=12", "HEAD"])
             && hash.bytes().all(|b| b.is_ascii_hexdigit())
