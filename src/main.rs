@@ -126,8 +126,8 @@ fn error_line(msg: &str) {
 }
 
 /// Report a failure: with --json `{"error": MSG}` (and `"help"`: clap's tips, when there are any)
-/// on stdout, else `error: MSG` and the tips on stderr. If stdout cannot take the JSON, stderr
-/// gets the line.
+/// on stdout, else one line `error: MSG; TIP; ...` on stderr. If stdout cannot take the JSON,
+/// stderr gets the line.
 fn fail(json: bool, msg: &str, help: &[String]) {
     if json {
         let mut v = serde_json::json!({ "error": msg });
@@ -138,14 +138,12 @@ fn fail(json: bool, msg: &str, help: &[String]) {
             return;
         }
     }
-    let mut text = format!("error: {msg}\n");
-    if !help.is_empty() {
-        text.push('\n');
-        for h in help {
-            text += &format!("  {h}\n");
-        }
+    let mut line = msg.to_string();
+    for h in help {
+        line += "; ";
+        line += h;
     }
-    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+    error_line(&line);
 }
 
 /// The command's output was written up to a failure (closed pipe, full disk): an ordinary

@@ -105,6 +105,7 @@ fn usage_errors_keep_clap_help_and_exit_2() {
         assert_eq!(code, USAGE, "{args:?}: {stderr}");
         assert!(stdout.is_empty(), "{args:?}: {stdout}");
         assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
         assert!(
             stderr.contains(wanted),
             "{args:?}: wanted {wanted:?} in {stderr}"
