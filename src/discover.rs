@@ -150,6 +150,20 @@ fn names(links: &[&LinkInfo]) -> String {
         .join("; ")
 }
 
+/// Whether `ip` is the network or broadcast address of `net` (which /31 and /32 networks do not
+/// have), and which.
+pub fn not_a_host(net: Ipv4Net, ip: Ipv4Addr) -> Option<&'static str> {
+    if net.prefix_len() >= 31 {
+        None
+    } else if ip == net.network() {
+        Some("network address")
+    } else if ip == net.broadcast() {
+        Some("broadcast address")
+    } else {
+        None
+    }
+}
+
 /// Pick the link and VM from the kernel's view. Pure.
 pub fn choose(
     links: &[LinkInfo],
@@ -275,6 +289,13 @@ pub fn choose(
             link.name
         )));
     }
+    if let Some(what) = not_a_host(host_addr, vm_ip) {
+        return Err(DiscoverError::Invalid(format!(
+            "VM IP {vm_ip} is the {what} of {}'s network {}, not a machine on it",
+            link.name,
+            host_addr.trunc()
+        )));
+    }
     if !link.up {
         return Err(DiscoverError::NotYet(format!(
             "link {} is down (is the VM running?)",
@@ -354,6 +375,7 @@ mod tests {
             } else {
                 vec![addr.parse().unwrap()]
             },
+            kind: None,
         }
     }
 
@@ -365,6 +387,7 @@ mod tests {
                 up: true,
                 loopback: true,
                 addrs: vec!["127.0.0.1/8".parse().unwrap()],
+                kind: None,
             },
             link(2, "eth0", "10.0.2.15/24"),
             link(3, "vboxnet0", "192.168.99.1/24"),
@@ -509,6 +532,14 @@ mod tests {
         ));
         let e = err(choose(&lab(), &[], &req(), vm("192.168.99.1"), &[]));
         assert!(e.contains("own address"), "{e}");
+        for (ip, what) in [("192.168.99.0", "network"), ("192.168.99.255", "broadcast")] {
+            let r = choose(&lab(), &[], &req(), vm(ip), &[]);
+            assert!(matches!(r, Err(DiscoverError::Invalid(_))), "{ip}");
+            assert!(err(r).contains(&format!("{what} address of vboxnet0's network")));
+        }
+        let mut p2p = lab();
+        p2p[2].addrs = vec!["192.168.99.0/31".parse().unwrap()];
+        assert!(choose(&p2p, &[], &req(), vm("192.168.99.1"), &[]).is_ok());
     }
 
     #[test]

@@ -524,15 +524,7 @@ pub async fn status<N: Net>(
     let links = net.links().await?;
     let snap = net.snapshot().await?;
     let mut vpn_status = VpnStatus {
-        links: links
-            .iter()
-            .filter_map(|l| {
-                vpn::classify(&l.name).map(|client| VpnLink {
-                    name: l.name.clone(),
-                    client,
-                })
-            })
-            .collect(),
+        links: vpn::tunnels(&links, &snap.foreign_routes),
         ..Default::default()
     };
     vpn_status.routes = snap
@@ -707,6 +699,7 @@ mod tests {
                 up: true,
                 loopback: false,
                 addrs: vec!["192.168.99.1/24".parse().unwrap()],
+                kind: None,
             }])
         }
         async fn neighbours(&mut self) -> Result<Vec<Neighbour>, NetError> {

@@ -280,11 +280,11 @@ impl Lab {
         self.nsenter(holder, BIN, &all)
     }
 
-    /// A fake VPN tunnel: a veth whose peer swallows everything (inside this namespace).
+    /// A VPN tunnel: a real tun device with no client behind it, so everything sent into it is
+    /// lost (dockroute recognises tunnels by their kind, not their name).
     pub fn add_tunnel(&self, name: &str, addr: &str) {
-        self.ip(&format!("link add {name} type veth peer name {name}p"));
+        self.ip(&format!("tuntap add dev {name} mode tun"));
         self.ip(&format!("addr add {addr} dev {name}"));
-        self.ip(&format!("link set {name}p up"));
         self.ip(&format!("link set {name} up"));
     }
 
