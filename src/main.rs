@@ -84,7 +84,7 @@ fn start_up() {
     };
 }
 
-/// Parse, run, report; returns the exit status: 0, 1 (failed), 2 (usage).
+/// Parse, run, report; returns the exit status: 0, 1 (failed), 2 (usage), 3 (degraded).
 fn cli() -> c_int {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -93,12 +93,20 @@ fn cli() -> c_int {
     init_logging();
     match run(cli) {
         Ok(()) => 0,
-        Err(e) => {
-            let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("error: {msg}");
-            1
-        }
+        Err(e) => failed(e),
     }
+}
+
+/// An error is one line on stderr and exit status 1; a degraded state (the command ran, but
+/// containers are not reached: [`engine::Degraded`]) is one line and exit status 3.
+fn failed(e: anyhow::Error) -> c_int {
+    if let Some(d) = e.downcast_ref::<engine::Degraded>() {
+        eprintln!("{}", d.to_string().replace('\n', " "));
+        return 3;
+    }
+    let msg = format!("{e:#}").replace('\n', " ");
+    eprintln!("error: {msg}");
+    1
 }
 
 /// Help and version print as clap renders them; every usage error becomes one line.
@@ -367,6 +375,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let store = Store::new(&settings.state_dir);
     // No reactor: netlink requests are blocking calls, and the D-Bus client starts a runtime of its
     // own when it is needed (dns::resolved). Nothing here waits on an event loop.
+    let mut degraded = None;
     futures_lite::future::block_on(async {
         let mut net = System::new()?;
         let out = match &cli.command {
@@ -375,6 +384,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     require_root("up")?;
                 }
                 let o = engine::up(&mut net, &settings, &store, a.dry_run, hooks()).await?;
+                degraded = o.degraded();
                 if cli.json {
                     report::json(&o)
                 } else {
@@ -397,6 +407,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Status(a) => {
                 let st =
                     engine::status(&mut net, &settings, &store, a.check_name.as_deref()).await?;
+                degraded = st.degraded();
                 if cli.json {
                     report::json(&st)
                 } else {
@@ -405,6 +416,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         };
         print!("{out}");
-        Ok(())
+        match degraded {
+            Some(d) => Err(d.into()),
+            None => Ok(()),
+        }
     })
 }

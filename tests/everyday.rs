@@ -71,3 +71,40 @@ fn network_broadcast_and_own_address_are_not_a_vm() {
         }
     }
 }
+
+/// Point 3: with a preference-less `suppress_prefixlength 0` rule and a lower-metric route in
+/// main (the README's known limit), `up` cannot win: it says so, names the route that wins, and
+/// exits 3; `status` exits 3 too. Once the route is gone both exit 0.
+#[test]
+fn up_and_status_say_when_the_container_is_not_reachable() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    lab.add_tunnel("tun0", "10.66.0.2/24");
+    up(&lab);
+    lab.ip("rule add table main suppress_prefixlength 0");
+    lab.ip("route add 172.17.0.0/16 dev tun0 metric 0");
+    assert!(!lab.reaches_container());
+    let run = lab.dockroute(&["up", "--vm-ip", VM_IP]);
+    assert_eq!(run.code, 3, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("172.17.0.1") && run.stderr.contains("172.17.0.0/16 dev tun0"),
+        "{}",
+        run.stderr
+    );
+    let json = lab.dockroute(&["--json", "up", "--vm-ip", VM_IP]);
+    assert_eq!(json.code, 3);
+    assert_eq!(json.json()["probes"][0]["ok"], false, "{}", json.stdout);
+    let st = lab.dockroute(&["status"]);
+    assert_eq!(st.code, 3, "{}{}", st.stdout, st.stderr);
+    assert!(st.stderr.contains("dev tun0"), "{}", st.stderr);
+    // a name that does not resolve is degraded too
+    lab.ip("route del 172.17.0.0/16 dev tun0 metric 0");
+    assert!(lab.reaches_container());
+    lab.dockroute(&["status"]).ok();
+    lab.dockroute(&["up", "--vm-ip", VM_IP]).ok();
+    let st = lab.dockroute(&["status", "--check-name", "nosuch.invalid"]);
+    assert_eq!(st.code, 3, "{}{}", st.stdout, st.stderr);
+    assert!(st.stderr.contains("nosuch.invalid"), "{}", st.stderr);
+}
