@@ -91,6 +91,21 @@ pub struct Outcome {
     /// `up`: what the kernel picks for each network once everything is applied.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub probes: Vec<Probe>,
+    /// A dry run: why the firewall could not be read (reading it needs root), so what it would
+    /// repair is not shown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub firewall_unread: Option<String>,
+}
+
+/// Why a dry run left the firewall out.
+fn unread_note(errors: &[FirewallError]) -> String {
+    let errors: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    let root = if nix::unistd::geteuid().is_root() {
+        ""
+    } else {
+        "reading the firewall needs root: "
+    };
+    format!("{root}{}", errors.join("; "))
 }
 
 fn stall(hooks: Hooks, i: usize) {
@@ -215,11 +230,15 @@ pub async fn up<N: Net>(
     let desired = plan::desired(&target);
     let snap = net.snapshot().await?;
     let changes = plan::diff(&desired, &snap.owned);
+    let mut firewall_unread = None;
     let (fw, fw_owned_before, firewall_warnings) = match settings.firewall {
         FirewallMode::Auto => {
             let scope = firewall::Scope::for_target(&target);
             let seen = firewall::observe(Some(&scope));
-            if let Some(e) = seen.errors.into_iter().next() {
+            if dry_run && !seen.errors.is_empty() {
+                // A dry run shows what it can: the firewall is left out, and says why.
+                firewall_unread = Some(unread_note(&seen.errors));
+            } else if let Some(e) = seen.errors.into_iter().next() {
                 return Err(e.into());
             }
             for w in &seen.warnings {
@@ -250,6 +269,7 @@ pub async fn up<N: Net>(
             dry_run,
             not_via_vm: Vec::new(),
             probes: Vec::new(),
+            firewall_unread,
         });
     }
 
@@ -313,6 +333,7 @@ pub async fn up<N: Net>(
         dry_run,
         not_via_vm,
         probes,
+        firewall_unread: None,
     })
 }
 
@@ -364,6 +385,7 @@ pub async fn down<N: Net>(
             dry_run,
             not_via_vm: Vec::new(),
             probes: Vec::new(),
+            firewall_unread: None,
         });
     }
     let mut failed: Vec<String> = fw_seen.errors.iter().map(|e| e.to_string()).collect();
@@ -407,6 +429,7 @@ pub async fn down<N: Net>(
         dry_run,
         not_via_vm: Vec::new(),
         probes: Vec::new(),
+        firewall_unread: None,
     })
 }
 

@@ -51,6 +51,9 @@ pub fn outcome(verb: &str, o: &Outcome) -> String {
         };
         let _ = writeln!(s, "dns: {action} {}", d.state);
     }
+    if let Some(e) = &o.firewall_unread {
+        let _ = writeln!(s, "firewall: not checked ({e})");
+    }
     for w in &o.firewall_warnings {
         let _ = writeln!(s, "firewall: WARNING {w}");
     }

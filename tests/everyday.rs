@@ -108,3 +108,35 @@ fn up_and_status_say_when_the_container_is_not_reachable() {
     assert_eq!(st.code, 3, "{}{}", st.stdout, st.stderr);
     assert!(st.stderr.contains("nosuch.invalid"), "{}", st.stderr);
 }
+
+/// Point 6: without root, `up --dry-run` shows the routes and DNS it would set and says what it
+/// could not read (the firewall needs root), exit 0.
+#[test]
+fn dry_run_without_root_shows_what_it_can() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let before = lab.snapshot();
+    let run = lab.as_nobody(&["up", "--dry-run", "--vm-ip", VM_IP, "--dns", "resolv-conf"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("would apply 5 change(s)"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("dns: would set"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("firewall: not checked") && run.stdout.contains("root"),
+        "{}",
+        run.stdout
+    );
+    let json = lab.as_nobody(&["--json", "up", "--dry-run", "--vm-ip", VM_IP]);
+    assert_eq!(json.code, 0, "{}", json.stderr);
+    assert!(
+        json.json()["firewall_unread"].as_str().is_some(),
+        "{}",
+        json.stdout
+    );
+    assert_eq!(lab.snapshot(), before);
+}
