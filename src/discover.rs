@@ -48,6 +48,10 @@ impl fmt::Display for VmIpSource {
 /// What discovery is asked to find, from settings.
 #[derive(Clone, Debug, Default)]
 pub struct Request {
+    /// The settings flags this `up` was given (or re-applied), for the record.
+    pub flags: crate::settings::UpFlags,
+    /// A bare `up` re-applying the last `up`'s flags: those flags.
+    pub replayed: Option<crate::settings::UpFlags>,
     pub interface: Option<String>,
     /// A VM IP given directly (flag or config file), with its source.
     pub vm_ip: Option<SourcedIp>,

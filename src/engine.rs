@@ -286,6 +286,7 @@ pub async fn up<N: Net>(
     let mut record = Record::new(target.clone(), desired, want_dns.clone());
     record.firewall =
         !fw.is_empty() || previous.as_ref().is_some_and(|p| p.firewall) || fw_owned_before;
+    record.flags = Some(settings.request.flags.clone());
     if previous.as_ref() != Some(&record) {
         store.save(&record)?;
     }

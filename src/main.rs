@@ -177,6 +177,9 @@ fn install(cli: &Cli, a: &InstallArgs) -> anyhow::Result<()> {
         if let Err(e) = service::check_binary(&bin) {
             tracing::warn!("{e}");
         }
+        if a.hooks {
+            hooks_note(cli, &root, true);
+        }
         return print_targets(cli.json, init, &root, &targets);
     }
     let system = root == Path::new("/");
@@ -204,6 +207,9 @@ fn install(cli: &Cli, a: &InstallArgs) -> anyhow::Result<()> {
         down: None,
     };
     print!("{}", report.render(cli.json));
+    if a.hooks {
+        hooks_note(cli, &root, false);
+    }
     Ok(())
 }
 
@@ -355,6 +361,39 @@ fn run_down(cli: &Cli) -> anyhow::Result<engine::Outcome> {
     })
 }
 
+/// A bare `up` that re-applies the last `up`'s settings says so.
+fn replay_note(settings: &Settings) -> String {
+    match &settings.request.replayed {
+        Some(flags) => format!(
+            "settings: the last up's settings ({flags}), recorded in {}\n",
+            settings.state_dir.display()
+        ),
+        None => String::new(),
+    }
+}
+
+/// `install --hooks`: which settings the hooks' bare `dockroute up` will use; a warning when it
+/// has nothing to go by.
+fn hooks_note(cli: &Cli, root: &Path, print: bool) {
+    let under = |p: &str| root.join(p.trim_start_matches('/'));
+    let config = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| under(dockroute::settings::DEFAULT_CONFIG));
+    let state = cli
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| under(dockroute::record::DEFAULT_STATE_DIR));
+    let found = dockroute::settings::HookSettings::find(&config, &state);
+    if !found.vm_named {
+        tracing::warn!("{found}");
+    } else if print || cli.json {
+        tracing::info!("{found}");
+    } else {
+        println!("hooks: {found}");
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Install(a) => return install(&cli, a),
@@ -388,7 +427,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if cli.json {
                     report::json(&o)
                 } else {
-                    report::outcome("up", &o)
+                    replay_note(&settings) + &report::outcome("up", &o)
                 }
             }
             Command::Down(a) => {

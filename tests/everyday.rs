@@ -140,3 +140,125 @@ fn dry_run_without_root_shows_what_it_can() {
     );
     assert_eq!(lab.snapshot(), before);
 }
+
+/// `dockroute install --hooks --root ROOT` with the lab's config and state dir in its environment
+/// (as the hooks will have them), through a root-only copy of the binary.
+fn install_hooks(lab: &Lab, root: &std::path::Path) -> Run {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = lab.dir.path().join("trusted-dockroute");
+    if !bin.exists() {
+        std::fs::copy(BIN, &bin).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let out = std::process::Command::new(&bin)
+        .args(["install", "--hooks", "--root"])
+        .arg(root)
+        .env("DOCKROUTE_CONFIG", lab.config())
+        .env("DOCKROUTE_STATE_DIR", lab.state_dir())
+        .output()
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Point 2: after `up --vm-ip IP` and a flushed neighbour table, what a VPN hook runs (a bare
+/// `dockroute up`) re-applies the last `up`'s settings; `install --hooks` says which settings the
+/// hooks will use, and warns when they cannot work.
+#[test]
+fn hooks_reapply_the_last_up() {
+    if !privileged() {
+        return;
+    }
+    use std::time::{Duration, Instant};
+    let lab = Lab::new();
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("etc/openvpn")).unwrap();
+
+    // nothing to go by yet: the hooks cannot work, and install says so
+    let fresh = install_hooks(&lab, root.path()).ok();
+    assert!(
+        fresh.stderr.contains("no record") && fresh.stderr.contains("--vm-ip"),
+        "{}{}",
+        fresh.stdout,
+        fresh.stderr
+    );
+
+    lab.dockroute(&["up", "--vm-ip", VM_IP, "--dns", "off"])
+        .ok();
+    let installed = lab.tagged();
+    let resolv = std::fs::read(lab.resolv_conf()).unwrap();
+    let again = install_hooks(&lab, root.path()).ok();
+    assert!(
+        again.stdout.contains("the last up's settings")
+            && again.stdout.contains("--vm-ip 192.168.99.100"),
+        "{}{}",
+        again.stdout,
+        again.stderr
+    );
+    assert!(!again.stderr.contains("WARN"), "{}", again.stderr);
+
+    // the VPN connects: it flushes the neighbour table and dockroute's routes
+    lab.ip("neigh flush all");
+    lab.ip("route flush table 5017");
+    lab.ip("route flush proto 100");
+    assert!(!lab.reaches_container());
+
+    // the hook, run the way OpenVPN runs it (in the background, default paths from the env)
+    let hook = root.path().join("etc/openvpn/dockroute-route-up");
+    let status = std::process::Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "if [ -d /run/dbus ]; then mount -t tmpfs -o mode=755 tmpfs /run/dbus; fi; exec \"$@\"",
+            "sh",
+            "ip",
+            "netns",
+            "exec",
+            &lab.host(),
+            "sh",
+        ])
+        .arg(&hook)
+        .env("DOCKROUTE_CONFIG", lab.config())
+        .env("DOCKROUTE_STATE_DIR", lab.state_dir())
+        .env_remove("DOCKER_HOST")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lab.tagged() < installed {
+        assert!(Instant::now() < deadline, "the hook's up did not re-apply");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(lab.reaches_container());
+    // --dns off was re-applied too: resolv.conf untouched
+    assert_eq!(std::fs::read(lab.resolv_conf()).unwrap(), resolv);
+
+    // a bare `up` says where its settings come from
+    lab.ip("neigh flush all");
+    let bare = lab.dockroute(&["up"]).ok();
+    assert!(
+        bare.stdout.contains("the last up's settings"),
+        "{}",
+        bare.stdout
+    );
+
+    // a key in the config file says otherwise: it wins over the recorded flag
+    std::fs::write(lab.config(), "subnets = [\"172.18.0.0/16\"]\n").unwrap();
+    let cfg = lab.dockroute(&["--json", "up", "--dry-run"]).ok().json();
+    assert_eq!(cfg["target"]["subnets"][0], "172.18.0.0/16", "{cfg}");
+    assert_eq!(cfg["target"]["vm_ip"], VM_IP, "{cfg}");
+
+    // down forgets the record, and with it the settings
+    std::fs::write(lab.config(), "").unwrap();
+    lab.dockroute(&["down"]).ok();
+    lab.ip("neigh flush all");
+    let run = lab.dockroute(&["up"]);
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("no live neighbour"), "{}", run.stderr);
+}
