@@ -125,7 +125,14 @@ pub fn external_vm_ip(req: &Request) -> Result<(Option<SourcedIp>, Vec<String>),
     match req.docker_host.as_deref() {
         Some(v) if !v.is_empty() => match machine::parse_docker_host(v) {
             DockerHost::Ip(ip) => return Ok((Some((ip, VmIpSource::DockerHost)), tried)),
-            DockerHost::NotAnIp(v) => tried.push(format!("DOCKER_HOST ('{v}' is not tcp://IP)")),
+            DockerHost::NotAnIp(v) => {
+                if let Some(host) = machine::docker_host_name(&v) {
+                    tracing::warn!(
+                        "DOCKER_HOST={v} names a host ({host}), not an IP: dockroute does not resolve names (a name may resolve through the very routes it sets up); ignored, pass --vm-ip"
+                    );
+                }
+                tried.push(format!("DOCKER_HOST ('{v}' is not tcp://IP)"))
+            }
         },
         _ => tried.push("DOCKER_HOST (unset)".into()),
     }
@@ -182,6 +189,14 @@ pub fn choose(
         .copied()
         .filter(|l| is_host_only(&l.name))
         .collect();
+    if let Some(name) = &req.interface
+        && links.iter().any(|l| &l.name == name && l.loopback)
+    {
+        return Err(DiscoverError::Invalid(format!(
+            "--interface {name} is the loopback link: traffic on it never leaves this host, so it cannot reach the VM; name the VM's host-only link ({})",
+            names(&host_only)
+        )));
+    }
     let explicit = match &req.interface {
         Some(name) => Some(*usable.iter().find(|l| &l.name == name).ok_or_else(|| {
             DiscoverError::NotYet(format!(
@@ -340,6 +355,8 @@ pub async fn discover<N: Net>(net: &mut N, req: &Request) -> Result<Target, Disc
     if deadline.is_some() {
         net.subscribe().await?;
     }
+    let start = Instant::now();
+    let mut waited = false;
     loop {
         let links = net.links().await?;
         let neighbours = if vm.is_none() {
@@ -348,10 +365,26 @@ pub async fn discover<N: Net>(net: &mut N, req: &Request) -> Result<Target, Disc
             Vec::new()
         };
         match choose(&links, &neighbours, req, vm.clone(), &tried) {
-            Ok(t) => return Ok(t),
+            Ok(t) => {
+                if waited {
+                    tracing::warn!(
+                        "found after {:.1}s: {} on {}",
+                        start.elapsed().as_secs_f64(),
+                        t.vm_ip,
+                        t.ifname
+                    );
+                }
+                return Ok(t);
+            }
             Err(DiscoverError::NotYet(msg)) => match deadline {
                 Some(d) => {
-                    tracing::debug!("waiting: {msg}");
+                    if !waited {
+                        let secs = req.wait.unwrap_or_default().as_secs_f64();
+                        tracing::warn!("waiting up to {secs}s: {msg}");
+                        waited = true;
+                    } else {
+                        tracing::debug!("still waiting: {msg}");
+                    }
                     if !net.next_event(d).await? {
                         let secs = req.wait.unwrap_or_default().as_secs_f64();
                         return Err(DiscoverError::NotYet(format!("{msg} (waited {secs}s)")));

@@ -206,6 +206,27 @@ fn wanted_dns(settings: &Settings, target: &Target) -> Option<DnsState> {
     })
 }
 
+/// Settings `up` was given that this target or DNS backend does not use: warnings, not errors.
+fn warn_unused(settings: &Settings, target: &Target, dns: Option<&DnsState>) {
+    if settings.resolver_dir != std::path::Path::new(crate::settings::DEFAULT_RESOLVER_DIR)
+        && dns.is_none_or(|d| d.backend != Backend::ResolverDir)
+    {
+        tracing::warn!(
+            "--resolver-dir {} is ignored: DNS is not set through resolver files (that takes --dns resolver-dir)",
+            settings.resolver_dir.display()
+        );
+    }
+    let ns = *settings.nameserver.ip();
+    if dns.is_some() && !target.networks().iter().any(|n| n.contains(&ns)) {
+        let nets: Vec<String> = target.networks().iter().map(|n| n.to_string()).collect();
+        tracing::warn!(
+            "--nameserver {ns} is in none of the networks routed through the VM ({}): queries for *.{} will not go through dockroute's routes",
+            nets.join(", "),
+            settings.domain
+        );
+    }
+}
+
 /// Whether two DNS settings live in the same place (so setting one replaces the other).
 fn same_place(a: &DnsState, b: &DnsState) -> bool {
     a.backend == b.backend && a.domain == b.domain && a.path == b.path && a.ifindex == b.ifindex
@@ -223,6 +244,7 @@ pub async fn up<N: Net>(
     // Discovery and the DNS check only read and validate; the lock covers observe → record.
     let target = discover::discover(net, &settings.request).await?;
     let want_dns = wanted_dns(settings, &target);
+    warn_unused(settings, &target, want_dns.as_ref());
     if let Some(d) = &want_dns {
         dns::check(d).await?;
     }

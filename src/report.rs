@@ -8,13 +8,18 @@ pub fn outcome(verb: &str, o: &Outcome) -> String {
     let mut s = String::new();
     if let Some(t) = &o.target {
         let subnets: Vec<String> = t.subnets.iter().map(|n| n.to_string()).collect();
+        // `down` discovers nothing: where the last up found the VM is not news there.
+        let source = if verb == "up" {
+            format!(" (VM IP from {})", t.vm_ip_source)
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             s,
-            "{} via VM {} on {} (VM IP from {})",
+            "{} via VM {} on {}{source}",
             subnets.join(", "),
             t.vm_ip,
             t.ifname,
-            t.vm_ip_source
         );
     }
     let dns_changed = o.dns.as_ref().is_some_and(|d| d.changed);

@@ -16,6 +16,13 @@ pub const DEFAULT_CONFIG: &str = "/etc/dockroute/config.toml";
 pub const DEFAULT_SUBNET: &str = "172.17.0.0/16";
 pub const DEFAULT_DOMAIN: &str = "docker";
 pub const DEFAULT_RESOLVER_DIR: &str = "/etc/resolver";
+/// One-label domains `--domain` warns about: the big generic and country TLDs whose names a
+/// developer reaches every day, `local` (mDNS) and `arpa` (reverse lookups). Not a full list of
+/// TLDs (there are over a thousand, and it changes): the mistakes people make.
+pub const TOP_LEVEL_DOMAINS: &[&str] = &[
+    "com", "net", "org", "io", "dev", "app", "edu", "gov", "co", "ai", "me", "cloud", "local",
+    "arpa", "de", "uk", "fr", "us", "eu",
+];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -51,7 +58,8 @@ struct ConfigFile {
     dns: Option<DnsMode>,
     resolver_dir: Option<PathBuf>,
     firewall: Option<FirewallMode>,
-    wait: Option<Spanned<f64>>,
+    /// A number of seconds; read as any value so that a string gets a message that says so.
+    wait: Option<Spanned<toml::Value>>,
 }
 
 /// The settings flags of an `up` (and `DOCKER_HOST`, when it named the VM), as the record keeps
@@ -452,10 +460,22 @@ impl Settings {
         };
         let wait = match (up.wait, &cfg.wait) {
             (Some(w), _) => Some(w),
-            (None, Some(w)) => Some(
-                validate::wait_secs(&w.get_ref().to_string())
-                    .map_err(|e| src.err(w.span().start, &e))?,
-            ),
+            (None, Some(w)) => {
+                let secs = match w.get_ref() {
+                    toml::Value::Integer(i) => i.to_string(),
+                    toml::Value::Float(f) => f.to_string(),
+                    other => {
+                        return Err(src.err(
+                            w.span().start,
+                            &format!(
+                                "wait is a number of seconds (wait = 30), not a {}",
+                                other.type_str()
+                            ),
+                        ));
+                    }
+                };
+                Some(validate::wait_secs(&secs).map_err(|e| src.err(w.span().start, &e))?)
+            }
             _ => None,
         };
         let dns = up.dns.or(cfg.dns).unwrap_or(DnsMode::Auto);
@@ -467,6 +487,22 @@ impl Settings {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_RESOLVER_DIR));
         if state_dir.as_os_str().is_empty() {
             return Err(SettingsError("--state-dir is empty".into()));
+        }
+        if std::fs::metadata(&state_dir).is_ok_and(|m| !m.is_dir()) {
+            return Err(SettingsError(format!(
+                "--state-dir {} is a file, not a directory (dockroute keeps its record and lock in a directory)",
+                state_dir.display()
+            )));
+        }
+        if is_up {
+            if let (Some((_, from)), Some(m)) = (&vm_ip, &machine) {
+                tracing::warn!("--machine {m} is ignored: the VM IP comes from {from}");
+            }
+            if TOP_LEVEL_DOMAINS.contains(&domain.to_ascii_lowercase().as_str()) {
+                tracing::warn!(
+                    "--domain '{domain}' is a top-level domain others use: every name under it would go to the VM's DNS server; use a name of your own (the default is {DEFAULT_DOMAIN})"
+                );
+            }
         }
 
         Ok(Settings {
@@ -576,6 +612,15 @@ mod tests {
             .unwrap_err()
             .0;
         assert!(e.contains("line 3: invalid subnet '10.1.2.3/8'"), "{e}");
+        let e = load_cfg("\nwait = \"30\"\n").unwrap_err().0;
+        assert!(
+            e.contains("line 2: wait is a number of seconds (wait = 30), not a string"),
+            "{e}"
+        );
+        assert_eq!(
+            load_cfg("wait = 30\n").unwrap().wait(),
+            Some(Duration::from_secs(30))
+        );
         let e = load_cfg("vm-ip = 1\n").unwrap_err().0;
         assert!(e.contains("line 1:") && e.contains("unknown field"), "{e}");
         let e = load_cfg("a = [\n").unwrap_err().0;

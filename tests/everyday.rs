@@ -262,3 +262,102 @@ fn hooks_reapply_the_last_up() {
     assert_ne!(run.code, 0);
     assert!(run.stderr.contains("no live neighbour"), "{}", run.stderr);
 }
+
+/// Point 9: what used to be ignored in silence is a warning; messages that puzzled say why.
+#[test]
+fn silent_ignores_become_warnings() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let warned = |args: &[&str], want: &[&str]| {
+        let run = lab.dockroute(args);
+        assert_eq!(run.code, 0, "{args:?}: {}", run.stderr);
+        for w in want {
+            assert!(
+                run.stderr.contains(w),
+                "{args:?}: no {w:?} in: {}",
+                run.stderr
+            );
+        }
+    };
+    let dry = ["up", "--dry-run", "--vm-ip", VM_IP];
+    let with = |more: &[&'static str]| -> Vec<&str> {
+        dry.iter().copied().chain(more.iter().copied()).collect()
+    };
+    // nothing to say about a plain dry run
+    let plain = lab.dockroute(&dry);
+    assert_eq!(plain.stderr, "", "{}", plain.stderr);
+    warned(
+        &with(&["--machine", "dev"]),
+        &["--machine dev is ignored", "--vm-ip"],
+    );
+    warned(
+        &with(&["--dns", "resolv-conf", "--resolver-dir", "/tmp/r"]),
+        &["--resolver-dir /tmp/r is ignored", "resolver-dir"],
+    );
+    warned(
+        &with(&["--nameserver", "10.1.2.3"]),
+        &["10.1.2.3", "none of the networks routed through the VM"],
+    );
+    warned(
+        &with(&["--domain", "com"]),
+        &["'com' is a top-level domain"],
+    );
+    let dh = lab.dockroute_env(&["up", "--dry-run"], &[("DOCKER_HOST", &"tcp://myvm:2376")]);
+    assert!(
+        dh.stderr.contains("DOCKER_HOST") && dh.stderr.contains("names a host (myvm)"),
+        "{}",
+        dh.stderr
+    );
+
+    // messages that say why
+    let lo = lab.dockroute(&with(&["--interface", "lo"]));
+    assert_eq!(lo.code, 1);
+    assert!(lo.stderr.contains("loopback"), "{}", lo.stderr);
+    let file = lab.dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let sd = lab.dockroute_env(&["status"], &[("DOCKROUTE_STATE_DIR", &file)]);
+    assert_eq!(sd.code, 1);
+    assert!(
+        sd.stderr.contains("is a file, not a directory"),
+        "{}",
+        sd.stderr
+    );
+    std::fs::write(lab.config(), "wait = \"30\"\n").unwrap();
+    let w = lab.dockroute(&dry);
+    assert_eq!(w.code, 1);
+    assert!(
+        w.stderr.contains("line 1")
+            && w.stderr.contains("number of seconds")
+            && w.stderr.lines().count() == 1,
+        "{}",
+        w.stderr
+    );
+    std::fs::write(lab.config(), "wait = 2\n").unwrap();
+    lab.dockroute(&dry).ok();
+    std::fs::write(lab.config(), "").unwrap();
+
+    // `down` shows no discovery details it did not use
+    up(&lab);
+    let down = lab.dockroute(&["down"]).ok();
+    assert!(!down.stdout.contains("VM IP from"), "{}", down.stdout);
+
+    // status with the link down says so
+    up(&lab);
+    lab.ip("link set vboxnet0 down");
+    let st = lab.dockroute(&["status"]);
+    assert_eq!(st.code, 3);
+    assert!(st.stderr.contains("link vboxnet0 is down"), "{}", st.stderr);
+
+    // --wait says what it waits for, once, and when it found it
+    let child = lab.spawn(&["up", "--vm-ip", VM_IP, "--wait", "10"], &[]);
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    lab.ip("link set vboxnet0 up");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(err.matches("waiting up to 10s").count(), 1, "{err}");
+    assert!(err.contains("link vboxnet0 is down"), "{err}");
+    assert!(err.contains("found after"), "{err}");
+}
