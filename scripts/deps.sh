@@ -18,6 +18,9 @@ have iptables-legacy || need+=(iptables)
 have nft || need+=(nftables)
 have nsenter || need+=(util-linux)
 have getent || need+=(libc-bin)
+# the file-safety tests put an ACL on a private /etc/resolv.conf
+have setfacl || need+=(acl)
+have getfacl || need+=(acl)
 # the DNS tests' private systemd-resolved (scripts/resolved-lab.sh) needs a bus and systemd's library
 have dbus-daemon || need+=(dbus-daemon)
 have dbus-send || need+=(dbus-bin)

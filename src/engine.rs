@@ -249,9 +249,14 @@ pub async fn up<N: Net>(
         dns::check(d).await?;
     }
     let _lock = if dry_run { None } else { Some(store.lock()?) };
+    if let (Some(d), false) = (&want_dns, dry_run) {
+        dns::sweep(d.backend, &d.path);
+    }
     let desired = plan::desired(&target);
-    let snap = net.snapshot().await?;
-    let changes = plan::diff(&desired, &snap.owned);
+    // Only dockroute's own entries: the kernel filters the route dump (a VPN's thousands of
+    // routes in main are not read).
+    let owned = net.owned().await?;
+    let changes = plan::diff(&desired, &owned);
     let mut firewall_unread = None;
     let (fw, fw_owned_before, firewall_warnings) = match settings.firewall {
         FirewallMode::Auto => {
@@ -312,11 +317,16 @@ pub async fn up<N: Net>(
     if previous.as_ref() != Some(&record) {
         store.save(&record)?;
     }
-    if let Some(old) = previous.as_ref().and_then(|r| r.dns.as_ref())
-        && want_dns.as_ref().is_none_or(|w| !same_place(old, w))
-        && let Err(e) = dns::revert(old).await
-    {
-        tracing::warn!("could not undo the previous DNS setting ({old}): {e}");
+    // Undone where the settings point, never at a path from the record.
+    let previous_dns = previous.as_ref().and_then(|r| r.dns.as_ref());
+    match previous_dns.map(|d| dns::at_settings(d, settings)) {
+        Some(Ok(old)) if want_dns.as_ref().is_none_or(|w| !same_place(&old, w)) => {
+            if let Err(e) = dns::revert(&old).await {
+                tracing::warn!("could not undo the previous DNS setting ({old}): {e}");
+            }
+        }
+        Some(Err(e)) => tracing::warn!("leaving the previous DNS setting: {e}"),
+        _ => {}
     }
     let dns = match want_dns {
         Some(state) => match dns::apply(&state).await {
@@ -342,11 +352,18 @@ pub async fn up<N: Net>(
     };
     // Applied is not the same as working: ask the kernel what it picks now.
     let probes = probe(net, &target).await?;
-    let not_via_vm = probes
-        .iter()
-        .filter(|p| !p.ok)
-        .map(|p| why_not_via_vm(p, &snap.foreign_routes, &snap.foreign_rules))
-        .collect();
+    // Only when something is wrong: the full dump names what wins (a VPN's thousands of routes
+    // are not read on the ordinary path).
+    let not_via_vm = if probes.iter().all(|p| p.ok) {
+        Vec::new()
+    } else {
+        let snap = net.snapshot().await?;
+        probes
+            .iter()
+            .filter(|p| !p.ok)
+            .map(|p| why_not_via_vm(p, &snap.foreign_routes, &snap.foreign_rules))
+            .collect()
+    };
     Ok(Outcome {
         target: Some(target),
         changes,
@@ -370,8 +387,8 @@ pub async fn down<N: Net>(
     hooks: Hooks,
 ) -> Result<Outcome, EngineError> {
     let _lock = if dry_run { None } else { Some(store.lock()?) };
-    let snap = net.snapshot().await?;
-    let changes = plan::diff(&[], &snap.owned);
+    let owned = net.owned().await?;
+    let changes = plan::diff(&[], &owned);
     let record = store.load().ok().flatten();
     // The firewalls are read (which takes a process per backend) only when dockroute inserted
     // rules there, or when there is no record to say it did not.
@@ -386,14 +403,21 @@ pub async fn down<N: Net>(
         tracing::warn!("firewall: {w}");
     }
     let firewall_warnings = fw_seen.warnings;
-    let dns_state = record.as_ref().and_then(|r| r.dns.clone());
+    // Undone where the settings point, never at a path from the record.
+    let dns_state = record
+        .as_ref()
+        .and_then(|r| r.dns.as_ref())
+        .map(|d| dns::at_settings(d, settings));
     let target = record.map(|r| r.target);
     if dry_run {
         let dns = match dns_state {
-            Some(state) => Some(DnsOutcome {
-                changed: dns::observe(&state).await.0,
-                state,
-            }),
+            Some(state) => {
+                let state = state?;
+                Some(DnsOutcome {
+                    changed: dns::observe(&state).await.0,
+                    state,
+                })
+            }
             None => None,
         };
         if let Some(e) = fw_seen.errors.into_iter().next() {
@@ -414,12 +438,18 @@ pub async fn down<N: Net>(
     let mut failed: Vec<String> = fw_seen.errors.iter().map(|e| e.to_string()).collect();
     failed.extend(firewall::apply_all(&fw).iter().map(|e| e.to_string()));
     let mut dns = None;
+    match &dns_state {
+        Some(Ok(state)) => dns::sweep(state.backend, &state.path),
+        Some(Err(_)) => {}
+        None => dns::sweep(Backend::ResolvConf, &settings.resolv_conf),
+    }
     let other_steps = 2; // the firewall, and the DNS undo (from the record, or resolv.conf's marker)
     match dns_state {
-        Some(state) => match dns::revert(&state).await {
+        Some(Ok(state)) => match dns::revert(&state).await {
             Ok(changed) => dns = Some(DnsOutcome { state, changed }),
             Err(e) => failed.push(e.to_string()),
         },
+        Some(Err(e)) => failed.push(e.to_string()),
         // No record (deleted, or unreadable): the marked lines in resolv.conf still identify
         // themselves.
         None => {
@@ -616,6 +646,10 @@ pub struct Status {
     pub installed: Vec<crate::net::Entry>,
     /// Whether the installed entries are exactly what `up` would install now.
     pub in_sync: bool,
+    /// Routes and rules tagged like dockroute's but not of its shape: never removed.
+    pub tagged_not_owned: Vec<crate::net::Tagged>,
+    /// What needs a person's attention.
+    pub warnings: Vec<String>,
     pub probes: Vec<Probe>,
     pub conflicts: Vec<Conflict>,
     /// Per-domain DNS as the last `up` set it, and whether it is still in place.
@@ -683,15 +717,22 @@ pub async fn status<N: Net>(
         Ok(r) => (r, None),
         Err(e) => (None, Some(e.to_string())),
     };
-    let dns = match record.as_ref().and_then(|r| r.dns.clone()) {
-        Some(state) => {
-            let (in_place, detail) = dns::observe(&state).await;
-            Some(DnsStatus {
-                state,
-                in_place,
-                detail,
-            })
-        }
+    let dns = match record.as_ref().and_then(|r| r.dns.as_ref()) {
+        Some(recorded) => Some(match dns::at_settings(recorded, settings) {
+            Ok(state) => {
+                let (in_place, detail) = dns::observe(&state).await;
+                DnsStatus {
+                    state,
+                    in_place,
+                    detail,
+                }
+            }
+            Err(e) => DnsStatus {
+                state: recorded.clone(),
+                in_place: false,
+                detail: e.to_string(),
+            },
+        }),
         None => None,
     };
     let name_check = check_name.map(|name| match crate::nss::addresses(name) {
@@ -720,6 +761,13 @@ pub async fn status<N: Net>(
     };
     let links = net.links().await?;
     let snap = net.snapshot().await?;
+    let tagged_not_owned = snap.tagged_not_owned();
+    let warnings = tagged_not_owned
+        .iter()
+        .map(|t| {
+            format!("{t}: tagged like dockroute's but not its shape; dockroute leaves it alone")
+        })
+        .collect();
     let mut vpn_status = VpnStatus {
         links: vpn::tunnels(&links, &snap.foreign_routes),
         ..Default::default()
@@ -820,6 +868,8 @@ pub async fn status<N: Net>(
         record_error,
         installed: snap.owned,
         in_sync,
+        tagged_not_owned,
+        warnings,
         probes,
         conflicts,
         dns,

@@ -9,13 +9,14 @@
 use anyhow::{Context, bail};
 use clap::Parser;
 use clap::error::ErrorKind;
-use dockroute::cli::{Cli, Command, InstallArgs, UninstallArgs};
+use dockroute::cli::{Cli, Command, InstallArgs, UninstallArgs, UpArgs, WatchArgs};
 use dockroute::engine::{self, Hooks};
 use dockroute::net::System;
 use dockroute::record::Store;
 use dockroute::report;
 use dockroute::service::{self, Init};
 use dockroute::settings::Settings;
+use dockroute::watch;
 use std::ffi::c_int;
 use std::os::fd::IntoRawFd;
 use std::path::{Path, PathBuf};
@@ -90,7 +91,12 @@ fn cli() -> c_int {
         Ok(cli) => cli,
         Err(e) => return clap_error(e),
     };
-    init_logging();
+    // `watch` is a daemon: its log is what it has to say (one line per change)
+    init_logging(if matches!(cli.command, Command::Watch(_)) {
+        tracing::level_filters::LevelFilter::INFO
+    } else {
+        tracing::level_filters::LevelFilter::WARN
+    });
     match run(cli) {
         Ok(()) => 0,
         Err(e) => failed(e),
@@ -101,11 +107,15 @@ fn cli() -> c_int {
 /// containers are not reached: [`engine::Degraded`]) is one line and exit status 3.
 fn failed(e: anyhow::Error) -> c_int {
     if let Some(d) = e.downcast_ref::<engine::Degraded>() {
-        eprintln!("{}", d.to_string().replace('\n', " "));
+        eprintln!(
+            "{}",
+            report::escape_controls(&d.to_string().replace('\n', " "))
+        );
         return 3;
     }
     let msg = format!("{e:#}").replace('\n', " ");
-    eprintln!("error: {msg}");
+    // Errors quote link names, paths and values: shown, never obeyed by the terminal.
+    eprintln!("error: {}", report::escape_controls(&msg));
     1
 }
 
@@ -118,7 +128,7 @@ fn clap_error(e: clap::Error) -> c_int {
         }
         ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
             eprintln!(
-                "error: missing command: up, down, status, install or uninstall (see dockroute --help)"
+                "error: missing command: up, down, status, watch, install or uninstall (see dockroute --help)"
             );
             2
         }
@@ -126,18 +136,19 @@ fn clap_error(e: clap::Error) -> c_int {
             let rendered = e.render().to_string();
             let first = rendered.lines().next().unwrap_or("invalid arguments");
             let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("error: {first}");
+            eprintln!("error: {}", report::escape_controls(first));
             2
         }
     }
 }
 
-/// Logs to stderr at the level in `DOCKROUTE_LOG` (error, warn, info, debug, trace; default warn).
-fn init_logging() {
+/// Logs to stderr at the level in `DOCKROUTE_LOG` (error, warn, info, debug, trace; default warn,
+/// info for `watch`).
+fn init_logging(default: tracing::level_filters::LevelFilter) {
     let level = std::env::var("DOCKROUTE_LOG")
         .ok()
         .and_then(|v| v.parse::<tracing::level_filters::LevelFilter>().ok())
-        .unwrap_or(tracing::level_filters::LevelFilter::WARN);
+        .unwrap_or(default);
     tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
@@ -145,14 +156,42 @@ fn init_logging() {
         .init();
 }
 
-/// `DOCKROUTE_TEST_STALL_AFTER=N` makes `up`/`down` stop before their Nth change (tests kill it
-/// there to prove a half-applied run can be cleaned up).
+/// Test hooks, in debug builds only (release builds have neither the hooks nor their variables):
+/// `DOCKROUTE_TEST_STALL_AFTER=N` makes `up`/`down` stop before their Nth change, and
+/// `DOCKROUTE_TEST_STALL_RENAME=NAME` before renaming a temporary file over a file named NAME
+/// (tests kill it there to prove a half-applied run can be cleaned up).
+#[cfg(debug_assertions)]
 fn hooks() -> Hooks {
+    if let Some(name) = std::env::var_os("DOCKROUTE_TEST_STALL_RENAME") {
+        dockroute::fsutil::set_stall_before_rename(name);
+    }
     Hooks {
         stall_before_change: std::env::var("DOCKROUTE_TEST_STALL_AFTER")
             .ok()
             .and_then(|v| v.parse().ok()),
     }
+}
+
+#[cfg(debug_assertions)]
+/// `DOCKROUTE_TEST_BACKSTOP_SECS=S` shortens watch's backstop re-check (tests of what sends no
+/// events, such as iptables-legacy); at least 0.1 s.
+fn test_backstop() -> Option<std::time::Duration> {
+    let secs: f64 = std::env::var("DOCKROUTE_TEST_BACKSTOP_SECS")
+        .ok()?
+        .parse()
+        .ok()?;
+    (secs.is_finite() && secs > 0.0)
+        .then(|| std::time::Duration::from_secs_f64(secs.clamp(0.1, 3600.0)))
+}
+
+#[cfg(not(debug_assertions))]
+fn test_backstop() -> Option<std::time::Duration> {
+    None
+}
+
+#[cfg(not(debug_assertions))]
+fn hooks() -> Hooks {
+    Hooks::default()
 }
 
 fn require_root(what: &str) -> anyhow::Result<()> {
@@ -346,6 +385,14 @@ fn uninstall(cli: &Cli, a: &UninstallArgs) -> anyhow::Result<()> {
 }
 
 /// `down` as the `down` command runs it (for `uninstall`).
+/// The state directory, with the lock timeout the command line asks for.
+fn store(cli: &Cli, settings: &Settings) -> Store {
+    Store::new(&settings.state_dir).with_lock_timeout(
+        cli.lock_timeout
+            .unwrap_or(dockroute::record::DEFAULT_LOCK_TIMEOUT),
+    )
+}
+
 fn run_down(cli: &Cli) -> anyhow::Result<engine::Outcome> {
     let settings = Settings::load(
         cli.config.as_deref(),
@@ -354,7 +401,7 @@ fn run_down(cli: &Cli) -> anyhow::Result<engine::Outcome> {
         None,
         std::env::var("DOCKER_HOST").ok(),
     )?;
-    let store = Store::new(&settings.state_dir);
+    let store = store(cli, &settings);
     futures_lite::future::block_on(async {
         let mut net = System::new()?;
         Ok(engine::down(&mut net, &settings, &store, false, hooks()).await?)
@@ -394,14 +441,50 @@ fn hooks_note(cli: &Cli, root: &Path, print: bool) {
     }
 }
 
+/// `watch`: runs until SIGTERM or SIGINT; the settings are read again on SIGHUP and when the
+/// config file changes.
+fn watch(cli: &Cli, a: &WatchArgs) -> anyhow::Result<()> {
+    if a.up.dry_run {
+        bail!("watch applies changes as they become needed; use `up --dry-run` to preview them");
+    }
+    if !nix::unistd::geteuid().is_root() {
+        bail!("dockroute watch changes the routing tables: run it as root (sudo)");
+    }
+    let load = || {
+        Settings::load(
+            cli.config.as_deref(),
+            cli.state_dir.as_deref(),
+            cli.json,
+            Some(&a.up),
+            std::env::var("DOCKER_HOST").ok(),
+        )
+    };
+    let opts = watch::Options {
+        down_on_exit: a.down_on_exit,
+        backstop: test_backstop(),
+    };
+    watch::run(load, opts)?;
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Install(a) => return install(&cli, a),
         Command::Uninstall(a) => return uninstall(&cli, a),
+        Command::Watch(a) => return watch(&cli, a),
         _ => {}
     }
+    // `down` takes only the places DNS was set at from the flags (the resolver dir).
+    let down_args;
     let up_args = match &cli.command {
         Command::Up(a) => Some(a),
+        Command::Down(a) => {
+            down_args = UpArgs {
+                resolver_dir: a.resolver_dir.clone(),
+                ..UpArgs::default()
+            };
+            Some(&down_args)
+        }
         _ => None,
     };
     let settings = Settings::load(
@@ -411,7 +494,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         up_args,
         std::env::var("DOCKER_HOST").ok(),
     )?;
-    let store = Store::new(&settings.state_dir);
+    let store = store(&cli, &settings);
     // No reactor: netlink requests are blocking calls, and the D-Bus client starts a runtime of its
     // own when it is needed (dns::resolved). Nothing here waits on an event loop.
     let mut degraded = None;
@@ -441,8 +524,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     report::outcome("down", &o)
                 }
             }
-            // files only: handled before the runtime starts
-            Command::Install(_) | Command::Uninstall(_) => String::new(),
+            // files only, or a loop of its own: handled before the runtime starts
+            Command::Install(_) | Command::Uninstall(_) | Command::Watch(_) => String::new(),
             Command::Status(a) => {
                 let st =
                     engine::status(&mut net, &settings, &store, a.check_name.as_deref()).await?;

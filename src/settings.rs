@@ -42,8 +42,30 @@ pub enum FirewallMode {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct SettingsError(pub String);
+pub enum SettingsError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot read config file {path}: {err}")]
+    Read { path: PathBuf, err: std::io::Error },
+    #[error(
+        "config file {path} is not safe: {err}; it must be owned by root and not writable by others, all the way up (chown root, chmod 644)"
+    )]
+    Untrusted {
+        path: PathBuf,
+        err: crate::trust::TrustError,
+    },
+    #[error("{path} line {line}: {msg}")]
+    At {
+        path: PathBuf,
+        line: usize,
+        msg: String,
+    },
+    /// About a file others may not read: its content (values, keys) is never quoted.
+    #[error(
+        "{path} line {line}: invalid setting (not shown: the file is not readable by other users)"
+    )]
+    Private { path: PathBuf, line: usize },
+}
 
 /// The config file. Keys mirror the `up` flags.
 #[derive(Debug, Default, Deserialize)]
@@ -220,7 +242,7 @@ impl HookSettings {
             .and_then(|r| r.flags);
         let config_exists = std::fs::metadata(config).is_ok();
         let cfg_names_vm = read_config(config, false)
-            .map(|(c, _)| c.vm_ip.is_some() || c.machine.is_some())
+            .map(|(c, _, _)| c.vm_ip.is_some() || c.machine.is_some())
             // a config file that does not parse: `up` will say so; not this note's business
             .unwrap_or(true);
         let rec_names_vm = recorded
@@ -295,6 +317,8 @@ fn line_of(text: &str, offset: usize) -> usize {
 struct Source<'a> {
     path: &'a Path,
     text: &'a str,
+    /// Others may not read the file: errors name the line only, never its content.
+    private: bool,
 }
 
 impl Source<'_> {
@@ -307,43 +331,62 @@ impl Source<'_> {
     }
 
     fn err(&self, offset: usize, msg: &str) -> SettingsError {
-        SettingsError(format!(
-            "{} line {}: {msg}",
-            self.path.display(),
-            line_of(self.text, offset)
-        ))
+        let (path, line) = (self.path.to_path_buf(), line_of(self.text, offset));
+        if self.private {
+            SettingsError::Private { path, line }
+        } else {
+            SettingsError::At {
+                path,
+                line,
+                msg: msg.to_string(),
+            }
+        }
     }
 }
 
-/// Read and parse the config file. `explicit` says whether the user named it (then it must exist).
-fn read_config(path: &Path, explicit: bool) -> Result<(ConfigFile, String), SettingsError> {
+/// The first pair (earlier, later) of overlapping subnets.
+fn overlap(subnets: &[Ipv4Net]) -> Option<(usize, usize)> {
+    subnets.iter().enumerate().find_map(|(i, a)| {
+        subnets[..i]
+            .iter()
+            .position(|b| a.contains(b) || b.contains(a))
+            .map(|j| (j, i))
+    })
+}
+
+/// Read and parse the config file. `explicit` says whether the user named it (then it must
+/// exist). Returns the file, its text, and whether others may read it.
+fn read_config(path: &Path, explicit: bool) -> Result<(ConfigFile, String, bool), SettingsError> {
+    let read = |err| SettingsError::Read {
+        path: path.to_path_buf(),
+        err,
+    };
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
-            return Ok((ConfigFile::default(), String::new()));
+            return Ok((ConfigFile::default(), String::new(), true));
         }
-        Err(e) => {
-            return Err(SettingsError(format!(
-                "cannot read config file {}: {e}",
-                path.display()
-            )));
-        }
+        Err(e) => return Err(read(e)),
     };
-    // dockroute runs as root: a config file others can write is a way to steer it.
-    if nix::unistd::geteuid().is_root() && (meta.uid() != 0 || meta.mode() & 0o022 != 0) {
-        return Err(SettingsError(format!(
-            "config file {} must be owned by root and not writable by others (chmod 644, chown root)",
-            path.display()
-        )));
+    // dockroute runs as root: a config file others can change is a way to steer it.
+    if crate::trust::enforced() {
+        crate::trust::check_file(path).map_err(|err| SettingsError::Untrusted {
+            path: path.to_path_buf(),
+            err,
+        })?;
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| SettingsError(format!("cannot read config file {}: {e}", path.display())))?;
+    let private = meta.mode() & 0o004 == 0;
+    let text = std::fs::read_to_string(path).map_err(read)?;
     let cfg: ConfigFile = toml::from_str(&text).map_err(|e| {
-        let src = Source { path, text: &text };
+        let src = Source {
+            path,
+            text: &text,
+            private,
+        };
         let msg = e.message().trim().replace('\n', " ");
         src.err(e.span().map(|s| s.start).unwrap_or(0), &msg)
     })?;
-    Ok((cfg, text))
+    Ok((cfg, text, private))
 }
 
 /// For a bare `up`: the flags the last successful `up` recorded (none if there is no record, it
@@ -375,10 +418,11 @@ impl Settings {
         let is_up = up.is_some();
         let up = up.unwrap_or(&default_up);
         let config_path = config.unwrap_or(Path::new(DEFAULT_CONFIG)).to_path_buf();
-        let (cfg, text) = read_config(&config_path, config.is_some())?;
+        let (cfg, text, private) = read_config(&config_path, config.is_some())?;
         let src = Source {
             path: &config_path,
             text: &text,
+            private,
         };
         let state_dir = state_dir
             .map(Path::to_path_buf)
@@ -391,7 +435,7 @@ impl Settings {
         let up = match recorded_flags(is_up, up, &state_dir) {
             Some(flags) => {
                 replay_args = flags.replay(up, &cfg).map_err(|e| {
-                    SettingsError(format!(
+                    SettingsError::Invalid(format!(
                         "the record in {} holds a bad flag: {e}",
                         state_dir.display()
                     ))
@@ -432,18 +476,17 @@ impl Settings {
                 .map(|s| src.check(s, validate::subnet))
                 .collect::<Result<_, _>>()?
         } else {
-            vec![validate::subnet(DEFAULT_SUBNET).map_err(SettingsError)?]
+            vec![validate::subnet(DEFAULT_SUBNET).map_err(SettingsError::Invalid)?]
         };
         if subnets.is_empty() {
             return Err(src.err(0, "subnets is empty: name at least one subnet"));
         }
-        for (i, a) in subnets.iter().enumerate() {
-            if let Some(b) = subnets[..i]
-                .iter()
-                .find(|b| a.contains(*b) || b.contains(a))
-            {
-                return Err(SettingsError(format!("subnets {b} and {a} overlap")));
-            }
+        if let Some((j, i)) = overlap(&subnets) {
+            let msg = format!("subnets {} and {} overlap", subnets[j], subnets[i]);
+            return Err(match (&cfg.subnets, up.subnets.is_empty()) {
+                (Some(list), true) => src.err(list[i].span().start, &msg),
+                _ => SettingsError::Invalid(msg),
+            });
         }
         let domain = match (&up.domain, &cfg.domain) {
             (Some(d), _) => d.clone(),
@@ -486,10 +529,10 @@ impl Settings {
             .or(cfg.resolver_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_RESOLVER_DIR));
         if state_dir.as_os_str().is_empty() {
-            return Err(SettingsError("--state-dir is empty".into()));
+            return Err(SettingsError::Invalid("--state-dir is empty".into()));
         }
         if std::fs::metadata(&state_dir).is_ok_and(|m| !m.is_dir()) {
-            return Err(SettingsError(format!(
+            return Err(SettingsError::Invalid(format!(
                 "--state-dir {} is a file, not a directory (dockroute keeps its record and lock in a directory)",
                 state_dir.display()
             )));
@@ -559,7 +602,11 @@ mod tests {
             None,
             None,
         );
-        assert!(s.unwrap_err().0.contains("cannot read config file"));
+        assert!(
+            s.unwrap_err()
+                .to_string()
+                .contains("cannot read config file")
+        );
         let dir = tempfile::tempdir().unwrap();
         let s = load_cfg("").unwrap();
         assert_eq!(
@@ -603,16 +650,16 @@ mod tests {
     fn config_errors_name_file_and_line() {
         let e = load_cfg("interface = \"vboxnet0\"\n\nvm_ip = \"300.1.1.1\"\n")
             .unwrap_err()
-            .0;
+            .to_string();
         assert!(
             e.contains("config.toml line 3: invalid IPv4 address '300.1.1.1'"),
             "{e}"
         );
         let e = load_cfg("subnets = [\n  \"172.17.0.0/16\",\n  \"10.1.2.3/8\",\n]\n")
             .unwrap_err()
-            .0;
+            .to_string();
         assert!(e.contains("line 3: invalid subnet '10.1.2.3/8'"), "{e}");
-        let e = load_cfg("\nwait = \"30\"\n").unwrap_err().0;
+        let e = load_cfg("\nwait = \"30\"\n").unwrap_err().to_string();
         assert!(
             e.contains("line 2: wait is a number of seconds (wait = 30), not a string"),
             "{e}"
@@ -621,11 +668,58 @@ mod tests {
             load_cfg("wait = 30\n").unwrap().wait(),
             Some(Duration::from_secs(30))
         );
-        let e = load_cfg("vm-ip = 1\n").unwrap_err().0;
+        let e = load_cfg("vm-ip = 1\n").unwrap_err().to_string();
         assert!(e.contains("line 1:") && e.contains("unknown field"), "{e}");
-        let e = load_cfg("a = [\n").unwrap_err().0;
+        let e = load_cfg("a = [\n").unwrap_err().to_string();
         assert!(e.contains("config.toml line"), "{e}");
         assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn errors_about_a_file_others_cannot_read_never_quote_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.toml");
+        for (body, line) in [
+            ("interface = \"vboxnet0\"\nvm_ip = \"hunter2-secret\"\n", 2),
+            ("hunter2_secret = 1\n", 1),
+            ("vm_ip = hunter2-secret\n", 1),
+            ("dns = \"hunter2-secret\"\n", 1),
+            ("subnets = [\"10.0.0.0/8\",\n \"10.123.0.0/16\"]\n", 2),
+        ] {
+            std::fs::write(&p, body).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let e = Settings::load(Some(&p), None, false, None, None)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!("{} line {line}: ", p.display())),
+                "{e}"
+            );
+            for secret in ["hunter2", "vm_ip", "dns", "10.123", "10.0.0.0"] {
+                assert!(!e.contains(secret), "{secret} quoted: {e}");
+            }
+        }
+        // readable by everyone anyway: the value helps
+        std::fs::write(&p, "vm_ip = \"hunter2-secret\"\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Settings::load(Some(&p), None, false, None, None).unwrap_err();
+        assert!(e.to_string().contains("'hunter2-secret'"), "{e}");
+    }
+
+    #[test]
+    fn as_root_a_config_file_others_can_change_is_refused() {
+        if !crate::trust::enforced() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.toml");
+        std::fs::write(&p, "").unwrap();
+        Settings::load(Some(&p), None, false, None, None).unwrap();
+        std::os::unix::fs::chown(dir.path(), Some(65534), None).unwrap();
+        let e = Settings::load(Some(&p), None, false, None, None).unwrap_err();
+        assert!(matches!(e, SettingsError::Untrusted { .. }), "{e}");
+        assert!(e.to_string().contains("owned by uid 65534"), "{e}");
     }
 
     #[test]
@@ -639,7 +733,7 @@ mod tests {
         };
         let none = Path::new("/nonexistent-default");
         let e = Settings::load(None, Some(none), false, Some(&up), None);
-        assert!(e.unwrap_err().0.contains("overlap"));
+        assert!(e.unwrap_err().to_string().contains("overlap"));
         let s = Settings::load(None, None, false, None, None).unwrap();
         assert_eq!(s.firewall, FirewallMode::Auto);
     }

@@ -144,11 +144,9 @@ fn dry_run_without_root_shows_what_it_can() {
 /// `dockroute install --hooks --root ROOT` with the lab's config and state dir in its environment
 /// (as the hooks will have them), through a root-only copy of the binary.
 fn install_hooks(lab: &Lab, root: &std::path::Path) -> Run {
-    use std::os::unix::fs::PermissionsExt;
     let bin = lab.dir.path().join("trusted-dockroute");
     if !bin.exists() {
-        std::fs::copy(BIN, &bin).unwrap();
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        copy_exe(std::path::Path::new(BIN), &bin, 0o755);
     }
     let out = std::process::Command::new(&bin)
         .args(["install", "--hooks", "--root"])
