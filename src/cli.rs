@@ -24,6 +24,9 @@ pub mod exit {
     /// The command did its work (`up`/`down`: changes applied and recorded), but its report
     /// could not be written to stdout (closed pipe, full disk).
     pub const OUTPUT: i32 = 4;
+    /// The command ran, but the containers are not reached (`up`, `status`): one `degraded:`
+    /// line on stderr says what is in the way.
+    pub const DEGRADED: i32 = 3;
 }
 
 const ABOUT_AFTER: &str = "\
@@ -68,8 +71,20 @@ pub struct Cli {
     /// Log only errors on stderr (instead of DOCKROUTE_LOG)
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Give up after SECS when another dockroute holds the lock (default 30)
+    #[arg(long, global = true, value_name = "SECS", value_parser = lock_timeout)]
+    pub lock_timeout: Option<Duration>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+fn lock_timeout(s: &str) -> Result<Duration, String> {
+    validate::wait_secs(s).map_err(|_| {
+        format!(
+            "invalid --lock-timeout '{}': expected 0 to 3600 seconds",
+            s.escape_default()
+        )
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,6 +95,9 @@ pub enum Command {
     /// Remove exactly what dockroute installed
     #[command(after_help = DOWN_AFTER)]
     Down(DownArgs),
+    /// Run `up`, then again whenever links, routes, rules, the firewall or the config change
+    /// (foreground; SIGTERM/SIGINT end it, SIGHUP re-reads the config)
+    Watch(WatchArgs),
     /// Show what is installed, what the kernel does with container addresses, and conflicts
     #[command(after_help = STATUS_AFTER)]
     Status(StatusArgs),
@@ -299,11 +317,23 @@ pub struct UpArgs {
     pub dry_run: bool,
 }
 
+#[derive(Debug, Default, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub up: UpArgs,
+    /// Remove the setup (as `down`) when ending on SIGTERM or SIGINT
+    #[arg(long)]
+    pub down_on_exit: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct DownArgs {
     /// Print the changes and apply none
     #[arg(long)]
     pub dry_run: bool,
+    /// Directory of the resolver file to remove (as given to `up`; default /etc/resolver)
+    #[arg(long, value_name = "DIR")]
+    pub resolver_dir: Option<PathBuf>,
 }
 
 #[cfg(test)]
@@ -356,6 +386,21 @@ mod tests {
         assert_eq!(up.dns, Some(DnsMode::ResolvConf));
         assert_eq!(up.nameserver.unwrap().port(), 5353);
         assert_eq!(up.wait, Some(Duration::from_millis(2500)));
+        let c = Cli::try_parse_from([
+            "dockroute",
+            "watch",
+            "--vm-ip",
+            "192.168.99.100",
+            "--firewall",
+            "off",
+            "--down-on-exit",
+        ])
+        .unwrap();
+        let Command::Watch(w) = c.command else {
+            panic!("not watch")
+        };
+        assert!(w.down_on_exit);
+        assert_eq!(w.up.firewall, Some(FirewallMode::Off));
         let c =
             Cli::try_parse_from(["dockroute", "install", "--print", "--init", "launchd"]).unwrap();
         let Command::Install(i) = c.command else {
@@ -368,6 +413,8 @@ mod tests {
             vec!["up", "--interface", "way-too-long-name0"],
             vec!["up", "--dns", "bogus"],
             vec!["up", "--wait", "-1"],
+            vec!["watch", "--vm-ip", "300.1.1.1"],
+            vec!["watch", "--bogus"],
             vec!["install", "--init", "upstart"],
         ] {
             let args = std::iter::once("dockroute").chain(bad.iter().copied());

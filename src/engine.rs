@@ -79,8 +79,33 @@ pub struct Outcome {
     pub changes: Vec<Change>,
     /// Firewall rules inserted (repairs) or deleted (dockroute's own, no longer needed).
     pub firewall: Vec<FwChange>,
+    /// What the firewall step could not check (a missing program, a rule it cannot read, a rule
+    /// commented `dockroute` that is not dockroute's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub firewall_warnings: Vec<String>,
     pub dns: Option<DnsOutcome>,
     pub dry_run: bool,
+    /// `up`: the networks that do not go via the VM once everything is applied, and what wins.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_via_vm: Vec<String>,
+    /// `up`: what the kernel picks for each network once everything is applied.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<Probe>,
+    /// A dry run: why the firewall could not be read (reading it needs root), so what it would
+    /// repair is not shown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub firewall_unread: Option<String>,
+}
+
+/// Why a dry run left the firewall out.
+fn unread_note(errors: &[FirewallError]) -> String {
+    let errors: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    let root = if nix::unistd::geteuid().is_root() {
+        ""
+    } else {
+        "reading the firewall needs root: "
+    };
+    format!("{root}{}", errors.join("; "))
 }
 
 fn stall(hooks: Hooks, i: usize) {
@@ -181,6 +206,27 @@ fn wanted_dns(settings: &Settings, target: &Target) -> Option<DnsState> {
     })
 }
 
+/// Settings `up` was given that this target or DNS backend does not use: warnings, not errors.
+fn warn_unused(settings: &Settings, target: &Target, dns: Option<&DnsState>) {
+    if settings.resolver_dir != std::path::Path::new(crate::settings::DEFAULT_RESOLVER_DIR)
+        && dns.is_none_or(|d| d.backend != Backend::ResolverDir)
+    {
+        tracing::warn!(
+            "--resolver-dir {} is ignored: DNS is not set through resolver files (that takes --dns resolver-dir)",
+            settings.resolver_dir.display()
+        );
+    }
+    let ns = *settings.nameserver.ip();
+    if dns.is_some() && !target.networks().iter().any(|n| n.contains(&ns)) {
+        let nets: Vec<String> = target.networks().iter().map(|n| n.to_string()).collect();
+        tracing::warn!(
+            "--nameserver {ns} is in none of the networks routed through the VM ({}): queries for *.{} will not go through dockroute's routes",
+            nets.join(", "),
+            settings.domain
+        );
+    }
+}
+
 /// Whether two DNS settings live in the same place (so setting one replaces the other).
 fn same_place(a: &DnsState, b: &DnsState) -> bool {
     a.backend == b.backend && a.domain == b.domain && a.path == b.path && a.ifindex == b.ifindex
@@ -198,23 +244,40 @@ pub async fn up<N: Net>(
     // Discovery and the DNS check only read and validate; the lock covers observe → record.
     let target = discover::discover(net, &settings.request).await?;
     let want_dns = wanted_dns(settings, &target);
+    warn_unused(settings, &target, want_dns.as_ref());
     if let Some(d) = &want_dns {
         dns::check(d).await?;
     }
     let _lock = if dry_run { None } else { Some(store.lock()?) };
+    if let (Some(d), false) = (&want_dns, dry_run) {
+        dns::sweep(d.backend, &d.path);
+    }
     let desired = plan::desired(&target);
-    let snap = net.snapshot().await?;
-    let changes = plan::diff(&desired, &snap.owned);
-    let (fw, fw_owned_before) = match settings.firewall {
+    // Only dockroute's own entries: the kernel filters the route dump (a VPN's thousands of
+    // routes in main are not read).
+    let owned = net.owned().await?;
+    let changes = plan::diff(&desired, &owned);
+    let mut firewall_unread = None;
+    let (fw, fw_owned_before, firewall_warnings) = match settings.firewall {
         FirewallMode::Auto => {
             let scope = firewall::Scope::for_target(&target);
-            let seen = firewall::observe(Some(&scope))?;
+            let seen = firewall::observe(Some(&scope));
+            if dry_run && !seen.errors.is_empty() {
+                // A dry run shows what it can: the firewall is left out, and says why.
+                firewall_unread = Some(unread_note(&seen.errors));
+            } else if let Some(e) = seen.errors.into_iter().next() {
+                return Err(e.into());
+            }
+            for w in &seen.warnings {
+                tracing::warn!("firewall: {w}");
+            }
             (
                 firewall::diff(&seen.desired, &seen.owned),
                 !seen.owned.is_empty(),
+                seen.warnings,
             )
         }
-        FirewallMode::Off => (Vec::new(), false),
+        FirewallMode::Off => (Vec::new(), false, Vec::new()),
     };
     if dry_run {
         let dns = match want_dns {
@@ -228,8 +291,12 @@ pub async fn up<N: Net>(
             target: Some(target),
             changes,
             firewall: fw,
+            firewall_warnings,
             dns,
             dry_run,
+            not_via_vm: Vec::new(),
+            probes: Vec::new(),
+            firewall_unread,
         });
     }
 
@@ -246,14 +313,20 @@ pub async fn up<N: Net>(
     let mut record = Record::new(target.clone(), desired, want_dns.clone());
     record.firewall =
         !fw.is_empty() || previous.as_ref().is_some_and(|p| p.firewall) || fw_owned_before;
+    record.flags = Some(settings.request.flags.clone());
     if previous.as_ref() != Some(&record) {
         store.save(&record)?;
     }
-    if let Some(old) = previous.as_ref().and_then(|r| r.dns.as_ref())
-        && want_dns.as_ref().is_none_or(|w| !same_place(old, w))
-        && let Err(e) = dns::revert(old).await
-    {
-        tracing::warn!("could not undo the previous DNS setting ({old}): {e}");
+    // Undone where the settings point, never at a path from the record.
+    let previous_dns = previous.as_ref().and_then(|r| r.dns.as_ref());
+    match previous_dns.map(|d| dns::at_settings(d, settings)) {
+        Some(Ok(old)) if want_dns.as_ref().is_none_or(|w| !same_place(&old, w)) => {
+            if let Err(e) = dns::revert(&old).await {
+                tracing::warn!("could not undo the previous DNS setting ({old}): {e}");
+            }
+        }
+        Some(Err(e)) => tracing::warn!("leaving the previous DNS setting: {e}"),
+        _ => {}
     }
     let dns = match want_dns {
         Some(state) => match dns::apply(&state).await {
@@ -277,12 +350,30 @@ pub async fn up<N: Net>(
         },
         None => None,
     };
+    // Applied is not the same as working: ask the kernel what it picks now.
+    let probes = probe(net, &target).await?;
+    // Only when something is wrong: the full dump names what wins (a VPN's thousands of routes
+    // are not read on the ordinary path).
+    let not_via_vm = if probes.iter().all(|p| p.ok) {
+        Vec::new()
+    } else {
+        let snap = net.snapshot().await?;
+        probes
+            .iter()
+            .filter(|p| !p.ok)
+            .map(|p| why_not_via_vm(p, &snap.foreign_routes, &snap.foreign_rules))
+            .collect()
+    };
     Ok(Outcome {
         target: Some(target),
         changes,
         firewall: fw,
+        firewall_warnings,
         dns,
         dry_run,
+        not_via_vm,
+        probes,
+        firewall_unread: None,
     })
 }
 
@@ -296,45 +387,69 @@ pub async fn down<N: Net>(
     hooks: Hooks,
 ) -> Result<Outcome, EngineError> {
     let _lock = if dry_run { None } else { Some(store.lock()?) };
-    let snap = net.snapshot().await?;
-    let changes = plan::diff(&[], &snap.owned);
+    let owned = net.owned().await?;
+    let changes = plan::diff(&[], &owned);
     let record = store.load().ok().flatten();
     // The firewalls are read (which takes a process per backend) only when dockroute inserted
     // rules there, or when there is no record to say it did not.
-    let fw = if record.as_ref().is_none_or(|r| r.firewall) {
-        firewall::removals()?
+    // One firewall backend that cannot be read does not stop the others, DNS or the routes
+    // from being undone: its error is reported at the end.
+    let (fw, fw_seen) = if record.as_ref().is_none_or(|r| r.firewall) {
+        firewall::removals()
     } else {
-        Vec::new()
+        (Vec::new(), firewall::Observed::default())
     };
-    let dns_state = record.as_ref().and_then(|r| r.dns.clone());
+    for w in &fw_seen.warnings {
+        tracing::warn!("firewall: {w}");
+    }
+    let firewall_warnings = fw_seen.warnings;
+    // Undone where the settings point, never at a path from the record.
+    let dns_state = record
+        .as_ref()
+        .and_then(|r| r.dns.as_ref())
+        .map(|d| dns::at_settings(d, settings));
     let target = record.map(|r| r.target);
     if dry_run {
         let dns = match dns_state {
-            Some(state) => Some(DnsOutcome {
-                changed: dns::observe(&state).await.0,
-                state,
-            }),
+            Some(state) => {
+                let state = state?;
+                Some(DnsOutcome {
+                    changed: dns::observe(&state).await.0,
+                    state,
+                })
+            }
             None => None,
         };
+        if let Some(e) = fw_seen.errors.into_iter().next() {
+            return Err(e.into());
+        }
         return Ok(Outcome {
             target,
             changes,
             firewall: fw,
+            firewall_warnings,
             dns,
             dry_run,
+            not_via_vm: Vec::new(),
+            probes: Vec::new(),
+            firewall_unread: None,
         });
     }
-    let mut failed = Vec::new();
-    if let Err(e) = firewall::apply(&fw) {
-        failed.push(e.to_string());
-    }
+    let mut failed: Vec<String> = fw_seen.errors.iter().map(|e| e.to_string()).collect();
+    failed.extend(firewall::apply_all(&fw).iter().map(|e| e.to_string()));
     let mut dns = None;
+    match &dns_state {
+        Some(Ok(state)) => dns::sweep(state.backend, &state.path),
+        Some(Err(_)) => {}
+        None => dns::sweep(Backend::ResolvConf, &settings.resolv_conf),
+    }
     let other_steps = 2; // the firewall, and the DNS undo (from the record, or resolv.conf's marker)
     match dns_state {
-        Some(state) => match dns::revert(&state).await {
+        Some(Ok(state)) => match dns::revert(&state).await {
             Ok(changed) => dns = Some(DnsOutcome { state, changed }),
             Err(e) => failed.push(e.to_string()),
         },
+        Some(Err(e)) => failed.push(e.to_string()),
         // No record (deleted, or unreadable): the marked lines in resolv.conf still identify
         // themselves.
         None => {
@@ -362,8 +477,12 @@ pub async fn down<N: Net>(
         target,
         changes,
         firewall: fw,
+        firewall_warnings,
         dns,
         dry_run,
+        not_via_vm: Vec::new(),
+        probes: Vec::new(),
+        firewall_unread: None,
     })
 }
 
@@ -375,6 +494,131 @@ pub struct Probe {
     pub kernel: Lookup,
     /// Whether the kernel sends it to the VM over the host-only link, as dockroute intends.
     pub ok: bool,
+}
+
+/// Ask the kernel which route it picks for one address in each subnet and for the VM itself
+/// (`status` shows them; `up` checks them after applying).
+async fn probe<N: Net>(net: &mut N, t: &Target) -> Result<Vec<Probe>, NetError> {
+    let host_net = t.host_net();
+    let mut targets: Vec<(Ipv4Net, Ipv4Addr)> = t
+        .subnets
+        .iter()
+        .map(|s| (*s, s.hosts().next().unwrap_or(s.network())))
+        .collect();
+    targets.push((host_net, t.vm_ip));
+    let mut probes = Vec::new();
+    for (network, address) in targets {
+        let kernel = net.lookup(address).await?;
+        let ok = match &kernel {
+            Lookup::Route {
+                gateway, dev, kind, ..
+            } => {
+                kind == "unicast"
+                    && dev.as_deref() == Some(t.ifname.as_str())
+                    && (network == host_net || *gateway == Some(t.vm_ip))
+            }
+            Lookup::Unreachable { .. } => false,
+        };
+        probes.push(Probe {
+            network,
+            address,
+            kernel,
+            ok,
+        });
+    }
+    Ok(probes)
+}
+
+/// Why a probe is not via the VM, for people: what the kernel picks, the route that wins (the
+/// most specific route of that table holding the address, lowest metric first) and the rules
+/// consulted before dockroute's.
+pub fn why_not_via_vm(p: &Probe, routes: &[ForeignRoute], rules: &[ForeignRule]) -> String {
+    let mut s = format!("{} ({}) goes {}", p.address, p.network, p.kernel);
+    if let Lookup::Route { table, dev, .. } = &p.kernel {
+        let winner = routes
+            .iter()
+            .filter(|r| {
+                r.table == *table && r.dst.contains(&p.address) && (dev.is_none() || r.dev == *dev)
+            })
+            .max_by_key(|r| (r.dst.prefix_len(), std::cmp::Reverse(r.metric)));
+        if let Some(r) = winner {
+            s += &format!(", not via the VM: route {r} wins");
+        } else {
+            s += ", not via the VM";
+        }
+        let before: Vec<String> = rules
+            .iter()
+            .filter(|r| r.pref != 0 && r.pref < RULE_PREF)
+            .map(|r| format!("'{r}'"))
+            .collect();
+        if !before.is_empty() {
+            s += &format!(
+                " (rule {} is consulted before dockroute's)",
+                before.join(", ")
+            );
+        }
+    } else {
+        s += ", not via the VM";
+    }
+    s
+}
+
+/// The state is not what dockroute is for (exit status 3): what is wrong, each for people.
+#[derive(Debug, thiserror::Error)]
+#[error("degraded: {}", .0.join("; "))]
+pub struct Degraded(pub Vec<String>);
+
+impl Outcome {
+    /// After `up`: the subnets that do not go via the VM although dockroute's entries are in
+    /// place.
+    pub fn degraded(&self) -> Option<Degraded> {
+        let bad = &self.not_via_vm;
+        (!bad.is_empty()).then(|| Degraded(bad.clone()))
+    }
+}
+
+impl Status {
+    /// What `status` found that keeps containers from being reached.
+    pub fn degraded(&self) -> Option<Degraded> {
+        let mut bad = Vec::new();
+        if self.target.is_none() {
+            bad.push(format!(
+                "no VM: {}",
+                self.discovery_error.as_deref().unwrap_or("not found")
+            ));
+        }
+        if let (Some(t), Some(l)) = (&self.target, &self.link)
+            && !l.up
+        {
+            bad.push(format!(
+                "link {} is down: the kernel dropped the routes through it (is the VM running?)",
+                t.ifname
+            ));
+        } else if let (Some(t), None) = (&self.target, &self.link) {
+            bad.push(format!("link {} is missing (is the VM running?)", t.ifname));
+        }
+        for p in self.probes.iter().filter(|p| !p.ok) {
+            bad.push(why_not_via_vm(p, &self.foreign_routes, &self.foreign_rules));
+        }
+        if let Some(n) = &self.name_check
+            && let Some(e) = &n.error
+        {
+            bad.push(format!("{} does not resolve ({e})", n.name));
+        }
+        if !self.vpn.firewall_blocking.is_empty() {
+            let rules: Vec<String> = self
+                .vpn
+                .firewall_blocking
+                .iter()
+                .map(|r| r.to_string())
+                .collect();
+            bad.push(format!(
+                "a firewall blocks the VM (needed: {})",
+                rules.join(", ")
+            ));
+        }
+        (!bad.is_empty()).then_some(Degraded(bad))
+    }
 }
 
 /// Something that is not dockroute's and covers a network dockroute routes.
@@ -402,6 +646,10 @@ pub struct Status {
     pub installed: Vec<crate::net::Entry>,
     /// Whether the installed entries are exactly what `up` would install now.
     pub in_sync: bool,
+    /// Routes and rules tagged like dockroute's but not of its shape: never removed.
+    pub tagged_not_owned: Vec<crate::net::Tagged>,
+    /// What needs a person's attention.
+    pub warnings: Vec<String>,
     pub probes: Vec<Probe>,
     pub conflicts: Vec<Conflict>,
     /// Per-domain DNS as the last `up` set it, and whether it is still in place.
@@ -410,6 +658,11 @@ pub struct Status {
     pub name_check: Option<NameCheck>,
     /// What looks like a VPN, what its firewall blocks, and what dockroute repaired.
     pub vpn: VpnStatus,
+    /// Every route and rule not dockroute's (to name what wins over it).
+    #[serde(skip)]
+    pub foreign_routes: Vec<ForeignRoute>,
+    #[serde(skip)]
+    pub foreign_rules: Vec<ForeignRule>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -424,7 +677,11 @@ pub struct VpnStatus {
     pub firewall_repaired: Vec<firewall::Repair>,
     /// What blocks the VM now: the rules `up` would insert.
     pub firewall_blocking: Vec<firewall::Repair>,
-    /// Why the firewalls could not be read (reading them needs root).
+    /// Rules commented `dockroute` that are not of its shape: someone else's, left alone.
+    pub firewall_foreign: Vec<firewall::Foreign>,
+    /// What could not be checked (a missing program, a rule that cannot be read).
+    pub firewall_warnings: Vec<String>,
+    /// Why a firewall could not be read (reading them needs root); the others are still shown.
     pub firewall_error: Option<String>,
     /// Vendor switches that fix the same at the source.
     pub hints: Vec<String>,
@@ -460,15 +717,22 @@ pub async fn status<N: Net>(
         Ok(r) => (r, None),
         Err(e) => (None, Some(e.to_string())),
     };
-    let dns = match record.as_ref().and_then(|r| r.dns.clone()) {
-        Some(state) => {
-            let (in_place, detail) = dns::observe(&state).await;
-            Some(DnsStatus {
-                state,
-                in_place,
-                detail,
-            })
-        }
+    let dns = match record.as_ref().and_then(|r| r.dns.as_ref()) {
+        Some(recorded) => Some(match dns::at_settings(recorded, settings) {
+            Ok(state) => {
+                let (in_place, detail) = dns::observe(&state).await;
+                DnsStatus {
+                    state,
+                    in_place,
+                    detail,
+                }
+            }
+            Err(e) => DnsStatus {
+                state: recorded.clone(),
+                in_place: false,
+                detail: e.to_string(),
+            },
+        }),
         None => None,
     };
     let name_check = check_name.map(|name| match crate::nss::addresses(name) {
@@ -497,16 +761,15 @@ pub async fn status<N: Net>(
     };
     let links = net.links().await?;
     let snap = net.snapshot().await?;
+    let tagged_not_owned = snap.tagged_not_owned();
+    let warnings = tagged_not_owned
+        .iter()
+        .map(|t| {
+            format!("{t}: tagged like dockroute's but not its shape; dockroute leaves it alone")
+        })
+        .collect();
     let mut vpn_status = VpnStatus {
-        links: links
-            .iter()
-            .filter_map(|l| {
-                vpn::classify(&l.name).map(|client| VpnLink {
-                    name: l.name.clone(),
-                    client,
-                })
-            })
-            .collect(),
+        links: vpn::tunnels(&links, &snap.foreign_routes),
         ..Default::default()
     };
     vpn_status.routes = snap
@@ -527,18 +790,20 @@ pub async fn status<N: Net>(
         .cloned()
         .collect();
     let scope = target.as_ref().map(firewall::Scope::for_target);
-    match firewall::observe(scope.as_ref()) {
-        Ok(seen) => {
-            vpn_status.firewall_blocking = firewall::diff(&seen.desired, &seen.owned)
-                .into_iter()
-                .filter_map(|c| match c {
-                    firewall::FwChange::Insert { rule } => Some(rule),
-                    firewall::FwChange::Delete { .. } => None,
-                })
-                .collect();
-            vpn_status.firewall_repaired = seen.owned.into_iter().map(|(r, _)| r).collect();
-        }
-        Err(e) => vpn_status.firewall_error = Some(e.to_string()),
+    let seen = firewall::observe(scope.as_ref());
+    vpn_status.firewall_blocking = firewall::diff(&seen.desired, &seen.owned)
+        .into_iter()
+        .filter_map(|c| match c {
+            firewall::FwChange::Insert { rule } => Some(rule),
+            firewall::FwChange::Delete { .. } => None,
+        })
+        .collect();
+    vpn_status.firewall_repaired = seen.owned.into_iter().map(|(r, _)| r).collect();
+    vpn_status.firewall_foreign = seen.foreign;
+    vpn_status.firewall_warnings = seen.warnings;
+    if !seen.errors.is_empty() {
+        let errors: Vec<String> = seen.errors.iter().map(|e| e.to_string()).collect();
+        vpn_status.firewall_error = Some(errors.join("; "));
     }
     let fw_all: Vec<firewall::Repair> = vpn_status
         .firewall_repaired
@@ -567,33 +832,9 @@ pub async fn status<N: Net>(
         }
         in_sync = plan::diff(&plan::desired(&current), &snap.owned).is_empty();
         let host_net = t.host_net();
-        let mut targets: Vec<(Ipv4Net, Ipv4Addr)> = t
-            .subnets
-            .iter()
-            .map(|s| (*s, s.hosts().next().unwrap_or(s.network())))
-            .collect();
-        targets.push((host_net, t.vm_ip));
-        for (network, address) in targets {
-            let kernel = net.lookup(address).await?;
-            let ok = match &kernel {
-                Lookup::Route {
-                    gateway, dev, kind, ..
-                } => {
-                    kind == "unicast"
-                        && dev.as_deref() == Some(t.ifname.as_str())
-                        && (network == host_net || *gateway == Some(t.vm_ip))
-                }
-                Lookup::Unreachable { .. } => false,
-            };
-            probes.push(Probe {
-                network,
-                address,
-                kernel,
-                ok,
-            });
-        }
+        probes = probe(net, t).await?;
         let nets = t.networks();
-        for r in snap.foreign_routes {
+        for r in snap.foreign_routes.clone() {
             let relevant = nets.iter().any(|n| overlaps(n, &r.dst))
                 && !(r.dst.prefix_len() == 0 && matches!(r.table, MAIN_TABLE | 253))
                 && !(r.table == 255
@@ -606,7 +847,7 @@ pub async fn status<N: Net>(
                 conflicts.push(Conflict::Route(r));
             }
         }
-        for rule in snap.foreign_rules {
+        for rule in snap.foreign_rules.clone() {
             let matches_nets = match rule.dst {
                 None => true,
                 Some(d) => nets.iter().any(|n| overlaps(n, &d)),
@@ -627,11 +868,15 @@ pub async fn status<N: Net>(
         record_error,
         installed: snap.owned,
         in_sync,
+        tagged_not_owned,
+        warnings,
         probes,
         conflicts,
         dns,
         name_check,
         vpn: vpn_status,
+        foreign_routes: snap.foreign_routes,
+        foreign_rules: snap.foreign_rules,
     })
 }
 
@@ -679,6 +924,7 @@ mod tests {
                 up: true,
                 loopback: false,
                 addrs: vec!["192.168.99.1/24".parse().unwrap()],
+                kind: None,
             }])
         }
         async fn neighbours(&mut self) -> Result<Vec<Neighbour>, NetError> {

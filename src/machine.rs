@@ -1,5 +1,6 @@
 //! VM IP sources outside the kernel: the docker-machine store and `DOCKER_HOST`. Parsing is pure;
-//! only [`machine_config_path`] and [`read_machine_ip`] look at the environment and the disk.
+//! only [`machine_config_path`], [`read_machine_ip`] and [`read_regular_file`] look at the
+//! environment and the disk.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -45,6 +46,15 @@ pub fn parse_docker_host(value: &str) -> DockerHost {
     }
 }
 
+/// The host name in a `DOCKER_HOST=tcp://NAME[:PORT]` that names a host rather than an IP.
+pub fn docker_host_name(value: &str) -> Option<&str> {
+    let rest = value.strip_prefix("tcp://")?;
+    let hostport = rest.split('/').next().unwrap_or("");
+    let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
+    let is_ip = crate::validate::ipv4(host).is_ok() || host.starts_with('[');
+    (!host.is_empty() && !is_ip).then_some(host)
+}
+
 /// Where docker-machine keeps NAME's config: `$MACHINE_STORAGE_PATH/machines/NAME/config.json`,
 /// else under `~/.docker/machine` of `$SUDO_USER` when run through sudo, else of the caller.
 pub fn machine_config_path(name: &str) -> Result<PathBuf, String> {
@@ -69,14 +79,168 @@ fn home_dir() -> Result<PathBuf, String> {
         .map_err(|e| format!("cannot find the home directory ({e}); set MACHINE_STORAGE_PATH"))
 }
 
-/// Read the VM IP of machine `name` from `path`.
+/// The most of a `config.json` that is read (docker-machine writes about 2 KiB).
+pub const MAX_CONFIG: u64 = 1 << 20;
+
+/// Whose rights a file is read with: the user who ran `sudo dockroute`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reader {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The invoking user from sudo's `SUDO_UID` and `SUDO_GID`, when they name someone other than
+/// root. `SUDO_GID` missing: the user's rights without a group (nogroup, 65534).
+pub fn parse_sudo_ids(uid: Option<&str>, gid: Option<&str>) -> Result<Option<Reader>, String> {
+    let Some(uid) = uid.filter(|u| !u.is_empty()) else {
+        return Ok(None);
+    };
+    let num = |what: &str, v: &str| {
+        v.parse::<u32>()
+            .ok()
+            .filter(|n| *n != u32::MAX)
+            .ok_or_else(|| format!("{what} '{}' is not a user or group id", v.escape_debug()))
+    };
+    let uid = num("SUDO_UID", uid)?;
+    let gid = match gid.filter(|g| !g.is_empty()) {
+        Some(g) => num("SUDO_GID", g)?,
+        None => 65534,
+    };
+    Ok((uid != 0).then_some(Reader { uid, gid }))
+}
+
+/// Who reads the store: as root run through sudo, the invoking user; otherwise this process.
+fn reader() -> Result<Option<Reader>, String> {
+    if !crate::trust::enforced() {
+        return Ok(None);
+    }
+    let var = |k| std::env::var(k).ok();
+    parse_sudo_ids(var("SUDO_UID").as_deref(), var("SUDO_GID").as_deref())
+}
+
+/// Read at most [`MAX_CONFIG`] bytes of the regular file at `path`, never following a symbolic
+/// link in its last component and never waiting on a FIFO or a device. With a `reader`, the
+/// file is opened on a thread of its own that carries that user's rights (see [`creds`]): a
+/// file the user cannot read is refused, and its content never reaches an error message.
+pub fn read_regular_file(path: &Path, reader: Option<Reader>) -> Result<Vec<u8>, String> {
+    match reader {
+        None => read_capped(path),
+        Some(r) => {
+            let path = path.to_path_buf();
+            std::thread::spawn(move || {
+                creds::assume(r)
+                    .map_err(|e| format!("cannot take the rights of uid {}: {e}", r.uid))?;
+                read_capped(&path)
+            })
+            .join()
+            .unwrap_or_else(|_| Err("the reading thread failed".into()))
+        }
+    }
+}
+
+fn read_capped(path: &Path) -> Result<Vec<u8>, String> {
+    use nix::fcntl::OFlag;
+    use std::io::Read;
+    let flags = OFlag::O_RDONLY
+        | OFlag::O_NOFOLLOW
+        | OFlag::O_NONBLOCK
+        | OFlag::O_NOCTTY
+        | OFlag::O_CLOEXEC;
+    let fd = nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty()).map_err(|e| match e {
+        nix::errno::Errno::ELOOP => "it is a symbolic link (refused)".to_string(),
+        e => std::io::Error::from(e).to_string(),
+    })?;
+    let file = std::fs::File::from(fd);
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("it is not a regular file (refused)".into());
+    }
+    let mut out = Vec::new();
+    file.take(MAX_CONFIG + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| e.to_string())?;
+    if out.len() as u64 > MAX_CONFIG {
+        return Err(format!(
+            "it is larger than {} KiB (refused)",
+            MAX_CONFIG / 1024
+        ));
+    }
+    Ok(out)
+}
+
+/// Per-thread credentials: only the calling thread changes, and it ends after one read.
+#[cfg(target_os = "linux")]
+mod creds {
+    use super::Reader;
+    use nix::libc;
+    use nix::unistd::{Gid, Uid, setfsgid, setfsuid};
+    use std::io;
+
+    /// The kernel checks file access against the filesystem uid and gid and the supplementary
+    /// groups, all per thread. glibc's setgroups would change every thread of the process, so
+    /// the system call is made directly. Leaving fsuid 0 drops the thread's file capabilities
+    /// (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, ...). The user's other groups are not added (they
+    /// would need an NSS lookup): a file readable only through one of them is refused.
+    pub fn assume(r: Reader) -> io::Result<()> {
+        let groups: [libc::gid_t; 1] = [r.gid];
+        // SAFETY: setgroups reads `groups.len()` gids from a live array; the raw system call
+        // changes the credentials of this thread only.
+        let rc = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        setfsgid(Gid::from_raw(r.gid));
+        setfsuid(Uid::from_raw(r.uid));
+        // Neither reports failure: each returns the previous value, so ask again.
+        if setfsgid(Gid::from_raw(r.gid)) != Gid::from_raw(r.gid)
+            || setfsuid(Uid::from_raw(r.uid)) != Uid::from_raw(r.uid)
+        {
+            return Err(io::Error::other("the filesystem ids did not change"));
+        }
+        Ok(())
+    }
+}
+
+/// macOS has per-thread credentials too: pthread_setugid_np (what Apple's daemons use to act
+/// for a user), in libSystem; the libc crate does not declare it.
+#[cfg(target_os = "macos")]
+mod creds {
+    use super::Reader;
+    use nix::libc;
+    use std::io;
+
+    unsafe extern "C" {
+        fn pthread_setugid_np(uid: libc::uid_t, gid: libc::gid_t) -> libc::c_int;
+    }
+
+    pub fn assume(r: Reader) -> io::Result<()> {
+        // SAFETY: plain integers in, an int out; it changes the calling thread's credentials.
+        if unsafe { pthread_setugid_np(r.uid, r.gid) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
+mod creds {
+    use super::Reader;
+
+    pub fn assume(_: Reader) -> std::io::Result<()> {
+        Err(std::io::Error::other("not supported on this platform"))
+    }
+}
+
+/// Read the VM IP of machine `name` from `path`, with the invoking user's rights under sudo.
 pub fn read_machine_ip(name: &str, path: &Path) -> Result<Ipv4Addr, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let cannot = |e: String| {
         format!(
             "docker-machine '{name}': cannot read {}: {e}",
             path.display()
         )
-    })?;
+    };
+    let bytes = read_regular_file(path, reader()?).map_err(cannot)?;
+    let text = String::from_utf8(bytes).map_err(|_| cannot("it is not UTF-8 text".into()))?;
     parse_machine_config(&text)
         .map_err(|e| format!("docker-machine '{name}': {}: {e}", path.display()))
 }
@@ -151,5 +315,43 @@ mod tests {
         );
         let e = read_machine_ip("dev", &dir.path().join("nope.json")).unwrap_err();
         assert!(e.starts_with("docker-machine 'dev': cannot read"), "{e}");
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_small_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        let e = read_regular_file(&link, None).unwrap_err();
+        assert!(e.contains("symbolic link"), "{e}");
+        let e = read_regular_file(Path::new("/dev/null"), None).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        let big = dir.path().join("big.json");
+        std::fs::write(&big, vec![b' '; MAX_CONFIG as usize + 1]).unwrap();
+        let e = read_regular_file(&big, None).unwrap_err();
+        assert!(e.contains("larger than 1024 KiB"), "{e}");
+    }
+
+    #[test]
+    fn sudo_ids() {
+        assert_eq!(parse_sudo_ids(None, Some("5")), Ok(None));
+        assert_eq!(parse_sudo_ids(Some("0"), Some("0")), Ok(None));
+        assert_eq!(
+            parse_sudo_ids(Some("1000"), Some("100")),
+            Ok(Some(Reader {
+                uid: 1000,
+                gid: 100
+            }))
+        );
+        assert_eq!(
+            parse_sudo_ids(Some("1000"), None),
+            Ok(Some(Reader {
+                uid: 1000,
+                gid: 65534
+            }))
+        );
+        assert!(parse_sudo_ids(Some("x"), None).is_err());
+        assert!(parse_sudo_ids(Some("4294967295"), None).is_err());
+        assert!(parse_sudo_ids(Some("7"), Some("-1")).is_err());
     }
 }

@@ -9,13 +9,14 @@
 use anyhow::{Context, bail};
 use clap::Parser;
 use clap::error::ErrorKind;
-use dockroute::cli::{Cli, Command, InstallArgs, UninstallArgs, exit};
+use dockroute::cli::{Cli, Command, InstallArgs, UninstallArgs, UpArgs, WatchArgs, exit};
 use dockroute::engine::{self, Hooks};
 use dockroute::net::System;
 use dockroute::record::Store;
 use dockroute::report;
 use dockroute::service::{self, Init};
 use dockroute::settings::Settings;
+use dockroute::watch;
 use std::ffi::{OsString, c_int};
 use std::io::Write;
 use std::os::fd::IntoRawFd;
@@ -85,8 +86,8 @@ fn start_up() {
     };
 }
 
-/// Parse, run, report; returns the exit status ([`exit`]: 0 done, 1 failed, 2 usage, 4 done but
-/// the output was lost).
+/// Parse, run, report; returns the exit status ([`exit`]: 0 done, 1 failed, 2 usage, 3 degraded,
+/// 4 done but the output was lost).
 fn cli() -> c_int {
     let args: Vec<OsString> = std::env::args_os().collect();
     // Known before parsing, so that a usage error can be JSON too.
@@ -95,9 +96,24 @@ fn cli() -> c_int {
         Ok(cli) => cli,
         Err(e) => return clap_error(e, json),
     };
-    init_logging(cli.verbose, cli.quiet);
+    // `watch` is a daemon: its log is what it has to say (one line per change)
+    let default = if matches!(cli.command, Command::Watch(_)) {
+        tracing::level_filters::LevelFilter::INFO
+    } else {
+        tracing::level_filters::LevelFilter::WARN
+    };
+    init_logging(cli.verbose, cli.quiet, default);
     match run(cli) {
         Ok(()) => exit::OK,
+        Err(e) if e.downcast_ref::<engine::Degraded>().is_some() => {
+            // the command ran: not an error, but the containers are not reached
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "{}",
+                report::escape_controls(&format!("{e}").replace('\n', " "))
+            );
+            exit::DEGRADED
+        }
         Err(e) => match e.downcast_ref::<OutputLost>() {
             // stdout is what failed: the error goes to stderr, JSON or not
             Some(lost) => {
@@ -122,7 +138,12 @@ fn wants_json(args: &[OsString]) -> bool {
 
 /// One `error: ...` line on stderr. A failing stderr has nowhere left to report to.
 fn error_line(msg: &str) {
-    let _ = writeln!(std::io::stderr().lock(), "error: {msg}");
+    // Errors quote link names, paths and values: shown, never obeyed by the terminal.
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "error: {}",
+        report::escape_controls(msg)
+    );
 }
 
 /// Report a failure: with --json `{"error": MSG}` (and `"help"`: clap's tips, when there are any)
@@ -228,8 +249,8 @@ fn usage_error(rendered: &str) -> (String, Vec<String>) {
 }
 
 /// Logs to stderr: -q errors only, -v info, -vv debug, -vvv trace; without either flag the level
-/// in `DOCKROUTE_LOG` (error, warn, info, debug, trace); default warn.
-fn init_logging(verbose: u8, quiet: bool) {
+/// in `DOCKROUTE_LOG` (error, warn, info, debug, trace); default warn (info for `watch`).
+fn init_logging(verbose: u8, quiet: bool, default: tracing::level_filters::LevelFilter) {
     use tracing::level_filters::LevelFilter;
     let level = match (quiet, verbose) {
         (true, _) => LevelFilter::ERROR,
@@ -239,7 +260,7 @@ fn init_logging(verbose: u8, quiet: bool) {
         (false, 0) => std::env::var("DOCKROUTE_LOG")
             .ok()
             .and_then(|v| v.parse::<LevelFilter>().ok())
-            .unwrap_or(LevelFilter::WARN),
+            .unwrap_or(default),
     };
     tracing_subscriber::fmt()
         .with_max_level(level)
@@ -248,14 +269,42 @@ fn init_logging(verbose: u8, quiet: bool) {
         .init();
 }
 
-/// `DOCKROUTE_TEST_STALL_AFTER=N` makes `up`/`down` stop before their Nth change (tests kill it
-/// there to prove a half-applied run can be cleaned up).
+/// Test hooks, in debug builds only (release builds have neither the hooks nor their variables):
+/// `DOCKROUTE_TEST_STALL_AFTER=N` makes `up`/`down` stop before their Nth change, and
+/// `DOCKROUTE_TEST_STALL_RENAME=NAME` before renaming a temporary file over a file named NAME
+/// (tests kill it there to prove a half-applied run can be cleaned up).
+#[cfg(debug_assertions)]
 fn hooks() -> Hooks {
+    if let Some(name) = std::env::var_os("DOCKROUTE_TEST_STALL_RENAME") {
+        dockroute::fsutil::set_stall_before_rename(name);
+    }
     Hooks {
         stall_before_change: std::env::var("DOCKROUTE_TEST_STALL_AFTER")
             .ok()
             .and_then(|v| v.parse().ok()),
     }
+}
+
+#[cfg(debug_assertions)]
+/// `DOCKROUTE_TEST_BACKSTOP_SECS=S` shortens watch's backstop re-check (tests of what sends no
+/// events, such as iptables-legacy); at least 0.1 s.
+fn test_backstop() -> Option<std::time::Duration> {
+    let secs: f64 = std::env::var("DOCKROUTE_TEST_BACKSTOP_SECS")
+        .ok()?
+        .parse()
+        .ok()?;
+    (secs.is_finite() && secs > 0.0)
+        .then(|| std::time::Duration::from_secs_f64(secs.clamp(0.1, 3600.0)))
+}
+
+#[cfg(not(debug_assertions))]
+fn test_backstop() -> Option<std::time::Duration> {
+    None
+}
+
+#[cfg(not(debug_assertions))]
+fn hooks() -> Hooks {
+    Hooks::default()
 }
 
 fn require_root(what: &str) -> anyhow::Result<()> {
@@ -279,6 +328,9 @@ fn install(cli: &Cli, a: &InstallArgs) -> anyhow::Result<()> {
     if a.print {
         if let Err(e) = service::check_binary(&bin) {
             tracing::warn!("{e}");
+        }
+        if a.hooks {
+            hooks_note(cli, &root, true);
         }
         return print_targets(cli.json, init, &root, &targets);
     }
@@ -306,8 +358,12 @@ fn install(cli: &Cli, a: &InstallArgs) -> anyhow::Result<()> {
         to_run,
         down: None,
     };
+    let mut text = report.render(cli.json);
+    if a.hooks {
+        text += &hooks_note(cli, &root, false);
+    }
     emit(
-        &report.render(cli.json),
+        &text,
         "the files are installed (dockroute install --print shows them)",
     )?;
     Ok(())
@@ -451,6 +507,14 @@ fn uninstall(cli: &Cli, a: &UninstallArgs) -> anyhow::Result<()> {
 }
 
 /// `down` as the `down` command runs it (for `uninstall`).
+/// The state directory, with the lock timeout the command line asks for.
+fn store(cli: &Cli, settings: &Settings) -> Store {
+    Store::new(&settings.state_dir).with_lock_timeout(
+        cli.lock_timeout
+            .unwrap_or(dockroute::record::DEFAULT_LOCK_TIMEOUT),
+    )
+}
+
 fn run_down(cli: &Cli) -> anyhow::Result<engine::Outcome> {
     let settings = Settings::load(
         cli.config.as_deref(),
@@ -459,11 +523,71 @@ fn run_down(cli: &Cli) -> anyhow::Result<engine::Outcome> {
         None,
         std::env::var("DOCKER_HOST").ok(),
     )?;
-    let store = Store::new(&settings.state_dir);
+    let store = store(cli, &settings);
     futures_lite::future::block_on(async {
         let mut net = System::new()?;
         Ok(engine::down(&mut net, &settings, &store, false, hooks()).await?)
     })
+}
+
+/// A bare `up` that re-applies the last `up`'s settings says so.
+fn replay_note(settings: &Settings) -> String {
+    match &settings.request.replayed {
+        Some(flags) => format!(
+            "settings: the last up's settings ({flags}), recorded in {}\n",
+            settings.state_dir.display()
+        ),
+        None => String::new(),
+    }
+}
+
+/// `install --hooks`: which settings the hooks' bare `dockroute up` will use; a warning when it
+/// has nothing to go by.
+fn hooks_note(cli: &Cli, root: &Path, print: bool) -> String {
+    let under = |p: &str| root.join(p.trim_start_matches('/'));
+    let config = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| under(dockroute::settings::DEFAULT_CONFIG));
+    let state = cli
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| under(dockroute::record::DEFAULT_STATE_DIR));
+    let found = dockroute::settings::HookSettings::find(&config, &state);
+    if !found.vm_named {
+        tracing::warn!("{found}");
+    } else if print || cli.json {
+        tracing::info!("{found}");
+    } else {
+        return format!("hooks: {found}\n");
+    }
+    String::new()
+}
+
+/// `watch`: runs until SIGTERM or SIGINT; the settings are read again on SIGHUP and when the
+/// config file changes.
+fn watch(cli: &Cli, a: &WatchArgs) -> anyhow::Result<()> {
+    if a.up.dry_run {
+        bail!("watch applies changes as they become needed; use `up --dry-run` to preview them");
+    }
+    if !nix::unistd::geteuid().is_root() {
+        bail!("dockroute watch changes the routing tables: run it as root (sudo)");
+    }
+    let load = || {
+        Settings::load(
+            cli.config.as_deref(),
+            cli.state_dir.as_deref(),
+            cli.json,
+            Some(&a.up),
+            std::env::var("DOCKER_HOST").ok(),
+        )
+    };
+    let opts = watch::Options {
+        down_on_exit: a.down_on_exit,
+        backstop: test_backstop(),
+    };
+    watch::run(load, opts)?;
+    Ok(())
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -480,10 +604,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let page = dockroute::cli::manpage().context("rendering the manual page")?;
             return Ok(emit(&String::from_utf8_lossy(&page), "")?);
         }
+        Command::Watch(a) => return watch(&cli, a),
         _ => {}
     }
+    // `down` takes only the places DNS was set at from the flags (the resolver dir).
+    let down_args;
     let up_args = match &cli.command {
         Command::Up(a) => Some(a),
+        Command::Down(a) => {
+            down_args = UpArgs {
+                resolver_dir: a.resolver_dir.clone(),
+                ..UpArgs::default()
+            };
+            Some(&down_args)
+        }
         _ => None,
     };
     let settings = Settings::load(
@@ -493,9 +627,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         up_args,
         std::env::var("DOCKER_HOST").ok(),
     )?;
-    let store = Store::new(&settings.state_dir);
+    let store = store(&cli, &settings);
     // No reactor: netlink requests are blocking calls, and the D-Bus client starts a runtime of its
     // own when it is needed (dns::resolved). Nothing here waits on an event loop.
+    let mut degraded = None;
     futures_lite::future::block_on(async {
         let mut net = System::new()?;
         let out = match &cli.command {
@@ -504,10 +639,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     require_root("up")?;
                 }
                 let o = engine::up(&mut net, &settings, &store, a.dry_run, hooks()).await?;
+                degraded = o.degraded();
                 let text = if cli.json {
                     report::json(&o)
                 } else {
-                    report::outcome("up", &o)
+                    replay_note(&settings) + &report::outcome("up", &o)
                 };
                 (text, applied(&o, "up"))
             }
@@ -523,14 +659,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 };
                 (text, applied(&o, "down"))
             }
-            // handled before the runtime starts
+            // files only, or a loop of its own: handled before the runtime starts
             Command::Install(_)
             | Command::Uninstall(_)
             | Command::Completions(_)
-            | Command::Manpage => (String::new(), ""),
+            | Command::Manpage
+            | Command::Watch(_) => (String::new(), ""),
             Command::Status(a) => {
                 let st =
                     engine::status(&mut net, &settings, &store, a.check_name.as_deref()).await?;
+                degraded = st.degraded();
                 let text = if cli.json {
                     report::json(&st)
                 } else {
@@ -540,7 +678,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         };
         emit(&out.0, out.1)?;
-        Ok(())
+        match degraded {
+            Some(d) => Err(d.into()),
+            None => Ok(()),
+        }
     })
 }
 

@@ -4,7 +4,8 @@
 //! getpwnam or getaddrinfo may load NSS modules (libnss_systemd, libnss_mdns, ...) into the
 //! process, which is only safe with the exact glibc it was linked against, so after a glibc
 //! upgrade it can crash. Here the lookups run in `getent`, glibc's own NSS front end, as a
-//! separate (dynamically linked) process, with an argument vector. Only `--machine` under sudo
+//! separate (dynamically linked) process, with an argument vector, found and run as
+//! [`crate::exec`] does (system directories only, a cleared environment). Only `--machine` under sudo
 //! and `status --check-name` need them. On macOS the binary is dynamic: libc answers in-process.
 
 use std::net::IpAddr;
@@ -63,21 +64,18 @@ fn unique(ips: impl IntoIterator<Item = IpAddr>) -> Vec<IpAddr> {
 mod platform {
     use std::net::IpAddr;
     use std::path::PathBuf;
-    use std::process::Command;
 
-    /// `getent DATABASE -- KEY`: Ok(None) when the key is not found (exit status 2).
+    /// `getent DATABASE -- KEY` (the system's getent, see [`crate::exec`]): Ok(None) when the
+    /// key is not found (exit status 2).
     fn getent(database: &str, key: &str) -> Result<Option<String>, String> {
-        let out = Command::new("getent")
-            .args([database, "--", key])
-            .env("LC_ALL", "C")
-            .output()
-            .map_err(|e| format!("getent {database} {key}: {e}"))?;
-        match out.status.code() {
-            Some(0) => Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned())),
+        let args = [database, "--", key].map(String::from);
+        let out = crate::exec::output("getent", &args, None).map_err(|e| e.to_string())?;
+        match out.code {
+            Some(0) => Ok(Some(out.stdout)),
             Some(2) => Ok(None),
             _ => Err(format!(
                 "getent {database} {key}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
+                crate::exec::one_line(&out.stderr)
             )),
         }
     }

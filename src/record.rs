@@ -7,16 +7,27 @@
 use crate::discover::Target;
 use crate::dns::DnsState;
 use crate::net::Entry;
+use crate::trust::TrustError;
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/dockroute";
 const RECORD: &str = "state.json";
 const LOCK: &str = "lock";
 const VERSION: u32 = 1;
+/// How long `up` and `down` wait for another run's lock by default.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The pid the lock's holder wrote into the lock file, if it did yet.
+fn read_holder(file: &File) -> Option<u32> {
+    let mut buf = [0u8; 16];
+    let n = file.read_at(&mut buf, 0).ok()?;
+    std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()
+}
 
 /// What dockroute installed, as of its last successful `up`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +43,10 @@ pub struct Record {
     /// to look for them. Without a record, `down` always looks.
     #[serde(default)]
     pub firewall: bool,
+    /// The settings flags of that `up`, which a bare `up` (a VPN hook's, the boot job's)
+    /// re-applies. Absent in records of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flags: Option<crate::settings::UpFlags>,
 }
 
 impl Record {
@@ -42,6 +57,7 @@ impl Record {
             entries,
             dns,
             firewall: false,
+            flags: None,
         }
     }
 }
@@ -52,10 +68,24 @@ pub enum RecordError {
     Io { path: PathBuf, err: io::Error },
     #[error("state directory {0} is not a directory")]
     NotADirectory(PathBuf),
-    #[error("state directory {0} is writable by other users; use a directory only root can write")]
-    Unsafe(PathBuf),
+    #[error(
+        "state directory {path} is not safe: {err}; use a directory only root can change, all the way up (default {DEFAULT_STATE_DIR})"
+    )]
+    Untrusted { path: PathBuf, err: TrustError },
     #[error("record {path} is unreadable ({reason}); `dockroute down` still finds tagged routes")]
     Corrupt { path: PathBuf, reason: String },
+    #[error(
+        "gave up after {waited:?}: another dockroute (pid {}) holds the lock {path}; wait for it to finish or stop it", holder_pid(.holder)
+    )]
+    Locked {
+        path: PathBuf,
+        holder: Option<u32>,
+        waited: Duration,
+    },
+}
+
+fn holder_pid(holder: &Option<u32>) -> String {
+    holder.map_or_else(|| "unknown".into(), |p| p.to_string())
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RecordError + '_ {
@@ -69,6 +99,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RecordError + '_ {
 #[derive(Clone, Debug)]
 pub struct Store {
     dir: PathBuf,
+    lock_timeout: Duration,
 }
 
 /// Held while a command changes the system; dropping it releases the lock.
@@ -77,32 +108,63 @@ pub struct Lock {
     _file: File,
 }
 
+/// How often a waiting run tries the lock again.
+const LOCK_POLL: Duration = Duration::from_millis(50);
+/// How long a waiting run gives the holder to write its pid before saying it does not know it.
+const HOLDER_GRACE: Duration = Duration::from_millis(200);
+
 impl Store {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Store { dir: dir.into() }
+        Store {
+            dir: dir.into(),
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+        }
+    }
+
+    /// How long [`Store::lock`] waits for another run before giving up.
+    pub fn with_lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
+        self
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
+    fn untrusted(&self) -> impl FnOnce(TrustError) -> RecordError + '_ {
+        move |err| RecordError::Untrusted {
+            path: self.dir.clone(),
+            err,
+        }
+    }
+
+    /// Create the missing directories down to the state dir (0755, whatever the umask), as root
+    /// only under a trusted existing directory.
+    fn create_dir(&self) -> Result<(), RecordError> {
+        if crate::trust::enforced() {
+            crate::trust::check_dir(crate::fsutil::nearest_existing(&self.dir))
+                .map_err(self.untrusted())?;
+        }
+        crate::fsutil::create_dirs(&self.dir, 0o755).map_err(io_err(&self.dir))
+    }
+
+    /// The state dir exists (created if missing) and, as root, only root can change it.
     fn ensure_dir(&self) -> Result<(), RecordError> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(&self.dir)
-            .map_err(io_err(&self.dir))?;
+        if std::fs::symlink_metadata(&self.dir).is_err() {
+            self.create_dir()?;
+        }
         let meta = std::fs::symlink_metadata(&self.dir).map_err(io_err(&self.dir))?;
         if !meta.is_dir() {
             return Err(RecordError::NotADirectory(self.dir.clone()));
         }
-        if meta.mode() & 0o022 != 0 && nix::unistd::geteuid().is_root() {
-            return Err(RecordError::Unsafe(self.dir.clone()));
+        if crate::trust::enforced() {
+            crate::trust::check_dir(&self.dir).map_err(self.untrusted())?;
         }
         Ok(())
     }
 
-    /// Take the exclusive lock, waiting for a concurrent `up` or `down` to finish.
+    /// Take the exclusive lock, waiting for a concurrent `up` or `down` to finish (at most the
+    /// lock timeout). Then removes temporary files a killed run left in the state dir.
     pub fn lock(&self) -> Result<Lock, RecordError> {
         self.ensure_dir()?;
         let path = self.dir.join(LOCK);
@@ -116,14 +178,61 @@ impl Store {
             .open(&path)
             .map_err(io_err(&path))?;
         if file.try_lock().is_err() {
-            tracing::info!("waiting for another dockroute to finish");
-            file.lock().map_err(io_err(&path))?;
+            self.wait_for_lock(&file, &path)?;
         }
+        // Who holds it, for a run that has to wait.
+        let pid = format!("{}\n", std::process::id());
+        file.set_len(0)
+            .and_then(|()| file.write_all_at(pid.as_bytes(), 0))
+            .map_err(io_err(&path))?;
+        self.sweep();
         Ok(Lock { _file: file })
+    }
+
+    fn wait_for_lock(&self, file: &File, path: &Path) -> Result<(), RecordError> {
+        let start = Instant::now();
+        let deadline = start + self.lock_timeout;
+        let mut told = false;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(()),
+                Err(std::fs::TryLockError::WouldBlock) => {}
+                Err(std::fs::TryLockError::Error(e)) => return Err(io_err(path)(e)),
+            }
+            let holder = read_holder(file);
+            // Said once, as soon as the holder has written its pid (it does right after locking).
+            if !told && (holder.is_some() || start.elapsed() >= HOLDER_GRACE) {
+                tracing::warn!(
+                    "waiting for another dockroute (pid {}) to finish (at most {:?})",
+                    holder_pid(&holder),
+                    self.lock_timeout
+                );
+                told = true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(RecordError::Locked {
+                    path: path.to_path_buf(),
+                    holder,
+                    waited: self.lock_timeout,
+                });
+            }
+            std::thread::sleep(LOCK_POLL.min(deadline - now));
+        }
+    }
+
+    /// Remove temporary files a killed run left in the state dir (failures only logged).
+    fn sweep(&self) {
+        if let Err(e) = crate::fsutil::Dir::open(&self.dir).and_then(|d| d.sweep()) {
+            tracing::warn!("could not clean up {}: {e}", self.dir.display());
+        }
     }
 
     /// The record, if there is one.
     pub fn load(&self) -> Result<Option<Record>, RecordError> {
+        if crate::trust::enforced() && std::fs::symlink_metadata(&self.dir).is_ok() {
+            crate::trust::check_dir(&self.dir).map_err(self.untrusted())?;
+        }
         let path = self.dir.join(RECORD);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
@@ -170,6 +279,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::discover::VmIpSource;
+    use std::os::unix::fs::PermissionsExt;
 
     fn record() -> Record {
         let target = Target {
@@ -234,6 +344,59 @@ mod tests {
         std::os::unix::fs::symlink(&victim, state.join("lock")).unwrap();
         assert!(Store::new(&state).lock().is_err());
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+    }
+
+    #[test]
+    fn a_held_lock_times_out_naming_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path()).with_lock_timeout(Duration::from_millis(300));
+        let _held = store.lock().unwrap();
+        let start = Instant::now();
+        let e = store.lock().unwrap_err().to_string();
+        let waited = start.elapsed();
+        let pid = std::process::id();
+        assert!(
+            e.contains(&format!("another dockroute (pid {pid}) holds the lock")),
+            "{e}"
+        );
+        assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_missing_state_dir_is_created_0755_whatever_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("a/state");
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+        let locked = Store::new(&state).lock();
+        nix::sys::stat::umask(old);
+        locked.unwrap();
+        for d in [dir.path().join("a"), state] {
+            let mode = std::fs::metadata(&d).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o755, "{}", d.display());
+        }
+    }
+
+    #[test]
+    fn as_root_a_state_dir_others_can_change_is_refused() {
+        if !crate::trust::enforced() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        std::fs::write(theirs.join("state.json"), "{}").unwrap();
+        let store = Store::new(&theirs);
+        let e = store.lock().unwrap_err();
+        assert!(matches!(e, RecordError::Untrusted { .. }), "{e}");
+        assert!(e.to_string().contains("owned by uid 65534"), "{e}");
+        assert!(matches!(store.load(), Err(RecordError::Untrusted { .. })));
+        assert!(!theirs.join("lock").exists());
+        // nor is one created under a directory others can change
+        let below = theirs.join("state");
+        assert!(Store::new(&below).lock().is_err());
+        assert!(!below.exists());
     }
 
     #[test]

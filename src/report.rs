@@ -1,20 +1,77 @@
 //! Rendering for people and for programs (`--json`).
 
 use crate::engine::{Conflict, Outcome, Status};
+use std::borrow::Cow;
 use std::fmt::Write;
 
-/// The result of `up` or `down`, for people.
+/// Characters a terminal acts on rather than shows: C0 controls (all but the newline), DEL, C1
+/// controls (U+009B is a one-character CSI on many terminals), and the bidirectional overrides
+/// and isolates that reorder what follows them.
+fn is_terminal_control(c: char) -> bool {
+    (c.is_control() && c != '\n')
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `s` for a terminal: every control character shown as an escape (`\x1b`, `\u{202e}`), so
+/// that names from the kernel (links, route devices) or from files cannot move the cursor,
+/// recolour or rewrite what is shown. Newlines stay. Link names that are not UTF-8 reach here
+/// with each foreign byte as U+001A (net::rtnl), shown as `\x1a`.
+pub fn escape_controls(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(is_terminal_control) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if !is_terminal_control(c) {
+            out.push(c);
+        } else if (c as u32) < 0x100 {
+            let _ = write!(out, "\\x{:02x}", c as u32);
+        } else {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// JSON text with the control characters that JSON allows raw inside strings (DEL, C1, the
+/// bidirectional ones) written as `\uXXXX` too: still the same JSON, and safe on a terminal.
+/// (serde_json escapes the C0 ones already; outside strings JSON has none of them.)
+fn json_escape_controls(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(is_terminal_control) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if is_terminal_control(c) {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// The result of `up` or `down`, for people (control characters escaped).
 pub fn outcome(verb: &str, o: &Outcome) -> String {
+    escape_controls(&outcome_text(verb, o)).into_owned()
+}
+
+fn outcome_text(verb: &str, o: &Outcome) -> String {
     let mut s = String::new();
     if let Some(t) = &o.target {
         let subnets: Vec<String> = t.subnets.iter().map(|n| n.to_string()).collect();
+        // `down` discovers nothing: where the last up found the VM is not news there.
+        let source = if verb == "up" {
+            format!(" (VM IP from {})", t.vm_ip_source)
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             s,
-            "{} via VM {} on {} (VM IP from {})",
+            "{} via VM {} on {}{source}",
             subnets.join(", "),
             t.vm_ip,
             t.ifname,
-            t.vm_ip_source
         );
     }
     let dns_changed = o.dns.as_ref().is_some_and(|d| d.changed);
@@ -51,11 +108,21 @@ pub fn outcome(verb: &str, o: &Outcome) -> String {
         };
         let _ = writeln!(s, "dns: {action} {}", d.state);
     }
+    if let Some(e) = &o.firewall_unread {
+        let _ = writeln!(s, "firewall: not checked ({e})");
+    }
+    for w in &o.firewall_warnings {
+        let _ = writeln!(s, "firewall: WARNING {w}");
+    }
     s
 }
 
-/// `status`, for people.
+/// `status`, for people (control characters escaped).
 pub fn status(st: &Status) -> String {
+    escape_controls(&status_text(st)).into_owned()
+}
+
+fn status_text(st: &Status) -> String {
     let mut s = String::new();
     let row = |s: &mut String, k: &str, v: &str| {
         let _ = writeln!(s, "{k:<12} {v}");
@@ -111,6 +178,19 @@ pub fn status(st: &Status) -> String {
     for e in &st.installed {
         let _ = writeln!(s, "  {e}");
     }
+    if !st.tagged_not_owned.is_empty() {
+        row(
+            &mut s,
+            "tagged",
+            &format!(
+                "WARNING: {} entries tagged like dockroute's but not its shape (left alone)",
+                st.tagged_not_owned.len()
+            ),
+        );
+        for t in &st.tagged_not_owned {
+            let _ = writeln!(s, "  {t}");
+        }
+    }
     if !st.probes.is_empty() {
         let _ = writeln!(s, "kernel picks");
         for p in &st.probes {
@@ -162,12 +242,15 @@ pub fn status(st: &Status) -> String {
     for r in &v.rules {
         let _ = writeln!(s, "  rule {r}");
     }
+    if let Some(e) = &v.firewall_error {
+        row(&mut s, "firewall", &format!("not readable ({e})"));
+    }
     match &v.firewall_error {
-        Some(e) => row(&mut s, "firewall", &format!("not readable ({e})")),
+        Some(_) if v.firewall_blocking.is_empty() && v.firewall_repaired.is_empty() => {}
         None if v.firewall_blocking.is_empty() && v.firewall_repaired.is_empty() => {
             row(&mut s, "firewall", "nothing blocks the VM")
         }
-        None => {
+        _ => {
             let state = if v.firewall_blocking.is_empty() {
                 "repaired by dockroute"
             } else {
@@ -181,6 +264,9 @@ pub fn status(st: &Status) -> String {
                 let _ = writeln!(s, "  needed:   {r}");
             }
         }
+    }
+    for w in &v.firewall_warnings {
+        let _ = writeln!(s, "  WARNING: {w}");
     }
     for h in &v.hints {
         let _ = writeln!(s, "  hint: {h}");
@@ -214,10 +300,37 @@ pub fn status(st: &Status) -> String {
 /// Any serializable report as pretty JSON with a trailing newline.
 pub fn json<T: serde::Serialize>(value: &T) -> String {
     match serde_json::to_string_pretty(value) {
-        Ok(mut s) => {
+        Ok(s) => {
+            let mut s = json_escape_controls(&s).into_owned();
             s.push('\n');
             s
         }
         Err(e) => format!("{{\"error\": \"cannot render JSON: {e}\"}}\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        assert_eq!(escape_controls("vboxnet0\n"), "vboxnet0\n");
+        assert_eq!(
+            escape_controls("tun\u{1b}[31mX\tY\u{7f}"),
+            "tun\\x1b[31mX\\x09Y\\x7f"
+        );
+        assert_eq!(escape_controls("a\u{9b}2J"), "a\\x9b2J");
+        assert_eq!(escape_controls("ab\u{202e}cd"), "ab\\u{202e}cd");
+        assert_eq!(escape_controls("café"), "café");
+    }
+
+    #[test]
+    fn json_stays_json() {
+        let v = serde_json::json!({ "name": "t\u{1b}\u{9b}\u{202e}\u{7f}" });
+        let out = json(&v);
+        assert!(!out.chars().any(is_terminal_control), "{out:?}");
+        let back: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(back, v);
     }
 }

@@ -5,8 +5,8 @@ use crate::cli::UpArgs;
 use crate::discover::{Request, VmIpSource};
 use crate::validate;
 use ipnet::Ipv4Net;
-use serde::Deserialize;
-use std::net::SocketAddrV4;
+use serde::{Deserialize, Serialize};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,8 +16,15 @@ pub const DEFAULT_CONFIG: &str = "/etc/dockroute/config.toml";
 pub const DEFAULT_SUBNET: &str = "172.17.0.0/16";
 pub const DEFAULT_DOMAIN: &str = "docker";
 pub const DEFAULT_RESOLVER_DIR: &str = "/etc/resolver";
+/// One-label domains `--domain` warns about: the big generic and country TLDs whose names a
+/// developer reaches every day, `local` (mDNS) and `arpa` (reverse lookups). Not a full list of
+/// TLDs (there are over a thousand, and it changes): the mistakes people make.
+pub const TOP_LEVEL_DOMAINS: &[&str] = &[
+    "com", "net", "org", "io", "dev", "app", "edu", "gov", "co", "ai", "me", "cloud", "local",
+    "arpa", "de", "uk", "fr", "us", "eu",
+];
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum DnsMode {
     Auto,
@@ -27,7 +34,7 @@ pub enum DnsMode {
     Off,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum FirewallMode {
     Auto,
@@ -35,8 +42,30 @@ pub enum FirewallMode {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct SettingsError(pub String);
+pub enum SettingsError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot read config file {path}: {err}")]
+    Read { path: PathBuf, err: std::io::Error },
+    #[error(
+        "config file {path} is not safe: {err}; it must be owned by root and not writable by others, all the way up (chown root, chmod 644)"
+    )]
+    Untrusted {
+        path: PathBuf,
+        err: crate::trust::TrustError,
+    },
+    #[error("{path} line {line}: {msg}")]
+    At {
+        path: PathBuf,
+        line: usize,
+        msg: String,
+    },
+    /// About a file others may not read: its content (values, keys) is never quoted.
+    #[error(
+        "{path} line {line}: invalid setting (not shown: the file is not readable by other users)"
+    )]
+    Private { path: PathBuf, line: usize },
+}
 
 /// The config file. Keys mirror the `up` flags.
 #[derive(Debug, Default, Deserialize)]
@@ -51,7 +80,216 @@ struct ConfigFile {
     dns: Option<DnsMode>,
     resolver_dir: Option<PathBuf>,
     firewall: Option<FirewallMode>,
-    wait: Option<Spanned<f64>>,
+    /// A number of seconds; read as any value so that a string gets a message that says so.
+    wait: Option<Spanned<toml::Value>>,
+}
+
+/// The settings flags of an `up` (and `DOCKER_HOST`, when it named the VM), as the record keeps
+/// them so that a bare `up` (a VPN hook's, the boot job's) can do the same again.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UpFlags {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm_ip: Option<Ipv4Addr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub subnets: Vec<Ipv4Net>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nameserver: Option<SocketAddrV4>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsMode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolver_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub firewall: Option<FirewallMode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub docker_host: Option<String>,
+}
+
+impl UpFlags {
+    fn of(up: &UpArgs) -> UpFlags {
+        UpFlags {
+            interface: up.interface.clone(),
+            vm_ip: up.vm_ip,
+            machine: up.machine.clone(),
+            subnets: up.subnets.clone(),
+            domain: up.domain.clone(),
+            nameserver: up.nameserver,
+            dns: up.dns,
+            resolver_dir: up.resolver_dir.clone(),
+            firewall: up.firewall,
+            docker_host: None,
+        }
+    }
+
+    /// Whether no settings flag is given (`--wait` and `--dry-run` are not settings).
+    pub fn is_empty(&self) -> bool {
+        *self == UpFlags::default()
+    }
+
+    /// The recorded flags as `up` flags, validated again (the record is a file), leaving out
+    /// what the config file sets: a key in the config file beats a recorded flag. The VM's
+    /// sources (`vm_ip`, `machine`, `DOCKER_HOST`) go as one.
+    fn replay(&self, up: &UpArgs, cfg: &ConfigFile) -> Result<UpArgs, String> {
+        let vm_in_config = cfg.vm_ip.is_some() || cfg.machine.is_some();
+        let mut a = UpArgs {
+            wait: up.wait,
+            dry_run: up.dry_run,
+            ..Default::default()
+        };
+        if cfg.interface.is_none() {
+            a.interface = self
+                .interface
+                .as_deref()
+                .map(validate::interface)
+                .transpose()?;
+        }
+        if !vm_in_config {
+            a.vm_ip = self.vm_ip;
+            a.machine = self
+                .machine
+                .as_deref()
+                .map(validate::machine_name)
+                .transpose()?;
+        }
+        if cfg.subnets.is_none() {
+            a.subnets = self
+                .subnets
+                .iter()
+                .map(|s| validate::subnet(&s.to_string()))
+                .collect::<Result<_, _>>()?;
+        }
+        if cfg.domain.is_none() {
+            a.domain = self.domain.as_deref().map(validate::domain).transpose()?;
+        }
+        if cfg.nameserver.is_none() {
+            a.nameserver = self.nameserver;
+        }
+        if cfg.dns.is_none() {
+            a.dns = self.dns;
+        }
+        if cfg.resolver_dir.is_none() {
+            a.resolver_dir = self.resolver_dir.clone();
+        }
+        if cfg.firewall.is_none() {
+            a.firewall = self.firewall;
+        }
+        Ok(a)
+    }
+}
+
+impl std::fmt::Display for UpFlags {
+    /// As the command line would give them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts: Vec<String> = Vec::new();
+        let mut add = |flag: &str, v: Option<String>| {
+            if let Some(v) = v {
+                parts.push(format!("--{flag} {v}"));
+            }
+        };
+        add("interface", self.interface.clone());
+        add("vm-ip", self.vm_ip.map(|v| v.to_string()));
+        add("machine", self.machine.clone());
+        for s in &self.subnets {
+            add("subnet", Some(s.to_string()));
+        }
+        add("domain", self.domain.clone());
+        add("nameserver", self.nameserver.map(|v| v.to_string()));
+        add("dns", self.dns.and_then(value_name));
+        add(
+            "resolver-dir",
+            self.resolver_dir.as_ref().map(|p| p.display().to_string()),
+        );
+        add("firewall", self.firewall.and_then(value_name));
+        if let Some(d) = &self.docker_host {
+            parts.push(format!("DOCKER_HOST={d}"));
+        }
+        if parts.is_empty() {
+            write!(f, "no flags")
+        } else {
+            write!(f, "{}", parts.join(" "))
+        }
+    }
+}
+
+fn value_name<T: clap::ValueEnum>(v: T) -> Option<String> {
+    v.to_possible_value().map(|p| p.get_name().to_string())
+}
+
+/// What a bare `dockroute up` (a VPN hook's) will go by, for `install --hooks`.
+pub struct HookSettings {
+    pub config: PathBuf,
+    pub config_exists: bool,
+    pub state_dir: PathBuf,
+    /// The last `up`'s flags, from the record.
+    pub recorded: Option<UpFlags>,
+    /// Whether the config file or the recorded flags name the VM (`vm_ip`, `machine`,
+    /// `DOCKER_HOST`). Without that, only the neighbour table can, which a VPN may flush.
+    pub vm_named: bool,
+}
+
+impl HookSettings {
+    pub fn find(config: &Path, state_dir: &Path) -> HookSettings {
+        let recorded = crate::record::Store::new(state_dir)
+            .load()
+            .ok()
+            .flatten()
+            .and_then(|r| r.flags);
+        let config_exists = std::fs::metadata(config).is_ok();
+        let cfg_names_vm = read_config(config, false)
+            .map(|(c, _, _)| c.vm_ip.is_some() || c.machine.is_some())
+            // a config file that does not parse: `up` will say so; not this note's business
+            .unwrap_or(true);
+        let rec_names_vm = recorded
+            .as_ref()
+            .is_some_and(|r| r.vm_ip.is_some() || r.machine.is_some() || r.docker_host.is_some());
+        HookSettings {
+            config: config.to_path_buf(),
+            config_exists,
+            state_dir: state_dir.to_path_buf(),
+            recorded,
+            vm_named: cfg_names_vm || rec_names_vm,
+        }
+    }
+}
+
+impl std::fmt::Display for HookSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the hooks run `dockroute up` with ")?;
+        let mut parts = Vec::new();
+        if self.config_exists {
+            parts.push(format!("the config file {}", self.config.display()));
+        }
+        match &self.recorded {
+            Some(r) => parts.push(format!(
+                "the last up's settings ({r}), recorded in {}",
+                self.state_dir.display()
+            )),
+            None => parts.push(format!(
+                "no record of an up in {}",
+                self.state_dir.display()
+            )),
+        }
+        write!(f, "{}", parts.join(" and "))?;
+        if !self.vm_named {
+            write!(
+                f,
+                "; nothing there names the VM{}, so they can only find it in the neighbour table, which fails once a VPN flushes it: run `dockroute up --vm-ip IP` (or --machine NAME) once and the hooks repeat it, or set vm_ip in {}",
+                if self.config_exists {
+                    ""
+                } else {
+                    " (no config file)"
+                },
+                self.config.display()
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// Everything a command needs, validated.
@@ -79,6 +317,8 @@ fn line_of(text: &str, offset: usize) -> usize {
 struct Source<'a> {
     path: &'a Path,
     text: &'a str,
+    /// Others may not read the file: errors name the line only, never its content.
+    private: bool,
 }
 
 impl Source<'_> {
@@ -91,43 +331,77 @@ impl Source<'_> {
     }
 
     fn err(&self, offset: usize, msg: &str) -> SettingsError {
-        SettingsError(format!(
-            "{} line {}: {msg}",
-            self.path.display(),
-            line_of(self.text, offset)
-        ))
+        let (path, line) = (self.path.to_path_buf(), line_of(self.text, offset));
+        if self.private {
+            SettingsError::Private { path, line }
+        } else {
+            SettingsError::At {
+                path,
+                line,
+                msg: msg.to_string(),
+            }
+        }
     }
 }
 
-/// Read and parse the config file. `explicit` says whether the user named it (then it must exist).
-fn read_config(path: &Path, explicit: bool) -> Result<(ConfigFile, String), SettingsError> {
+/// The first pair (earlier, later) of overlapping subnets.
+fn overlap(subnets: &[Ipv4Net]) -> Option<(usize, usize)> {
+    subnets.iter().enumerate().find_map(|(i, a)| {
+        subnets[..i]
+            .iter()
+            .position(|b| a.contains(b) || b.contains(a))
+            .map(|j| (j, i))
+    })
+}
+
+/// Read and parse the config file. `explicit` says whether the user named it (then it must
+/// exist). Returns the file, its text, and whether others may read it.
+fn read_config(path: &Path, explicit: bool) -> Result<(ConfigFile, String, bool), SettingsError> {
+    let read = |err| SettingsError::Read {
+        path: path.to_path_buf(),
+        err,
+    };
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
-            return Ok((ConfigFile::default(), String::new()));
+            return Ok((ConfigFile::default(), String::new(), true));
         }
-        Err(e) => {
-            return Err(SettingsError(format!(
-                "cannot read config file {}: {e}",
-                path.display()
-            )));
-        }
+        Err(e) => return Err(read(e)),
     };
-    // dockroute runs as root: a config file others can write is a way to steer it.
-    if nix::unistd::geteuid().is_root() && (meta.uid() != 0 || meta.mode() & 0o022 != 0) {
-        return Err(SettingsError(format!(
-            "config file {} must be owned by root and not writable by others (chmod 644, chown root)",
-            path.display()
-        )));
+    // dockroute runs as root: a config file others can change is a way to steer it.
+    if crate::trust::enforced() {
+        crate::trust::check_file(path).map_err(|err| SettingsError::Untrusted {
+            path: path.to_path_buf(),
+            err,
+        })?;
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| SettingsError(format!("cannot read config file {}: {e}", path.display())))?;
+    let private = meta.mode() & 0o004 == 0;
+    let text = std::fs::read_to_string(path).map_err(read)?;
     let cfg: ConfigFile = toml::from_str(&text).map_err(|e| {
-        let src = Source { path, text: &text };
+        let src = Source {
+            path,
+            text: &text,
+            private,
+        };
         let msg = e.message().trim().replace('\n', " ");
         src.err(e.span().map(|s| s.start).unwrap_or(0), &msg)
     })?;
-    Ok((cfg, text))
+    Ok((cfg, text, private))
+}
+
+/// For a bare `up`: the flags the last successful `up` recorded (none if there is no record, it
+/// cannot be read, or it predates recorded flags).
+fn recorded_flags(is_up: bool, up: &UpArgs, state_dir: &Path) -> Option<UpFlags> {
+    if !is_up || !UpFlags::of(up).is_empty() {
+        return None;
+    }
+    match crate::record::Store::new(state_dir).load() {
+        Ok(r) => r.and_then(|r| r.flags),
+        Err(e) => {
+            tracing::warn!("not re-applying the last up's settings: {e}");
+            None
+        }
+    }
 }
 
 impl Settings {
@@ -141,12 +415,38 @@ impl Settings {
         docker_host: Option<String>,
     ) -> Result<Settings, SettingsError> {
         let default_up = UpArgs::default();
+        let is_up = up.is_some();
         let up = up.unwrap_or(&default_up);
         let config_path = config.unwrap_or(Path::new(DEFAULT_CONFIG)).to_path_buf();
-        let (cfg, text) = read_config(&config_path, config.is_some())?;
+        let (cfg, text, private) = read_config(&config_path, config.is_some())?;
         let src = Source {
             path: &config_path,
             text: &text,
+            private,
+        };
+        let state_dir = state_dir
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from(crate::record::DEFAULT_STATE_DIR));
+        // A bare `up` (no settings flags: a VPN hook's, the boot job's, or a person's) does what
+        // the last successful `up` did, unless the config file says otherwise.
+        let mut replayed = None;
+        let replay_args;
+        let mut docker_host = docker_host.filter(|d| !d.is_empty());
+        let up = match recorded_flags(is_up, up, &state_dir) {
+            Some(flags) => {
+                replay_args = flags.replay(up, &cfg).map_err(|e| {
+                    SettingsError::Invalid(format!(
+                        "the record in {} holds a bad flag: {e}",
+                        state_dir.display()
+                    ))
+                })?;
+                if docker_host.is_none() && cfg.vm_ip.is_none() && cfg.machine.is_none() {
+                    docker_host = flags.docker_host.clone();
+                }
+                replayed = Some(flags);
+                &replay_args
+            }
+            None => up,
         };
 
         let interface = match (&up.interface, &cfg.interface) {
@@ -176,18 +476,17 @@ impl Settings {
                 .map(|s| src.check(s, validate::subnet))
                 .collect::<Result<_, _>>()?
         } else {
-            vec![validate::subnet(DEFAULT_SUBNET).map_err(SettingsError)?]
+            vec![validate::subnet(DEFAULT_SUBNET).map_err(SettingsError::Invalid)?]
         };
         if subnets.is_empty() {
             return Err(src.err(0, "subnets is empty: name at least one subnet"));
         }
-        for (i, a) in subnets.iter().enumerate() {
-            if let Some(b) = subnets[..i]
-                .iter()
-                .find(|b| a.contains(*b) || b.contains(a))
-            {
-                return Err(SettingsError(format!("subnets {b} and {a} overlap")));
-            }
+        if let Some((j, i)) = overlap(&subnets) {
+            let msg = format!("subnets {} and {} overlap", subnets[j], subnets[i]);
+            return Err(match (&cfg.subnets, up.subnets.is_empty()) {
+                (Some(list), true) => src.err(list[i].span().start, &msg),
+                _ => SettingsError::Invalid(msg),
+            });
         }
         let domain = match (&up.domain, &cfg.domain) {
             (Some(d), _) => d.clone(),
@@ -204,10 +503,22 @@ impl Settings {
         };
         let wait = match (up.wait, &cfg.wait) {
             (Some(w), _) => Some(w),
-            (None, Some(w)) => Some(
-                validate::wait_secs(&w.get_ref().to_string())
-                    .map_err(|e| src.err(w.span().start, &e))?,
-            ),
+            (None, Some(w)) => {
+                let secs = match w.get_ref() {
+                    toml::Value::Integer(i) => i.to_string(),
+                    toml::Value::Float(f) => f.to_string(),
+                    other => {
+                        return Err(src.err(
+                            w.span().start,
+                            &format!(
+                                "wait is a number of seconds (wait = 30), not a {}",
+                                other.type_str()
+                            ),
+                        ));
+                    }
+                };
+                Some(validate::wait_secs(&secs).map_err(|e| src.err(w.span().start, &e))?)
+            }
             _ => None,
         };
         let dns = up.dns.or(cfg.dns).unwrap_or(DnsMode::Auto);
@@ -217,11 +528,24 @@ impl Settings {
             .clone()
             .or(cfg.resolver_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_RESOLVER_DIR));
-        let state_dir = state_dir
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from(crate::record::DEFAULT_STATE_DIR));
         if state_dir.as_os_str().is_empty() {
-            return Err(SettingsError("--state-dir is empty".into()));
+            return Err(SettingsError::Invalid("--state-dir is empty".into()));
+        }
+        if std::fs::metadata(&state_dir).is_ok_and(|m| !m.is_dir()) {
+            return Err(SettingsError::Invalid(format!(
+                "--state-dir {} is a file, not a directory (dockroute keeps its record and lock in a directory)",
+                state_dir.display()
+            )));
+        }
+        if is_up {
+            if let (Some((_, from)), Some(m)) = (&vm_ip, &machine) {
+                tracing::warn!("--machine {m} is ignored: the VM IP comes from {from}");
+            }
+            if TOP_LEVEL_DOMAINS.contains(&domain.to_ascii_lowercase().as_str()) {
+                tracing::warn!(
+                    "--domain '{domain}' is a top-level domain others use: every name under it would go to the VM's DNS server; use a name of your own (the default is {DEFAULT_DOMAIN})"
+                );
+            }
         }
 
         Ok(Settings {
@@ -229,10 +553,18 @@ impl Settings {
             state_dir,
             json,
             request: Request {
+                flags: {
+                    let mut f = UpFlags::of(up);
+                    if vm_ip.is_none() && machine.is_none() {
+                        f.docker_host = docker_host.clone();
+                    }
+                    f
+                },
+                replayed,
                 interface,
                 vm_ip,
                 machine,
-                docker_host: docker_host.filter(|d| !d.is_empty()),
+                docker_host,
                 subnets,
                 wait,
             },
@@ -270,7 +602,11 @@ mod tests {
             None,
             None,
         );
-        assert!(s.unwrap_err().0.contains("cannot read config file"));
+        assert!(
+            s.unwrap_err()
+                .to_string()
+                .contains("cannot read config file")
+        );
         let dir = tempfile::tempdir().unwrap();
         let s = load_cfg("").unwrap();
         assert_eq!(
@@ -314,20 +650,76 @@ mod tests {
     fn config_errors_name_file_and_line() {
         let e = load_cfg("interface = \"vboxnet0\"\n\nvm_ip = \"300.1.1.1\"\n")
             .unwrap_err()
-            .0;
+            .to_string();
         assert!(
             e.contains("config.toml line 3: invalid IPv4 address '300.1.1.1'"),
             "{e}"
         );
         let e = load_cfg("subnets = [\n  \"172.17.0.0/16\",\n  \"10.1.2.3/8\",\n]\n")
             .unwrap_err()
-            .0;
+            .to_string();
         assert!(e.contains("line 3: invalid subnet '10.1.2.3/8'"), "{e}");
-        let e = load_cfg("vm-ip = 1\n").unwrap_err().0;
+        let e = load_cfg("\nwait = \"30\"\n").unwrap_err().to_string();
+        assert!(
+            e.contains("line 2: wait is a number of seconds (wait = 30), not a string"),
+            "{e}"
+        );
+        assert_eq!(
+            load_cfg("wait = 30\n").unwrap().wait(),
+            Some(Duration::from_secs(30))
+        );
+        let e = load_cfg("vm-ip = 1\n").unwrap_err().to_string();
         assert!(e.contains("line 1:") && e.contains("unknown field"), "{e}");
-        let e = load_cfg("a = [\n").unwrap_err().0;
+        let e = load_cfg("a = [\n").unwrap_err().to_string();
         assert!(e.contains("config.toml line"), "{e}");
         assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn errors_about_a_file_others_cannot_read_never_quote_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.toml");
+        for (body, line) in [
+            ("interface = \"vboxnet0\"\nvm_ip = \"hunter2-secret\"\n", 2),
+            ("hunter2_secret = 1\n", 1),
+            ("vm_ip = hunter2-secret\n", 1),
+            ("dns = \"hunter2-secret\"\n", 1),
+            ("subnets = [\"10.0.0.0/8\",\n \"10.123.0.0/16\"]\n", 2),
+        ] {
+            std::fs::write(&p, body).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let e = Settings::load(Some(&p), None, false, None, None)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!("{} line {line}: ", p.display())),
+                "{e}"
+            );
+            for secret in ["hunter2", "vm_ip", "dns", "10.123", "10.0.0.0"] {
+                assert!(!e.contains(secret), "{secret} quoted: {e}");
+            }
+        }
+        // readable by everyone anyway: the value helps
+        std::fs::write(&p, "vm_ip = \"hunter2-secret\"\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Settings::load(Some(&p), None, false, None, None).unwrap_err();
+        assert!(e.to_string().contains("'hunter2-secret'"), "{e}");
+    }
+
+    #[test]
+    fn as_root_a_config_file_others_can_change_is_refused() {
+        if !crate::trust::enforced() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.toml");
+        std::fs::write(&p, "").unwrap();
+        Settings::load(Some(&p), None, false, None, None).unwrap();
+        std::os::unix::fs::chown(dir.path(), Some(65534), None).unwrap();
+        let e = Settings::load(Some(&p), None, false, None, None).unwrap_err();
+        assert!(matches!(e, SettingsError::Untrusted { .. }), "{e}");
+        assert!(e.to_string().contains("owned by uid 65534"), "{e}");
     }
 
     #[test]
@@ -341,7 +733,7 @@ mod tests {
         };
         let none = Path::new("/nonexistent-default");
         let e = Settings::load(None, Some(none), false, Some(&up), None);
-        assert!(e.unwrap_err().0.contains("overlap"));
+        assert!(e.unwrap_err().to_string().contains("overlap"));
         let s = Settings::load(None, None, false, None, None).unwrap();
         assert_eq!(s.firewall, FirewallMode::Auto);
     }

@@ -185,3 +185,122 @@ fn wait_follows_netlink_events_until_the_link_is_ready() {
         run.stderr
     );
 }
+
+/// A docker-machine store under the lab's directory, with `machines/dev/` made and returned.
+fn machine_store(lab: &Lab) -> (std::path::PathBuf, std::path::PathBuf) {
+    let store = lab.dir.path().join("machine");
+    let dev = store.join("machines/dev");
+    std::fs::create_dir_all(&dev).unwrap();
+    (store, dev.join("config.json"))
+}
+
+/// `dockroute up --machine dev --dry-run` with the store and `env`, limited to 256 MiB of address
+/// space and killed after `limit` (so the unfixed code fails the test instead of the machine).
+fn bounded_up(lab: &Lab, store: &std::path::Path, env: &[(&str, &str)], limit: Duration) -> Run {
+    use std::os::unix::process::CommandExt;
+    let mut c = lab.command(&["up", "--machine", "dev", "--dry-run"]);
+    c.env("MACHINE_STORAGE_PATH", store)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe and touches only the child.
+    unsafe {
+        c.pre_exec(|| {
+            let lim = nix::libc::rlimit {
+                rlim_cur: 256 << 20,
+                rlim_max: 256 << 20,
+            };
+            if nix::libc::setrlimit(nix::libc::RLIMIT_AS, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = c.spawn().unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("dockroute did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn a_machine_config_that_is_a_symlink_to_dev_zero_is_refused_at_once() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let (store, config) = machine_store(&lab);
+    std::os::unix::fs::symlink("/dev/zero", &config).unwrap();
+    let run = bounded_up(&lab, &store, &[], Duration::from_secs(5));
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .starts_with("error: docker-machine 'dev': cannot read")
+            && run.stderr.contains("symbolic link"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_machine_config_that_is_a_fifo_is_refused_without_waiting() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let (store, config) = machine_store(&lab);
+    nix::unistd::mkfifo(&config, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let run = bounded_up(&lab, &store, &[], Duration::from_secs(5));
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("not a regular file"), "{}", run.stderr);
+}
+
+#[test]
+fn under_sudo_a_machine_config_is_read_with_the_invoking_users_rights() {
+    if !privileged() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let lab = Lab::new();
+    let (store, config) = machine_store(&lab);
+    let nobody = [("SUDO_UID", "65534"), ("SUDO_GID", "65534")];
+    // A root-only file: refused, and its value is never shown.
+    std::fs::write(&config, r#"{"Driver":{"IPAddress":"hunter2-secret"}}"#).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let run = bounded_up(&lab, &store, &nobody, Duration::from_secs(10));
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("Permission denied") && !run.stderr.contains("hunter2"),
+        "{}",
+        run.stderr
+    );
+    // Without sudo (root itself) the same file is root's own to read.
+    let run = bounded_up(&lab, &store, &[], Duration::from_secs(10));
+    assert!(run.stderr.contains("hunter2-secret"), "{}", run.stderr);
+
+    // A file the user can read works under sudo as before.
+    std::fs::write(&config, r#"{"Driver":{"IPAddress":"192.168.99.100"}}"#).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let run = bounded_up(&lab, &store, &nobody, Duration::from_secs(10));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("via VM 192.168.99.100 on vboxnet0"),
+        "{}",
+        run.stdout
+    );
+    // A group-readable file of root's group is not readable through root's groups.
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let run = bounded_up(&lab, &store, &nobody, Duration::from_secs(10));
+    assert_eq!(run.code, 1, "{}", run.stderr);
+}

@@ -237,7 +237,16 @@ fn resolver_dir_backend_writes_only_its_file() {
         std::fs::read_to_string(dir.join("docker")).unwrap(),
         "# managed by dockroute: `dockroute down` removes this file\nnameserver 172.17.0.1\n"
     );
-    lab.dockroute(&["down"]).ok();
+    // down undoes DNS where the settings point, never at a path from the record
+    let run = lab.dockroute(&["down"]);
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("dockroute down --resolver-dir"),
+        "{}",
+        run.stderr
+    );
+    assert!(dir.join("docker").exists());
+    lab.dockroute(&["down", "--resolver-dir", &dir_arg]).ok();
     assert!(!dir.join("docker").exists());
     assert_eq!(
         std::fs::read_to_string(dir.join("corp.example")).unwrap(),
@@ -332,7 +341,15 @@ fn switching_backends_undoes_the_previous_one() {
         "old backend not undone"
     );
     assert!(dir.join("docker").exists());
-    lab.dockroute(&["up", "--vm-ip", VM_IP, "--dns", "off"])
-        .ok();
+    lab.dockroute(&[
+        "up",
+        "--vm-ip",
+        VM_IP,
+        "--dns",
+        "off",
+        "--resolver-dir",
+        dir_arg,
+    ])
+    .ok();
     assert!(!dir.join("docker").exists());
 }

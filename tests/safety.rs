@@ -4,6 +4,7 @@
 mod common;
 use common::*;
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Exit non-zero with exactly one line `error: ...` containing `want`.
@@ -207,6 +208,7 @@ fn sigkill_half_way_through_up_then_down_restores_everything() {
         !exists(&lab.state_dir().join("state.json")),
         "record written before the end"
     );
+    assert!(leftovers(&lab.state_dir()).is_empty());
 
     // The lock died with the process: down runs at once and finds everything by its tag.
     lab.dockroute(&["down"]).ok();
@@ -247,6 +249,139 @@ fn sigkill_half_way_through_down_then_down_finishes() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(lab.tagged(), 3);
+    assert!(leftovers(&lab.state_dir()).is_empty());
+    lab.dockroute(&["down"]).ok();
+    assert_eq!(lab.snapshot(), before);
+    assert!(leftovers(&lab.state_dir()).is_empty());
+}
+
+/// Wait until a temporary file of dockroute's (other than `known`) appears in `dir`.
+fn wait_for_leftover(dir: &Path, known: &[String]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(n) = leftovers(dir).into_iter().find(|n| !known.contains(n)) {
+            // let the run reach its stall (the file is written, not yet renamed)
+            std::thread::sleep(Duration::from_millis(200));
+            return n;
+        }
+        assert!(Instant::now() < deadline, "no temporary file in {dir:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Start `args` in the lab with a private /etc, stalled before renaming a temporary file over
+/// `name`; SIGKILL it there. Returns the temporary file it left in `dir`.
+fn killed_while_replacing(lab: &Lab, etc: &Path, args: &[&str], name: &str, dir: &Path) -> String {
+    let known = leftovers(dir);
+    let env = [("DOCKROUTE_TEST_STALL_RENAME", name)];
+    let mut child = lab.spawn_private_etc(etc, args, &env, 0o022);
+    let left = wait_for_leftover(dir, &known);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(exists(&dir.join(&left)), "{left} vanished");
+    left
+}
+
+#[test]
+fn sigkill_while_replacing_a_file_leaves_a_temporary_the_next_run_removes() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let etc = lab.make_etc();
+    let resolv = etc.join("resolv.conf");
+    let original = std::fs::read(&resolv).unwrap();
+    // look-alikes that are not dockroute's own leftovers stay
+    let decoys = [
+        ".dockroute-user01",
+        ".dockroute-toolong1",
+        ".dockroute-link12",
+    ];
+    std::fs::write(etc.join(decoys[0]), "theirs").unwrap();
+    std::os::unix::fs::chown(etc.join(decoys[0]), Some(65534), None).unwrap();
+    std::fs::write(etc.join(decoys[1]), "not a temporary name").unwrap();
+    std::os::unix::fs::symlink(&resolv, etc.join(decoys[2])).unwrap();
+
+    // resolv.conf's directory
+    let up = ["up", "--vm-ip", VM_IP, "--dns", "resolv-conf"];
+    let left = killed_while_replacing(&lab, &etc, &up, "resolv.conf", &etc);
+    assert_eq!(std::fs::read(&resolv).unwrap(), original);
+    lab.private_etc(&etc, &["down"], 0o022).ok();
+    assert!(!exists(&etc.join(&left)), "down left {left} behind");
+    let mut kept = decoys.map(String::from).to_vec();
+    kept.sort();
+    assert_eq!(leftovers(&etc), kept);
+    assert_eq!(std::fs::read(&resolv).unwrap(), original);
+
+    // the state dir
+    let up = ["up", "--vm-ip", VM_IP, "--dns", "off"];
+    let left = killed_while_replacing(&lab, &etc, &up, "state.json", &lab.state_dir());
+    lab.private_etc(&etc, &up, 0o022).ok();
+    assert!(leftovers(&lab.state_dir()).is_empty(), "up left {left}");
+
+    // the resolver dir
+    let dir = lab.dir.path().join("resolver");
+    let dir_arg = dir.to_str().unwrap();
+    let up = [
+        "up",
+        "--vm-ip",
+        VM_IP,
+        "--dns",
+        "resolver-dir",
+        "--resolver-dir",
+        dir_arg,
+    ];
+    let left = killed_while_replacing(&lab, &etc, &up, "docker", &dir);
+    assert!(!exists(&dir.join("docker")));
+    lab.private_etc(&etc, &["down", "--resolver-dir", dir_arg], 0o022)
+        .ok();
+    assert!(leftovers(&dir).is_empty(), "down left {left}");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    assert_eq!(std::fs::read(&resolv).unwrap(), original);
+}
+
+#[test]
+fn a_held_lock_is_waited_for_then_given_up_naming_its_holder() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let before = lab.snapshot();
+    let mut holder = lab.spawn(
+        &["up", "--vm-ip", VM_IP],
+        &[("DOCKROUTE_TEST_STALL_AFTER", "1")],
+    );
+    wait_for_tagged(&lab, 1);
+    let pid = holder.id();
+    let start = Instant::now();
+    let mut waiter = lab.spawn(&["--lock-timeout", "1", "down"], &[]);
+    let deadline = start + Duration::from_secs(15);
+    while waiter.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            waiter.kill().unwrap();
+            holder.kill().unwrap();
+            panic!("down still waits for the lock after 15 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let waited = start.elapsed();
+    let out = waiter.wait_with_output().unwrap();
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(
+        lines[0].contains(&format!("waiting for another dockroute (pid {pid})")),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].starts_with("error: ")
+            && lines[1].contains(&format!("another dockroute (pid {pid}) holds the lock")),
+        "{stderr}"
+    );
+    assert!(waited >= Duration::from_secs(1), "{waited:?}");
     lab.dockroute(&["down"]).ok();
     assert_eq!(lab.snapshot(), before);
 }

@@ -11,7 +11,7 @@ pub mod resolv_conf;
 pub mod resolver_dir;
 
 #[cfg(target_os = "linux")]
-mod resolved;
+pub(crate) mod resolved;
 #[cfg(not(target_os = "linux"))]
 #[path = "resolved_unsupported.rs"]
 mod resolved;
@@ -83,6 +83,21 @@ pub enum DnsError {
     Io { op: String, err: std::io::Error },
     #[error("{0}")]
     Bus(String),
+    #[error("resolver directory {dir} is not safe: {err}; use a directory only root can change")]
+    UntrustedDir {
+        dir: PathBuf,
+        err: crate::trust::TrustError,
+    },
+    #[error(
+        "{dir} holds {file}, which is not a resolver file: refusing to write resolver files there (use a directory of resolver files, like /etc/resolver)"
+    )]
+    NotResolverDir { dir: PathBuf, file: PathBuf },
+    #[error(
+        "the last `up` wrote its resolver file in {recorded}, but the settings name {here}: dockroute removes files only where the settings point; run `dockroute down --resolver-dir {recorded}` (or set resolver_dir in the config)"
+    )]
+    ElsewhereInRecord { recorded: String, here: PathBuf },
+    #[error("domain '{0}' cannot name a resolver file (no '/', no leading '.')")]
+    BadResolverFileName(String),
 }
 
 impl DnsError {
@@ -134,6 +149,62 @@ pub fn choose(mode: DnsMode) -> Option<Backend> {
         DnsMode::Auto if cfg!(target_os = "macos") => Some(Backend::ResolverDir),
         DnsMode::Auto if routes_through_resolved(Path::new(RESOLV_CONF)) => Some(Backend::Resolved),
         DnsMode::Auto => Some(Backend::ResolvConf),
+    }
+}
+
+/// A recorded setting re-pointed at the places the current settings name: `settings.resolv_conf`
+/// for resolv-conf, `settings.resolver_dir` for resolver-dir (the record's domain names the file
+/// there, and must be a plain resolver file name). A path in the record is never used, so a
+/// forged record cannot make root rewrite or remove a file of its choice. A resolver dir other
+/// than the settings' is an error that says how to undo it there.
+pub fn at_settings(
+    recorded: &DnsState,
+    settings: &crate::settings::Settings,
+) -> Result<DnsState, DnsError> {
+    let here = DnsState {
+        path: match recorded.backend {
+            Backend::Resolved => PathBuf::new(),
+            Backend::ResolvConf => settings.resolv_conf.clone(),
+            Backend::ResolverDir => settings.resolver_dir.clone(),
+        },
+        ..recorded.clone()
+    };
+    if here.path == recorded.path {
+        return Ok(here);
+    }
+    let recorded_path = recorded
+        .path
+        .display()
+        .to_string()
+        .escape_debug()
+        .to_string();
+    if recorded.backend == Backend::ResolverDir {
+        return Err(DnsError::ElsewhereInRecord {
+            recorded: recorded_path,
+            here: here.path,
+        });
+    }
+    tracing::warn!(
+        "the record names {recorded_path}; only {} (from the settings) is looked at",
+        here.path.display()
+    );
+    Ok(here)
+}
+
+/// Remove temporary files a killed run left where this backend writes: the resolver directory,
+/// or resolv.conf's directory (unless resolv.conf is a mount point, which is written in place
+/// and gets no temporary file). Failures are only logged.
+pub fn sweep(backend: Backend, path: &Path) {
+    let swept = match backend {
+        Backend::Resolved => Ok(0),
+        Backend::ResolverDir => resolver_dir::sweep(path),
+        Backend::ResolvConf if crate::fsutil::replaced_by_rename(path) => {
+            crate::fsutil::split(path).and_then(|(dir, _)| dir.sweep())
+        }
+        Backend::ResolvConf => Ok(0),
+    };
+    if let Err(e) = swept {
+        tracing::warn!("could not clean up next to {}: {e}", path.display());
     }
 }
 

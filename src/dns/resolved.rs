@@ -84,8 +84,23 @@ struct Session {
     manager: ManagerProxy<'static>,
 }
 
+/// The system bus's fixed socket. As root, dockroute talks to the system bus only there:
+/// `DBUS_SYSTEM_BUS_ADDRESS` comes from whoever started it (sudo keeps it with `-E`, hooks
+/// inherit it), and zbus would follow it anywhere, `unixexec:` (running a program) included.
+pub const SYSTEM_BUS: &str = "unix:path=/run/dbus/system_bus_socket";
+
+pub async fn system_bus() -> zbus::Result<zbus::Connection> {
+    if crate::trust::enforced() {
+        zbus::connection::Builder::address(SYSTEM_BUS)?
+            .build()
+            .await
+    } else {
+        zbus::Connection::system().await
+    }
+}
+
 async fn session() -> Result<Session, DnsError> {
-    let conn = zbus::Connection::system()
+    let conn = system_bus()
         .await
         .map_err(|e| bus_err("cannot reach the system bus", e))?;
     let manager = ManagerProxy::builder(&conn)

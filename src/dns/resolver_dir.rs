@@ -5,7 +5,6 @@
 use super::DnsError;
 use crate::fsutil::{self, Marked};
 use std::net::SocketAddrV4;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 /// The first line of every file dockroute writes.
@@ -69,22 +68,116 @@ fn existing(dir: &Path, domain: &str) -> Result<Existing, DnsError> {
     }
 }
 
+/// The keywords of resolver(5) files (and resolv.conf's `options`, `sortlist`).
+const KEYWORDS: &[&str] = &[
+    "nameserver",
+    "port",
+    "domain",
+    "search",
+    "search_order",
+    "timeout",
+    "options",
+    "sortlist",
+];
+/// A resolver file is small; anything larger is not one.
+const MAX_RESOLVER_FILE: u64 = 64 * 1024;
+
+/// Whether `content` reads as a resolver file: text whose every line is blank, a comment (`#`,
+/// `;`), or starts with a resolver(5) keyword.
+pub fn is_resolver_file(content: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(content) else {
+        return false;
+    };
+    text.lines().all(|l| {
+        let l = l.trim_start();
+        l.is_empty()
+            || l.starts_with('#')
+            || l.starts_with(';')
+            || l.split_whitespace()
+                .next()
+                .is_some_and(|k| KEYWORDS.contains(&k))
+    })
+}
+
+/// Refuse a domain whose file name would not be a plain resolver file name in the directory.
+fn check_file_name(domain: &str) -> Result<(), DnsError> {
+    let plain = !domain.is_empty()
+        && !domain.starts_with('.')
+        && !domain.contains('/')
+        && !domain.contains('\0')
+        && crate::validate::domain(domain).is_ok_and(|d| d == domain);
+    if plain {
+        Ok(())
+    } else {
+        Err(DnsError::BadResolverFileName(
+            domain.escape_default().to_string(),
+        ))
+    }
+}
+
+/// As root, only root may be able to change the directory (or, when it is still to be created,
+/// the nearest existing directory above it), all the way up.
+fn check_trusted(dir: &Path) -> Result<(), DnsError> {
+    if !crate::trust::enforced() {
+        return Ok(());
+    }
+    crate::trust::check_dir(fsutil::nearest_existing(dir)).map_err(|err| DnsError::UntrustedDir {
+        dir: dir.to_path_buf(),
+        err,
+    })
+}
+
+/// Refuse a directory that holds a regular file (not named with a leading dot) that is not a
+/// resolver file: such a directory (/etc, say) is not a resolver directory, and a file written
+/// there could be read by something else as its own configuration.
+fn check_only_resolver_files(dir: &Path) -> Result<(), DnsError> {
+    let open = match fsutil::Dir::open(dir) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(DnsError::io(format!("reading {}", dir.display()), e)),
+    };
+    let read = |e| DnsError::io(format!("reading {}", dir.display()), e);
+    for entry in std::fs::read_dir(dir).map_err(read)? {
+        let name = entry.map_err(read)?.file_name();
+        if name.as_encoded_bytes().starts_with(b".") {
+            continue;
+        }
+        if open
+            .regular_file_owner(&name)
+            .map_err(read)?
+            .is_none_or(|(reg, _)| !reg)
+        {
+            continue;
+        }
+        let content = fsutil::read_small(&open, &name, MAX_RESOLVER_FILE).map_err(read)?;
+        if !content.is_some_and(|c| is_resolver_file(&c)) {
+            return Err(DnsError::NotResolverDir {
+                dir: dir.to_path_buf(),
+                file: dir.join(name),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Refuse what this backend must not touch, before anything changes.
 pub fn check(dir: &Path, domain: &str) -> Result<(), DnsError> {
-    existing(dir, domain).map(|_| ())
+    check_file_name(domain)?;
+    check_trusted(dir)?;
+    existing(dir, domain)?;
+    check_only_resolver_files(dir)
 }
 
 /// Write `DIR/DOMAIN`. Returns whether anything changed.
 pub fn apply(dir: &Path, domain: &str, ns: SocketAddrV4) -> Result<bool, DnsError> {
+    check(dir, domain)?;
     let body = render(ns);
-    match existing(dir, domain)? {
-        Existing::Ours(content) if content == body => return Ok(false),
-        _ => {}
+    if let Existing::Ours(content) = existing(dir, domain)?
+        && content == body
+    {
+        return Ok(false);
     }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(dir)
+    fsutil::create_dirs(dir, 0o755)
         .map_err(|e| DnsError::io(format!("creating {}", dir.display()), e))?;
     let file = path(dir, domain);
     fsutil::write_atomic(&file, body.as_bytes(), 0o644, true)
@@ -94,11 +187,13 @@ pub fn apply(dir: &Path, domain: &str, ns: SocketAddrV4) -> Result<bool, DnsErro
 
 /// Remove `DIR/DOMAIN` if it is dockroute's. Returns whether anything changed.
 pub fn revert(dir: &Path, domain: &str) -> Result<bool, DnsError> {
+    check_file_name(domain)?;
+    check_trusted(dir)?;
     match existing(dir, domain) {
         Ok(Existing::Ours(_)) => {
             let file = path(dir, domain);
-            std::fs::remove_file(&file)
-                .map_err(|e| DnsError::io(format!("removing {}", file.display()), e))?;
+            let removed = fsutil::split(&file).and_then(|(open, name)| open.remove(name));
+            removed.map_err(|e| DnsError::io(format!("removing {}", file.display()), e))?;
             Ok(true)
         }
         Ok(Existing::Missing) => Ok(false),
@@ -107,6 +202,14 @@ pub fn revert(dir: &Path, domain: &str) -> Result<bool, DnsError> {
             Ok(false)
         }
     }
+}
+
+/// Remove temporary files a killed run left in the directory (if it exists and is trusted).
+pub fn sweep(dir: &Path) -> std::io::Result<usize> {
+    if check_trusted(dir).is_err() || std::fs::symlink_metadata(dir).is_err() {
+        return Ok(0);
+    }
+    fsutil::Dir::open(dir)?.sweep()
 }
 
 #[cfg(test)]
@@ -146,6 +249,59 @@ mod tests {
             std::fs::read_to_string(dir.join("corp.example")).unwrap(),
             "nameserver 10.0.0.53\n"
         );
+    }
+
+    #[test]
+    fn refuses_a_directory_of_other_files_and_odd_file_names() {
+        let root = tempfile::tempdir().unwrap();
+        let etc = root.path().join("etc");
+        std::fs::create_dir(&etc).unwrap();
+        std::fs::write(etc.join("passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        let e = apply(&etc, "ld.so.preload", ns("172.17.42.1:53")).unwrap_err();
+        assert!(
+            e.to_string().contains("which is not a resolver file")
+                && !e.to_string().contains("root:x"),
+            "{e}"
+        );
+        assert!(!etc.join("ld.so.preload").exists());
+        // a directory of resolver files (and dot files, and subdirectories) is fine
+        let dir = root.path().join("resolver");
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(
+            dir.join("corp"),
+            "# corp\nnameserver 10.0.0.53\nport 5353\n\nsearch_order 1\n; x\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join(".DS_Store"), [0u8, 1, 2]).unwrap();
+        assert!(apply(&dir, "docker", ns("172.17.42.1:53")).unwrap());
+        for bad in ["", ".", "..", ".hidden", "a/b", "../etc/x"] {
+            assert!(
+                matches!(check(&dir, bad), Err(DnsError::BadResolverFileName(_))),
+                "{bad:?}"
+            );
+            assert!(revert(&dir, bad).is_err(), "{bad:?}");
+        }
+        assert!(is_resolver_file(b"nameserver 1.2.3.4\r\noptions ndots:1\n"));
+        assert!(!is_resolver_file(b"nameserver 1.2.3.4\n/bin/sh\n"));
+        assert!(!is_resolver_file(&[0xff, 0xfe]));
+    }
+
+    #[test]
+    fn as_root_an_untrusted_directory_is_refused() {
+        if !crate::trust::enforced() {
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("resolver");
+        std::fs::create_dir(&dir).unwrap();
+        std::os::unix::fs::chown(&dir, Some(65534), None).unwrap();
+        let e = apply(&dir, "docker", ns("172.17.42.1:53")).unwrap_err();
+        assert!(matches!(e, DnsError::UntrustedDir { .. }), "{e}");
+        assert!(!dir.join("docker").exists());
+        // nor created below one
+        let below = dir.join("resolver");
+        assert!(apply(&below, "docker", ns("172.17.42.1:53")).is_err());
+        assert!(!below.exists());
     }
 
     #[test]

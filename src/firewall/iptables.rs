@@ -3,41 +3,50 @@
 //! program runs with argument vectors only.
 
 use super::walk::{self, Chain, Rule};
-use super::{Direction, Repair, Scope, TAG};
+use super::{Direction, Foreign, Repair, Scope, TAG};
 use ipnet::Ipv4Net;
 
-/// Split an `iptables -S` line into words, honouring double quotes.
-fn words(line: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    let mut any = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' => {
-                quoted = !quoted;
-                any = true;
-            }
-            '\\' if quoted => {
-                if let Some(n) = chars.next() {
-                    cur.push(n);
-                }
-            }
-            c if c.is_whitespace() && !quoted => {
-                if any {
-                    out.push(std::mem::take(&mut cur));
-                    any = false;
-                }
-            }
-            c => {
-                cur.push(c);
-                any = true;
-            }
+/// Options whose value iptables prints raw (interface names, which may contain `"` or `\`
+/// but never whitespace).
+const RAW_VALUE: &[&str] = &["-i", "-o", "--in-interface", "--out-interface"];
+
+/// Split an `iptables -S` line into words. iptables quotes a value (a comment) only when it
+/// needs to, in double quotes with `"` and `\` escaped by a backslash; interface names are
+/// printed raw, so the word after `-i`/`-o` is taken as is, and a `"` inside a word is literal.
+pub fn words(line: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut rest = line;
+    loop {
+        rest = rest.trim_start();
+        if rest.is_empty() {
+            break;
         }
-    }
-    if any {
-        out.push(cur);
+        let raw = out.last().is_some_and(|w| RAW_VALUE.contains(&w.as_str()));
+        if !raw && let Some(quoted) = rest.strip_prefix('"') {
+            let mut word = String::new();
+            let mut chars = quoted.char_indices();
+            let mut end = quoted.len();
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some((_, n)) = chars.next() {
+                            word.push(n);
+                        }
+                    }
+                    '"' => {
+                        end = i + 1;
+                        break;
+                    }
+                    c => word.push(c),
+                }
+            }
+            out.push(word);
+            rest = &quoted[end..];
+        } else {
+            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+            out.push(rest[..end].to_string());
+            rest = &rest[end..];
+        }
     }
     out
 }
@@ -46,6 +55,7 @@ fn parse_rule(w: &[String]) -> Rule {
     let mut r = Rule {
         chain: w.get(1).cloned().unwrap_or_default(),
         words: w[1..].to_vec(),
+        source: w.join(" "),
         ..Default::default()
     };
     let mut i = 2;
@@ -59,19 +69,19 @@ fn parse_rule(w: &[String]) -> Rule {
                 i += 1;
                 continue;
             }
-            "-i" => r.iif = Some((neg, val)),
-            "-o" => r.oif = Some((neg, val)),
+            "-i" => r.extra |= r.iif.replace((neg, val)).is_some(),
+            "-o" => r.extra |= r.oif.replace((neg, val)).is_some(),
             "-s" | "-d" => match val
                 .parse::<Ipv4Net>()
                 .or_else(|_| val.parse::<std::net::Ipv4Addr>().map(Ipv4Net::from))
             {
-                Ok(n) if opt == "-s" => r.src = Some((neg, n)),
-                Ok(n) => r.dst = Some((neg, n)),
+                Ok(n) if opt == "-s" => r.extra |= r.src.replace((neg, n)).is_some(),
+                Ok(n) => r.extra |= r.dst.replace((neg, n)).is_some(),
                 Err(_) => r.other = true,
             },
-            "-j" | "-g" => r.target = Some(val),
+            "-j" | "-g" => r.extra |= r.target.replace(val).is_some() || opt == "-g",
             "-m" if val == "comment" => {}
-            "--comment" => r.comment = Some(val),
+            "--comment" => r.extra |= r.comment.replace(val).is_some(),
             _ if opt.starts_with('-') => {
                 r.other = true;
                 // skip this option's values (they do not start with '-')
@@ -131,17 +141,32 @@ pub fn plan(label: &str, chains: &[Chain], scope: &Scope) -> Vec<Repair> {
     walk::plan(label, "filter", chains, &entries, scope)
 }
 
-/// dockroute's rules in one backend's filter table, with the words to delete each. A rule that
-/// carries the tag but not dockroute's shape is still dockroute's (and goes on `down`).
+/// dockroute's rules in one backend's filter table, with the words to delete each
+/// ([`walk::ours`]: its tag and exactly its shape).
 pub fn owned(label: &str, chains: &[Chain]) -> Vec<(Repair, Vec<String>)> {
     chains
         .iter()
-        .flat_map(|c| c.rules.iter().filter(|r| r.comment.as_deref() == Some(TAG)))
+        .flat_map(|c| c.rules.iter().filter(|r| walk::ours(r)))
         .map(|r| {
             (
                 walk::owned_repair(label, "filter", &r.chain, r),
                 r.words.clone(),
             )
+        })
+        .collect()
+}
+
+/// Rules that carry dockroute's tag but not its shape: someone else's, left alone.
+pub fn foreign(label: &str, chains: &[Chain]) -> Vec<Foreign> {
+    chains
+        .iter()
+        .flat_map(|c| c.rules.iter())
+        .filter(|r| r.comment.as_deref() == Some(TAG) && !walk::ours(r))
+        .map(|r| Foreign {
+            backend: label.to_string(),
+            table: "filter".into(),
+            chain: r.chain.clone(),
+            rule: r.source.clone(),
         })
         .collect()
 }
@@ -280,6 +305,48 @@ mod tests {
             delete_args("filter", &owned[0].1).join(" "),
             "-w -t filter -D ciscovpn -d 172.17.0.0/16 -o vboxnet0 -m comment --comment dockroute -j RETURN"
         );
+    }
+
+    #[test]
+    fn quotes_in_interface_names_and_comments() {
+        // what iptables -S prints for `-o 'vb"x0'` and for `-o '"vb'` with a quoted comment
+        let text = "-A OUTPUT -d 172.17.0.0/16 -o vb\"x0 -m comment --comment dockroute -j ACCEPT\n\
+                    -A OUTPUT -o \"vb -m comment --comment \"say \\\"hi\\\" \\\\ there\" -j ACCEPT\n";
+        let c = parse(text);
+        let (a, b) = (&c[0].rules[0], &c[0].rules[1]);
+        assert_eq!(a.oif, Some((false, "vb\"x0".into())));
+        assert_eq!(a.comment.as_deref(), Some(TAG));
+        assert!(walk::ours(a));
+        assert_eq!(
+            delete_args("filter", &a.words).join(" "),
+            "-w -t filter -D OUTPUT -d 172.17.0.0/16 -o vb\"x0 -m comment --comment dockroute -j ACCEPT"
+        );
+        assert_eq!(b.oif, Some((false, "\"vb".into())));
+        assert_eq!(b.comment.as_deref(), Some("say \"hi\" \\ there"));
+        assert_eq!(b.target.as_deref(), Some("ACCEPT"));
+        assert!(!b.other);
+    }
+
+    #[test]
+    fn tagged_rules_of_another_shape_are_foreign() {
+        let text = "-P INPUT ACCEPT\n\
+            -A INPUT -p tcp -m tcp --dport 22 -m comment --comment dockroute -j DROP\n\
+            -A OUTPUT -o vboxnet0 -d 172.17.0.0/16 -m comment --comment dockroute -j DROP\n\
+            -A OUTPUT -o vboxnet0 -s 172.17.0.0/16 -m comment --comment dockroute -j ACCEPT\n\
+            -A OUTPUT ! -o vboxnet0 -d 172.17.0.0/16 -m comment --comment dockroute -j ACCEPT\n\
+            -A OUTPUT -o vboxnet0 -d 172.17.0.0/16 -m comment --comment dockroute -j ACCEPT\n";
+        let chains = parse(text);
+        let owned = owned("iptables", &chains);
+        assert_eq!(owned.len(), 1);
+        assert_eq!(owned[0].0.chain, "OUTPUT");
+        let foreign = foreign("iptables", &chains);
+        assert_eq!(foreign.len(), 4, "{foreign:?}");
+        assert_eq!(
+            foreign[0].rule,
+            "-A INPUT -p tcp -m tcp --dport 22 -m comment --comment dockroute -j DROP"
+        );
+        // and the walk judges them like anyone's rules: the tagged DROP blocks
+        assert_eq!(spots("-P OUTPUT ACCEPT\n-A OUTPUT -o vboxnet0 -d 172.17.0.0/16 -m comment --comment dockroute -j DROP\n").len(), 2);
     }
 
     #[test]

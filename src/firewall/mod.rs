@@ -11,10 +11,10 @@ pub mod iptables;
 pub mod nft;
 pub mod walk;
 
+use crate::exec::{self, ExecError};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::process::Command;
 
 /// The comment that marks dockroute's firewall rules.
 pub const TAG: &str = "dockroute";
@@ -45,7 +45,7 @@ pub enum Direction {
     In,
 }
 
-/// One rule dockroute inserts (or found carrying its tag).
+/// One rule dockroute inserts (or found carrying its tag, in its shape).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Repair {
     /// `iptables`, `iptables-legacy` or `nftables`.
@@ -59,6 +59,9 @@ pub struct Repair {
     /// ACCEPT in a built-in chain, RETURN in a vendor's chain.
     pub verdict: String,
     pub handle: Option<u64>,
+    /// nftables: the kernel's handle of the table the rule was seen in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_handle: Option<u64>,
 }
 
 impl fmt::Display for Repair {
@@ -70,7 +73,36 @@ impl fmt::Display for Repair {
         write!(
             f,
             "{} -t {} {} {i} {} {n} {} -j {} (comment {TAG})",
-            self.backend, self.table, self.chain, self.ifname, self.net, self.verdict
+            self.backend,
+            self.table,
+            self.chain,
+            self.ifname.escape_debug(),
+            self.net,
+            self.verdict
+        )
+    }
+}
+
+/// A rule that carries dockroute's tag but not the shape of its rules: someone else's (an
+/// admin's `--dport 22 -j DROP` commented `dockroute`). Never deleted; `status` warns about it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Foreign {
+    pub backend: String,
+    pub table: String,
+    pub chain: String,
+    /// The rule as the backend prints it.
+    pub rule: String,
+}
+
+impl fmt::Display for Foreign {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} -t {} {}: {}",
+            self.backend,
+            self.table,
+            self.chain,
+            self.rule.escape_debug()
         )
     }
 }
@@ -100,44 +132,14 @@ impl fmt::Display for FwChange {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
-    #[error("{program} {}: {msg}", .args.join(" "))]
-    Run {
-        program: String,
-        args: Vec<String>,
-        msg: String,
-    },
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    #[error("{program}: unreadable output: {msg}")]
+    Parse { program: String, msg: String },
 }
 
 fn run(program: &str, args: &[String]) -> Result<String, FirewallError> {
-    let err = |msg: String| FirewallError::Run {
-        program: program.to_string(),
-        args: args.to_vec(),
-        msg,
-    };
-    let out = Command::new(program)
-        .args(args)
-        .env("LC_ALL", "C")
-        .output()
-        .map_err(|e| err(e.to_string()))?;
-    if !out.status.success() {
-        return Err(err(String::from_utf8_lossy(&out.stderr)
-            .trim()
-            .replace('\n', " ")));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Where `program` is on PATH.
-fn find_program(program: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(program))
-            .find(|p| p.is_file())
-    })
-}
-
-fn has_program(program: &str) -> bool {
-    find_program(program).is_some()
+    Ok(exec::run(program, args, None)?)
 }
 
 /// Whether `iptables` here is the legacy backend: the multi-call binary it resolves to says so
@@ -154,27 +156,58 @@ fn iptables_is_legacy(path: &std::path::Path) -> Result<bool, FirewallError> {
     Ok(run("iptables", &["-V".to_string()])?.contains("legacy"))
 }
 
-/// The iptables backends in use here: (label = program, its filter table).
-fn iptables_backends() -> Result<Vec<(String, Vec<walk::Chain>)>, FirewallError> {
+fn list_filter(program: &str) -> Result<Vec<walk::Chain>, FirewallError> {
+    let args: Vec<String> = ["-w", "-t", "filter", "-S"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    Ok(iptables::parse(&run(program, &args)?))
+}
+
+fn not_found(program: &str, what: &str) -> String {
+    format!(
+        "{program} not found in {}: {what} NOT checked or repaired",
+        exec::SYSTEM_PATH
+    )
+}
+
+/// The iptables backends in use here: (label = program, its filter table). A missing program
+/// is a warning, a failing one an error; either way the other backends are still read.
+fn iptables_backends(o: &mut Observed) -> Vec<(String, Vec<walk::Chain>)> {
     let mut out = Vec::new();
-    let list = |program: &str| -> Result<Vec<walk::Chain>, FirewallError> {
-        let args: Vec<String> = ["-w", "-t", "filter", "-S"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        Ok(iptables::parse(&run(program, &args)?))
-    };
     let mut main_is_legacy = false;
-    if let Some(path) = find_program("iptables") {
-        main_is_legacy = iptables_is_legacy(&path)?;
-        if !main_is_legacy || legacy_filter_exists() {
-            out.push(("iptables".to_string(), list("iptables")?));
+    match exec::find("iptables") {
+        Ok(path) => match iptables_is_legacy(&path) {
+            Ok(legacy) => {
+                main_is_legacy = legacy;
+                if !legacy || legacy_filter_exists() {
+                    match list_filter("iptables") {
+                        Ok(chains) => out.push(("iptables".to_string(), chains)),
+                        Err(e) => o.errors.push(e),
+                    }
+                }
+            }
+            Err(e) => o.errors.push(e),
+        },
+        Err(ExecError::NotFound { .. }) => o
+            .warnings
+            .push(not_found("iptables", "iptables rules were")),
+        Err(e) => o.errors.push(e.into()),
+    }
+    if !main_is_legacy && legacy_filter_exists() {
+        match exec::find("iptables-legacy") {
+            Ok(_) => match list_filter("iptables-legacy") {
+                Ok(chains) => out.push(("iptables-legacy".to_string(), chains)),
+                Err(e) => o.errors.push(e),
+            },
+            Err(ExecError::NotFound { .. }) => o.warnings.push(not_found(
+                "iptables-legacy",
+                "the legacy iptables filter table exists, its rules were",
+            )),
+            Err(e) => o.errors.push(e.into()),
         }
     }
-    if !main_is_legacy && has_program("iptables-legacy") && legacy_filter_exists() {
-        out.push(("iptables-legacy".to_string(), list("iptables-legacy")?));
-    }
-    Ok(out)
+    out
 }
 
 /// Whether the legacy (x_tables) filter table exists in this network namespace.
@@ -184,29 +217,53 @@ fn legacy_filter_exists() -> bool {
 }
 
 /// What the firewalls need (for `scope`; nothing when `None`) and what dockroute has there now.
+/// Each backend is read on its own: one that fails is in `errors`, the others are still here.
 #[derive(Debug, Default)]
 pub struct Observed {
     pub desired: Vec<Repair>,
     pub owned: Vec<(Repair, Vec<String>)>,
+    /// Rules with dockroute's tag but not its shape: left alone.
+    pub foreign: Vec<Foreign>,
+    /// What could not be checked (a missing program, a rule that could not be read).
+    pub warnings: Vec<String>,
+    pub errors: Vec<FirewallError>,
 }
 
-pub fn observe(scope: Option<&Scope>) -> Result<Observed, FirewallError> {
+pub fn observe(scope: Option<&Scope>) -> Observed {
     let mut o = Observed::default();
-    for (label, chains) in iptables_backends()? {
+    for (label, chains) in iptables_backends(&mut o) {
         if let Some(scope) = scope {
             o.desired.extend(iptables::plan(&label, &chains, scope));
         }
         o.owned.extend(iptables::owned(&label, &chains));
+        o.foreign.extend(iptables::foreign(&label, &chains));
     }
-    if has_program("nft") {
-        let (desired, owned) = nft::observe(&nft::ruleset()?, scope);
-        o.desired.extend(desired);
-        o.owned.extend(owned.into_iter().map(|r| (r, Vec::new())));
+    match exec::find("nft") {
+        Ok(_) => match nft::ruleset() {
+            Ok(rs) => {
+                let (desired, owned, foreign) = nft::observe(&rs, scope);
+                o.desired.extend(desired);
+                o.owned.extend(owned.into_iter().map(|r| (r, Vec::new())));
+                o.foreign.extend(foreign);
+                o.warnings.extend(rs.warnings);
+            }
+            Err(e) => o.errors.push(e),
+        },
+        Err(ExecError::NotFound { .. }) => o.warnings.push(not_found(
+            "nft",
+            "nftables tables (Mullvad, NordVPN, firewalld) were",
+        )),
+        Err(e) => o.errors.push(e.into()),
     }
-    Ok(o)
+    for f in &o.foreign {
+        o.warnings.push(format!(
+            "a rule commented {TAG:?} that dockroute did not make is left alone: {f}"
+        ));
+    }
+    o
 }
 
-fn same(a: &Repair, b: &Repair) -> bool {
+pub(crate) fn same(a: &Repair, b: &Repair) -> bool {
     a.backend == b.backend
         && a.table == b.table
         && a.chain == b.chain
@@ -242,26 +299,24 @@ pub fn diff(desired: &[Repair], owned: &[(Repair, Vec<String>)]) -> Vec<FwChange
 fn apply_one(c: &FwChange) -> Result<(), FirewallError> {
     match c {
         FwChange::Insert { rule } if rule.backend == nft::BACKEND => {
-            nft::run(nft::insert_cmd(rule))
+            nft::run(vec![nft::insert_cmd(rule)])
         }
         FwChange::Insert { rule } => run(&rule.backend, &iptables::insert_args(rule)).map(|_| ()),
         FwChange::Delete { rule, .. } if rule.backend == nft::BACKEND => {
-            match nft::run(nft::delete_cmd(rule)) {
-                // gone already (the VPN re-created its table): the goal is reached
-                Err(FirewallError::Run { msg, .. })
-                    if msg.contains("No such file or directory") =>
-                {
-                    Ok(())
-                }
-                r => r,
+            if !nft::delete_checked(rule)? {
+                tracing::info!("already gone (or no longer dockroute's): {rule}");
             }
+            Ok(())
         }
         FwChange::Delete { rule, words } => {
+            // `-D` with the exact words deletes only a rule of exactly that specification
             match run(&rule.backend, &iptables::delete_args(&rule.table, words)) {
                 // gone already (the vendor flushed its chain): the goal is reached
-                Err(FirewallError::Run { msg, .. })
-                    if msg.contains("does a matching rule exist")
-                        || msg.contains("No chain/target/match") =>
+                Err(FirewallError::Exec(e))
+                    if e.failure_text().is_some_and(|t| {
+                        t.contains("does a matching rule exist")
+                            || t.contains("No chain/target/match")
+                    }) =>
                 {
                     Ok(())
                 }
@@ -283,15 +338,28 @@ pub fn apply(changes: &[FwChange]) -> Result<(), FirewallError> {
     Ok(())
 }
 
+/// Apply every change, going on past failures (for `down`); returns the failures.
+pub fn apply_all(changes: &[FwChange]) -> Vec<FirewallError> {
+    changes
+        .iter()
+        .filter_map(|c| {
+            tracing::info!("{c}");
+            apply_one(c).err()
+        })
+        .collect()
+}
+
 /// Undo applied `changes`, last first, as far as possible (failures are logged).
 pub fn undo(changes: &[FwChange]) {
     for done in changes.iter().rev() {
         let inverse = match done {
             FwChange::Insert { rule } if rule.backend == nft::BACKEND => {
-                // nftables deletes by handle: find the rule just inserted by its tag
+                // nftables deletes by handle: find the rule just inserted
                 let found = observe(None)
-                    .ok()
-                    .and_then(|o| o.owned.into_iter().map(|(r, _)| r).find(|r| same(r, rule)));
+                    .owned
+                    .into_iter()
+                    .map(|(r, _)| r)
+                    .find(|r| same(r, rule));
                 match found {
                     Some(rule) => FwChange::Delete {
                         rule,
@@ -312,9 +380,12 @@ pub fn undo(changes: &[FwChange]) {
     }
 }
 
-/// The changes that remove every rule carrying dockroute's tag, in every backend.
-pub fn removals() -> Result<Vec<FwChange>, FirewallError> {
-    Ok(diff(&[], &observe(None)?.owned))
+/// What `down` removes: every rule of dockroute's tag and shape, in every backend that could be
+/// read; with what could not be read.
+pub fn removals() -> (Vec<FwChange>, Observed) {
+    let mut seen = observe(None);
+    let changes = diff(&[], &std::mem::take(&mut seen.owned));
+    (changes, seen)
 }
 
 #[cfg(test)]
@@ -331,6 +402,7 @@ mod tests {
             ifname: "vboxnet0".into(),
             verdict: "RETURN".into(),
             handle: None,
+            table_handle: None,
         }
     }
 

@@ -4,31 +4,22 @@
 //! `nftables` crate (`nft -j`). The tables iptables-nft manages are left to the iptables side.
 
 use super::walk::{self, Chain, Rule};
-use super::{Direction, FirewallError, Repair, Scope, TAG};
+use super::{Direction, FirewallError, Foreign, Repair, Scope, TAG};
+use crate::exec;
 use ipnet::Ipv4Net;
 use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix};
 use nftables::schema::{self, NfCmd, NfListObject, NfObject, Nftables};
 use nftables::stmt::{Match, Operator, Statement};
-use nftables::types::{NfChainPolicy, NfFamily, NfHook};
+use nftables::types::NfFamily;
+use serde_json::Value;
 use std::borrow::Cow;
 use std::net::Ipv4Addr;
 
 pub const BACKEND: &str = "nftables";
 
 /// Tables that iptables-nft owns (its rules are judged through `iptables -S`).
-fn iptables_nft_table(family: NfFamily, name: &str) -> bool {
-    family == NfFamily::IP && matches!(name, "filter" | "raw" | "mangle" | "nat" | "security")
-}
-
-fn family_name(f: NfFamily) -> &'static str {
-    match f {
-        NfFamily::IP => "ip",
-        NfFamily::IP6 => "ip6",
-        NfFamily::INet => "inet",
-        NfFamily::ARP => "arp",
-        NfFamily::Bridge => "bridge",
-        NfFamily::NetDev => "netdev",
-    }
+fn iptables_nft_table(family: &str, name: &str) -> bool {
+    family == "ip" && matches!(name, "filter" | "raw" | "mangle" | "nat" | "security")
 }
 
 fn parse_family(s: &str) -> NfFamily {
@@ -49,147 +40,234 @@ fn ipv4_of(e: &Expression) -> Option<Ipv4Net> {
     }
 }
 
-/// One nftables rule in the walk's model.
-fn to_rule(r: &schema::Rule) -> Rule {
+/// Fold one statement the nftables crate could read into the walk's model.
+fn add_statement(out: &mut Rule, st: &Statement) {
+    let verdict = |out: &mut Rule, t: String| out.extra |= out.target.replace(t).is_some();
+    match st {
+        Statement::Match(m) => {
+            let neg = match m.op {
+                Operator::EQ | Operator::IN => false,
+                Operator::NEQ => true,
+                _ => {
+                    out.other = true;
+                    return;
+                }
+            };
+            match (&m.left, &m.right) {
+                (
+                    Expression::Named(NamedExpression::Meta(Meta { key })),
+                    Expression::String(name),
+                ) if matches!(key, MetaKey::Oifname | MetaKey::Iifname) => {
+                    let v = Some((neg, name.to_string()));
+                    let slot = if *key == MetaKey::Oifname {
+                        &mut out.oif
+                    } else {
+                        &mut out.iif
+                    };
+                    out.extra |= std::mem::replace(slot, v).is_some();
+                }
+                (Expression::Named(NamedExpression::Payload(Payload::PayloadField(f))), right)
+                    if f.protocol == "ip" && matches!(f.field.as_ref(), "saddr" | "daddr") =>
+                {
+                    match ipv4_of(right) {
+                        Some(net) if f.field == "saddr" => {
+                            out.extra |= out.src.replace((neg, net)).is_some()
+                        }
+                        Some(net) => out.extra |= out.dst.replace((neg, net)).is_some(),
+                        None => out.other = true, // a set, a range, ...
+                    }
+                }
+                _ => out.other = true,
+            }
+        }
+        Statement::Accept(_) => verdict(out, "ACCEPT".into()),
+        Statement::Drop(_) => verdict(out, "DROP".into()),
+        Statement::Reject(_) => verdict(out, "REJECT".into()),
+        Statement::Return(_) => verdict(out, "RETURN".into()),
+        Statement::Jump(t) | Statement::Goto(t) => {
+            out.extra = true;
+            out.target = Some(t.target.to_string());
+        }
+        _ => out.extra = true, // counters, logs, marks, ...
+    }
+}
+
+fn text<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+/// One nftables rule (the JSON object inside `{"rule": ...}`) in the walk's model, statement by
+/// statement: a statement the nftables crate cannot read (`ip option rr exists`, a newer
+/// expression) makes only this rule "may match, not dockroute's shape", with a warning.
+fn to_rule(body: &Value) -> (Rule, bool) {
+    let expr = body.get("expr").and_then(Value::as_array);
     let mut out = Rule {
-        chain: r.chain.to_string(),
-        handle: r.handle.map(u64::from),
-        comment: r.comment.as_ref().map(|c| c.to_string()),
+        chain: text(body, "chain").to_string(),
+        handle: body.get("handle").and_then(Value::as_u64),
+        comment: body
+            .get("comment")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        source: format!(
+            "handle {} {}",
+            body.get("handle").and_then(Value::as_u64).unwrap_or(0),
+            expr.map(|e| Value::Array(e.clone()).to_string())
+                .unwrap_or_default()
+        ),
         ..Default::default()
     };
-    for st in r.expr.iter() {
-        match st {
-            Statement::Match(m) => {
-                let neg = match m.op {
-                    Operator::EQ | Operator::IN => false,
-                    Operator::NEQ => true,
-                    _ => {
-                        out.other = true;
-                        continue;
-                    }
-                };
-                match (&m.left, &m.right) {
-                    (
-                        Expression::Named(NamedExpression::Meta(Meta { key })),
-                        Expression::String(name),
-                    ) if matches!(key, MetaKey::Oifname | MetaKey::Iifname) => {
-                        let v = Some((neg, name.to_string()));
-                        if *key == MetaKey::Oifname {
-                            out.oif = v;
-                        } else {
-                            out.iif = v;
-                        }
-                    }
-                    (
-                        Expression::Named(NamedExpression::Payload(Payload::PayloadField(f))),
-                        right,
-                    ) if f.protocol == "ip" && matches!(f.field.as_ref(), "saddr" | "daddr") => {
-                        match ipv4_of(right) {
-                            Some(net) if f.field == "saddr" => out.src = Some((neg, net)),
-                            Some(net) => out.dst = Some((neg, net)),
-                            None => out.other = true, // a set, a range, ...
-                        }
-                    }
-                    _ => out.other = true,
-                }
+    let mut unreadable = false;
+    for st in expr.into_iter().flatten() {
+        match serde_json::from_value::<Statement<'static>>(st.clone()) {
+            Ok(st) => add_statement(&mut out, &st),
+            Err(_) => {
+                out.other = true;
+                out.extra = true;
+                unreadable = true;
             }
-            Statement::Accept(_) => out.target = Some("ACCEPT".into()),
-            Statement::Drop(_) => out.target = Some("DROP".into()),
-            Statement::Reject(_) => out.target = Some("REJECT".into()),
-            Statement::Return(_) => out.target = Some("RETURN".into()),
-            Statement::Jump(t) | Statement::Goto(t) => out.target = Some(t.target.to_string()),
-            _ => {}
         }
     }
-    out
+    (out, unreadable)
 }
 
 /// Per table: its chains in the walk's model, and its entry points (base chains on input/output).
-struct Table {
-    family: NfFamily,
-    name: String,
-    chains: Vec<Chain>,
+#[derive(Debug)]
+pub struct Table {
+    pub family: String,
+    pub name: String,
+    /// The kernel's handle of the table: a table re-created under the same name gets a new one
+    /// (while its rule handles start again from 1).
+    pub handle: Option<u64>,
+    pub chains: Vec<Chain>,
     entries: Vec<(String, Direction)>,
 }
 
-fn tables(ruleset: &Nftables) -> Vec<Table> {
-    let mut out: Vec<Table> = Vec::new();
-    for obj in ruleset.objects.iter() {
-        let NfObject::ListObject(o) = obj else {
+/// The ruleset as read, and what could not be read in it.
+#[derive(Debug, Default)]
+pub struct Ruleset {
+    pub tables: Vec<Table>,
+    pub warnings: Vec<String>,
+}
+
+fn bad_output(msg: impl std::fmt::Display) -> FirewallError {
+    FirewallError::Parse {
+        program: "nft".into(),
+        msg: msg.to_string(),
+    }
+}
+
+/// Read `nft -j list ruleset` (or `list table`) output: object by object and rule by rule, so
+/// that something this version does not know spoils only itself. Tables of families other than
+/// ip and inet, and iptables-nft's own tables, are left out.
+pub fn read(json: &str) -> Result<Ruleset, FirewallError> {
+    let doc: Value = serde_json::from_str(json).map_err(bad_output)?;
+    let objects = doc
+        .get("nftables")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad_output("no \"nftables\" list in its JSON output"))?;
+    let mut rs = Ruleset::default();
+    fn table_mut<'a>(rs: &'a mut Ruleset, body: &Value) -> Option<&'a mut Table> {
+        let (family, name) = (text(body, "family"), text(body, "table"));
+        rs.tables
+            .iter_mut()
+            .find(|t| t.family == family && t.name == name)
+    }
+    for obj in objects {
+        let Some((kind, body)) = obj.as_object().and_then(|m| m.iter().next()) else {
             continue;
         };
-        match o {
-            NfListObject::Chain(c) if !iptables_nft_table(c.family, &c.table) => {
-                if !matches!(c.family, NfFamily::IP | NfFamily::INet) {
+        match kind.as_str() {
+            "table" => {
+                let family = text(body, "family");
+                let name = text(body, "name");
+                if !matches!(family, "ip" | "inet") || iptables_nft_table(family, name) {
                     continue;
                 }
-                let i = match out
-                    .iter()
-                    .position(|t| t.family == c.family && t.name == c.table)
-                {
-                    Some(i) => i,
-                    None => {
-                        out.push(Table {
-                            family: c.family,
-                            name: c.table.to_string(),
-                            chains: Vec::new(),
-                            entries: Vec::new(),
-                        });
-                        out.len() - 1
-                    }
+                rs.tables.push(Table {
+                    family: family.to_string(),
+                    name: name.to_string(),
+                    handle: body.get("handle").and_then(Value::as_u64),
+                    chains: Vec::new(),
+                    entries: Vec::new(),
+                });
+            }
+            "chain" => {
+                let Some(t) = table_mut(&mut rs, body) else {
+                    continue;
                 };
-                let t = &mut out[i];
-                let policy = c.hook.map(|_| match c.policy {
-                    Some(NfChainPolicy::Drop) => "DROP".to_string(),
+                let name = text(body, "name").to_string();
+                let hook = body.get("hook").and_then(Value::as_str);
+                let policy = hook.map(|_| match text(body, "policy") {
+                    "drop" => "DROP".to_string(),
                     _ => "ACCEPT".to_string(),
                 });
-                match c.hook {
-                    Some(NfHook::Output) => t.entries.push((c.name.to_string(), Direction::Out)),
-                    Some(NfHook::Input) => t.entries.push((c.name.to_string(), Direction::In)),
+                match hook {
+                    Some("output") => t.entries.push((name.clone(), Direction::Out)),
+                    Some("input") => t.entries.push((name.clone(), Direction::In)),
                     _ => {}
                 }
                 t.chains.push(Chain {
-                    name: c.name.to_string(),
+                    name,
                     policy,
                     rules: Vec::new(),
                 });
             }
-            NfListObject::Rule(r) => {
-                if let Some(t) = out
-                    .iter_mut()
-                    .find(|t| t.family == r.family && t.name == r.table)
-                    && let Some(c) = t.chains.iter_mut().find(|c| c.name == r.chain)
-                {
-                    c.rules.push(to_rule(r));
+            "rule" => {
+                let (rule, unreadable) = to_rule(body);
+                let Some(t) = table_mut(&mut rs, body) else {
+                    continue;
+                };
+                let warning = unreadable.then(|| {
+                    format!(
+                        "nftables {} {} {}: rule handle {} has an expression dockroute cannot read (judged as one that may match)",
+                        t.family,
+                        t.name,
+                        rule.chain,
+                        rule.handle.unwrap_or(0)
+                    )
+                });
+                if let Some(c) = t.chains.iter_mut().find(|c| c.name == rule.chain) {
+                    c.rules.push(rule);
                 }
+                rs.warnings.extend(warning);
             }
             _ => {}
         }
     }
-    out
+    Ok(rs)
 }
 
-/// Repairs needed (for `scope`) and dockroute's rules present, from `nft -j list ruleset`.
-pub fn observe(ruleset: &Nftables, scope: Option<&Scope>) -> (Vec<Repair>, Vec<Repair>) {
+/// Repairs needed (for `scope`), dockroute's rules present (with their table's handle), and
+/// rules that carry its tag but not its shape.
+pub fn observe(rs: &Ruleset, scope: Option<&Scope>) -> (Vec<Repair>, Vec<Repair>, Vec<Foreign>) {
     let mut desired = Vec::new();
     let mut owned = Vec::new();
-    for t in tables(ruleset) {
-        let table = format!("{} {}", family_name(t.family), t.name);
+    let mut foreign = Vec::new();
+    for t in &rs.tables {
+        let table = format!("{} {}", t.family, t.name);
         if let Some(scope) = scope {
             let entries: Vec<(&str, Direction)> =
                 t.entries.iter().map(|(c, d)| (c.as_str(), *d)).collect();
             desired.extend(walk::plan(BACKEND, &table, &t.chains, &entries, scope));
         }
         for c in &t.chains {
-            owned.extend(
-                c.rules
-                    .iter()
-                    .filter(|r| r.comment.as_deref() == Some(TAG))
-                    .map(|r| walk::owned_repair(BACKEND, &table, &c.name, r)),
-            );
+            for r in c.rules.iter().filter(|r| r.comment.as_deref() == Some(TAG)) {
+                if walk::ours(r) {
+                    let mut repair = walk::owned_repair(BACKEND, &table, &c.name, r);
+                    repair.table_handle = t.handle;
+                    owned.push(repair);
+                } else {
+                    foreign.push(Foreign {
+                        backend: BACKEND.into(),
+                        table: table.clone(),
+                        chain: c.name.clone(),
+                        rule: r.source.clone(),
+                    });
+                }
+            }
         }
     }
-    (desired, owned)
+    (desired, owned, foreign)
 }
 
 fn split_table(table: &str) -> (NfFamily, String) {
@@ -254,25 +332,86 @@ pub fn delete_cmd(r: &Repair) -> NfCmd<'static> {
     }))
 }
 
-/// Run one command through `nft -j`.
-pub fn run(cmd: NfCmd<'static>) -> Result<(), FirewallError> {
+/// nft's own words for "no such table, chain or rule" (ENOENT), in `list` and `delete` alike:
+/// `Error: Could not process rule: No such file or directory`, or `Error: No such file or
+/// directory; did you mean table ...`.
+pub fn is_gone(e: &FirewallError) -> bool {
+    match e {
+        FirewallError::Exec(e) => e
+            .failure_text()
+            .is_some_and(|t| t.contains("No such file or directory")),
+        _ => false,
+    }
+}
+
+/// Run commands through `nft -j -f -`, in one transaction.
+pub fn run(cmds: Vec<NfCmd<'static>>) -> Result<(), FirewallError> {
     let doc = Nftables {
-        objects: Cow::Owned(vec![NfObject::CmdObject(cmd)]),
+        objects: Cow::Owned(cmds.into_iter().map(NfObject::CmdObject).collect()),
     };
-    nftables::helper::apply_ruleset(&doc).map_err(|e| FirewallError::Run {
-        program: "nft".into(),
-        args: vec!["-j".into(), "-f".into(), "-".into()],
-        msg: e.to_string().replace('\n', " "),
-    })
+    let json = serde_json::to_string(&doc).map_err(bad_output)?;
+    let args = ["-j", "-f", "-"].map(String::from);
+    exec::run("nft", &args, Some(json.as_bytes()))?;
+    Ok(())
 }
 
 /// The ruleset, through `nft -j list ruleset`.
-pub fn ruleset() -> Result<Nftables<'static>, FirewallError> {
-    nftables::helper::get_current_ruleset().map_err(|e| FirewallError::Run {
-        program: "nft".into(),
-        args: vec!["-j".into(), "list".into(), "ruleset".into()],
-        msg: e.to_string().replace('\n', " "),
-    })
+pub fn ruleset() -> Result<Ruleset, FirewallError> {
+    let args = ["-j", "list", "ruleset"].map(String::from);
+    read(&exec::run("nft", &args, None)?)
+}
+
+/// Delete dockroute's rule `r`, but only while it is still there: right before the deletion, the
+/// table is read again, and it must be the same table (its kernel handle: a VPN client that
+/// re-creates its table reuses rule handles) holding, at `r`'s handle, a rule of dockroute's tag
+/// and shape for the same link and network. Returns whether it deleted.
+///
+/// What remains is the time between that read and the deletion (two runs of nft, a few
+/// milliseconds): nft offers no conditional deletion.
+pub fn delete_checked(r: &Repair) -> Result<bool, FirewallError> {
+    let (family, name) = r
+        .table
+        .split_once(' ')
+        .unwrap_or(("inet", r.table.as_str()));
+    let args = ["-j", "list", "table", family, name].map(String::from);
+    let json = match exec::run("nft", &args, None) {
+        Ok(j) => j,
+        Err(e) => {
+            let e = FirewallError::from(e);
+            return if is_gone(&e) { Ok(false) } else { Err(e) };
+        }
+    };
+    let now = read(&json)?;
+    let Some(t) = now
+        .tables
+        .iter()
+        .find(|t| t.family == family && t.name == name)
+    else {
+        return Ok(false);
+    };
+    if r.table_handle.is_none() || t.handle != r.table_handle {
+        tracing::info!(
+            "nftables table {} was re-created: its rules are not dockroute's to delete",
+            r.table
+        );
+        return Ok(false);
+    }
+    let still = t
+        .chains
+        .iter()
+        .find(|c| c.name == r.chain)
+        .and_then(|c| c.rules.iter().find(|x| x.handle == r.handle))
+        .is_some_and(|x| {
+            walk::ours(x) && super::same(&walk::owned_repair(BACKEND, &r.table, &r.chain, x), r)
+        });
+    if !still {
+        return Ok(false);
+    }
+    match run(vec![delete_cmd(r)]) {
+        Ok(()) => Ok(true),
+        Err(e) if is_gone(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]
@@ -302,8 +441,9 @@ mod tests {
 
     #[test]
     fn a_policy_drop_table_needs_accepts_in_both_base_chains() {
-        let rs: Nftables = serde_json::from_str(MULLVAD).unwrap();
-        let (desired, owned) = observe(&rs, Some(&scope()));
+        let rs = read(MULLVAD).unwrap();
+        let (desired, owned, foreign) = observe(&rs, Some(&scope()));
+        assert!(foreign.is_empty() && rs.warnings.is_empty());
         let lines: Vec<String> = desired.iter().map(|r| r.to_string()).collect();
         assert_eq!(
             lines,
@@ -315,13 +455,103 @@ mod tests {
         // the iptables-nft table is not judged here, and dockroute's rule is found with its handle
         assert_eq!(owned.len(), 1);
         assert_eq!(owned[0].handle, Some(9));
+        assert_eq!(owned[0].table_handle, Some(1));
         assert_eq!(owned[0].chain, "output");
+    }
+
+    /// MULLVAD with one more rule after its last one, in its output chain.
+    fn with_rule(rule: &str) -> String {
+        let last = r#"{"accept": null}]}},
+      {"table": {"family": "ip""#;
+        let at = MULLVAD.find(last).unwrap() + r#"{"accept": null}]}},"#.len();
+        format!(
+            r#"{}
+      {{"rule": {{"family": "inet", "table": "vpn", "chain": "output", "handle": 10, {rule}}}}},{}"#,
+            &MULLVAD[..at],
+            &MULLVAD[at..]
+        )
+    }
+
+    #[test]
+    fn an_unknown_expression_spoils_only_its_own_rule() {
+        // `ip option rr exists drop`: the nftables crate has no `ip option` expression
+        let json = with_rule(
+            r#""expr": [{"match": {"op": "==", "left": {"ip option": {"name": "rr"}}, "right": true}}, {"drop": null}]"#,
+        );
+        assert!(
+            serde_json::from_str::<Nftables>(&json).is_err(),
+            "the crate learnt it"
+        );
+        let rs = read(&json).unwrap();
+        assert_eq!(rs.warnings.len(), 1, "{:?}", rs.warnings);
+        assert!(rs.warnings[0].contains("inet vpn output: rule handle 10"));
+        let (desired, owned, _) = observe(&rs, Some(&scope()));
+        assert_eq!(desired.len(), 2);
+        assert_eq!(owned.len(), 1);
+        // the unknown rule is judged as one that may drop our traffic
+        let chain = &rs.tables[0].chains[0];
+        let r = chain.rules.iter().find(|r| r.handle == Some(10)).unwrap();
+        assert!(r.other && r.target.as_deref() == Some("DROP"));
+    }
+
+    #[test]
+    fn a_tagged_rule_of_another_shape_is_not_dockroutes() {
+        for rule in [
+            // tcp dport 25 drop comment "dockroute"
+            r#""comment": "dockroute", "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 25}}, {"drop": null}]"#,
+            // dockroute's shape plus a counter
+            r#""comment": "dockroute", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "vboxnet0"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"prefix": {"addr": "172.17.0.0", "len": 16}}}}, {"counter": null}, {"accept": null}]"#,
+            // a drop in dockroute's shape
+            r#""comment": "dockroute", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "vboxnet0"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"prefix": {"addr": "172.17.0.0", "len": 16}}}}, {"drop": null}]"#,
+            // the wrong direction: out on the link, from the network
+            r#""comment": "dockroute", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "vboxnet0"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "172.17.0.0", "len": 16}}}}, {"accept": null}]"#,
+        ] {
+            let rs = read(&with_rule(rule)).unwrap();
+            let (_, owned, foreign) = observe(&rs, None);
+            assert_eq!(owned.len(), 1, "{rule}");
+            assert_eq!(owned[0].handle, Some(9));
+            assert_eq!(foreign.len(), 1, "{rule}");
+            assert!(
+                foreign[0].rule.starts_with("handle 10 "),
+                "{:?}",
+                foreign[0]
+            );
+        }
+    }
+
+    #[test]
+    fn nfts_own_enoent_text_means_already_gone() {
+        let failed = |msg: &str| {
+            FirewallError::Exec(exec::ExecError::Failed {
+                program: "nft".into(),
+                args: vec![],
+                code: Some(1),
+                msg: msg.into(),
+            })
+        };
+        // what nft 1.0.6 prints for a missing rule handle, and for a missing table
+        assert!(is_gone(&failed(
+            "internal:0:0-0: Error: Could not process rule: No such file or directory"
+        )));
+        assert!(is_gone(&failed(
+            "Error: No such file or directory; did you mean table 'vpn' in family inet?"
+        )));
+        assert!(!is_gone(&failed(
+            "Error: Could not process rule: Operation not permitted"
+        )));
+    }
+
+    #[test]
+    fn unreadable_output_is_an_error() {
+        assert!(read("garbage").is_err());
+        assert!(read("{}").is_err());
+        assert!(read(r#"{"nftables": []}"#).unwrap().tables.is_empty());
     }
 
     #[test]
     fn insert_and_delete_commands_render_as_nft_json() {
-        let rs: Nftables = serde_json::from_str(MULLVAD).unwrap();
-        let (desired, owned) = observe(&rs, Some(&scope()));
+        let rs = read(MULLVAD).unwrap();
+        let (desired, owned, _) = observe(&rs, Some(&scope()));
         let json = serde_json::to_string(&insert_cmd(&desired[0])).unwrap();
         assert_eq!(
             json,

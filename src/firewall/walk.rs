@@ -18,8 +18,13 @@ pub struct Rule {
     pub dst: Option<(bool, Ipv4Net)>,
     /// Other conditions (protocol, state, marks, ...): the rule may or may not match.
     pub other: bool,
+    /// Anything besides one condition of each kind and one verdict (counters, logs, a condition
+    /// given twice, a statement dockroute cannot read): not a rule of dockroute's shape.
+    pub extra: bool,
     pub target: Option<String>,
     pub comment: Option<String>,
+    /// The rule as the backend printed it (for messages).
+    pub source: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -99,7 +104,7 @@ fn walk(
     };
     let builtin = chain.policy.is_some();
     for r in &chain.rules {
-        if r.comment.as_deref() == Some(TAG) {
+        if ours(r) {
             continue; // judge the firewall as if dockroute's own rules were not there
         }
         let (could, surely) = matches(r, dir, scope);
@@ -156,6 +161,7 @@ pub fn plan(
                 ifname: scope.ifname.clone(),
                 verdict: verdict.to_string(),
                 handle: None,
+                table_handle: None,
             };
             if !out.contains(&r) {
                 out.push(r);
@@ -165,8 +171,23 @@ pub fn plan(
     out
 }
 
-/// The repair a dockroute-tagged rule stands for. A tagged rule of another shape is still
-/// dockroute's (and goes on `down`).
+/// Whether `r` is one of dockroute's rules: its tag, and exactly the shape dockroute inserts (an
+/// accept or return for one link and one network, `-o IF -d NET` or `-i IF -s NET`, nothing else).
+/// A tagged rule of any other shape is someone else's: never deleted, judged like any other rule,
+/// and listed by `status` with a warning.
+pub fn ours(r: &Rule) -> bool {
+    r.comment.as_deref() == Some(TAG)
+        && !r.other
+        && !r.extra
+        && matches!(r.target.as_deref(), Some("ACCEPT" | "RETURN"))
+        && matches!(
+            (&r.oif, &r.dst, &r.iif, &r.src),
+            (Some((false, _)), Some((false, _)), None, None)
+                | (None, None, Some((false, _)), Some((false, _)))
+        )
+}
+
+/// The repair one of dockroute's rules ([`ours`]) stands for.
 pub fn owned_repair(backend: &str, table: &str, chain: &str, r: &Rule) -> Repair {
     let (direction, iface, peer) = match (&r.oif, &r.iif) {
         (Some((false, o)), _) => (Direction::Out, o.clone(), r.dst),
@@ -182,5 +203,6 @@ pub fn owned_repair(backend: &str, table: &str, chain: &str, r: &Rule) -> Repair
         ifname: iface,
         verdict: r.target.clone().unwrap_or_default(),
         handle: r.handle,
+        table_handle: None,
     }
 }

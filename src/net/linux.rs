@@ -3,7 +3,7 @@
 use super::rtnl::{Events, Rtnl};
 use super::{
     Change, Entry, ForeignRoute, ForeignRule, LinkInfo, Lookup, Neighbour, Net, NetError, PROTO,
-    RouteSpec, RuleSpec, Snapshot, protocol_name,
+    RouteSpec, RuleSpec, Snapshot, owned_route_shape, owned_rule_shape, protocol_name,
 };
 use ipnet::Ipv4Net;
 use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_EXCL};
@@ -26,6 +26,9 @@ use std::time::Instant;
 /// The Linux kernel, reached over one rtnetlink socket (plus a multicast one when subscribed).
 pub struct System {
     rtnl: Rtnl,
+    /// For filtered route dumps, opened on first use; `None` inside when the kernel has no
+    /// strict checking (then the full dump is read and filtered here).
+    strict: Option<Option<Rtnl>>,
     events: Option<Events>,
     /// Link names from the last link dump of this run, so one command dumps links once.
     names: Option<HashMap<u32, String>>,
@@ -37,6 +40,7 @@ impl System {
         let rtnl = Rtnl::open().map_err(|e| NetError::os("opening a netlink socket", e))?;
         Ok(System {
             rtnl,
+            strict: None,
             events: None,
             names: None,
         })
@@ -66,6 +70,80 @@ impl System {
             .collect())
     }
 
+    /// IPv4 routes carrying dockroute's protocol tag: filtered by the kernel where it can, the
+    /// full dump otherwise (callers classify every message either way).
+    fn tagged_routes(&mut self) -> Result<Vec<RouteNetlinkMessage>, NetError> {
+        let strict = self
+            .strict
+            .get_or_insert_with(|| match Rtnl::open_strict() {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::debug!("no strict netlink checking ({e}): reading every route");
+                    None
+                }
+            });
+        let mut req = RouteMessage::default();
+        req.header.address_family = AddressFamily::Inet;
+        req.header.protocol = RouteProtocol::Other(PROTO);
+        req.header.kind = RouteType::Unicast;
+        let msg = RouteNetlinkMessage::GetRoute(req);
+        match strict {
+            Some(rtnl) => rtnl
+                .dump(msg)
+                .map_err(|e| NetError::os("listing dockroute's routes", e)),
+            None => self.dump("routes", msg),
+        }
+    }
+
+    /// Every IPv4 policy rule, in the kernel's order (the order it matches them in).
+    fn rule_dump(&mut self) -> Result<Vec<RuleMessage>, NetError> {
+        let mut req = RuleMessage::default();
+        req.header.family = AddressFamily::Inet;
+        Ok(self
+            .dump("rules", RouteNetlinkMessage::GetRule(req))?
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewRule(m) => Some(m),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// For each change, why it must not be sent. The kernel deletes the first rule that matches
+    /// the fields a request names (preference, table, destination, protocol), whatever else that
+    /// rule selects on: a tagged rule with more selectors (`iif lo`) ahead of dockroute's would be
+    /// deleted instead of it. Such a removal is refused, checked against the rules as they are
+    /// right now.
+    fn shadowed(&mut self, changes: &[Change]) -> Result<Vec<Option<NetError>>, NetError> {
+        let mut out: Vec<Option<NetError>> = changes.iter().map(|_| None).collect();
+        if !changes
+            .iter()
+            .any(|c| matches!(c, Change::Remove(Entry::Rule(_))))
+        {
+            return Ok(out);
+        }
+        let mut rules = self.rule_dump()?;
+        for (change, slot) in changes.iter().zip(&mut out) {
+            let Change::Remove(Entry::Rule(r)) = change else {
+                continue;
+            };
+            let Some(i) = rules.iter().position(|m| delete_matches(m, r)) else {
+                continue; // gone already
+            };
+            if owned_rule(&rules[i]).is_some() {
+                rules.remove(i);
+                continue;
+            }
+            let (_, table, _) = rule_of(&rules[i]);
+            let (_, _, text) = rule_text(&rules[i], table);
+            *slot = Some(NetError::Conflict(format!(
+                "cannot remove {}: the kernel would delete the rule '{text}' ahead of it, which carries dockroute's tag but is not its own; remove that rule (or move it after dockroute's) and run again",
+                Entry::Rule(r.clone())
+            )));
+        }
+        Ok(out)
+    }
+
     fn link_names(&mut self) -> Result<HashMap<u32, String>, NetError> {
         if let Some(names) = &self.names {
             return Ok(names.clone());
@@ -81,6 +159,17 @@ impl System {
 fn if_name(l: &LinkMessage) -> Option<String> {
     l.attributes.iter().find_map(|a| match a {
         LinkAttribute::IfName(n) => Some(n.clone()),
+        _ => None,
+    })
+}
+
+/// IFLA_INFO_KIND: what driver made the link (tun, wireguard, veth, ...).
+fn link_kind(l: &LinkMessage) -> Option<String> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+            rtnetlink::packet_route::link::LinkInfo::Kind(k) => Some(k.to_string()),
+            _ => None,
+        }),
         _ => None,
     })
 }
@@ -125,6 +214,14 @@ struct ParsedRoute {
     oif: Option<u32>,
     prefsrc: Option<Ipv4Addr>,
     metric: u32,
+}
+
+/// Whether a parsed route is dockroute's: its tag, and one of the shapes it creates.
+fn owned_route(m: &RouteMessage, r: &ParsedRoute) -> bool {
+    m.header.protocol == RouteProtocol::Other(PROTO)
+        && m.header.kind == RouteType::Unicast
+        && r.oif.is_some()
+        && owned_route_shape(r.table, r.metric)
 }
 
 fn parse_route(m: &RouteMessage) -> Option<ParsedRoute> {
@@ -218,6 +315,54 @@ fn rule_text(m: &RuleMessage, table: u32) -> (Option<Ipv4Net>, bool, String) {
         other => format!("action {}", u8::from(other)),
     });
     (dst, selective, parts.join(" "))
+}
+
+/// Whether a rule is a plain `to NET lookup TABLE` and nothing else, the shape dockroute adds.
+fn plain_rule(m: &RuleMessage) -> bool {
+    m.header.flags.bits() == 0
+        && m.header.src_len == 0
+        && m.header.tos == 0
+        && m.header.action == RuleAction::ToTable
+        && m.attributes.iter().all(|a| match a {
+            RuleAttribute::Destination(IpAddr::V4(_))
+            | RuleAttribute::Priority(_)
+            | RuleAttribute::Table(_)
+            | RuleAttribute::Protocol(_) => true,
+            // u32::MAX: not set
+            RuleAttribute::SuppressPrefixLen(n) | RuleAttribute::SuppressIfGroup(n) => {
+                *n == u32::MAX
+            }
+            _ => false,
+        })
+}
+
+/// The rule as dockroute's own, if it is tagged and of its exact shape.
+fn owned_rule(m: &RuleMessage) -> Option<RuleSpec> {
+    let (pref, table, proto) = rule_of(m);
+    let dst = m.attributes.iter().find_map(|a| match a {
+        RuleAttribute::Destination(IpAddr::V4(ip)) => Ipv4Net::new(*ip, m.header.dst_len).ok(),
+        _ => None,
+    })?;
+    (proto == PROTO && plain_rule(m) && owned_rule_shape(pref, table)).then_some(RuleSpec {
+        pref,
+        dst,
+        table,
+    })
+}
+
+/// Whether the kernel's rule deletion for `r` (as [`rule_message`] asks for it) matches `m`.
+fn delete_matches(m: &RuleMessage, r: &RuleSpec) -> bool {
+    let (pref, table, proto) = rule_of(m);
+    let dst = m.attributes.iter().find_map(|a| match a {
+        RuleAttribute::Destination(IpAddr::V4(ip)) => Some(*ip),
+        _ => None,
+    });
+    pref == r.pref
+        && table == r.table
+        && proto == PROTO
+        && m.header.action == RuleAction::ToTable
+        && m.header.dst_len == r.dst.prefix_len()
+        && dst == Some(r.dst.network())
 }
 
 fn rule_of(m: &RuleMessage) -> (u32, u32, u8) {
@@ -319,6 +464,7 @@ impl Net for System {
                 up: l.header.flags.contains(LinkFlags::Up),
                 loopback: l.header.flags.contains(LinkFlags::Loopback),
                 addrs: Vec::new(),
+                kind: link_kind(&l),
             });
         }
         self.names = Some(out.iter().map(|l| (l.index, l.name.clone())).collect());
@@ -393,7 +539,8 @@ impl Net for System {
                 continue;
             };
             let Some(r) = parse_route(&m) else { continue };
-            if m.header.protocol == RouteProtocol::Other(PROTO) {
+            // Only routes of the shapes dockroute creates are its own, whatever else is tagged.
+            if owned_route(&m, &r) {
                 snap.owned.push(Entry::Route(RouteSpec {
                     table: r.table,
                     dst: r.dst,
@@ -416,30 +563,59 @@ impl Net for System {
             }
         }
 
-        let mut req = RuleMessage::default();
-        req.header.family = AddressFamily::Inet;
-        for m in self.dump("rules", RouteNetlinkMessage::GetRule(req))? {
-            let RouteNetlinkMessage::NewRule(m) = m else {
+        for m in self.rule_dump()? {
+            // Only rules of the one shape dockroute creates count as its own.
+            if let Some(rule) = owned_rule(&m) {
+                snap.owned.push(Entry::Rule(rule));
                 continue;
-            };
+            }
             let (pref, table, proto) = rule_of(&m);
             let (dst, selective, text) = rule_text(&m, table);
-            let plain = !selective && m.header.action == RuleAction::ToTable;
-            // Only rules of the one shape dockroute creates count as its own.
-            match dst {
-                Some(dst) if proto == PROTO && plain => {
-                    snap.owned.push(Entry::Rule(RuleSpec { pref, dst, table }))
-                }
-                _ => snap.foreign_rules.push(ForeignRule {
-                    pref,
-                    dst,
-                    selective,
-                    text,
-                    protocol: protocol_name(proto),
-                }),
-            }
+            snap.foreign_rules.push(ForeignRule {
+                pref,
+                dst,
+                selective,
+                text,
+                protocol: protocol_name(proto),
+            });
         }
         Ok(snap)
+    }
+
+    async fn owned(&mut self) -> Result<Vec<Entry>, NetError> {
+        let mut routes = Vec::new();
+        for m in self.tagged_routes()? {
+            let RouteNetlinkMessage::NewRoute(m) = m else {
+                continue;
+            };
+            match parse_route(&m) {
+                Some(r) if owned_route(&m, &r) => routes.push(r),
+                _ => {}
+            }
+        }
+        let mut owned = Vec::new();
+        if !routes.is_empty() {
+            let names = self.link_names()?;
+            for r in routes {
+                let ifindex = r.oif.unwrap_or(0);
+                owned.push(Entry::Route(RouteSpec {
+                    table: r.table,
+                    dst: r.dst,
+                    gateway: r.gateway,
+                    ifindex,
+                    ifname: names.get(&ifindex).cloned().unwrap_or(ifindex.to_string()),
+                    prefsrc: r.prefsrc,
+                    metric: r.metric,
+                }));
+            }
+        }
+        owned.extend(
+            self.rule_dump()?
+                .iter()
+                .filter_map(owned_rule)
+                .map(Entry::Rule),
+        );
+        Ok(owned)
     }
 
     async fn lookup(&mut self, dst: Ipv4Addr) -> Result<Lookup, NetError> {
@@ -482,16 +658,33 @@ impl Net for System {
         })
     }
 
-    /// All changes in one datagram: the kernel applies and acknowledges them one by one.
+    /// All changes in one datagram: the kernel applies and acknowledges them one by one. A rule
+    /// removal that would hit somebody else's rule is not sent (see [`System::shadowed`]).
     async fn apply(&mut self, changes: &[Change]) -> Result<Vec<Result<(), NetError>>, NetError> {
-        let results = self
+        let refused = self.shadowed(changes)?;
+        let send: Vec<_> = changes
+            .iter()
+            .zip(&refused)
+            .filter(|(_, r)| r.is_none())
+            .map(|(c, _)| change_message(c))
+            .collect();
+        let mut results = self
             .rtnl
-            .changes(changes.iter().map(change_message).collect())
-            .map_err(|e| NetError::os("sending route and rule changes", e))?;
+            .changes(send)
+            .map_err(|e| NetError::os("sending route and rule changes", e))?
+            .into_iter();
         Ok(changes
             .iter()
-            .zip(results)
-            .map(|(change, result)| change_result(change, result))
+            .zip(refused)
+            .map(|(change, refused)| match refused {
+                Some(e) => Err(e),
+                None => change_result(
+                    change,
+                    results
+                        .next()
+                        .unwrap_or_else(|| Err(io::Error::other("no acknowledgement"))),
+                ),
+            })
             .collect())
     }
 

@@ -13,7 +13,7 @@ use std::time::Instant;
 #[cfg(target_os = "linux")]
 mod linux;
 #[cfg(target_os = "linux")]
-mod rtnl;
+pub(crate) mod rtnl;
 #[cfg(target_os = "linux")]
 pub use linux::System;
 
@@ -36,6 +36,19 @@ pub const MAIN_TABLE: u32 = 254;
 /// Metric of the copy of each subnet route that dockroute keeps in the main table, for rules that
 /// VPN clients insert ahead of dockroute's (`lookup main suppress_prefixlength 0`).
 pub const MAIN_METRIC: u32 = 5017;
+
+/// Whether a route carrying dockroute's protocol tag has the shape of one dockroute creates: in
+/// its own table without a metric, or a copy in the main table with its metric. Anything else
+/// with the tag (another table, another metric) is somebody else's and is never removed.
+pub fn owned_route_shape(table: u32, metric: u32) -> bool {
+    (table, metric) == (TABLE, 0) || (table, metric) == (MAIN_TABLE, MAIN_METRIC)
+}
+
+/// Whether a plain `to NET lookup TABLE` rule carrying the tag has dockroute's shape: its
+/// preference, its table.
+pub fn owned_rule_shape(pref: u32, table: u32) -> bool {
+    pref == RULE_PREF && table == TABLE
+}
 
 /// A route dockroute installs (or found carrying its protocol tag).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +104,10 @@ pub struct LinkInfo {
     pub up: bool,
     pub loopback: bool,
     pub addrs: Vec<Ipv4Net>,
+    /// The link's kind as the kernel names it (IFLA_INFO_KIND: tun, wireguard, veth, bridge,
+    /// ...); `None` for physical links and where the platform does not say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
 }
 
 /// A neighbour table entry (ARP) for an IPv4 address.
@@ -130,12 +147,50 @@ pub struct ForeignRule {
     pub protocol: String,
 }
 
-/// Every IPv4 route and rule, split into dockroute's and everybody else's.
+/// Every IPv4 route and rule, split into dockroute's and everybody else's. Routes and rules that
+/// carry dockroute's protocol tag without its shape are in the foreign lists (with protocol
+/// [`PROTO_NAME`]): see [`Snapshot::tagged_not_owned`].
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub owned: Vec<Entry>,
     pub foreign_routes: Vec<ForeignRoute>,
     pub foreign_rules: Vec<ForeignRule>,
+}
+
+/// A route or rule tagged like dockroute's but not of its shape: left alone, reported by `status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Tagged {
+    Route(ForeignRoute),
+    Rule(ForeignRule),
+}
+
+impl Snapshot {
+    /// The foreign routes and rules that carry dockroute's protocol tag.
+    pub fn tagged_not_owned(&self) -> Vec<Tagged> {
+        let routes = self
+            .foreign_routes
+            .iter()
+            .filter(|r| r.protocol == PROTO_NAME)
+            .cloned()
+            .map(Tagged::Route);
+        let rules = self
+            .foreign_rules
+            .iter()
+            .filter(|r| r.protocol == PROTO_NAME)
+            .cloned()
+            .map(Tagged::Rule);
+        routes.chain(rules).collect()
+    }
+}
+
+impl fmt::Display for Tagged {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Tagged::Route(r) => write!(f, "route {r}"),
+            Tagged::Rule(r) => write!(f, "rule {r}"),
+        }
+    }
 }
 
 /// What the kernel does with a packet to one address (`ip route get`).
@@ -163,6 +218,11 @@ pub trait Net {
     async fn neighbours(&mut self) -> Result<Vec<Neighbour>, NetError>;
     /// All IPv4 routes and rules, split by owner.
     async fn snapshot(&mut self) -> Result<Snapshot, NetError>;
+    /// dockroute's own routes and rules only (what `up` and `down` need), as in
+    /// [`Snapshot::owned`]; an implementation may ask the kernel for less than a snapshot.
+    async fn owned(&mut self) -> Result<Vec<Entry>, NetError> {
+        Ok(self.snapshot().await?.owned)
+    }
     /// The route the kernel picks for `dst`.
     async fn lookup(&mut self, dst: Ipv4Addr) -> Result<Lookup, NetError>;
     /// Apply `changes` in order, each on its own: one failing does not stop the ones after it.
@@ -362,6 +422,19 @@ mod tests {
             Change::Remove(Entry::Rule(rule)).to_string(),
             "- rule pref 5100 to 192.168.99.0/24 lookup dockroute proto dockroute"
         );
+    }
+
+    #[test]
+    fn owns_only_its_own_shapes() {
+        assert!(owned_route_shape(TABLE, 0));
+        assert!(owned_route_shape(MAIN_TABLE, MAIN_METRIC));
+        assert!(!owned_route_shape(777, 0));
+        assert!(!owned_route_shape(MAIN_TABLE, 0));
+        assert!(!owned_route_shape(MAIN_TABLE, 99));
+        assert!(!owned_route_shape(TABLE, 7));
+        assert!(owned_rule_shape(RULE_PREF, TABLE));
+        assert!(!owned_rule_shape(5200, TABLE));
+        assert!(!owned_rule_shape(RULE_PREF, 777));
     }
 
     #[test]

@@ -24,6 +24,53 @@ const DUMP_TRIES: usize = 3;
 
 type Message = NetlinkMessage<RouteNetlinkMessage>;
 
+/// Messages that carry link names: (type, length of the header after the netlink header, the
+/// attributes that hold names). RTM_NEWLINK: IFLA_IFNAME, IFLA_QDISC, IFLA_IFALIAS,
+/// IFLA_PHYS_PORT_NAME; RTM_NEWADDR: IFA_LABEL; RTM_NEWRULE: FRA_IIFNAME, FRA_OIFNAME.
+const NAMED: [(u16, usize, &[u16]); 3] =
+    [(16, 16, &[3, 6, 20, 38]), (20, 8, &[3]), (32, 12, &[3, 17])];
+/// What a byte of a link name that is not UTF-8 becomes: ASCII SUB, a control character the
+/// renderers show as `\x1a`, and never in a name dockroute accepts from a user.
+pub const NOT_UTF8: u8 = 0x1a;
+
+/// The kernel allows any byte but `/`, `:` and white space in a link name, and the parser refuses
+/// a name that is not UTF-8, which would make every link dump fail. When a message that carries
+/// names does not parse, each byte of an invalid sequence in its name attributes is replaced by
+/// [`NOT_UTF8`] and it is parsed again (a copy; the lengths are unchanged).
+fn with_link_names_repaired(raw: &[u8]) -> Option<Message> {
+    let len = u32::from_ne_bytes(raw.get(..4)?.try_into().ok()?) as usize;
+    let kind = u16::from_ne_bytes(raw.get(4..6)?.try_into().ok()?);
+    let (_, header, attrs) = NAMED.iter().find(|(k, _, _)| *k == kind)?;
+    let mut msg = raw.get(..len)?.to_vec();
+    repair_names(&mut msg, 16 + header, attrs);
+    Message::deserialize(&msg[..]).ok()
+}
+
+/// The attributes start at `at` (after the netlink header and the message's own header).
+fn repair_names(msg: &mut [u8], mut at: usize, attrs: &[u16]) {
+    while let Some(head) = msg.get(at..at + 4) {
+        let nla_len = u16::from_ne_bytes([head[0], head[1]]) as usize;
+        let nla_type = u16::from_ne_bytes([head[2], head[3]]) & 0x3fff;
+        if nla_len < 4 || at + nla_len > msg.len() {
+            return;
+        }
+        if attrs.contains(&nla_type) {
+            replace_invalid_utf8(&mut msg[at + 4..at + nla_len]);
+        }
+        at += (nla_len + 3) & !3;
+    }
+}
+
+fn replace_invalid_utf8(b: &mut [u8]) {
+    let mut i = 0;
+    while let Err(e) = std::str::from_utf8(&b[i..]) {
+        let start = i + e.valid_up_to();
+        let end = start + e.error_len().unwrap_or(b.len() - start);
+        b[start..end].fill(NOT_UTF8);
+        i = end;
+    }
+}
+
 /// One rtnetlink request socket.
 pub struct Rtnl {
     socket: Socket,
@@ -50,6 +97,16 @@ impl Rtnl {
             seq: 0,
             buf: Vec::with_capacity(RECV_BUF),
         })
+    }
+
+    /// A socket whose dump requests the kernel checks strictly and filters by the header's
+    /// fields (NETLINK_GET_STRICT_CHK, Linux 4.20): a route dump with `rtm_protocol` set returns
+    /// only that protocol's routes, so a main table of 20,000 routes is walked in the kernel but
+    /// not copied out and parsed here.
+    pub fn open_strict() -> io::Result<Self> {
+        let rtnl = Self::open()?;
+        rtnl.socket.set_netlink_get_strict_chk(true)?;
+        Ok(rtnl)
     }
 
     /// Serialize `msgs` (each with its header flags) into one datagram with consecutive sequence
@@ -84,7 +141,10 @@ impl Rtnl {
             }
             let mut rest = &self.buf[..];
             while !rest.is_empty() {
-                let msg = Message::deserialize(rest).map_err(invalid)?;
+                let msg = match Message::deserialize(rest) {
+                    Ok(msg) => msg,
+                    Err(e) => with_link_names_repaired(rest).ok_or_else(|| invalid(e))?,
+                };
                 let len = (msg.header.length as usize + 3) & !3;
                 rest = rest.get(len.max(1)..).unwrap_or_default();
                 if each(msg)? {
@@ -231,5 +291,98 @@ impl Events {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// A netlink socket joined to multicast groups of any netlink protocol, read without blocking:
+/// the event sources of `watch` (rtnetlink's groups, nftables' change notifications). The caller
+/// polls [`Subscription::fd`] and hands each datagram to its classifier.
+pub struct Subscription {
+    socket: Socket,
+    buf: Vec<u8>,
+}
+
+impl Subscription {
+    /// `protocol`: `NETLINK_*`; `groups`: that protocol's multicast group numbers.
+    pub fn open(protocol: isize, groups: &[u32]) -> io::Result<Self> {
+        let mut socket = Socket::new(protocol)?;
+        socket.bind_auto()?;
+        socket.set_non_blocking(true)?;
+        // a VPN connect can send thousands of route messages at once
+        let _ = socket.set_rx_buf_sz(1 << 20);
+        for g in groups {
+            socket.add_membership(*g)?;
+        }
+        Ok(Subscription {
+            socket,
+            buf: Vec::with_capacity(RECV_BUF),
+        })
+    }
+
+    pub fn join(&self, group: u32) -> io::Result<()> {
+        self.socket.add_membership(group)
+    }
+
+    pub fn leave(&self, group: u32) -> io::Result<()> {
+        self.socket.drop_membership(group)
+    }
+
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+
+    /// Read every datagram waiting, handing each to `each`. Returns whether the kernel dropped
+    /// messages because the socket overran (then the caller must assume anything changed).
+    pub fn drain(&mut self, mut each: impl FnMut(&[u8])) -> io::Result<bool> {
+        let mut overran = false;
+        loop {
+            self.buf.clear();
+            match self.socket.recv(&mut self.buf, nix::libc::MSG_DONTWAIT) {
+                Ok(_) => each(&self.buf),
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => overran = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(overran),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_utf8_bytes_become_sub_and_valid_text_stays() {
+        let mut b = *b"x\xffy\xc3\xa9\xe2\x82";
+        replace_invalid_utf8(&mut b);
+        assert_eq!(&b, b"x\x1ay\xc3\xa9\x1a\x1a");
+    }
+
+    #[test]
+    fn a_link_message_with_a_name_that_is_not_utf8_parses() {
+        use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+        let mut link = LinkMessage::default();
+        link.header.index = 7;
+        link.attributes.push(LinkAttribute::IfName("xAy".into()));
+        let mut msg = NetlinkMessage::new(
+            NetlinkHeader::default(),
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)),
+        );
+        msg.finalize();
+        let mut raw = vec![0; msg.buffer_len()];
+        msg.serialize(&mut raw);
+        let at = raw.windows(3).position(|w| w == b"xAy").unwrap();
+        raw[at + 1] = 0xff;
+        assert!(Message::deserialize(&raw[..]).is_err());
+        let parsed = with_link_names_repaired(&raw).unwrap();
+        let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) = parsed.payload else {
+            panic!("not a link");
+        };
+        assert_eq!(l.header.index, 7);
+        assert!(
+            l.attributes
+                .contains(&LinkAttribute::IfName("x\u{1a}y".into()))
+        );
     }
 }

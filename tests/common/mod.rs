@@ -40,6 +40,18 @@ pub fn privileged() -> bool {
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+/// In a private mount namespace, hide the machine's system bus (see [`Lab::command`]), then run
+/// the arguments that follow.
+const HIDE_BUS: &[&str] = &[
+    "--mount",
+    "--propagation",
+    "private",
+    "sh",
+    "-c",
+    "if [ -d /run/dbus ]; then mount -t tmpfs -o mode=755 tmpfs /run/dbus; fi; exec \"$@\"",
+    "sh",
+];
+
 pub struct Run {
     pub code: i32,
     pub stdout: String,
@@ -135,10 +147,14 @@ impl Lab {
         self.dir.path().join("config.toml")
     }
 
-    /// `dockroute ARGS` in the lab's host namespace, with a private config and state dir.
+    /// `dockroute ARGS` in the lab's host namespace, with a private config and state dir, in a
+    /// private mount namespace where /run/dbus is empty: as root, dockroute talks to the system
+    /// bus at its fixed socket (never through DBUS_SYSTEM_BUS_ADDRESS), and it must never reach
+    /// the machine's bus (a developer's systemd-resolved).
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.host(), BIN])
+        let mut c = Command::new("unshare");
+        c.args(HIDE_BUS)
+            .args(["ip", "netns", "exec", &self.host(), BIN])
             .arg("--config")
             .arg(self.config())
             .args(args)
@@ -147,7 +163,7 @@ impl Lab {
             .env_remove("MACHINE_STORAGE_PATH")
             .env_remove("SUDO_USER")
             .env_remove("DOCKROUTE_TEST_STALL_AFTER")
-            // never the machine's D-Bus (a developer's systemd-resolved): only the resolved lab's
+            // for runs that are not root (which honour it): never the machine's bus either
             .env(
                 "DBUS_SYSTEM_BUS_ADDRESS",
                 format!("unix:path={}/no-bus", self.dir.path().display()),
@@ -174,7 +190,7 @@ impl Lab {
     pub fn as_nobody(&self, args: &[&str]) -> Run {
         let bin = self.dir.path().join("dockroute");
         if !bin.exists() {
-            std::fs::copy(BIN, &bin).unwrap();
+            copy_exe(Path::new(BIN), &bin, 0o755);
         }
         let out = Command::new("ip")
             .args([
@@ -264,11 +280,11 @@ impl Lab {
         self.nsenter(holder, BIN, &all)
     }
 
-    /// A fake VPN tunnel: a veth whose peer swallows everything (inside this namespace).
+    /// A VPN tunnel: a real tun device with no client behind it, so everything sent into it is
+    /// lost (dockroute recognises tunnels by their kind, not their name).
     pub fn add_tunnel(&self, name: &str, addr: &str) {
-        self.ip(&format!("link add {name} type veth peer name {name}p"));
+        self.ip(&format!("tuntap add dev {name} mode tun"));
         self.ip(&format!("addr add {addr} dev {name}"));
-        self.ip(&format!("link set {name}p up"));
         self.ip(&format!("link set {name} up"));
     }
 
@@ -323,6 +339,34 @@ impl Drop for Lab {
     fn drop(&mut self) {
         let _ = Command::new(LAB).args(["destroy", &self.prefix]).status();
     }
+}
+
+/// Put an executable at `dst`, a copy of `src`, mode `mode`. The copy is written by a child
+/// process (`cp`), never through a descriptor of this one: tests run on many threads, and a write
+/// descriptor inherited by another thread's forked child makes every exec of the file fail with
+/// ETXTBSY until that child execs.
+pub fn copy_exe(src: &Path, dst: &Path, mode: u32) {
+    let out = Command::new("/bin/cp")
+        .arg("--")
+        .arg(src)
+        .arg(dst)
+        .output()
+        .expect("running cp");
+    assert!(
+        out.status.success(),
+        "cp {} {}: {}",
+        src.display(),
+        dst.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::set_permissions(dst, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// An executable shell script at `path` (root's, `mode`), written as [`copy_exe`] writes.
+pub fn write_script(path: &Path, body: &str, mode: u32) {
+    let staged = tempfile::NamedTempFile::new().expect("temporary file");
+    std::fs::write(staged.path(), format!("#!/bin/sh\n{body}\n")).unwrap();
+    copy_exe(staged.path(), path, mode);
 }
 
 pub fn exists(p: &Path) -> bool {
@@ -395,4 +439,94 @@ pub fn vpn_scenario(manual_metric: &str, vpn: impl Fn(&Lab), manual_survives_vpn
         lab.reaches_container(),
         "a VPN connecting after up broke the route"
     );
+}
+
+impl Lab {
+    /// `dockroute ARGS` in the host namespace with `etc` bind-mounted over /etc, in a mount
+    /// namespace made for this run on a dedicated thread (the machine's /etc is never touched:
+    /// the mounts are private to it), under `umask`.
+    pub fn spawn_private_etc(
+        &self,
+        etc: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        umask: u32,
+    ) -> Child {
+        use std::os::unix::process::CommandExt;
+        let mut c = Command::new(BIN);
+        c.arg("--config")
+            .arg(self.config())
+            .args(args)
+            .env("DOCKROUTE_STATE_DIR", self.state_dir())
+            .env_remove("DOCKER_HOST")
+            .env_remove("MACHINE_STORAGE_PATH")
+            .env_remove("SUDO_USER")
+            .env_remove("DOCKROUTE_TEST_STALL_AFTER")
+            .env_remove("DOCKROUTE_TEST_STALL_RENAME")
+            .env(
+                "DBUS_SYSTEM_BUS_ADDRESS",
+                format!("unix:path={}/no-bus", self.dir.path().display()),
+            )
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mask = nix::sys::stat::Mode::from_bits_truncate(umask);
+        // SAFETY: umask(2) is async-signal-safe and touches no memory.
+        unsafe {
+            c.pre_exec(move || {
+                nix::sys::stat::umask(mask);
+                Ok(())
+            });
+        }
+        let netns = format!("/run/netns/{}", self.host());
+        let etc = etc.to_path_buf();
+        std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("unshare mount ns");
+            // private first, so that the bind mount below never propagates to the machine
+            for args in [
+                vec!["--make-rprivate".into(), "/".into()],
+                vec!["--bind".into(), etc.into_os_string(), "/etc".into()],
+            ] {
+                let st = Command::new("mount").args(&args).status().expect("mount");
+                assert!(st.success(), "mount {args:?}");
+            }
+            let ns = std::fs::File::open(&netns).expect("open netns");
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            c.spawn().expect("spawning dockroute")
+        })
+        .join()
+        .expect("private /etc thread")
+    }
+
+    /// [`Lab::spawn_private_etc`], waited for.
+    pub fn private_etc(&self, etc: &Path, args: &[&str], umask: u32) -> Run {
+        let child = self.spawn_private_etc(etc, args, &[], umask);
+        Run::from(child.wait_with_output().expect("waiting for dockroute"))
+    }
+
+    /// A private /etc for [`Lab::spawn_private_etc`]: a root-owned 0755 directory holding
+    /// `resolv.conf` ("nameserver 127.0.0.1", 0644).
+    pub fn make_etc(&self) -> PathBuf {
+        let etc = self.dir.path().join("etc");
+        std::fs::create_dir(&etc).unwrap();
+        std::fs::set_permissions(&etc, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let resolv = etc.join("resolv.conf");
+        std::fs::write(&resolv, "nameserver 127.0.0.1\n").unwrap();
+        std::fs::set_permissions(&resolv, std::fs::Permissions::from_mode(0o644)).unwrap();
+        etc
+    }
+}
+
+/// The names in `dir` that look like dockroute's temporary files.
+pub fn leftovers(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".dockroute-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
 }

@@ -1,0 +1,323 @@
+//! Files root writes or reads: what the record, a user-chosen directory or a config file can make
+//! root do. Each test runs in a lab, with a private /etc where it needs one (never the
+//! machine's).
+#![cfg(target_os = "linux")]
+
+mod common;
+use common::*;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+/// Exit non-zero with exactly one line `error: ...` containing `want`.
+fn refused(run: &Run, want: &str) {
+    assert_ne!(run.code, 0, "accepted; stdout={}", run.stdout);
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "not one line: {:?}", run.stderr);
+    assert!(lines[0].starts_with("error: "), "{:?}", lines[0]);
+    assert!(lines[0].contains(want), "{:?} lacks {want:?}", lines[0]);
+}
+
+fn set_xattr(p: &Path, name: &str, value: &[u8]) {
+    let path = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let name = CString::new(name).unwrap();
+    // SAFETY: NUL-terminated path and name, `value` readable for its length.
+    let rc = unsafe {
+        nix::libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(rc, 0, "setxattr: {}", std::io::Error::last_os_error());
+}
+
+fn get_xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
+    let path = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let name = CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: NUL-terminated path and name, `buf` writable for its length.
+    let n = unsafe {
+        nix::libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    usize::try_from(n).ok().map(|n| buf[..n].to_vec())
+}
+
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().expect(program);
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Mode, owner, group, the user.* attribute and the ACL of a file.
+fn attrs(p: &Path) -> (u32, u32, u32, Option<Vec<u8>>, String) {
+    let m = std::fs::symlink_metadata(p).unwrap();
+    let acl = run(
+        "getfacl",
+        &["--omit-header", "--numeric", p.to_str().unwrap()],
+    );
+    (
+        m.mode() & 0o7777,
+        m.uid(),
+        m.gid(),
+        get_xattr(p, "user.dockroute-test"),
+        acl,
+    )
+}
+
+#[test]
+fn a_rewritten_resolv_conf_keeps_mode_owner_and_extended_attributes_whatever_the_umask() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let etc = lab.make_etc();
+    let resolv = etc.join("resolv.conf");
+    std::os::unix::fs::chown(&resolv, Some(0), Some(65534)).unwrap();
+    set_xattr(&resolv, "user.dockroute-test", b"kept");
+    // an extended ACL whose mask keeps the mode 0644
+    run("setfacl", &["-m", "u:65534:r", resolv.to_str().unwrap()]);
+    let original = std::fs::read(&resolv).unwrap();
+    let before = attrs(&resolv);
+    assert_eq!(before.0, 0o644);
+    assert!(before.4.contains("user:65534:r--"), "{}", before.4);
+
+    let up = &["up", "--vm-ip", VM_IP, "--dns", "resolv-conf"];
+    lab.private_etc(&etc, up, 0o027).ok();
+    let content = std::fs::read_to_string(&resolv).unwrap();
+    assert!(content.starts_with("# dockroute:"), "{content}");
+    assert_eq!(
+        attrs(&resolv),
+        before,
+        "up changed mode, owner or attributes"
+    );
+    assert!(leftovers(&etc).is_empty(), "{:?}", leftovers(&etc));
+
+    lab.private_etc(&etc, &["down"], 0o027).ok();
+    assert_eq!(std::fs::read(&resolv).unwrap(), original);
+    assert_eq!(
+        attrs(&resolv),
+        before,
+        "down changed mode, owner or attributes"
+    );
+    assert!(leftovers(&etc).is_empty());
+}
+
+/// A victim: a root-only file that starts with dockroute's resolv.conf lines (which `down`
+/// would strip) and a resolver file with dockroute's header (which `down` would delete).
+fn victims(lab: &Lab) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = lab.dir.path().join("victims");
+    std::fs::create_dir(&dir).unwrap();
+    let file = dir.join("shadow");
+    std::fs::write(
+        &file,
+        "# dockroute: the next line asks the VM's DNS first (for *.docker); `dockroute down` removes both\nnameserver 172.17.0.1\nroot:secret:0:0\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let resolver = dir.join("victim");
+    std::fs::write(
+        &resolver,
+        "# managed by dockroute: `dockroute down` removes this file\nnameserver 1.1.1.1\n",
+    )
+    .unwrap();
+    (file, resolver)
+}
+
+/// Rewrite the record's DNS entry.
+fn forge(lab: &Lab, backend: &str, path: &Path, domain: &str) {
+    let p = lab.state_dir().join("state.json");
+    let mut rec: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    rec["dns"] = serde_json::json!({
+        "backend": backend,
+        "domain": domain,
+        "nameserver": "172.17.0.1:53",
+        "ifname": "vboxnet0",
+        "ifindex": 2,
+        "path": path,
+    });
+    std::fs::write(&p, serde_json::to_vec(&rec).unwrap()).unwrap();
+}
+
+#[test]
+fn a_forged_record_never_makes_root_rewrite_or_remove_another_file() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let (file, resolver) = victims(&lab);
+    let (file_before, resolver_before) = (
+        std::fs::read(&file).unwrap(),
+        std::fs::read(&resolver).unwrap(),
+    );
+    let resolv_before = std::fs::read(lab.resolv_conf()).unwrap();
+    let unchanged = || {
+        assert_eq!(std::fs::read(&file).unwrap(), file_before);
+        assert_eq!(std::fs::metadata(&file).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read(&resolver).unwrap(), resolver_before);
+    };
+
+    // resolv-conf at another path: down edits the lab's resolv.conf, never the victim
+    up(&lab);
+    forge(&lab, "resolv-conf", &file, "docker");
+    lab.dockroute(&["down"]).ok();
+    unchanged();
+    assert_eq!(std::fs::read(lab.resolv_conf()).unwrap(), resolv_before);
+
+    // a resolver file elsewhere: down refuses and says how to undo it there
+    up(&lab);
+    forge(&lab, "resolver-dir", resolver.parent().unwrap(), "victim");
+    let run = lab.dockroute(&["down"]);
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("--resolver-dir"), "{}", run.stderr);
+    unchanged();
+    // ... and `up` replacing that previous setting leaves it alone as well
+    lab.dockroute(&["up", "--vm-ip", VM_IP, "--dns", "resolv-conf"])
+        .ok();
+    unchanged();
+
+    // a domain that climbs out of the settings' resolver dir
+    let dir = lab.dir.path().join("resolver");
+    std::fs::create_dir(&dir).unwrap();
+    forge(&lab, "resolver-dir", &dir, "../victims/victim");
+    let dir_arg = dir.to_str().unwrap();
+    let run = lab.dockroute(&["down", "--resolver-dir", dir_arg]);
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("cannot name a resolver file"),
+        "{}",
+        run.stderr
+    );
+    unchanged();
+}
+
+#[test]
+fn as_root_a_user_owned_state_dir_is_refused_outright() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let before = lab.snapshot();
+    let (file, _) = victims(&lab);
+    let file_before = std::fs::read(&file).unwrap();
+    let state = lab.state_dir();
+    std::fs::create_dir(&state).unwrap();
+    let record = serde_json::json!({
+        "version": 1,
+        "target": {
+            "ifname": "vboxnet0", "ifindex": 2, "host_addr": "192.168.99.1/24",
+            "vm_ip": VM_IP, "vm_ip_source": "flag", "subnets": ["172.17.0.0/16"]
+        },
+        "entries": [],
+        "dns": {
+            "backend": "resolv-conf", "domain": "docker", "nameserver": "172.17.0.1:53",
+            "ifname": "vboxnet0", "ifindex": 2, "path": file,
+        },
+    });
+    std::fs::write(state.join("state.json"), record.to_string()).unwrap();
+    std::os::unix::fs::chown(&state, Some(65534), Some(65534)).unwrap();
+    std::os::unix::fs::chown(state.join("state.json"), Some(65534), Some(65534)).unwrap();
+
+    refused(&lab.dockroute(&["down"]), "owned by uid 65534");
+    refused(
+        &lab.dockroute(&["up", "--vm-ip", VM_IP]),
+        "owned by uid 65534",
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), file_before);
+    assert_eq!(lab.snapshot(), before);
+
+    // one the user could replace further up is refused as well
+    std::os::unix::fs::chown(&state, Some(0), Some(0)).unwrap();
+    std::os::unix::fs::chown(lab.dir.path(), Some(65534), None).unwrap();
+    refused(&lab.dockroute(&["down"]), "owned by uid 65534");
+    std::os::unix::fs::chown(lab.dir.path(), Some(0), None).unwrap();
+    assert_eq!(std::fs::read(&file).unwrap(), file_before);
+}
+
+#[test]
+fn a_resolver_dir_that_is_not_one_is_refused() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let before = lab.snapshot();
+    let etc = lab.make_etc();
+    std::fs::write(etc.join("passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    let run = lab.private_etc(
+        &etc,
+        &[
+            "up",
+            "--vm-ip",
+            VM_IP,
+            "--dns",
+            "resolver-dir",
+            "--resolver-dir",
+            "/etc",
+            "--domain",
+            "ld.so.preload",
+        ],
+        0o022,
+    );
+    refused(&run, "/etc/passwd, which is not a resolver file");
+    assert!(!run.stderr.contains("root:x"), "{}", run.stderr);
+    assert!(!etc.join("ld.so.preload").exists());
+    assert_eq!(lab.snapshot(), before);
+
+    // a resolver dir another user owns (or could replace)
+    let dir = lab.dir.path().join("resolver");
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(65534), None).unwrap();
+    for d in [dir.clone(), dir.join("sub")] {
+        let run = lab.dockroute(&[
+            "up",
+            "--vm-ip",
+            VM_IP,
+            "--dns",
+            "resolver-dir",
+            "--resolver-dir",
+            d.to_str().unwrap(),
+        ]);
+        refused(&run, "owned by uid 65534");
+    }
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    assert_eq!(lab.snapshot(), before);
+}
+
+#[test]
+fn errors_about_a_config_file_others_cannot_read_never_quote_it() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    std::fs::write(
+        lab.config(),
+        "interface = \"vboxnet0\"\nvm_ip = \"hunter2-secret\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(lab.config(), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let run = lab.dockroute(&["up"]);
+    refused(&run, &format!("{} line 2:", lab.config().display()));
+    assert!(!run.stderr.contains("hunter2"), "{}", run.stderr);
+    assert!(!run.stderr.contains("vm_ip"), "{}", run.stderr);
+
+    // as root the config file must be root's all the way up
+    std::fs::write(lab.config(), "").unwrap();
+    std::os::unix::fs::chown(lab.config(), Some(65534), None).unwrap();
+    refused(
+        &lab.dockroute(&["up", "--vm-ip", VM_IP]),
+        "owned by uid 65534",
+    );
+}
