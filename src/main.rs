@@ -9,7 +9,7 @@
 use anyhow::{Context, bail};
 use clap::Parser;
 use clap::error::ErrorKind;
-use dockroute::cli::{Cli, Command, InstallArgs, UninstallArgs, UpArgs, WatchArgs, exit};
+use dockroute::cli::{Cli, Command, InstallArgs, UninstallArgs, WatchArgs, exit};
 use dockroute::engine::{self, Hooks};
 use dockroute::net::System;
 use dockroute::record::Store;
@@ -607,26 +607,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Watch(a) => return watch(&cli, a),
         _ => {}
     }
-    // `down` takes only the places DNS was set at from the flags (the resolver dir).
-    let down_args;
     let up_args = match &cli.command {
         Command::Up(a) => Some(a),
-        Command::Down(a) => {
-            down_args = UpArgs {
-                resolver_dir: a.resolver_dir.clone(),
-                ..UpArgs::default()
-            };
-            Some(&down_args)
-        }
         _ => None,
     };
-    let settings = Settings::load(
+    let mut settings = Settings::load(
         cli.config.as_deref(),
         cli.state_dir.as_deref(),
         cli.json,
         up_args,
         std::env::var("DOCKER_HOST").ok(),
     )?;
+    // `down` takes only the place DNS was set at from its flags (the resolver dir); it replays
+    // no recorded `up` settings.
+    if let Command::Down(a) = &cli.command
+        && let Some(dir) = &a.resolver_dir
+    {
+        settings.resolver_dir = dir.clone();
+    }
     let store = store(&cli, &settings);
     // No reactor: netlink requests are blocking calls, and the D-Bus client starts a runtime of its
     // own when it is needed (dns::resolved). Nothing here waits on an event loop.
