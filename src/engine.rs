@@ -115,6 +115,27 @@ pub struct Outcome {
     pub firewall_warnings: Vec<String>,
     pub dns: Option<DnsOutcome>,
     pub dry_run: bool,
+    /// `up`: the networks that do not go via the VM once everything is applied, and what wins.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_via_vm: Vec<String>,
+    /// `up`: what the kernel picks for each network once everything is applied.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<Probe>,
+    /// A dry run: why the firewall could not be read (reading it needs root), so what it would
+    /// repair is not shown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub firewall_unread: Option<String>,
+}
+
+/// Why a dry run left the firewall out.
+fn unread_note(errors: &[FirewallError]) -> String {
+    let errors: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    let root = if nix::unistd::geteuid().is_root() {
+        ""
+    } else {
+        "reading the firewall needs root: "
+    };
+    format!("{root}{}", errors.join("; "))
 }
 
 fn stall(hooks: Hooks, i: usize) {
@@ -215,6 +236,27 @@ fn wanted_dns(settings: &Settings, target: &Target) -> Option<DnsState> {
     })
 }
 
+/// Settings `up` was given that this target or DNS backend does not use: warnings, not errors.
+fn warn_unused(settings: &Settings, target: &Target, dns: Option<&DnsState>) {
+    if settings.resolver_dir != std::path::Path::new(crate::settings::DEFAULT_RESOLVER_DIR)
+        && dns.is_none_or(|d| d.backend != Backend::ResolverDir)
+    {
+        tracing::warn!(
+            "--resolver-dir {} is ignored: DNS is not set through resolver files (that takes --dns resolver-dir)",
+            settings.resolver_dir.display()
+        );
+    }
+    let ns = *settings.nameserver.ip();
+    if dns.is_some() && !target.networks().iter().any(|n| n.contains(&ns)) {
+        let nets: Vec<String> = target.networks().iter().map(|n| n.to_string()).collect();
+        tracing::warn!(
+            "--nameserver {ns} is in none of the networks routed through the VM ({}): queries for *.{} will not go through dockroute's routes",
+            nets.join(", "),
+            settings.domain
+        );
+    }
+}
+
 /// Whether two DNS settings live in the same place (so setting one replaces the other).
 fn same_place(a: &DnsState, b: &DnsState) -> bool {
     a.backend == b.backend && a.domain == b.domain && a.path == b.path && a.ifindex == b.ifindex
@@ -261,6 +303,7 @@ pub async fn up_with<N: Net>(
     // Discovery and the DNS check only read and validate; the lock covers observe → record.
     let target = discover::discover(net, &settings.request).await?;
     let want_dns = wanted_dns(settings, &target);
+    warn_unused(settings, &target, want_dns.as_ref());
     if let Some(d) = &want_dns {
         dns::check(d).await?;
     }
@@ -273,11 +316,15 @@ pub async fn up_with<N: Net>(
     // routes in main are not read).
     let owned = net.owned().await?;
     let changes = plan::diff(&desired, &owned);
+    let mut firewall_unread = None;
     let (fw, fw_owned_before, firewall_warnings) = match settings.firewall {
         FirewallMode::Auto => {
             let scope = firewall::Scope::for_target(&target);
             let seen = firewall::observe(Some(&scope));
-            if let Some(e) = seen.errors.into_iter().next() {
+            if dry_run && !seen.errors.is_empty() {
+                // A dry run shows what it can: the firewall is left out, and says why.
+                firewall_unread = Some(unread_note(&seen.errors));
+            } else if let Some(e) = seen.errors.into_iter().next() {
                 return Err(e.into());
             }
             for w in &seen.warnings {
@@ -307,6 +354,9 @@ pub async fn up_with<N: Net>(
             firewall_warnings,
             dns,
             dry_run,
+            not_via_vm: Vec::new(),
+            probes: Vec::new(),
+            firewall_unread,
         });
     }
 
@@ -363,6 +413,7 @@ pub async fn up_with<N: Net>(
     let mut record = Record::new(target.clone(), desired, want_dns.clone());
     record.firewall =
         !fw.is_empty() || previous.as_ref().is_some_and(|p| p.firewall) || fw_owned_before;
+    record.flags = Some(settings.request.flags.clone());
     if previous.as_ref() != Some(&record) {
         store.save(&record)?;
     }
@@ -420,6 +471,20 @@ pub async fn up_with<N: Net>(
         },
         None => None,
     };
+    // Applied is not the same as working: ask the kernel what it picks now.
+    let probes = probe(net, &target).await?;
+    // Only when something is wrong: the full dump names what wins (a VPN's thousands of routes
+    // are not read on the ordinary path).
+    let not_via_vm = if probes.iter().all(|p| p.ok) {
+        Vec::new()
+    } else {
+        let snap = net.snapshot().await?;
+        probes
+            .iter()
+            .filter(|p| !p.ok)
+            .map(|p| why_not_via_vm(p, &snap.foreign_routes, &snap.foreign_rules))
+            .collect()
+    };
     Ok(Outcome {
         target: Some(target),
         changes,
@@ -427,6 +492,9 @@ pub async fn up_with<N: Net>(
         firewall_warnings,
         dns,
         dry_run,
+        not_via_vm,
+        probes,
+        firewall_unread: None,
     })
 }
 
@@ -484,6 +552,9 @@ pub async fn down<N: Net>(
             firewall_warnings,
             dns,
             dry_run,
+            not_via_vm: Vec::new(),
+            probes: Vec::new(),
+            firewall_unread: None,
         });
     }
     let mut failed: Vec<String> = fw_seen.errors.iter().map(|e| e.to_string()).collect();
@@ -537,6 +608,9 @@ pub async fn down<N: Net>(
         firewall_warnings,
         dns,
         dry_run,
+        not_via_vm: Vec::new(),
+        probes: Vec::new(),
+        firewall_unread: None,
     })
 }
 
@@ -548,6 +622,131 @@ pub struct Probe {
     pub kernel: Lookup,
     /// Whether the kernel sends it to the VM over the host-only link, as dockroute intends.
     pub ok: bool,
+}
+
+/// Ask the kernel which route it picks for one address in each subnet and for the VM itself
+/// (`status` shows them; `up` checks them after applying).
+async fn probe<N: Net>(net: &mut N, t: &Target) -> Result<Vec<Probe>, NetError> {
+    let host_net = t.host_net();
+    let mut targets: Vec<(Ipv4Net, Ipv4Addr)> = t
+        .subnets
+        .iter()
+        .map(|s| (*s, s.hosts().next().unwrap_or(s.network())))
+        .collect();
+    targets.push((host_net, t.vm_ip));
+    let mut probes = Vec::new();
+    for (network, address) in targets {
+        let kernel = net.lookup(address).await?;
+        let ok = match &kernel {
+            Lookup::Route {
+                gateway, dev, kind, ..
+            } => {
+                kind == "unicast"
+                    && dev.as_deref() == Some(t.ifname.as_str())
+                    && (network == host_net || *gateway == Some(t.vm_ip))
+            }
+            Lookup::Unreachable { .. } => false,
+        };
+        probes.push(Probe {
+            network,
+            address,
+            kernel,
+            ok,
+        });
+    }
+    Ok(probes)
+}
+
+/// Why a probe is not via the VM, for people: what the kernel picks, the route that wins (the
+/// most specific route of that table holding the address, lowest metric first) and the rules
+/// consulted before dockroute's.
+pub fn why_not_via_vm(p: &Probe, routes: &[ForeignRoute], rules: &[ForeignRule]) -> String {
+    let mut s = format!("{} ({}) goes {}", p.address, p.network, p.kernel);
+    if let Lookup::Route { table, dev, .. } = &p.kernel {
+        let winner = routes
+            .iter()
+            .filter(|r| {
+                r.table == *table && r.dst.contains(&p.address) && (dev.is_none() || r.dev == *dev)
+            })
+            .max_by_key(|r| (r.dst.prefix_len(), std::cmp::Reverse(r.metric)));
+        if let Some(r) = winner {
+            s += &format!(", not via the VM: route {r} wins");
+        } else {
+            s += ", not via the VM";
+        }
+        let before: Vec<String> = rules
+            .iter()
+            .filter(|r| r.pref != 0 && r.pref < RULE_PREF)
+            .map(|r| format!("'{r}'"))
+            .collect();
+        if !before.is_empty() {
+            s += &format!(
+                " (rule {} is consulted before dockroute's)",
+                before.join(", ")
+            );
+        }
+    } else {
+        s += ", not via the VM";
+    }
+    s
+}
+
+/// The state is not what dockroute is for (exit status 3): what is wrong, each for people.
+#[derive(Debug, thiserror::Error)]
+#[error("degraded: {}", .0.join("; "))]
+pub struct Degraded(pub Vec<String>);
+
+impl Outcome {
+    /// After `up`: the subnets that do not go via the VM although dockroute's entries are in
+    /// place.
+    pub fn degraded(&self) -> Option<Degraded> {
+        let bad = &self.not_via_vm;
+        (!bad.is_empty()).then(|| Degraded(bad.clone()))
+    }
+}
+
+impl Status {
+    /// What `status` found that keeps containers from being reached.
+    pub fn degraded(&self) -> Option<Degraded> {
+        let mut bad = Vec::new();
+        if self.target.is_none() {
+            bad.push(format!(
+                "no VM: {}",
+                self.discovery_error.as_deref().unwrap_or("not found")
+            ));
+        }
+        if let (Some(t), Some(l)) = (&self.target, &self.link)
+            && !l.up
+        {
+            bad.push(format!(
+                "link {} is down: the kernel dropped the routes through it (is the VM running?)",
+                t.ifname
+            ));
+        } else if let (Some(t), None) = (&self.target, &self.link) {
+            bad.push(format!("link {} is missing (is the VM running?)", t.ifname));
+        }
+        for p in self.probes.iter().filter(|p| !p.ok) {
+            bad.push(why_not_via_vm(p, &self.foreign_routes, &self.foreign_rules));
+        }
+        if let Some(n) = &self.name_check
+            && let Some(e) = &n.error
+        {
+            bad.push(format!("{} does not resolve ({e})", n.name));
+        }
+        if !self.vpn.firewall_blocking.is_empty() {
+            let rules: Vec<String> = self
+                .vpn
+                .firewall_blocking
+                .iter()
+                .map(|r| r.to_string())
+                .collect();
+            bad.push(format!(
+                "a firewall blocks the VM (needed: {})",
+                rules.join(", ")
+            ));
+        }
+        (!bad.is_empty()).then_some(Degraded(bad))
+    }
 }
 
 /// Something that is not dockroute's and covers a network dockroute routes.
@@ -587,6 +786,11 @@ pub struct Status {
     pub name_check: Option<NameCheck>,
     /// What looks like a VPN, what its firewall blocks, and what dockroute repaired.
     pub vpn: VpnStatus,
+    /// Every route and rule not dockroute's (to name what wins over it).
+    #[serde(skip)]
+    pub foreign_routes: Vec<ForeignRoute>,
+    #[serde(skip)]
+    pub foreign_rules: Vec<ForeignRule>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -739,15 +943,7 @@ pub async fn status<N: Net>(
         })
         .collect();
     let mut vpn_status = VpnStatus {
-        links: links
-            .iter()
-            .filter_map(|l| {
-                vpn::classify(&l.name).map(|client| VpnLink {
-                    name: l.name.clone(),
-                    client,
-                })
-            })
-            .collect(),
+        links: vpn::tunnels(&links, &snap.foreign_routes),
         ..Default::default()
     };
     vpn_status.routes = snap
@@ -810,33 +1006,9 @@ pub async fn status<N: Net>(
         }
         in_sync = plan::diff(&plan::desired(&current), &snap.owned).is_empty();
         let host_net = t.host_net();
-        let mut targets: Vec<(Ipv4Net, Ipv4Addr)> = t
-            .subnets
-            .iter()
-            .map(|s| (*s, s.hosts().next().unwrap_or(s.network())))
-            .collect();
-        targets.push((host_net, t.vm_ip));
-        for (network, address) in targets {
-            let kernel = net.lookup(address).await?;
-            let ok = match &kernel {
-                Lookup::Route {
-                    gateway, dev, kind, ..
-                } => {
-                    kind == "unicast"
-                        && dev.as_deref() == Some(t.ifname.as_str())
-                        && (network == host_net || *gateway == Some(t.vm_ip))
-                }
-                Lookup::Unreachable { .. } => false,
-            };
-            probes.push(Probe {
-                network,
-                address,
-                kernel,
-                ok,
-            });
-        }
+        probes = probe(net, t).await?;
         let nets = t.networks();
-        for r in snap.foreign_routes {
+        for r in snap.foreign_routes.clone() {
             let relevant = nets.iter().any(|n| overlaps(n, &r.dst))
                 && !(r.dst.prefix_len() == 0 && matches!(r.table, MAIN_TABLE | 253))
                 && !(r.table == 255
@@ -849,7 +1021,7 @@ pub async fn status<N: Net>(
                 conflicts.push(Conflict::Route(r));
             }
         }
-        for rule in snap.foreign_rules {
+        for rule in snap.foreign_rules.clone() {
             let matches_nets = match rule.dst {
                 None => true,
                 Some(d) => nets.iter().any(|n| overlaps(n, &d)),
@@ -892,6 +1064,8 @@ pub async fn status<N: Net>(
         dns,
         name_check,
         vpn: vpn_status,
+        foreign_routes: snap.foreign_routes,
+        foreign_rules: snap.foreign_rules,
     })
 }
 
@@ -939,6 +1113,7 @@ mod tests {
                 up: true,
                 loopback: false,
                 addrs: vec!["192.168.99.1/24".parse().unwrap()],
+                kind: None,
             }])
         }
         async fn neighbours(&mut self) -> Result<Vec<Neighbour>, NetError> {

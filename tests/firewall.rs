@@ -63,7 +63,11 @@ impl Backend {
 
 /// `status` lists the tunnel, what blocks the VM, what dockroute repaired, and the vendor hint.
 fn check_status(lab: &Lab, blocking: usize, repaired: usize, hint: Option<&str>) {
-    let st = lab.dockroute(&["--json", "status"]).ok().json();
+    let run = lab.dockroute(&["--json", "status"]);
+    // a firewall that blocks the VM is a degraded state (exit status 3)
+    let code = if blocking > 0 { 3 } else { 0 };
+    assert_eq!(run.code, code, "{}{}", run.stdout, run.stderr);
+    let st = run.json();
     let v = &st["vpn"];
     let links = v["links"].as_array().unwrap();
     assert!(links.iter().any(|l| l["name"] == "tun0"), "{v}");

@@ -216,7 +216,13 @@ fn status_reports_link_source_kernel_choice_and_conflicts() {
 
     // A routing change the user made by hand shows up as out of date and not via the VM.
     lab.ip("rule del pref 5100 to 172.17.0.0/16 lookup 5017 proto 100");
-    let st = lab.dockroute(&["--json", "status"]).ok().json();
+    let run = lab.dockroute(&["--json", "status"]);
+    assert_eq!(
+        run.code, 3,
+        "a subnet not via the VM is degraded: {}",
+        run.stderr
+    );
+    let st = run.json();
     assert_eq!(st["in_sync"], false);
     assert_eq!(st["probes"][0]["ok"], false);
 }
