@@ -733,6 +733,17 @@ impl Status {
         {
             bad.push(format!("{} does not resolve ({e})", n.name));
         }
+        if let Some(d) = self.dns.as_ref().filter(|d| d.degraded) {
+            bad.push(format!(
+                "DNS for *.{}: {}",
+                d.state.domain,
+                if d.in_place {
+                    format!("{} {}", d.state.nameserver, d.answer)
+                } else {
+                    d.detail.clone()
+                }
+            ));
+        }
         if !self.vpn.firewall_blocking.is_empty() {
             let rules: Vec<String> = self
                 .vpn

@@ -432,11 +432,18 @@ fn status_reports_a_vm_dns_that_does_not_answer() {
     }
     let lab = Lab::new();
     up(&lab);
-    let st = lab.dockroute(&["--json", "status"]).json();
+    let st = lab.dockroute(&["--json", "status"]).ok().json();
     assert_eq!(st["dns"]["answers"], true, "{st}");
     assert_eq!(st["dns"]["degraded"], false, "{st}");
     lab.stop_vm_dns();
-    let st = lab.dockroute(&["--json", "status"]).json();
+    let run = lab.dockroute(&["--json", "status"]);
+    assert_eq!(
+        run.code, 3,
+        "a silent VM DNS is a degraded state: {}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("DNS for *.docker"), "{}", run.stderr);
+    let st = run.json();
     assert_eq!(st["dns"]["in_place"], true, "{st}");
     assert_eq!(st["dns"]["answers"], false, "{st}");
     assert_eq!(st["dns"]["degraded"], true, "{st}");
