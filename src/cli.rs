@@ -36,8 +36,10 @@ Needs root: up and down (not with --dry-run), install (not with --print or --roo
 Logging: warnings on stderr; -v info, -vv debug, -q errors only; DOCKROUTE_LOG=LEVEL (error, warn,
 info, debug, trace) when neither flag is given.
 
-Exit status: 0 done; 1 failed (one `error:` line on stderr); 2 usage error, nothing run; 4 done
-(up/down: changes applied and recorded) but the output could not be written to stdout. With
+Exit status: 0 done; 1 failed (one `error:` line on stderr); 2 usage error, nothing run; 3
+degraded: up or status ran, but containers are not reached (one `degraded:` line on stderr says
+what is in the way); 4 done (up/down: changes applied and recorded) but the output could not be
+written to stdout. With
 --json, errors are {\"error\": \"...\"} on stdout instead, stderr keeps the logs.
 
 Examples:
@@ -97,6 +99,7 @@ pub enum Command {
     Down(DownArgs),
     /// Run `up`, then again whenever links, routes, rules, the firewall or the config change
     /// (foreground; SIGTERM/SIGINT end it, SIGHUP re-reads the config)
+    #[command(after_help = WATCH_AFTER)]
     Watch(WatchArgs),
     /// Show what is installed, what the kernel does with container addresses, and conflicts
     #[command(after_help = STATUS_AFTER)]
@@ -126,6 +129,17 @@ Examples:
   dockroute up --wait 30                    at boot: wait for vboxnet0 and its address
   dockroute up --dry-run                    print the changes, apply none
   dockroute up --nameserver 172.17.42.1     boot2docker's classic dnsdock/skydns address";
+
+const WATCH_AFTER: &str = "\
+Needs root. Runs until SIGTERM or SIGINT, which leave the setup in place (--down-on-exit removes
+it); SIGHUP or a change of the config file re-reads the settings. Without settings flags it
+re-applies what the last `up` recorded. The boot job (`dockroute install`) runs it. Logs one line
+per change on stderr (info level by default).
+
+Examples:
+  dockroute watch                               keep the last `up`'s setup in place
+  dockroute watch --vm-ip 192.168.99.100        set up and keep this VM's routes
+  dockroute watch --down-on-exit                remove the setup when it stops";
 
 const DOWN_AFTER: &str = "\
 Needs root, except with --dry-run. Removes only routes and rules tagged with dockroute's route

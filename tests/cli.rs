@@ -99,7 +99,7 @@ fn usage_errors_keep_clap_help_and_exit_2() {
         ),
         (&["stats"], "a similar subcommand exists: 'status'"),
         (&["up", "--wait", "-1"], "expected 0 to 3600 seconds"),
-        (&[], "missing command: one of up, down, status"),
+        (&[], "missing command: one of up, down, watch, status"),
     ] {
         let (code, stdout, stderr) = run(dockroute(args));
         assert_eq!(code, USAGE, "{args:?}: {stderr}");
@@ -159,6 +159,7 @@ fn help_shows_defaults_root_and_examples() {
     for cmd in [
         "up",
         "down",
+        "watch",
         "status",
         "install",
         "uninstall",
