@@ -399,12 +399,17 @@ pub async fn up_with<N: Net>(
         .filter(|d| d.backend == Backend::ResolvConf)
         .map(|_| silent.is_none());
     if let (Some(why), Some(d), DnsGate::Refuse) = (&silent, &want_dns, gate) {
+        // A VPN that takes the subnet also takes the server: say so, it is the likelier cause.
+        let why = match check_routes(net, &target).await {
+            Ok((_, bad)) if !bad.is_empty() => format!("{why}; {}", bad.join("; ")),
+            _ => why.clone(),
+        };
         firewall::undo(&fw);
         let undo_failed = undo_all(net, &changes).await;
         return Err(EngineError::DnsSilent {
             server: d.nameserver,
             path: d.path.clone(),
-            why: why.clone(),
+            why,
             withdrew: withdraw(d),
             done: changes.len(),
             undo_failed,
@@ -472,19 +477,7 @@ pub async fn up_with<N: Net>(
         None => None,
     };
     // Applied is not the same as working: ask the kernel what it picks now.
-    let probes = probe(net, &target).await?;
-    // Only when something is wrong: the full dump names what wins (a VPN's thousands of routes
-    // are not read on the ordinary path).
-    let not_via_vm = if probes.iter().all(|p| p.ok) {
-        Vec::new()
-    } else {
-        let snap = net.snapshot().await?;
-        probes
-            .iter()
-            .filter(|p| !p.ok)
-            .map(|p| why_not_via_vm(p, &snap.foreign_routes, &snap.foreign_rules))
-            .collect()
-    };
+    let (probes, not_via_vm) = check_routes(net, &target).await?;
     Ok(Outcome {
         target: Some(target),
         changes,
@@ -626,6 +619,26 @@ pub struct Probe {
 
 /// Ask the kernel which route it picks for one address in each subnet and for the VM itself
 /// (`status` shows them; `up` checks them after applying).
+/// The route the kernel picks for an address in each network, and for each one not via the VM
+/// what wins instead. Only when something is wrong is the full dump read to name it (a VPN's
+/// thousands of routes are not read on the ordinary path).
+async fn check_routes<N: Net>(
+    net: &mut N,
+    t: &Target,
+) -> Result<(Vec<Probe>, Vec<String>), NetError> {
+    let probes = probe(net, t).await?;
+    if probes.iter().all(|p| p.ok) {
+        return Ok((probes, Vec::new()));
+    }
+    let snap = net.snapshot().await?;
+    let bad = probes
+        .iter()
+        .filter(|p| !p.ok)
+        .map(|p| why_not_via_vm(p, &snap.foreign_routes, &snap.foreign_rules))
+        .collect();
+    Ok((probes, bad))
+}
+
 async fn probe<N: Net>(net: &mut N, t: &Target) -> Result<Vec<Probe>, NetError> {
     let host_net = t.host_net();
     let mut targets: Vec<(Ipv4Net, Ipv4Addr)> = t

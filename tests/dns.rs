@@ -182,7 +182,13 @@ fn resolv_conf_rewritten_by_someone_else_is_left_alone_by_down() {
     lab.dockroute(&["up", "--vm-ip", VM_IP]).ok();
     // a DHCP client rewrites the file: dockroute's lines are gone
     std::fs::write(lab.resolv_conf(), "nameserver 127.0.0.2\n").unwrap();
-    let st = lab.dockroute(&["--json", "status"]).ok().json();
+    let run = lab.dockroute(&["--json", "status"]);
+    assert_eq!(
+        run.code, 3,
+        "DNS no longer in place is degraded: {}",
+        run.stderr
+    );
+    let st = run.json();
     assert_eq!(st["dns"]["in_place"], false);
     lab.dockroute(&["down"]).ok();
     assert_eq!(

@@ -86,14 +86,24 @@ fn up_and_status_say_when_the_container_is_not_reachable() {
     lab.ip("rule add table main suppress_prefixlength 0");
     lab.ip("route add 172.17.0.0/16 dev tun0 metric 0");
     assert!(!lab.reaches_container());
+    // With DNS (resolv-conf), the VM's server is unreachable too: `up` refuses it, rolls back,
+    // and names the route that takes the subnet.
     let run = lab.dockroute(&["up", "--vm-ip", VM_IP]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("does not answer") && run.stderr.contains("172.17.0.0/16 dev tun0"),
+        "{}",
+        run.stderr
+    );
+    // Routes only: applied, but not working: degraded.
+    let run = lab.dockroute(&["up", "--vm-ip", VM_IP, "--dns", "off"]);
     assert_eq!(run.code, 3, "{}{}", run.stdout, run.stderr);
     assert!(
         run.stderr.contains("172.17.0.1") && run.stderr.contains("172.17.0.0/16 dev tun0"),
         "{}",
         run.stderr
     );
-    let json = lab.dockroute(&["--json", "up", "--vm-ip", VM_IP]);
+    let json = lab.dockroute(&["--json", "up", "--vm-ip", VM_IP, "--dns", "off"]);
     assert_eq!(json.code, 3);
     assert_eq!(json.json()["probes"][0]["ok"], false, "{}", json.stdout);
     let st = lab.dockroute(&["status"]);
