@@ -7,6 +7,7 @@
 //! | resolv-conf | a plain /etc/resolv.conf | a marker line and `nameserver` at the top |
 //! | resolver-dir | `DIR/DOMAIN` (macOS /etc/resolver) | one file with a dockroute header |
 
+pub mod probe;
 pub mod resolv_conf;
 pub mod resolver_dir;
 

@@ -104,6 +104,10 @@ pub struct LinkInfo {
     pub up: bool,
     pub loopback: bool,
     pub addrs: Vec<Ipv4Net>,
+    /// The link's kind as the kernel names it (IFLA_INFO_KIND: tun, wireguard, veth, bridge,
+    /// ...); `None` for physical links and where the platform does not say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
 }
 
 /// A neighbour table entry (ARP) for an IPv4 address.

@@ -4,12 +4,14 @@
 //! NFNLGRP_NFTABLES; iptables-nft changes arrive there too), inotify on the config file's (and the
 //! docker-machine config.json's) directory, a signalfd for SIGTERM, SIGINT and SIGHUP, and a pipe
 //! from the thread that watches systemd-resolved on D-Bus. The poll timeout is the pacer's next
-//! deadline: with nothing happening the process sleeps until the backstop.
+//! deadline: with nothing happening the process sleeps until the backstop. With the resolv-conf
+//! backend, the DNS probe's socket and deadline join them (see [`super::dns_health`]).
 
+use super::dns_health::{self, Prober};
 use super::pace::{Pacer, Timing, Verdict};
 use super::{Causes, Options, WatchError, message_types, nft_event, rtnl_event};
 use crate::discover::external_vm_ip;
-use crate::engine::{self, EngineError, Hooks};
+use crate::engine::{self, DnsGate, EngineError, Hooks};
 use crate::net::System;
 use crate::net::rtnl::Subscription;
 use crate::record::Store;
@@ -19,7 +21,7 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use std::ffi::OsString;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -186,7 +188,7 @@ struct Woken {
     reload: Option<&'static str>,
 }
 
-fn poll_fds(s: &Sources) -> Vec<PollFd<'_>> {
+fn poll_fds<'a>(s: &'a Sources, extra: Option<BorrowedFd<'a>>) -> Vec<PollFd<'a>> {
     let mut fds = vec![
         PollFd::new(s.signals.as_fd(), PollFlags::POLLIN),
         PollFd::new(s.rtnl.fd(), PollFlags::POLLIN),
@@ -198,13 +200,20 @@ fn poll_fds(s: &Sources) -> Vec<PollFd<'_>> {
     if let Some(r) = &s.resolved {
         fds.push(PollFd::new(r.as_fd(), PollFlags::POLLIN));
     }
+    if let Some(fd) = extra {
+        fds.push(PollFd::new(fd, PollFlags::POLLIN));
+    }
     fds
 }
 
-/// Sleep in poll(2) until a source is ready or `until` passes; which sources are ready, in the
-/// order of [`poll_fds`].
-fn sleep(s: &Sources, until: Instant) -> Result<Vec<bool>, WatchError> {
-    let mut fds = poll_fds(s);
+/// Sleep in poll(2) until a source (or `extra`: the DNS probe's socket) is ready or `until`
+/// passes; which sources are ready, in the order of [`poll_fds`] (`extra` last).
+fn sleep(
+    s: &Sources,
+    extra: Option<BorrowedFd<'_>>,
+    until: Instant,
+) -> Result<Vec<bool>, WatchError> {
+    let mut fds = poll_fds(s, extra);
     let left = until.saturating_duration_since(Instant::now());
     // Round up, so that a deadline less than a millisecond away is still waited for.
     let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
@@ -302,6 +311,7 @@ fn reconcile(
     causes: &Causes,
     last_error: &mut Option<String>,
     count: &mut u64,
+    prober: &mut Option<Prober>,
 ) -> Verdict {
     let span = tracing::info_span!("reconcile", cause = %causes);
     let _in = span.enter();
@@ -317,11 +327,31 @@ fn reconcile(
         s.firewall = FirewallMode::Off;
     }
     let store = Store::new(&s.state_dir);
+    // What the probes know about the server; unknown: the reconcile asks it.
+    let known = prober.as_ref().and_then(Prober::answers);
     let result = futures_lite::future::block_on(async {
         let mut net = System::new()?;
-        engine::up(&mut net, &s, &store, false, Hooks::default()).await
+        engine::up_with(
+            &mut net,
+            &s,
+            &store,
+            false,
+            Hooks::default(),
+            DnsGate::Withhold(known),
+        )
+        .await
     });
     let took = started.elapsed().as_secs_f64() * 1000.0;
+    if let (Some(p), None) = (prober.as_mut(), known)
+        && let Some(answers) = result.as_ref().ok().and_then(|o| o.dns.as_ref()?.answers)
+    {
+        p.learned(Instant::now(), answers);
+    }
+    if result.is_err() && prober.as_ref().and_then(Prober::answers) == Some(false) {
+        // The server is silent and the reconcile failed before DNS (the VM's link or neighbour
+        // is gone): the line still goes, since it stalls every lookup.
+        withdraw_line(&s, &store);
+    }
     match result {
         Ok(o) => {
             if last_error.take().is_some() {
@@ -336,7 +366,11 @@ fn reconcile(
                     "reconcile #{count}: {} route/rule and {} firewall change(s){} in {took:.1} ms",
                     o.changes.len(),
                     o.firewall.len(),
-                    if dns_changed { ", DNS set" } else { "" }
+                    match o.dns.as_ref() {
+                        Some(d) if d.changed && d.answers == Some(false) => ", DNS line taken out",
+                        Some(d) if d.changed => ", DNS set",
+                        _ => "",
+                    }
                 );
                 Verdict::Changed
             }
@@ -353,6 +387,26 @@ fn reconcile(
                 touched: touched(&e),
             }
         }
+    }
+}
+
+/// Take dockroute's line out of resolv.conf (under the lock, as `up` and `down` change it).
+fn withdraw_line(settings: &Settings, store: &Store) {
+    let Some(_lock) = store
+        .lock()
+        .map_err(|e| tracing::warn!("DNS: cannot take dockroute's line out: {e}"))
+        .ok()
+    else {
+        return;
+    };
+    match crate::dns::resolv_conf::revert(&settings.resolv_conf) {
+        Ok(true) => tracing::warn!(
+            "DNS: the VM's DNS server {} does not answer: took dockroute's line out of {}",
+            settings.nameserver,
+            settings.resolv_conf.display()
+        ),
+        Ok(false) => {}
+        Err(e) => tracing::warn!("DNS: cannot take dockroute's line out: {e}"),
     }
 }
 
@@ -388,12 +442,14 @@ pub fn run(
     causes.add("start");
     let mut last_error = None;
     let mut count = 0u64;
-    let v = reconcile(&settings, &causes, &mut last_error, &mut count);
+    let probe_timing = dns_health::Timing::default();
+    let mut prober = Prober::for_settings(&settings, probe_timing, Instant::now());
+    let v = reconcile(&settings, &causes, &mut last_error, &mut count, &mut prober);
     causes = Causes::default();
     let mut pacer = Pacer::new(timing, Instant::now());
     pacer.ran(Instant::now(), v);
     tracing::info!(
-        "watching (rtnetlink{}{}{}, config file; backstop every {:.1} s)",
+        "watching (rtnetlink{}{}{}, config file{}; backstop every {:.1} s)",
         if sources.neighbours {
             " with neighbours"
         } else {
@@ -409,18 +465,43 @@ pub fn run(
         } else {
             ""
         },
+        match &prober {
+            Some(p) => format!(
+                ", DNS probe every {} s to {}",
+                probe_timing.interval.as_secs_f64(),
+                p.server()
+            ),
+            None => String::new(),
+        },
         timing.backstop.as_secs_f64()
     );
     loop {
         let now = Instant::now();
         if now >= pacer.due() {
-            let v = reconcile(&settings, &causes, &mut last_error, &mut count);
+            let v = reconcile(&settings, &causes, &mut last_error, &mut count, &mut prober);
             causes = Causes::default();
             pacer.ran(Instant::now(), v);
+            if v == Verdict::Changed
+                && let Some(p) = prober.as_mut()
+            {
+                p.health().soon(Instant::now());
+            }
             continue;
         }
-        let ready = sleep(&sources, pacer.due())?;
+        let until = match &prober {
+            Some(p) => pacer.due().min(p.due()),
+            None => pacer.due(),
+        };
+        let ready = sleep(&sources, prober.as_ref().and_then(Prober::fd), until)?;
         let before = causes.clone();
+        if let Some(p) = prober.as_mut() {
+            let readable = p.fd().is_some() && ready.last().copied().unwrap_or(false);
+            match p.step(Instant::now(), readable) {
+                Some(false) => causes.add("DNS server stopped answering"),
+                Some(true) => causes.add("DNS server answers again"),
+                None => {}
+            }
+        }
         let woken = read_sources(&mut sources, &ready, &mut causes)?;
         if let Some(sig) = woken.exit {
             tracing::info!(
@@ -446,6 +527,9 @@ pub fn run(
                     tracing::info!("{why}: settings re-read from {}", s.config_path.display());
                     settings = s;
                     sources.retarget(&settings);
+                    if !prober.as_ref().is_some_and(|p| p.fits(&settings)) {
+                        prober = Prober::for_settings(&settings, probe_timing, Instant::now());
+                    }
                 }
                 Err(e) => tracing::warn!("{why}: keeping the previous settings: {e}"),
             }

@@ -4,6 +4,7 @@
 //! to look. [`pace`] decides when (bursts coalesced, echoes of its own changes settle, back-off,
 //! backstop); this module names the events for the log; `linux` has the event sources and loop.
 
+pub mod dns_health;
 pub mod pace;
 
 #[cfg(target_os = "linux")]
