@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark: dockroute up/down against the shell recipe, in one run inside a namespace lab.
 #
-#   sudo scripts/bench.sh [RUNS]      (default 300 timed runs per command, after warm-up runs)
+#   scripts/bench.sh (as root) [RUNS]      (default 300 timed runs per command, after warm-up runs)
 #
 # Every command is timed by hyperfine without a shell (-N), in the lab's host namespace; the
 # "prepare" command puts the kernel back before each timed run. Prints medians in milliseconds.
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 RUNS=${1:-300}
 [[ $RUNS =~ ^[0-9]+$ ]] || { echo "usage: bench.sh [RUNS]" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "bench.sh: run as root (network namespaces)" >&2; exit 1; }
-scripts/deps.sh
+scripts/deps.sh bench
 
 cargo build --release --locked -q
 sync # the build's writes must not be flushed during the first timings

@@ -2,19 +2,27 @@
 # The main job on a simulated VM: build dockroute, build a namespace lab (scripts/lab.sh), show the
 # container unreachable and its name unknown, run `dockroute up`, show a real TCP exchange and
 # redis.docker resolving, `status`, `down`, and show the host's routes, rules and resolv.conf are
-# byte-identical to before. The lab is removed on exit, Ctrl-C or failure.
+# byte-identical to before. The lab is removed on exit, Ctrl-C or failure. It changes nothing
+# outside the lab's namespaces.
 #
-#   sudo scripts/demo.sh
+#   scripts/demo.sh        as root (no sudo needed); the binary lands in
+#                          target/<host triple>/release/dockroute
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "demo.sh: run as root (network namespaces)" >&2; exit 1; }
-scripts/deps.sh
+scripts/deps.sh demo
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# Bold step titles on a terminal only; plain text (and no colour from cargo) in a pipe or a file.
+if [ -t 1 ]; then
+    step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+else
+    step() { printf '\n== %s\n' "$*"; }
+    export CARGO_TERM_COLOR=never
+fi
 
-step "building dockroute"
-cargo build --release --locked -q
 BIN=$PWD/target/$(rustc --print host-tuple)/release/dockroute # .cargo/config.toml: build.target
+step "building dockroute (release; the first build takes a few minutes): $BIN"
+cargo build --release --locked 2>&1
 
 P="demo$$"
 WORK=$(mktemp -d /tmp/dockroute-demo.XXXXXX)
@@ -38,9 +46,9 @@ snapshot() { host ip route show table all; host ip rule show; host cat /etc/reso
 
 snapshot >"$WORK/before"
 step "before: the container is not reachable from the host, and its name is unknown"
-if talk; then echo "unexpected: reachable before dockroute up" >&2; exit 1; fi
-if resolve; then echo "unexpected: redis.docker resolves before dockroute up" >&2; exit 1; fi
-echo "(no answer)"
+if talk >/dev/null 2>&1; then echo "unexpected: reachable before dockroute up" >&2; exit 1; fi
+if resolve >/dev/null 2>&1; then echo "unexpected: redis.docker resolves before dockroute up" >&2; exit 1; fi
+echo "172.17.0.2:6379 does not answer, and redis.docker does not resolve"
 
 step "dockroute up"
 dockroute up --vm-ip 192.168.99.100

@@ -1,33 +1,57 @@
 #!/usr/bin/env bash
-# Install what the demo, the tests and the benchmark need on Debian (as root). Idempotent and
-# quiet when everything is there already.
+# Install the Debian packages one script needs, and only those (as root; no sudo needed).
+# Idempotent, and quiet when everything is there already.
+#
+#   scripts/deps.sh demo    the demo: the namespace lab, its kill switch, the static build
+#   scripts/deps.sh test    the tests: the demo's, plus nftables, setpriv/nsenter and the DNS
+#                           tests' private systemd-resolved (bus and library)
+#   scripts/deps.sh bench   the benchmark: the demo's, plus hyperfine
+#   scripts/deps.sh         all of the above
 set -euo pipefail
+
+what=${1:-all}
+case $what in
+demo | test | bench | all) ;;
+*) echo "usage: scripts/deps.sh [demo|test|bench]" >&2; exit 2 ;;
+esac
 
 need=()
 have() { command -v "$1" >/dev/null 2>&1; }
-have ip || need+=(iproute2)
-have socat || need+=(socat)
-have dnsmasq || need+=(dnsmasq-base)
-have ss || need+=(iproute2)
-have setpriv || need+=(util-linux)
-have sysctl || need+=(procps)
-have hyperfine || need+=(hyperfine)
-# the firewall tests build VPN kill switches with both iptables backends and nftables
-have iptables || need+=(iptables)
-have iptables-legacy || need+=(iptables)
-have nft || need+=(nftables)
-have nsenter || need+=(util-linux)
-have getent || need+=(libc-bin)
-# the file-safety tests put an ACL on a private /etc/resolv.conf
-have setfacl || need+=(acl)
-have getfacl || need+=(acl)
-# the DNS tests' private systemd-resolved (scripts/resolved-lab.sh) needs a bus and systemd's library
-have dbus-daemon || need+=(dbus-daemon)
-have dbus-send || need+=(dbus-bin)
-have dpkg-deb || need+=(dpkg)
-ls /usr/lib/*/systemd/libsystemd-shared-*.so >/dev/null 2>&1 || need+=(libsystemd-shared)
-# the static Linux build (.cargo/config.toml) links glibc's libc.a
-ls /usr/lib/*/libc.a >/dev/null 2>&1 || need+=(libc6-dev)
+want() { # package, if it is not already listed
+    local p
+    for p in "${need[@]}"; do [ "$p" = "$1" ] && return 0; done
+    need+=("$1")
+}
+
+# the lab (scripts/lab.sh), the demo's kill switch, and the static Linux build
+# (.cargo/config.toml links glibc's libc.a)
+have ip || want iproute2
+have ss || want iproute2
+have socat || want socat
+have dnsmasq || want dnsmasq-base
+have sysctl || want procps
+have iptables || want iptables
+have getent || want libc-bin
+ls /usr/lib/*/libc.a >/dev/null 2>&1 || want libc6-dev
+
+if [ "$what" = test ] || [ "$what" = all ]; then
+    # the firewall tests build VPN kill switches with both iptables backends and nftables
+    have iptables-legacy || want iptables
+    have nft || want nftables
+    have setpriv || want util-linux
+    have nsenter || want util-linux
+    have dpkg-deb || want dpkg
+    # the file-safety tests put an ACL on a private /etc/resolv.conf
+    have setfacl || want acl
+    # the DNS tests' private systemd-resolved (scripts/resolved-lab.sh) needs a bus and systemd's library
+    have dbus-daemon || want dbus-daemon
+    have dbus-send || want dbus-bin
+    ls /usr/lib/*/systemd/libsystemd-shared-*.so >/dev/null 2>&1 || want libsystemd-shared
+fi
+if [ "$what" = bench ] || [ "$what" = all ]; then
+    have hyperfine || want hyperfine
+fi
+
 if [ ${#need[@]} -gt 0 ]; then
     echo "deps: installing ${need[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive

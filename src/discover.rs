@@ -65,6 +65,10 @@ impl fmt::Display for VmIpSource {
 /// What discovery is asked to find, from settings.
 #[derive(Clone, Debug, Default)]
 pub struct Request {
+    /// The settings flags this `up` was given (or re-applied), for the record.
+    pub flags: crate::settings::UpFlags,
+    /// A bare `up` re-applying the last `up`'s flags: those flags.
+    pub replayed: Option<crate::settings::UpFlags>,
     pub interface: Option<String>,
     /// A VM IP given directly (flag or config file), with its source.
     pub vm_ip: Option<SourcedIp>,
@@ -138,7 +142,14 @@ pub fn external_vm_ip(req: &Request) -> Result<(Option<SourcedIp>, Vec<String>),
     match req.docker_host.as_deref() {
         Some(v) if !v.is_empty() => match machine::parse_docker_host(v) {
             DockerHost::Ip(ip) => return Ok((Some((ip, VmIpSource::DockerHost)), tried)),
-            DockerHost::NotAnIp(v) => tried.push(format!("DOCKER_HOST ('{v}' is not tcp://IP)")),
+            DockerHost::NotAnIp(v) => {
+                if let Some(host) = machine::docker_host_name(&v) {
+                    tracing::warn!(
+                        "DOCKER_HOST={v} names a host ({host}), not an IP: dockroute does not resolve names (a name may resolve through the very routes it sets up); ignored, pass --vm-ip"
+                    );
+                }
+                tried.push(format!("DOCKER_HOST ('{v}' is not tcp://IP)"))
+            }
         },
         _ => tried.push("DOCKER_HOST (unset)".into()),
     }
@@ -210,6 +221,20 @@ fn names(links: &[&LinkInfo]) -> String {
         .join("; ")
 }
 
+/// Whether `ip` is the network or broadcast address of `net` (which /31 and /32 networks do not
+/// have), and which.
+pub fn not_a_host(net: Ipv4Net, ip: Ipv4Addr) -> Option<&'static str> {
+    if net.prefix_len() >= 31 {
+        None
+    } else if ip == net.network() {
+        Some("network address")
+    } else if ip == net.broadcast() {
+        Some("broadcast address")
+    } else {
+        None
+    }
+}
+
 /// Pick the link and VM from the kernel's view. Pure.
 pub fn choose(
     links: &[LinkInfo],
@@ -224,6 +249,14 @@ pub fn choose(
         .copied()
         .filter(|l| is_host_only(&l.name))
         .collect();
+    if let Some(name) = &req.interface
+        && links.iter().any(|l| &l.name == name && l.loopback)
+    {
+        return Err(DiscoverError::Invalid(format!(
+            "--interface {name} is the loopback link: traffic on it never leaves this host, so it cannot reach the VM; name the VM's host-only link ({})",
+            names(&host_only)
+        )));
+    }
     let explicit = match &req.interface {
         Some(name) => Some(*usable.iter().find(|l| &l.name == name).ok_or_else(|| {
             DiscoverError::NotYet(format!(
@@ -335,6 +368,13 @@ pub fn choose(
             link.name
         )));
     }
+    if let Some(what) = not_a_host(host_addr, vm_ip) {
+        return Err(DiscoverError::Invalid(format!(
+            "VM IP {vm_ip} is the {what} of {}'s network {}, not a machine on it",
+            link.name,
+            host_addr.trunc()
+        )));
+    }
     if !link.up {
         return Err(DiscoverError::NotYet(format!(
             "link {} is down (is the VM running?)",
@@ -375,6 +415,8 @@ pub async fn discover<N: Net>(net: &mut N, req: &Request) -> Result<Target, Disc
     if deadline.is_some() {
         net.subscribe().await?;
     }
+    let start = Instant::now();
+    let mut waited = false;
     loop {
         let links = net.links().await?;
         let neighbours = if vm.is_none() {
@@ -390,10 +432,26 @@ pub async fn discover<N: Net>(net: &mut N, req: &Request) -> Result<Target, Disc
             chosen = choose(&links, &[], req, Some(leased), &tried);
         }
         match chosen {
-            Ok(t) => return Ok(t),
+            Ok(t) => {
+                if waited {
+                    tracing::warn!(
+                        "found after {:.1}s: {} on {}",
+                        start.elapsed().as_secs_f64(),
+                        t.vm_ip,
+                        t.ifname
+                    );
+                }
+                return Ok(t);
+            }
             Err(DiscoverError::NotYet(msg)) => match deadline {
                 Some(d) => {
-                    tracing::debug!("waiting: {msg}");
+                    if !waited {
+                        let secs = req.wait.unwrap_or_default().as_secs_f64();
+                        tracing::warn!("waiting up to {secs}s: {msg}");
+                        waited = true;
+                    } else {
+                        tracing::debug!("still waiting: {msg}");
+                    }
                     if !net.next_event(d).await? {
                         let secs = req.wait.unwrap_or_default().as_secs_f64();
                         return Err(DiscoverError::NotYet(format!("{msg} (waited {secs}s)")));
@@ -421,6 +479,7 @@ mod tests {
             } else {
                 vec![addr.parse().unwrap()]
             },
+            kind: None,
         }
     }
 
@@ -432,6 +491,7 @@ mod tests {
                 up: true,
                 loopback: true,
                 addrs: vec!["127.0.0.1/8".parse().unwrap()],
+                kind: None,
             },
             link(2, "eth0", "10.0.2.15/24"),
             link(3, "vboxnet0", "192.168.99.1/24"),
@@ -576,6 +636,14 @@ mod tests {
         ));
         let e = err(choose(&lab(), &[], &req(), vm("192.168.99.1"), &[]));
         assert!(e.contains("own address"), "{e}");
+        for (ip, what) in [("192.168.99.0", "network"), ("192.168.99.255", "broadcast")] {
+            let r = choose(&lab(), &[], &req(), vm(ip), &[]);
+            assert!(matches!(r, Err(DiscoverError::Invalid(_))), "{ip}");
+            assert!(err(r).contains(&format!("{what} address of vboxnet0's network")));
+        }
+        let mut p2p = lab();
+        p2p[2].addrs = vec!["192.168.99.0/31".parse().unwrap()];
+        assert!(choose(&p2p, &[], &req(), vm("192.168.99.1"), &[]).is_ok());
     }
 
     #[test]

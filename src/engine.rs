@@ -45,6 +45,19 @@ pub enum EngineError {
         done: usize,
         undo_failed: Vec<String>,
     },
+    #[error(
+        "DNS: the VM's DNS server {server} does not answer ({why}); dockroute does not name it first in {path}, where every lookup of this host would wait for it{}; rolled back the {done} route change(s) of this run{}. Start the VM's DNS server and run `up` again, or use `--dns off` for the routes alone (`dockroute watch` puts the line in once the server answers)",
+        if *.withdrew { format!("; took dockroute's line out of {}", .path.display()) } else { String::new() },
+        undo_note(.undo_failed)
+    )]
+    DnsSilent {
+        server: std::net::SocketAddrV4,
+        path: std::path::PathBuf,
+        why: String,
+        withdrew: bool,
+        done: usize,
+        undo_failed: Vec<String>,
+    },
     #[error("{} of {total} removal(s) failed: {}", .failed.len(), .failed.join("; "))]
     Remove { total: usize, failed: Vec<String> },
 }
@@ -63,6 +76,19 @@ pub struct Hooks {
     pub stall_before_change: Option<usize>,
 }
 
+/// What `up` does about a DNS server that does not answer. Only the resolv-conf backend asks:
+/// there the server comes first for every name the host looks up, so a silent one stalls them
+/// all (the others send it only the domain's names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DnsGate {
+    /// `up`: ask it once the routes (and firewall repairs) are in place, since they are how it is
+    /// reached; no answer: undo this run's changes and refuse.
+    Refuse,
+    /// `watch`: `Some` is what its own probes found, `None` asks as `up` does. No answer: the
+    /// routes stay and dockroute's line is taken out of resolv.conf.
+    Withhold(Option<bool>),
+}
+
 /// What happened to per-domain DNS: set (`up`) or undone (`down`), and whether that changed
 /// anything (for a dry run: whether it would).
 #[derive(Debug, Serialize)]
@@ -70,6 +96,10 @@ pub struct DnsOutcome {
     #[serde(flatten)]
     pub state: DnsState,
     pub changed: bool,
+    /// Whether the server answered (resolv-conf only). `false` (watch only): the line was taken
+    /// out, or stays out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answers: Option<bool>,
 }
 
 /// The result of `up` or `down`.
@@ -85,6 +115,27 @@ pub struct Outcome {
     pub firewall_warnings: Vec<String>,
     pub dns: Option<DnsOutcome>,
     pub dry_run: bool,
+    /// `up`: the networks that do not go via the VM once everything is applied, and what wins.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_via_vm: Vec<String>,
+    /// `up`: what the kernel picks for each network once everything is applied.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<Probe>,
+    /// A dry run: why the firewall could not be read (reading it needs root), so what it would
+    /// repair is not shown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub firewall_unread: Option<String>,
+}
+
+/// Why a dry run left the firewall out.
+fn unread_note(errors: &[FirewallError]) -> String {
+    let errors: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    let root = if nix::unistd::geteuid().is_root() {
+        ""
+    } else {
+        "reading the firewall needs root: "
+    };
+    format!("{root}{}", errors.join("; "))
 }
 
 fn stall(hooks: Hooks, i: usize) {
@@ -185,6 +236,27 @@ fn wanted_dns(settings: &Settings, target: &Target) -> Option<DnsState> {
     })
 }
 
+/// Settings `up` was given that this target or DNS backend does not use: warnings, not errors.
+fn warn_unused(settings: &Settings, target: &Target, dns: Option<&DnsState>) {
+    if settings.resolver_dir != std::path::Path::new(crate::settings::DEFAULT_RESOLVER_DIR)
+        && dns.is_none_or(|d| d.backend != Backend::ResolverDir)
+    {
+        tracing::warn!(
+            "--resolver-dir {} is ignored: DNS is not set through resolver files (that takes --dns resolver-dir)",
+            settings.resolver_dir.display()
+        );
+    }
+    let ns = *settings.nameserver.ip();
+    if dns.is_some() && !target.networks().iter().any(|n| n.contains(&ns)) {
+        let nets: Vec<String> = target.networks().iter().map(|n| n.to_string()).collect();
+        tracing::warn!(
+            "--nameserver {ns} is in none of the networks routed through the VM ({}): queries for *.{} will not go through dockroute's routes",
+            nets.join(", "),
+            settings.domain
+        );
+    }
+}
+
 /// Whether two DNS settings live in the same place (so setting one replaces the other).
 fn same_place(a: &DnsState, b: &DnsState) -> bool {
     a.backend == b.backend && a.domain == b.domain && a.path == b.path && a.ifindex == b.ifindex
@@ -206,8 +278,25 @@ async fn planned<N: Net>(
     }
 }
 
+/// Take dockroute's line for `d` out of resolv.conf if it is there. Returns whether it was.
+fn withdraw(d: &DnsState) -> bool {
+    let set = std::fs::read_to_string(&d.path)
+        .is_ok_and(|c| dns::resolv_conf::is_set(&c, &d.domain, d.nameserver));
+    if !set {
+        return false;
+    }
+    match dns::resolv_conf::revert(&d.path) {
+        Ok(changed) => changed,
+        Err(e) => {
+            tracing::warn!("could not take dockroute's line out: {e}");
+            false
+        }
+    }
+}
+
 /// `up`: discover, plan, observe, diff, apply routes (undoing a half-applied change), record,
-/// then DNS (undoing the routes of this run if DNS fails).
+/// then DNS (undoing the routes of this run if DNS fails). A resolv-conf server that does not
+/// answer is refused ([`DnsGate::Refuse`]).
 pub async fn up<N: Net>(
     net: &mut N,
     settings: &Settings,
@@ -215,9 +304,22 @@ pub async fn up<N: Net>(
     dry_run: bool,
     hooks: Hooks,
 ) -> Result<Outcome, EngineError> {
+    up_with(net, settings, store, dry_run, hooks, DnsGate::Refuse).await
+}
+
+/// [`up`], with what to do about a DNS server that does not answer.
+pub async fn up_with<N: Net>(
+    net: &mut N,
+    settings: &Settings,
+    store: &Store,
+    dry_run: bool,
+    hooks: Hooks,
+    gate: DnsGate,
+) -> Result<Outcome, EngineError> {
     // Discovery and the DNS check only read and validate; the lock covers observe → record.
     let target = discover::discover(net, &settings.request).await?;
     let want_dns = wanted_dns(settings, &target);
+    warn_unused(settings, &target, want_dns.as_ref());
     if let Some(d) = &want_dns {
         dns::check(d).await?;
     }
@@ -233,11 +335,15 @@ pub async fn up<N: Net>(
     // routes in main are not read).
     let owned = net.owned().await?;
     let changes = plan::diff(&desired, &owned);
+    let mut firewall_unread = None;
     let (fw, fw_owned_before, firewall_warnings) = match settings.firewall {
         FirewallMode::Auto => {
             let scope = firewall::Scope::for_target(&target);
             let seen = firewall::observe(Some(&scope));
-            if let Some(e) = seen.errors.into_iter().next() {
+            if dry_run && !seen.errors.is_empty() {
+                // A dry run shows what it can: the firewall is left out, and says why.
+                firewall_unread = Some(unread_note(&seen.errors));
+            } else if let Some(e) = seen.errors.into_iter().next() {
                 return Err(e.into());
             }
             for w in &seen.warnings {
@@ -256,6 +362,7 @@ pub async fn up<N: Net>(
             Some(state) => Some(DnsOutcome {
                 changed: !dns::observe(&state).await.0,
                 state,
+                answers: None,
             }),
             None => None,
         };
@@ -266,6 +373,9 @@ pub async fn up<N: Net>(
             firewall_warnings,
             dns,
             dry_run,
+            not_via_vm: Vec::new(),
+            probes: Vec::new(),
+            firewall_unread,
         });
     }
 
@@ -279,9 +389,55 @@ pub async fn up<N: Net>(
             undo_failed,
         });
     }
+    // resolv-conf names the server first for every lookup: it must answer. It is reached
+    // through the routes and firewall repairs just put in place, so it is asked now (before them
+    // the query would fail, or leave by the default route), and they are undone if it is silent.
+    let silent = match (&want_dns, gate) {
+        (Some(d), _) if d.backend != Backend::ResolvConf => None,
+        (Some(d), DnsGate::Refuse | DnsGate::Withhold(None)) => {
+            match dns::probe::ask(
+                d.nameserver,
+                &d.domain,
+                dns::probe::TRIES,
+                dns::probe::TIMEOUT,
+            ) {
+                Ok(a) => {
+                    tracing::debug!("DNS: {} {a}", d.nameserver);
+                    None
+                }
+                Err(e) => Some(e.to_string()),
+            }
+        }
+        (Some(_), DnsGate::Withhold(Some(answers))) => {
+            (!answers).then(|| "watch's last probes got no answer".to_string())
+        }
+        (None, _) => None,
+    };
+    let answers = want_dns
+        .as_ref()
+        .filter(|d| d.backend == Backend::ResolvConf)
+        .map(|_| silent.is_none());
+    if let (Some(why), Some(d), DnsGate::Refuse) = (&silent, &want_dns, gate) {
+        // A VPN that takes the subnet also takes the server: say so, it is the likelier cause.
+        let why = match check_routes(net, &target).await {
+            Ok((_, bad)) if !bad.is_empty() => format!("{why}; {}", bad.join("; ")),
+            _ => why.clone(),
+        };
+        firewall::undo(&fw);
+        let undo_failed = undo_all(net, &changes).await;
+        return Err(EngineError::DnsSilent {
+            server: d.nameserver,
+            path: d.path.clone(),
+            why,
+            withdrew: withdraw(d),
+            done: changes.len(),
+            undo_failed,
+        });
+    }
     let mut record = Record::new(target.clone(), desired, want_dns.clone());
     record.firewall =
         !fw.is_empty() || previous.as_ref().is_some_and(|p| p.firewall) || fw_owned_before;
+    record.flags = Some(settings.request.flags.clone());
     if previous.as_ref() != Some(&record) {
         store.save(&record)?;
     }
@@ -297,8 +453,29 @@ pub async fn up<N: Net>(
         _ => {}
     }
     let dns = match want_dns {
+        Some(state) if answers == Some(false) => {
+            // watch: the routes stay, the line goes (and comes back when the server answers)
+            let changed = withdraw(&state);
+            if changed {
+                tracing::warn!(
+                    "DNS: the VM's DNS server {} does not answer ({}): took dockroute's line out of {}",
+                    state.nameserver,
+                    silent.as_deref().unwrap_or_default(),
+                    state.path.display()
+                );
+            }
+            Some(DnsOutcome {
+                state,
+                changed,
+                answers,
+            })
+        }
         Some(state) => match dns::apply(&state).await {
-            Ok(changed) => Some(DnsOutcome { state, changed }),
+            Ok(changed) => Some(DnsOutcome {
+                state,
+                changed,
+                answers,
+            }),
             Err(err) => {
                 firewall::undo(&fw);
                 let undo_failed = undo_all(net, &changes).await;
@@ -318,6 +495,8 @@ pub async fn up<N: Net>(
         },
         None => None,
     };
+    // Applied is not the same as working: ask the kernel what it picks now.
+    let (probes, not_via_vm) = check_routes(net, &target).await?;
     Ok(Outcome {
         target: Some(target),
         changes,
@@ -325,6 +504,9 @@ pub async fn up<N: Net>(
         firewall_warnings,
         dns,
         dry_run,
+        not_via_vm,
+        probes,
+        firewall_unread: None,
     })
 }
 
@@ -367,6 +549,7 @@ pub async fn down<N: Net>(
                 Some(DnsOutcome {
                     changed: dns::observe(&state).await.0,
                     state,
+                    answers: None,
                 })
             }
             None => None,
@@ -381,6 +564,9 @@ pub async fn down<N: Net>(
             firewall_warnings,
             dns,
             dry_run,
+            not_via_vm: Vec::new(),
+            probes: Vec::new(),
+            firewall_unread: None,
         });
     }
     let mut failed: Vec<String> = fw_seen.errors.iter().map(|e| e.to_string()).collect();
@@ -394,7 +580,13 @@ pub async fn down<N: Net>(
     let other_steps = 2; // the firewall, and the DNS undo (from the record, or resolv.conf's marker)
     match dns_state {
         Some(Ok(state)) => match dns::revert(&state).await {
-            Ok(changed) => dns = Some(DnsOutcome { state, changed }),
+            Ok(changed) => {
+                dns = Some(DnsOutcome {
+                    state,
+                    changed,
+                    answers: None,
+                })
+            }
             Err(e) => failed.push(e.to_string()),
         },
         Some(Err(e)) => failed.push(e.to_string()),
@@ -428,6 +620,9 @@ pub async fn down<N: Net>(
         firewall_warnings,
         dns,
         dry_run,
+        not_via_vm: Vec::new(),
+        probes: Vec::new(),
+        firewall_unread: None,
     })
 }
 
@@ -439,6 +634,162 @@ pub struct Probe {
     pub kernel: Lookup,
     /// Whether the kernel sends it to the VM over the host-only link, as dockroute intends.
     pub ok: bool,
+}
+
+/// Ask the kernel which route it picks for one address in each subnet and for the VM itself
+/// (`status` shows them; `up` checks them after applying).
+/// The route the kernel picks for an address in each network, and for each one not via the VM
+/// what wins instead. Only when something is wrong is the full dump read to name it (a VPN's
+/// thousands of routes are not read on the ordinary path).
+async fn check_routes<N: Net>(
+    net: &mut N,
+    t: &Target,
+) -> Result<(Vec<Probe>, Vec<String>), NetError> {
+    let probes = probe(net, t).await?;
+    if probes.iter().all(|p| p.ok) {
+        return Ok((probes, Vec::new()));
+    }
+    let snap = net.snapshot().await?;
+    let bad = probes
+        .iter()
+        .filter(|p| !p.ok)
+        .map(|p| why_not_via_vm(p, &snap.foreign_routes, &snap.foreign_rules))
+        .collect();
+    Ok((probes, bad))
+}
+
+async fn probe<N: Net>(net: &mut N, t: &Target) -> Result<Vec<Probe>, NetError> {
+    let host_net = t.host_net();
+    let mut targets: Vec<(Ipv4Net, Ipv4Addr)> = t
+        .subnets
+        .iter()
+        .map(|s| (*s, s.hosts().next().unwrap_or(s.network())))
+        .collect();
+    targets.push((host_net, t.vm_ip));
+    let mut probes = Vec::new();
+    for (network, address) in targets {
+        let kernel = net.lookup(address).await?;
+        let ok = match &kernel {
+            Lookup::Route {
+                gateway, dev, kind, ..
+            } => {
+                kind == "unicast"
+                    && dev.as_deref() == Some(t.ifname.as_str())
+                    && (network == host_net || *gateway == Some(t.vm_ip))
+            }
+            Lookup::Unreachable { .. } => false,
+        };
+        probes.push(Probe {
+            network,
+            address,
+            kernel,
+            ok,
+        });
+    }
+    Ok(probes)
+}
+
+/// Why a probe is not via the VM, for people: what the kernel picks, the route that wins (the
+/// most specific route of that table holding the address, lowest metric first) and the rules
+/// consulted before dockroute's.
+pub fn why_not_via_vm(p: &Probe, routes: &[ForeignRoute], rules: &[ForeignRule]) -> String {
+    let mut s = format!("{} ({}) goes {}", p.address, p.network, p.kernel);
+    if let Lookup::Route { table, dev, .. } = &p.kernel {
+        let winner = routes
+            .iter()
+            .filter(|r| {
+                r.table == *table && r.dst.contains(&p.address) && (dev.is_none() || r.dev == *dev)
+            })
+            .max_by_key(|r| (r.dst.prefix_len(), std::cmp::Reverse(r.metric)));
+        if let Some(r) = winner {
+            s += &format!(", not via the VM: route {r} wins");
+        } else {
+            s += ", not via the VM";
+        }
+        let before: Vec<String> = rules
+            .iter()
+            .filter(|r| r.pref != 0 && r.pref < RULE_PREF)
+            .map(|r| format!("'{r}'"))
+            .collect();
+        if !before.is_empty() {
+            s += &format!(
+                " (rule {} is consulted before dockroute's)",
+                before.join(", ")
+            );
+        }
+    } else {
+        s += ", not via the VM";
+    }
+    s
+}
+
+/// The state is not what dockroute is for (exit status 3): what is wrong, each for people.
+#[derive(Debug, thiserror::Error)]
+#[error("degraded: {}", .0.join("; "))]
+pub struct Degraded(pub Vec<String>);
+
+impl Outcome {
+    /// After `up`: the subnets that do not go via the VM although dockroute's entries are in
+    /// place.
+    pub fn degraded(&self) -> Option<Degraded> {
+        let bad = &self.not_via_vm;
+        (!bad.is_empty()).then(|| Degraded(bad.clone()))
+    }
+}
+
+impl Status {
+    /// What `status` found that keeps containers from being reached.
+    pub fn degraded(&self) -> Option<Degraded> {
+        let mut bad = Vec::new();
+        if self.target.is_none() {
+            bad.push(format!(
+                "no VM: {}",
+                self.discovery_error.as_deref().unwrap_or("not found")
+            ));
+        }
+        if let (Some(t), Some(l)) = (&self.target, &self.link)
+            && !l.up
+        {
+            bad.push(format!(
+                "link {} is down: the kernel dropped the routes through it (is the VM running?)",
+                t.ifname
+            ));
+        } else if let (Some(t), None) = (&self.target, &self.link) {
+            bad.push(format!("link {} is missing (is the VM running?)", t.ifname));
+        }
+        for p in self.probes.iter().filter(|p| !p.ok) {
+            bad.push(why_not_via_vm(p, &self.foreign_routes, &self.foreign_rules));
+        }
+        if let Some(n) = &self.name_check
+            && let Some(e) = &n.error
+        {
+            bad.push(format!("{} does not resolve ({e})", n.name));
+        }
+        if let Some(d) = self.dns.as_ref().filter(|d| d.degraded) {
+            bad.push(format!(
+                "DNS for *.{}: {}",
+                d.state.domain,
+                if d.in_place {
+                    format!("{} {}", d.state.nameserver, d.answer)
+                } else {
+                    d.detail.clone()
+                }
+            ));
+        }
+        if !self.vpn.firewall_blocking.is_empty() {
+            let rules: Vec<String> = self
+                .vpn
+                .firewall_blocking
+                .iter()
+                .map(|r| r.to_string())
+                .collect();
+            bad.push(format!(
+                "a firewall blocks the VM (needed: {})",
+                rules.join(", ")
+            ));
+        }
+        (!bad.is_empty()).then_some(Degraded(bad))
+    }
 }
 
 /// Something that is not dockroute's and covers a network dockroute routes.
@@ -482,6 +833,11 @@ pub struct Status {
     pub name_check: Option<NameCheck>,
     /// What looks like a VPN, what its firewall blocks, and what dockroute repaired.
     pub vpn: VpnStatus,
+    /// Every route and rule not dockroute's (to name what wins over it).
+    #[serde(skip)]
+    pub foreign_routes: Vec<ForeignRoute>,
+    #[serde(skip)]
+    pub foreign_rules: Vec<ForeignRule>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -515,6 +871,14 @@ pub struct DnsStatus {
     pub state: DnsState,
     pub in_place: bool,
     pub detail: String,
+    /// Whether the server answered a query just now; `None` when it was not asked (the kernel
+    /// does not send it to the VM's link).
+    pub answers: Option<bool>,
+    /// What the query found ("answers (NXDOMAIN in 0.4 ms)", "no answer within 1.0 s", ...).
+    pub answer: String,
+    /// DNS does not work as dockroute set it: not in place, or the server does not answer (with
+    /// resolv-conf, a silent server also stalls every other lookup of the host).
+    pub degraded: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -522,6 +886,38 @@ pub struct NameCheck {
     pub name: String,
     pub addresses: Vec<IpAddr>,
     pub error: Option<String>,
+}
+
+/// Ask the recorded DNS server, when the kernel sends it to the VM over the host-only link (a
+/// query by another way would leave the host).
+async fn probe_dns<N: Net>(
+    net: &mut N,
+    d: &mut DnsStatus,
+    t: &Target,
+    ifindex: Option<u32>,
+) -> Result<(), EngineError> {
+    let ns = *d.state.nameserver.ip();
+    let via_vm = match net.lookup(ns).await? {
+        Lookup::Route { dev, .. } => ifindex.is_some() && dev.as_deref() == Some(t.ifname.as_str()),
+        Lookup::Unreachable { .. } => false,
+    };
+    if !via_vm {
+        d.answer = format!("not asked: the kernel does not send {ns} over {}", t.ifname);
+        return Ok(());
+    }
+    let r = dns::probe::ask(
+        d.state.nameserver,
+        &d.state.domain,
+        dns::probe::TRIES,
+        dns::probe::TIMEOUT,
+    );
+    d.answers = Some(r.is_ok());
+    d.degraded |= r.is_err();
+    d.answer = match r {
+        Ok(a) => a.to_string(),
+        Err(e) => e.to_string(),
+    };
+    Ok(())
 }
 
 fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
@@ -539,7 +935,7 @@ pub async fn status<N: Net>(
         Ok(r) => (r, None),
         Err(e) => (None, Some(e.to_string())),
     };
-    let dns = match record.as_ref().and_then(|r| r.dns.as_ref()) {
+    let mut dns = match record.as_ref().and_then(|r| r.dns.as_ref()) {
         Some(recorded) => Some(match dns::at_settings(recorded, settings) {
             Ok(state) => {
                 let (in_place, detail) = dns::observe(&state).await;
@@ -547,12 +943,18 @@ pub async fn status<N: Net>(
                     state,
                     in_place,
                     detail,
+                    answers: None,
+                    answer: String::new(),
+                    degraded: !in_place,
                 }
             }
             Err(e) => DnsStatus {
                 state: recorded.clone(),
                 in_place: false,
                 detail: e.to_string(),
+                answers: None,
+                answer: String::new(),
+                degraded: true,
             },
         }),
         None => None,
@@ -591,15 +993,7 @@ pub async fn status<N: Net>(
         })
         .collect();
     let mut vpn_status = VpnStatus {
-        links: links
-            .iter()
-            .filter_map(|l| {
-                vpn::classify(&l.name).map(|client| VpnLink {
-                    name: l.name.clone(),
-                    client,
-                })
-            })
-            .collect(),
+        links: vpn::tunnels(&links, &snap.foreign_routes),
         ..Default::default()
     };
     vpn_status.routes = snap
@@ -671,33 +1065,9 @@ pub async fn status<N: Net>(
             Err(e) => return Err(e),
         }
         let host_net = t.host_net();
-        let mut targets: Vec<(Ipv4Net, Ipv4Addr)> = t
-            .subnets
-            .iter()
-            .map(|s| (*s, s.hosts().next().unwrap_or(s.network())))
-            .collect();
-        targets.push((host_net, t.vm_ip));
-        for (network, address) in targets {
-            let kernel = net.lookup(address).await?;
-            let ok = match &kernel {
-                Lookup::Route {
-                    gateway, dev, kind, ..
-                } => {
-                    kind == "unicast"
-                        && dev.as_deref() == Some(t.ifname.as_str())
-                        && (network == host_net || *gateway == Some(t.vm_ip))
-                }
-                Lookup::Unreachable { .. } => false,
-            };
-            probes.push(Probe {
-                network,
-                address,
-                kernel,
-                ok,
-            });
-        }
+        probes = probe(net, t).await?;
         let nets = t.networks();
-        for r in snap.foreign_routes {
+        for r in snap.foreign_routes.clone() {
             let relevant = nets.iter().any(|n| overlaps(n, &r.dst))
                 && !(r.dst.prefix_len() == 0 && matches!(r.table, MAIN_TABLE | 253))
                 && !(r.table == 255
@@ -710,7 +1080,7 @@ pub async fn status<N: Net>(
                 conflicts.push(Conflict::Route(r));
             }
         }
-        for rule in snap.foreign_rules {
+        for rule in snap.foreign_rules.clone() {
             let matches_nets = match rule.dst {
                 None => true,
                 Some(d) => nets.iter().any(|n| overlaps(n, &d)),
@@ -721,6 +1091,21 @@ pub async fn status<N: Net>(
                     rule,
                 });
             }
+        }
+    }
+    if let (Some(d), Some(t)) = (dns.as_mut(), &target) {
+        probe_dns(net, d, t, link.as_ref().map(|l| l.index)).await?;
+        if d.answers == Some(false) {
+            warnings.push(format!(
+                "the VM's DNS server {} does not answer ({}){}",
+                d.state.nameserver,
+                d.answer,
+                if d.state.backend == Backend::ResolvConf && d.in_place {
+                    ": every lookup of this host waits for it (`dockroute watch` takes the line out while it is silent; `dockroute down` removes it)"
+                } else {
+                    ""
+                }
+            ));
         }
     }
     Ok(Status {
@@ -739,6 +1124,8 @@ pub async fn status<N: Net>(
         dns,
         name_check,
         vpn: vpn_status,
+        foreign_routes: snap.foreign_routes,
+        foreign_rules: snap.foreign_rules,
     })
 }
 
@@ -787,6 +1174,7 @@ mod tests {
                 up: true,
                 loopback: false,
                 addrs: vec!["192.168.99.1/24".parse().unwrap()],
+                kind: None,
             }])
         }
         async fn neighbours(&mut self) -> Result<Vec<Neighbour>, NetError> {

@@ -21,3 +21,4 @@ pub mod settings;
 pub mod trust;
 pub mod validate;
 pub mod vpn;
+pub mod watch;

@@ -46,6 +46,15 @@ pub fn parse_docker_host(value: &str) -> DockerHost {
     }
 }
 
+/// The host name in a `DOCKER_HOST=tcp://NAME[:PORT]` that names a host rather than an IP.
+pub fn docker_host_name(value: &str) -> Option<&str> {
+    let rest = value.strip_prefix("tcp://")?;
+    let hostport = rest.split('/').next().unwrap_or("");
+    let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
+    let is_ip = crate::validate::ipv4(host).is_ok() || host.starts_with('[');
+    (!host.is_empty() && !is_ip).then_some(host)
+}
+
 /// Where docker-machine keeps NAME's config: `$MACHINE_STORAGE_PATH/machines/NAME/config.json`,
 /// else under `~/.docker/machine` of `$SUDO_USER` when run through sudo, else of the caller.
 pub fn machine_config_path(name: &str) -> Result<PathBuf, String> {

@@ -9,14 +9,16 @@
 use anyhow::{Context, bail};
 use clap::Parser;
 use clap::error::ErrorKind;
-use dockroute::cli::{Cli, Command, InstallArgs, UninstallArgs, UpArgs};
+use dockroute::cli::{Cli, Command, InstallArgs, UninstallArgs, WatchArgs, exit};
 use dockroute::engine::{self, Hooks};
 use dockroute::net::System;
 use dockroute::record::Store;
 use dockroute::report;
 use dockroute::service::{self, Init};
 use dockroute::settings::Settings;
-use std::ffi::c_int;
+use dockroute::watch;
+use std::ffi::{OsString, c_int};
+use std::io::Write;
 use std::os::fd::IntoRawFd;
 use std::path::{Path, PathBuf};
 
@@ -31,13 +33,13 @@ use std::path::{Path, PathBuf};
 #[cfg(not(test))]
 #[unsafe(no_mangle)]
 extern "C" fn main(_argc: c_int, _argv: *const *const std::ffi::c_char) -> c_int {
-    use std::io::Write;
     start_up();
     let code = cli();
-    // std flushes stdout when its `main` returns; a C `main` returning does not.
+    // std flushes stdout when its `main` returns; a C `main` returning does not. (Every output
+    // is flushed where it is written, see [`emit`]; this is for anything that was not.)
     let flushed = std::io::stdout().flush();
     match (code, flushed) {
-        (0, Err(_)) => 1,
+        (exit::OK, Err(_)) => exit::OUTPUT,
         (code, _) => code,
     }
 }
@@ -84,53 +86,182 @@ fn start_up() {
     };
 }
 
-/// Parse, run, report; returns the exit status: 0, 1 (failed), 2 (usage).
+/// Parse, run, report; returns the exit status ([`exit`]: 0 done, 1 failed, 2 usage, 3 degraded,
+/// 4 done but the output was lost).
 fn cli() -> c_int {
-    let cli = match Cli::try_parse() {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    // Known before parsing, so that a usage error can be JSON too.
+    let json = wants_json(&args);
+    let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
-        Err(e) => return clap_error(e),
+        Err(e) => return clap_error(e, json),
     };
-    init_logging();
+    // `watch` is a daemon: its log is what it has to say (one line per change)
+    let default = if matches!(cli.command, Command::Watch(_)) {
+        tracing::level_filters::LevelFilter::INFO
+    } else {
+        tracing::level_filters::LevelFilter::WARN
+    };
+    init_logging(cli.verbose, cli.quiet, default);
     match run(cli) {
-        Ok(()) => 0,
-        Err(e) => {
-            let msg = format!("{e:#}").replace('\n', " ");
-            // Errors quote link names, paths and values: shown, never obeyed by the terminal.
-            eprintln!("error: {}", report::escape_controls(&msg));
-            1
+        Ok(()) => exit::OK,
+        Err(e) if e.downcast_ref::<engine::Degraded>().is_some() => {
+            // the command ran: not an error, but the containers are not reached
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "{}",
+                report::escape_controls(&format!("{e}").replace('\n', " "))
+            );
+            exit::DEGRADED
         }
+        Err(e) => match e.downcast_ref::<OutputLost>() {
+            // stdout is what failed: the error goes to stderr, JSON or not
+            Some(lost) => {
+                error_line(&lost.to_string());
+                exit::OUTPUT
+            }
+            None => {
+                fail(json, &format!("{e:#}").replace('\n', " "), &[]);
+                exit::ERROR
+            }
+        },
     }
 }
 
-/// Help and version print as clap renders them; every usage error becomes one line.
-fn clap_error(e: clap::Error) -> c_int {
+/// Whether the command line asks for JSON: `--json` anywhere before a `--`.
+fn wants_json(args: &[OsString]) -> bool {
+    args.iter()
+        .skip(1)
+        .take_while(|a| *a != "--")
+        .any(|a| a == "--json")
+}
+
+/// One `error: ...` line on stderr. A failing stderr has nowhere left to report to.
+fn error_line(msg: &str) {
+    // Errors quote link names, paths and values: shown, never obeyed by the terminal.
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "error: {}",
+        report::escape_controls(msg)
+    );
+}
+
+/// Report a failure: with --json `{"error": MSG}` (and `"help"`: clap's tips, when there are any)
+/// on stdout, else one line `error: MSG; TIP; ...` on stderr. If stdout cannot take the JSON,
+/// stderr gets the line.
+fn fail(json: bool, msg: &str, help: &[String]) {
+    if json {
+        let mut v = serde_json::json!({ "error": msg });
+        if !help.is_empty() {
+            v["help"] = serde_json::json!(help);
+        }
+        if emit(&format!("{v}\n"), "").is_ok() {
+            return;
+        }
+    }
+    let mut line = msg.to_string();
+    for h in help {
+        line += "; ";
+        line += h;
+    }
+    error_line(&line);
+}
+
+/// The command's output was written up to a failure (closed pipe, full disk): an ordinary
+/// error, not a panic, and it says what was already done.
+#[derive(Debug)]
+struct OutputLost {
+    err: std::io::Error,
+    /// What the command did before it tried to report it ("" if nothing worth saying).
+    done: &'static str,
+}
+
+impl std::fmt::Display for OutputLost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "could not write the output to stdout: {}", self.err)?;
+        if !self.done.is_empty() {
+            write!(f, "; {}", self.done)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for OutputLost {}
+
+/// Write `text` to stdout and flush it; a failure is an [`OutputLost`] naming `done`.
+fn emit(text: &str, done: &'static str) -> Result<(), OutputLost> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|err| OutputLost { err, done })
+}
+
+/// Help and version print as clap renders them (exit 0); a usage error keeps clap's message and
+/// tips (valid values, "a similar argument exists") without the usage footer (exit 2).
+fn clap_error(e: clap::Error, json: bool) -> c_int {
     match e.kind() {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
-            let _ = e.print();
-            0
+            match emit(&e.render().to_string(), "") {
+                Ok(()) => exit::OK,
+                Err(lost) => {
+                    error_line(&lost.to_string());
+                    exit::OUTPUT
+                }
+            }
         }
         ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
-            eprintln!(
-                "error: missing command: up, down, status, install or uninstall (see dockroute --help)"
+            use clap::CommandFactory;
+            let names: Vec<String> = Cli::command()
+                .get_subcommands()
+                .map(|c| c.get_name().to_string())
+                .collect();
+            fail(
+                json,
+                &format!(
+                    "missing command: one of {} (see dockroute --help)",
+                    names.join(", ")
+                ),
+                &[],
             );
-            2
+            exit::USAGE
         }
         _ => {
-            let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("error: {}", report::escape_controls(first));
-            2
+            let (msg, help) = usage_error(&e.render().to_string());
+            fail(json, &msg, &help);
+            exit::USAGE
         }
     }
 }
 
-/// Logs to stderr at the level in `DOCKROUTE_LOG` (error, warn, info, debug, trace; default warn).
-fn init_logging() {
-    let level = std::env::var("DOCKROUTE_LOG")
-        .ok()
-        .and_then(|v| v.parse::<tracing::level_filters::LevelFilter>().ok())
-        .unwrap_or(tracing::level_filters::LevelFilter::WARN);
+/// Clap's rendered usage error as its first line (without `error: `) and the lines after it
+/// up to the usage footer, trimmed, blank lines dropped.
+fn usage_error(rendered: &str) -> (String, Vec<String>) {
+    let mut lines = rendered.lines();
+    let first = lines.next().unwrap_or("invalid arguments");
+    let msg = first.strip_prefix("error: ").unwrap_or(first).to_string();
+    let help = lines
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    (msg, help)
+}
+
+/// Logs to stderr: -q errors only, -v info, -vv debug, -vvv trace; without either flag the level
+/// in `DOCKROUTE_LOG` (error, warn, info, debug, trace); default warn (info for `watch`).
+fn init_logging(verbose: u8, quiet: bool, default: tracing::level_filters::LevelFilter) {
+    use tracing::level_filters::LevelFilter;
+    let level = match (quiet, verbose) {
+        (true, _) => LevelFilter::ERROR,
+        (false, 1) => LevelFilter::INFO,
+        (false, 2) => LevelFilter::DEBUG,
+        (false, 3..) => LevelFilter::TRACE,
+        (false, 0) => std::env::var("DOCKROUTE_LOG")
+            .ok()
+            .and_then(|v| v.parse::<LevelFilter>().ok())
+            .unwrap_or(default),
+    };
     tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
@@ -152,6 +283,23 @@ fn hooks() -> Hooks {
             .ok()
             .and_then(|v| v.parse().ok()),
     }
+}
+
+#[cfg(debug_assertions)]
+/// `DOCKROUTE_TEST_BACKSTOP_SECS=S` shortens watch's backstop re-check (tests of what sends no
+/// events, such as iptables-legacy); at least 0.1 s.
+fn test_backstop() -> Option<std::time::Duration> {
+    let secs: f64 = std::env::var("DOCKROUTE_TEST_BACKSTOP_SECS")
+        .ok()?
+        .parse()
+        .ok()?;
+    (secs.is_finite() && secs > 0.0)
+        .then(|| std::time::Duration::from_secs_f64(secs.clamp(0.1, 3600.0)))
+}
+
+#[cfg(not(debug_assertions))]
+fn test_backstop() -> Option<std::time::Duration> {
+    None
 }
 
 #[cfg(not(debug_assertions))]
@@ -181,6 +329,9 @@ fn install(cli: &Cli, a: &InstallArgs) -> anyhow::Result<()> {
         if let Err(e) = service::check_binary(&bin) {
             tracing::warn!("{e}");
         }
+        if a.hooks {
+            hooks_note(cli, &root, true);
+        }
         return print_targets(cli.json, init, &root, &targets);
     }
     let system = root == Path::new("/");
@@ -207,7 +358,14 @@ fn install(cli: &Cli, a: &InstallArgs) -> anyhow::Result<()> {
         to_run,
         down: None,
     };
-    print!("{}", report.render(cli.json));
+    let mut text = report.render(cli.json);
+    if a.hooks {
+        text += &hooks_note(cli, &root, false);
+    }
+    emit(
+        &text,
+        "the files are installed (dockroute install --print shows them)",
+    )?;
     Ok(())
 }
 
@@ -246,19 +404,21 @@ fn print_targets(
             init: Init,
             files: Vec<Printed<'a>>,
         }
-        print!("{}", report::json(&Out { init, files: all }));
+        emit(&report::json(&Out { init, files: all }), "")?;
         return Ok(());
     }
+    let mut text = String::new();
     for (i, t) in targets.iter().enumerate() {
         if i > 0 {
-            println!(
-                "# ==> {} ({}) <==",
+            text += &format!(
+                "# ==> {} ({}) <==\n",
                 t.place.path(root).display(),
                 t.place.client
             );
         }
-        print!("{}", t.body);
+        text += &t.body;
     }
+    emit(&text, "")?;
     Ok(())
 }
 
@@ -336,10 +496,13 @@ fn uninstall(cli: &Cli, a: &UninstallArgs) -> anyhow::Result<()> {
         to_run: Vec::new(),
         down,
     };
-    print!("{}", report.render(cli.json));
+    let written = emit(
+        &report.render(cli.json),
+        "the files are removed (and down has run)",
+    );
     match down_err {
         Some(e) => Err(e.context("the files are removed, but dockroute down failed")),
-        None => Ok(()),
+        None => Ok(written?),
     }
 }
 
@@ -367,35 +530,105 @@ fn run_down(cli: &Cli) -> anyhow::Result<engine::Outcome> {
     })
 }
 
+/// A bare `up` that re-applies the last `up`'s settings says so.
+fn replay_note(settings: &Settings) -> String {
+    match &settings.request.replayed {
+        Some(flags) => format!(
+            "settings: the last up's settings ({flags}), recorded in {}\n",
+            settings.state_dir.display()
+        ),
+        None => String::new(),
+    }
+}
+
+/// `install --hooks`: which settings the hooks' bare `dockroute up` will use; a warning when it
+/// has nothing to go by.
+fn hooks_note(cli: &Cli, root: &Path, print: bool) -> String {
+    let under = |p: &str| root.join(p.trim_start_matches('/'));
+    let config = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| under(dockroute::settings::DEFAULT_CONFIG));
+    let state = cli
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| under(dockroute::record::DEFAULT_STATE_DIR));
+    let found = dockroute::settings::HookSettings::find(&config, &state);
+    if !found.vm_named {
+        tracing::warn!("{found}");
+    } else if print || cli.json {
+        tracing::info!("{found}");
+    } else {
+        return format!("hooks: {found}\n");
+    }
+    String::new()
+}
+
+/// `watch`: runs until SIGTERM or SIGINT; the settings are read again on SIGHUP and when the
+/// config file changes.
+fn watch(cli: &Cli, a: &WatchArgs) -> anyhow::Result<()> {
+    if a.up.dry_run {
+        bail!("watch applies changes as they become needed; use `up --dry-run` to preview them");
+    }
+    if !nix::unistd::geteuid().is_root() {
+        bail!("dockroute watch changes the routing tables: run it as root (sudo)");
+    }
+    let load = || {
+        Settings::load(
+            cli.config.as_deref(),
+            cli.state_dir.as_deref(),
+            cli.json,
+            Some(&a.up),
+            std::env::var("DOCKER_HOST").ok(),
+        )
+    };
+    let opts = watch::Options {
+        down_on_exit: a.down_on_exit,
+        backstop: test_backstop(),
+    };
+    watch::run(load, opts)?;
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Install(a) => return install(&cli, a),
         Command::Uninstall(a) => return uninstall(&cli, a),
+        Command::Completions(a) => {
+            return Ok(emit(
+                &String::from_utf8_lossy(&dockroute::cli::completions(a.shell)),
+                "",
+            )?);
+        }
+        Command::Manpage => {
+            let page = dockroute::cli::manpage().context("rendering the manual page")?;
+            return Ok(emit(&String::from_utf8_lossy(&page), "")?);
+        }
+        Command::Watch(a) => return watch(&cli, a),
         _ => {}
     }
-    // `down` takes only the places DNS was set at from the flags (the resolver dir).
-    let down_args;
     let up_args = match &cli.command {
         Command::Up(a) => Some(a),
-        Command::Down(a) => {
-            down_args = UpArgs {
-                resolver_dir: a.resolver_dir.clone(),
-                ..UpArgs::default()
-            };
-            Some(&down_args)
-        }
         _ => None,
     };
-    let settings = Settings::load(
+    let mut settings = Settings::load(
         cli.config.as_deref(),
         cli.state_dir.as_deref(),
         cli.json,
         up_args,
         std::env::var("DOCKER_HOST").ok(),
     )?;
+    // `down` takes only the place DNS was set at from its flags (the resolver dir); it replays
+    // no recorded `up` settings.
+    if let Command::Down(a) = &cli.command
+        && let Some(dir) = &a.resolver_dir
+    {
+        settings.resolver_dir = dir.clone();
+    }
     let store = store(&cli, &settings);
     // No reactor: netlink requests are blocking calls, and the D-Bus client starts a runtime of its
     // own when it is needed (dns::resolved). Nothing here waits on an event loop.
+    let mut degraded = None;
     futures_lite::future::block_on(async {
         let mut net = System::new()?;
         let out = match &cli.command {
@@ -404,36 +637,63 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     require_root("up")?;
                 }
                 let o = engine::up(&mut net, &settings, &store, a.dry_run, hooks()).await?;
-                if cli.json {
+                degraded = o.degraded();
+                let text = if cli.json {
                     report::json(&o)
                 } else {
-                    report::outcome("up", &o)
-                }
+                    replay_note(&settings) + &report::outcome("up", &o)
+                };
+                (text, applied(&o, "up"))
             }
             Command::Down(a) => {
                 if !a.dry_run {
                     require_root("down")?;
                 }
                 let o = engine::down(&mut net, &settings, &store, a.dry_run, hooks()).await?;
-                if cli.json {
+                let text = if cli.json {
                     report::json(&o)
                 } else {
                     report::outcome("down", &o)
-                }
+                };
+                (text, applied(&o, "down"))
             }
-            // files only: handled before the runtime starts
-            Command::Install(_) | Command::Uninstall(_) => String::new(),
+            // files only, or a loop of its own: handled before the runtime starts
+            Command::Install(_)
+            | Command::Uninstall(_)
+            | Command::Completions(_)
+            | Command::Manpage
+            | Command::Watch(_) => (String::new(), ""),
             Command::Status(a) => {
                 let st =
                     engine::status(&mut net, &settings, &store, a.check_name.as_deref()).await?;
-                if cli.json {
+                degraded = st.degraded();
+                let text = if cli.json {
                     report::json(&st)
                 } else {
                     report::status(&st)
-                }
+                };
+                (text, "")
             }
         };
-        print!("{out}");
-        Ok(())
+        emit(&out.0, out.1)?;
+        match degraded {
+            Some(d) => Err(d.into()),
+            None => Ok(()),
+        }
     })
+}
+
+/// What `up`/`down` did before their report is written, for the error if it cannot be.
+fn applied(o: &engine::Outcome, cmd: &str) -> &'static str {
+    let nothing =
+        o.changes.is_empty() && o.firewall.is_empty() && !o.dns.as_ref().is_some_and(|d| d.changed);
+    match (o.dry_run, nothing, cmd) {
+        (true, _, _) => "nothing was changed (dry run)",
+        (false, true, "up") => "up is complete (nothing needed changing)",
+        (false, true, _) => "down is complete (nothing needed removing)",
+        (false, false, "up") => {
+            "up is complete: its changes are applied and recorded (dockroute status shows them)"
+        }
+        (false, false, _) => "down is complete: its changes are applied",
+    }
 }

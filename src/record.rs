@@ -43,6 +43,10 @@ pub struct Record {
     /// to look for them. Without a record, `down` always looks.
     #[serde(default)]
     pub firewall: bool,
+    /// The settings flags of that `up`, which a bare `up` (a VPN hook's, the boot job's)
+    /// re-applies. Absent in records of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flags: Option<crate::settings::UpFlags>,
 }
 
 impl Record {
@@ -53,6 +57,7 @@ impl Record {
             entries,
             dns,
             firewall: false,
+            flags: None,
         }
     }
 }

@@ -60,13 +60,18 @@ fn outcome_text(verb: &str, o: &Outcome) -> String {
     let mut s = String::new();
     if let Some(t) = &o.target {
         let subnets: Vec<String> = t.subnets.iter().map(|n| n.to_string()).collect();
+        // `down` discovers nothing: where the last up found the VM is not news there.
+        let source = if verb == "up" {
+            format!(" (VM IP from {})", t.vm_ip_source)
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             s,
-            "{} via VM {} on {} (VM IP from {})",
+            "{} via VM {} on {}{source}",
             subnets.join(", "),
             t.vm_ip,
             t.ifname,
-            t.vm_ip_source
         );
     }
     let dns_changed = o.dns.as_ref().is_some_and(|d| d.changed);
@@ -102,6 +107,9 @@ fn outcome_text(verb: &str, o: &Outcome) -> String {
             (_, _, false) => "nothing to remove for",
         };
         let _ = writeln!(s, "dns: {action} {}", d.state);
+    }
+    if let Some(e) = &o.firewall_unread {
+        let _ = writeln!(s, "firewall: not checked ({e})");
     }
     for w in &o.firewall_warnings {
         let _ = writeln!(s, "firewall: WARNING {w}");
@@ -207,6 +215,18 @@ fn status_text(st: &Status) -> String {
             };
             row(&mut s, "dns", &format!("{}: {state}", d.state));
             let _ = writeln!(s, "  {}", d.detail);
+            match d.answers {
+                Some(true) => {
+                    let _ = writeln!(s, "  {} {}", d.state.nameserver, d.answer);
+                }
+                Some(false) => {
+                    let _ = writeln!(s, "  {} DOES NOT ANSWER: {}", d.state.nameserver, d.answer);
+                }
+                None if !d.answer.is_empty() => {
+                    let _ = writeln!(s, "  {}", d.answer);
+                }
+                None => {}
+            }
         }
         None => row(&mut s, "dns", "not set by dockroute"),
     }

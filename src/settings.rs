@@ -5,8 +5,8 @@ use crate::cli::UpArgs;
 use crate::discover::{Request, VmIpSource};
 use crate::validate;
 use ipnet::Ipv4Net;
-use serde::Deserialize;
-use std::net::SocketAddrV4;
+use serde::{Deserialize, Serialize};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,8 +16,15 @@ pub const DEFAULT_CONFIG: &str = "/etc/dockroute/config.toml";
 pub const DEFAULT_SUBNET: &str = "172.17.0.0/16";
 pub const DEFAULT_DOMAIN: &str = "docker";
 pub const DEFAULT_RESOLVER_DIR: &str = "/etc/resolver";
+/// One-label domains `--domain` warns about: the big generic and country TLDs whose names a
+/// developer reaches every day, `local` (mDNS) and `arpa` (reverse lookups). Not a full list of
+/// TLDs (there are over a thousand, and it changes): the mistakes people make.
+pub const TOP_LEVEL_DOMAINS: &[&str] = &[
+    "com", "net", "org", "io", "dev", "app", "edu", "gov", "co", "ai", "me", "cloud", "local",
+    "arpa", "de", "uk", "fr", "us", "eu",
+];
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum DnsMode {
     Auto,
@@ -27,7 +34,7 @@ pub enum DnsMode {
     Off,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum FirewallMode {
     Auto,
@@ -73,7 +80,216 @@ struct ConfigFile {
     dns: Option<DnsMode>,
     resolver_dir: Option<PathBuf>,
     firewall: Option<FirewallMode>,
-    wait: Option<Spanned<f64>>,
+    /// A number of seconds; read as any value so that a string gets a message that says so.
+    wait: Option<Spanned<toml::Value>>,
+}
+
+/// The settings flags of an `up` (and `DOCKER_HOST`, when it named the VM), as the record keeps
+/// them so that a bare `up` (a VPN hook's, the boot job's) can do the same again.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UpFlags {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm_ip: Option<Ipv4Addr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub subnets: Vec<Ipv4Net>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nameserver: Option<SocketAddrV4>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsMode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolver_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub firewall: Option<FirewallMode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub docker_host: Option<String>,
+}
+
+impl UpFlags {
+    fn of(up: &UpArgs) -> UpFlags {
+        UpFlags {
+            interface: up.interface.clone(),
+            vm_ip: up.vm_ip,
+            machine: up.machine.clone(),
+            subnets: up.subnets.clone(),
+            domain: up.domain.clone(),
+            nameserver: up.nameserver,
+            dns: up.dns,
+            resolver_dir: up.resolver_dir.clone(),
+            firewall: up.firewall,
+            docker_host: None,
+        }
+    }
+
+    /// Whether no settings flag is given (`--wait` and `--dry-run` are not settings).
+    pub fn is_empty(&self) -> bool {
+        *self == UpFlags::default()
+    }
+
+    /// The recorded flags as `up` flags, validated again (the record is a file), leaving out
+    /// what the config file sets: a key in the config file beats a recorded flag. The VM's
+    /// sources (`vm_ip`, `machine`, `DOCKER_HOST`) go as one.
+    fn replay(&self, up: &UpArgs, cfg: &ConfigFile) -> Result<UpArgs, String> {
+        let vm_in_config = cfg.vm_ip.is_some() || cfg.machine.is_some();
+        let mut a = UpArgs {
+            wait: up.wait,
+            dry_run: up.dry_run,
+            ..Default::default()
+        };
+        if cfg.interface.is_none() {
+            a.interface = self
+                .interface
+                .as_deref()
+                .map(validate::interface)
+                .transpose()?;
+        }
+        if !vm_in_config {
+            a.vm_ip = self.vm_ip;
+            a.machine = self
+                .machine
+                .as_deref()
+                .map(validate::machine_name)
+                .transpose()?;
+        }
+        if cfg.subnets.is_none() {
+            a.subnets = self
+                .subnets
+                .iter()
+                .map(|s| validate::subnet(&s.to_string()))
+                .collect::<Result<_, _>>()?;
+        }
+        if cfg.domain.is_none() {
+            a.domain = self.domain.as_deref().map(validate::domain).transpose()?;
+        }
+        if cfg.nameserver.is_none() {
+            a.nameserver = self.nameserver;
+        }
+        if cfg.dns.is_none() {
+            a.dns = self.dns;
+        }
+        if cfg.resolver_dir.is_none() {
+            a.resolver_dir = self.resolver_dir.clone();
+        }
+        if cfg.firewall.is_none() {
+            a.firewall = self.firewall;
+        }
+        Ok(a)
+    }
+}
+
+impl std::fmt::Display for UpFlags {
+    /// As the command line would give them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts: Vec<String> = Vec::new();
+        let mut add = |flag: &str, v: Option<String>| {
+            if let Some(v) = v {
+                parts.push(format!("--{flag} {v}"));
+            }
+        };
+        add("interface", self.interface.clone());
+        add("vm-ip", self.vm_ip.map(|v| v.to_string()));
+        add("machine", self.machine.clone());
+        for s in &self.subnets {
+            add("subnet", Some(s.to_string()));
+        }
+        add("domain", self.domain.clone());
+        add("nameserver", self.nameserver.map(|v| v.to_string()));
+        add("dns", self.dns.and_then(value_name));
+        add(
+            "resolver-dir",
+            self.resolver_dir.as_ref().map(|p| p.display().to_string()),
+        );
+        add("firewall", self.firewall.and_then(value_name));
+        if let Some(d) = &self.docker_host {
+            parts.push(format!("DOCKER_HOST={d}"));
+        }
+        if parts.is_empty() {
+            write!(f, "no flags")
+        } else {
+            write!(f, "{}", parts.join(" "))
+        }
+    }
+}
+
+fn value_name<T: clap::ValueEnum>(v: T) -> Option<String> {
+    v.to_possible_value().map(|p| p.get_name().to_string())
+}
+
+/// What a bare `dockroute up` (a VPN hook's) will go by, for `install --hooks`.
+pub struct HookSettings {
+    pub config: PathBuf,
+    pub config_exists: bool,
+    pub state_dir: PathBuf,
+    /// The last `up`'s flags, from the record.
+    pub recorded: Option<UpFlags>,
+    /// Whether the config file or the recorded flags name the VM (`vm_ip`, `machine`,
+    /// `DOCKER_HOST`). Without that, only the neighbour table can, which a VPN may flush.
+    pub vm_named: bool,
+}
+
+impl HookSettings {
+    pub fn find(config: &Path, state_dir: &Path) -> HookSettings {
+        let recorded = crate::record::Store::new(state_dir)
+            .load()
+            .ok()
+            .flatten()
+            .and_then(|r| r.flags);
+        let config_exists = std::fs::metadata(config).is_ok();
+        let cfg_names_vm = read_config(config, false)
+            .map(|(c, _, _)| c.vm_ip.is_some() || c.machine.is_some())
+            // a config file that does not parse: `up` will say so; not this note's business
+            .unwrap_or(true);
+        let rec_names_vm = recorded
+            .as_ref()
+            .is_some_and(|r| r.vm_ip.is_some() || r.machine.is_some() || r.docker_host.is_some());
+        HookSettings {
+            config: config.to_path_buf(),
+            config_exists,
+            state_dir: state_dir.to_path_buf(),
+            recorded,
+            vm_named: cfg_names_vm || rec_names_vm,
+        }
+    }
+}
+
+impl std::fmt::Display for HookSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the hooks run `dockroute up` with ")?;
+        let mut parts = Vec::new();
+        if self.config_exists {
+            parts.push(format!("the config file {}", self.config.display()));
+        }
+        match &self.recorded {
+            Some(r) => parts.push(format!(
+                "the last up's settings ({r}), recorded in {}",
+                self.state_dir.display()
+            )),
+            None => parts.push(format!(
+                "no record of an up in {}",
+                self.state_dir.display()
+            )),
+        }
+        write!(f, "{}", parts.join(" and "))?;
+        if !self.vm_named {
+            write!(
+                f,
+                "; nothing there names the VM{}, so they can only find it in the neighbour table, which fails once a VPN flushes it: run `dockroute up --vm-ip IP` (or --machine NAME) once and the hooks repeat it, or set vm_ip in {}",
+                if self.config_exists {
+                    ""
+                } else {
+                    " (no config file)"
+                },
+                self.config.display()
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// Everything a command needs, validated.
@@ -173,6 +389,21 @@ fn read_config(path: &Path, explicit: bool) -> Result<(ConfigFile, String, bool)
     Ok((cfg, text, private))
 }
 
+/// For a bare `up`: the flags the last successful `up` recorded (none if there is no record, it
+/// cannot be read, or it predates recorded flags).
+fn recorded_flags(is_up: bool, up: &UpArgs, state_dir: &Path) -> Option<UpFlags> {
+    if !is_up || !UpFlags::of(up).is_empty() {
+        return None;
+    }
+    match crate::record::Store::new(state_dir).load() {
+        Ok(r) => r.and_then(|r| r.flags),
+        Err(e) => {
+            tracing::warn!("not re-applying the last up's settings: {e}");
+            None
+        }
+    }
+}
+
 impl Settings {
     /// Build settings from the global flags, the `up` flags (for `up`; `None` for other commands)
     /// and the environment's `DOCKER_HOST`.
@@ -184,6 +415,7 @@ impl Settings {
         docker_host: Option<String>,
     ) -> Result<Settings, SettingsError> {
         let default_up = UpArgs::default();
+        let is_up = up.is_some();
         let up = up.unwrap_or(&default_up);
         let config_path = config.unwrap_or(Path::new(DEFAULT_CONFIG)).to_path_buf();
         let (cfg, text, private) = read_config(&config_path, config.is_some())?;
@@ -191,6 +423,30 @@ impl Settings {
             path: &config_path,
             text: &text,
             private,
+        };
+        let state_dir = state_dir
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from(crate::record::DEFAULT_STATE_DIR));
+        // A bare `up` (no settings flags: a VPN hook's, the boot job's, or a person's) does what
+        // the last successful `up` did, unless the config file says otherwise.
+        let mut replayed = None;
+        let replay_args;
+        let mut docker_host = docker_host.filter(|d| !d.is_empty());
+        let up = match recorded_flags(is_up, up, &state_dir) {
+            Some(flags) => {
+                replay_args = flags.replay(up, &cfg).map_err(|e| {
+                    SettingsError::Invalid(format!(
+                        "the record in {} holds a bad flag: {e}",
+                        state_dir.display()
+                    ))
+                })?;
+                if docker_host.is_none() && cfg.vm_ip.is_none() && cfg.machine.is_none() {
+                    docker_host = flags.docker_host.clone();
+                }
+                replayed = Some(flags);
+                &replay_args
+            }
+            None => up,
         };
 
         let interface = match (&up.interface, &cfg.interface) {
@@ -247,10 +503,22 @@ impl Settings {
         };
         let wait = match (up.wait, &cfg.wait) {
             (Some(w), _) => Some(w),
-            (None, Some(w)) => Some(
-                validate::wait_secs(&w.get_ref().to_string())
-                    .map_err(|e| src.err(w.span().start, &e))?,
-            ),
+            (None, Some(w)) => {
+                let secs = match w.get_ref() {
+                    toml::Value::Integer(i) => i.to_string(),
+                    toml::Value::Float(f) => f.to_string(),
+                    other => {
+                        return Err(src.err(
+                            w.span().start,
+                            &format!(
+                                "wait is a number of seconds (wait = 30), not a {}",
+                                other.type_str()
+                            ),
+                        ));
+                    }
+                };
+                Some(validate::wait_secs(&secs).map_err(|e| src.err(w.span().start, &e))?)
+            }
             _ => None,
         };
         let dns = up.dns.or(cfg.dns).unwrap_or(DnsMode::Auto);
@@ -260,11 +528,24 @@ impl Settings {
             .clone()
             .or(cfg.resolver_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_RESOLVER_DIR));
-        let state_dir = state_dir
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from(crate::record::DEFAULT_STATE_DIR));
         if state_dir.as_os_str().is_empty() {
             return Err(SettingsError::Invalid("--state-dir is empty".into()));
+        }
+        if std::fs::metadata(&state_dir).is_ok_and(|m| !m.is_dir()) {
+            return Err(SettingsError::Invalid(format!(
+                "--state-dir {} is a file, not a directory (dockroute keeps its record and lock in a directory)",
+                state_dir.display()
+            )));
+        }
+        if is_up {
+            if let (Some((_, from)), Some(m)) = (&vm_ip, &machine) {
+                tracing::warn!("--machine {m} is ignored: the VM IP comes from {from}");
+            }
+            if TOP_LEVEL_DOMAINS.contains(&domain.to_ascii_lowercase().as_str()) {
+                tracing::warn!(
+                    "--domain '{domain}' is a top-level domain others use: every name under it would go to the VM's DNS server; use a name of your own (the default is {DEFAULT_DOMAIN})"
+                );
+            }
         }
 
         Ok(Settings {
@@ -272,10 +553,18 @@ impl Settings {
             state_dir,
             json,
             request: Request {
+                flags: {
+                    let mut f = UpFlags::of(up);
+                    if vm_ip.is_none() && machine.is_none() {
+                        f.docker_host = docker_host.clone();
+                    }
+                    f
+                },
+                replayed,
                 interface,
                 vm_ip,
                 machine,
-                docker_host: docker_host.filter(|d| !d.is_empty()),
+                docker_host,
                 subnets,
                 wait,
             },
@@ -370,6 +659,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("line 3: invalid subnet '10.1.2.3/8'"), "{e}");
+        let e = load_cfg("\nwait = \"30\"\n").unwrap_err().to_string();
+        assert!(
+            e.contains("line 2: wait is a number of seconds (wait = 30), not a string"),
+            "{e}"
+        );
+        assert_eq!(
+            load_cfg("wait = 30\n").unwrap().wait(),
+            Some(Duration::from_secs(30))
+        );
         let e = load_cfg("vm-ip = 1\n").unwrap_err().to_string();
         assert!(e.contains("line 1:") && e.contains("unknown field"), "{e}");
         let e = load_cfg("a = [\n").unwrap_err().to_string();

@@ -2,7 +2,7 @@
 //! tables and chains), and the vendor switches that fix the same problem at the source. Pure.
 
 use crate::firewall::Repair;
-use crate::net::ForeignRule;
+use crate::net::{ForeignRoute, ForeignRule, LinkInfo};
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
@@ -40,6 +40,69 @@ pub fn classify(name: &str) -> Option<&'static str> {
         .iter()
         .find(|(prefix, _)| name.starts_with(prefix))
         .map(|(_, client)| *client)
+}
+
+/// Link kinds (IFLA_INFO_KIND) that are tunnels whatever their name, and what to call them when
+/// the name says nothing more.
+const TUNNEL_KINDS: &[(&str, &str)] = &[
+    ("tun", "tun/tap device (OpenVPN, OpenConnect, ...)"),
+    ("wireguard", "WireGuard"),
+    ("ppp", "PPP (openfortivpn, pppd)"),
+    ("ovpn", "OpenVPN (data channel offload)"),
+    ("ovpn-dco", "OpenVPN (data channel offload)"),
+    ("ipip", "IP-in-IP tunnel"),
+    ("gre", "GRE tunnel"),
+    ("sit", "SIT tunnel"),
+    ("vti", "IPsec tunnel (vti)"),
+    ("xfrm", "IPsec tunnel (xfrm)"),
+];
+
+/// The links that are VPN tunnels, recognised by what they are: a tunnel kind (tun, wireguard,
+/// ...), whatever the name. A link whose kind the platform does not report is judged by its name
+/// (macOS's utun, older kernels). A link of another kind (veth, dummy, bridge, ...) with a
+/// tunnel-like name counts only when routes point at it beyond the kernel's own (a VPN's
+/// kill-switch dummy carrying the default route does; a veth that happens to be called `tun0p`
+/// does not). Pure.
+pub fn tunnels(links: &[LinkInfo], routes: &[ForeignRoute]) -> Vec<VpnLink> {
+    links
+        .iter()
+        .filter(|l| !l.loopback)
+        .filter_map(|l| {
+            let by_name = classify(&l.name);
+            let client = match l.kind.as_deref() {
+                None => by_name?,
+                Some(kind) => match TUNNEL_KINDS.iter().find(|(k, _)| *k == kind) {
+                    Some((k, generic)) => match (by_name, *k) {
+                        // a tun device named wg0 is still not WireGuard
+                        (Some(c), "tun") if !c.contains("WireGuard") && c != "Mullvad" => c,
+                        (Some(c), "wireguard")
+                            if c.contains("WireGuard") || c == "Mullvad" || c == "NordVPN" =>
+                        {
+                            c
+                        }
+                        (Some(c), "ppp") if c.starts_with("PPP") => c,
+                        _ => generic,
+                    },
+                    None => {
+                        let client = by_name?;
+                        let routed = routes.iter().any(|r| {
+                            r.dev.as_deref() == Some(l.name.as_str())
+                                && r.table != 255
+                                && r.protocol != "kernel"
+                        });
+                        if !routed {
+                            return None;
+                        }
+                        client
+                    }
+                },
+            };
+            Some(VpnLink {
+                name: l.name.clone(),
+                client,
+            })
+        })
+        .collect()
 }
 
 /// Whether a rule is one of the kernel's three defaults (local, main, default).
@@ -106,6 +169,68 @@ mod tests {
         assert_eq!(classify("tun0"), Some("OpenVPN / OpenConnect (tun)"));
         assert_eq!(classify("vboxnet0"), None);
         assert_eq!(classify("eth0"), None);
+    }
+
+    fn link(name: &str, kind: Option<&str>) -> LinkInfo {
+        LinkInfo {
+            index: 7,
+            name: name.into(),
+            up: true,
+            loopback: false,
+            addrs: vec![],
+            kind: kind.map(str::to_string),
+        }
+    }
+
+    fn route(dev: &str, table: u32, protocol: &str) -> ForeignRoute {
+        ForeignRoute {
+            table,
+            dst: "0.0.0.0/0".parse().unwrap(),
+            kind: "unicast".into(),
+            gateway: None,
+            dev: Some(dev.into()),
+            protocol: protocol.into(),
+            metric: 0,
+        }
+    }
+
+    #[test]
+    fn tunnels_are_recognised_by_kind_not_name() {
+        let names = |links: &[LinkInfo], routes: &[ForeignRoute]| -> Vec<(String, &str)> {
+            tunnels(links, routes)
+                .into_iter()
+                .map(|l| (l.name, l.client))
+                .collect()
+        };
+        // a veth named like a tunnel, with only the kernel's own routes: not a VPN
+        let veth = [link("tun0p", Some("veth"))];
+        let kernel = [route("tun0p", 254, "kernel"), route("tun0p", 255, "kernel")];
+        assert!(names(&veth, &kernel).is_empty());
+        // ... unless something routes through it (a kill switch's dummy)
+        assert_eq!(names(&veth, &[route("tun0p", 52, "boot")]).len(), 1);
+        // a real tun device with any name
+        assert_eq!(
+            names(&[link("corp0", Some("tun"))], &[]),
+            [(
+                "corp0".to_string(),
+                "tun/tap device (OpenVPN, OpenConnect, ...)"
+            )]
+        );
+        assert_eq!(
+            names(&[link("cscotun0", Some("tun"))], &[])[0].1,
+            "Cisco AnyConnect / Secure Client"
+        );
+        assert_eq!(
+            names(&[link("wg0-mullvad", Some("wireguard"))], &[])[0].1,
+            "Mullvad"
+        );
+        assert_eq!(
+            names(&[link("home", Some("wireguard"))], &[])[0].1,
+            "WireGuard"
+        );
+        // no kind reported (macOS): the name decides
+        assert_eq!(names(&[link("utun3", None)], &[])[0].1, "macOS tunnel");
+        assert!(names(&[link("eth0", None), link("br0", Some("bridge"))], &[]).is_empty());
     }
 
     #[test]

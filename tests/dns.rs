@@ -182,7 +182,13 @@ fn resolv_conf_rewritten_by_someone_else_is_left_alone_by_down() {
     lab.dockroute(&["up", "--vm-ip", VM_IP]).ok();
     // a DHCP client rewrites the file: dockroute's lines are gone
     std::fs::write(lab.resolv_conf(), "nameserver 127.0.0.2\n").unwrap();
-    let st = lab.dockroute(&["--json", "status"]).ok().json();
+    let run = lab.dockroute(&["--json", "status"]);
+    assert_eq!(
+        run.code, 3,
+        "DNS no longer in place is degraded: {}",
+        run.stderr
+    );
+    let st = run.json();
     assert_eq!(st["dns"]["in_place"], false);
     lab.dockroute(&["down"]).ok();
     assert_eq!(
@@ -352,4 +358,101 @@ fn switching_backends_undoes_the_previous_one() {
     ])
     .ok();
     assert!(!dir.join("docker").exists());
+}
+
+/// Issue 11, point 1: `up` asks the VM's DNS (through the routes it installs) before it names it
+/// first in resolv.conf; a server that does not answer is refused, and nothing is left behind.
+#[test]
+fn up_refuses_a_vm_dns_that_does_not_answer_and_leaves_nothing_behind() {
+    if !privileged() {
+        return;
+    }
+    for how in ["dnsmasq stopped", "VM address removed"] {
+        let lab = Lab::new();
+        let before = lab.snapshot();
+        let resolv = std::fs::read(lab.resolv_conf()).unwrap();
+        match how {
+            "dnsmasq stopped" => lab.stop_vm_dns(),
+            _ => {
+                ip_in(&lab.vm(), &format!("addr del {VM_IP}/24 dev eth0"));
+            }
+        }
+        let started = std::time::Instant::now();
+        let run = lab.dockroute(&["up", "--vm-ip", VM_IP]);
+        let took = started.elapsed();
+        assert_ne!(run.code, 0, "{how}: {}", run.stdout);
+        assert_eq!(run.stderr.lines().count(), 1, "{how}: {}", run.stderr);
+        assert!(
+            run.stderr
+                .starts_with("error: DNS: the VM's DNS server 172.17.0.1:53 does not answer")
+                && run.stderr.contains("--dns off"),
+            "{how}: {}",
+            run.stderr
+        );
+        assert!(took.as_secs_f64() < 4.0, "{how}: took {took:?}");
+        assert_eq!(std::fs::read(lab.resolv_conf()).unwrap(), resolv, "{how}");
+        assert_eq!(lab.snapshot(), before, "{how}: routes left behind");
+        assert!(
+            !lab.state_dir().join("state.json").exists(),
+            "{how}: recorded"
+        );
+        // the way out: without DNS, the routes go in
+        lab.dockroute(&["up", "--vm-ip", VM_IP, "--dns", "off"])
+            .ok();
+        assert_eq!(lab.tagged(), 5, "{how}");
+        assert_eq!(std::fs::read(lab.resolv_conf()).unwrap(), resolv, "{how}");
+    }
+}
+
+/// A hook's `up` after the VM's DNS went away takes the stale line out (it would stall every
+/// lookup) and says so; the routes of the earlier `up` stay.
+#[test]
+fn up_withdraws_its_line_when_the_server_stopped_answering() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let resolv = std::fs::read(lab.resolv_conf()).unwrap();
+    up(&lab);
+    assert_ne!(std::fs::read(lab.resolv_conf()).unwrap(), resolv);
+    lab.stop_vm_dns();
+    let run = lab.dockroute(&["up", "--vm-ip", VM_IP]);
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr
+            .contains("took dockroute's line out of /etc/resolv.conf"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(std::fs::read(lab.resolv_conf()).unwrap(), resolv);
+    assert_eq!(lab.tagged(), 5);
+    lab.dockroute(&["down"]).ok();
+    assert_eq!(std::fs::read(lab.resolv_conf()).unwrap(), resolv);
+}
+
+/// `status` asks the server too: one that does not answer is reported (human and JSON).
+#[test]
+fn status_reports_a_vm_dns_that_does_not_answer() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    up(&lab);
+    let st = lab.dockroute(&["--json", "status"]).ok().json();
+    assert_eq!(st["dns"]["answers"], true, "{st}");
+    assert_eq!(st["dns"]["degraded"], false, "{st}");
+    lab.stop_vm_dns();
+    let run = lab.dockroute(&["--json", "status"]);
+    assert_eq!(
+        run.code, 3,
+        "a silent VM DNS is a degraded state: {}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("DNS for *.docker"), "{}", run.stderr);
+    let st = run.json();
+    assert_eq!(st["dns"]["in_place"], true, "{st}");
+    assert_eq!(st["dns"]["answers"], false, "{st}");
+    assert_eq!(st["dns"]["degraded"], true, "{st}");
+    let text = lab.dockroute(&["status"]).stdout;
+    assert!(text.contains("172.17.0.1:53 DOES NOT ANSWER"), "{text}");
 }

@@ -63,7 +63,11 @@ impl Backend {
 
 /// `status` lists the tunnel, what blocks the VM, what dockroute repaired, and the vendor hint.
 fn check_status(lab: &Lab, blocking: usize, repaired: usize, hint: Option<&str>) {
-    let st = lab.dockroute(&["--json", "status"]).ok().json();
+    let run = lab.dockroute(&["--json", "status"]);
+    // a firewall that blocks the VM is a degraded state (exit status 3)
+    let code = if blocking > 0 { 3 } else { 0 };
+    assert_eq!(run.code, code, "{}{}", run.stdout, run.stderr);
+    let st = run.json();
     let v = &st["vpn"];
     let links = v["links"].as_array().unwrap();
     assert!(links.iter().any(|l| l["name"] == "tun0"), "{v}");
@@ -212,7 +216,16 @@ fn firewall_off_leaves_the_block_alone() {
     lab.add_tunnel("tun0", "10.66.0.2/24");
     kill_switch("iptables")(&lab);
     let rules = IPTABLES.list(&lab);
-    lab.dockroute(&["up", "--vm-ip", VM_IP, "--firewall", "off"])
+    let before = lab.snapshot();
+    // the block also keeps the VM's DNS from answering: with resolv-conf, up refuses
+    let refused = lab.dockroute(&["up", "--vm-ip", VM_IP, "--firewall", "off"]);
+    assert!(
+        refused.code != 0 && refused.stderr.contains("does not answer"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(lab.snapshot(), before);
+    lab.dockroute(&["up", "--vm-ip", VM_IP, "--firewall", "off", "--dns", "off"])
         .ok();
     assert_eq!(IPTABLES.list(&lab), rules);
     assert!(!lab.reaches_container());

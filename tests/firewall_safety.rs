@@ -118,8 +118,7 @@ fn output(mut c: Command) -> Run {
 
 /// An executable shell script, root-owned and mode 0755.
 fn script(path: &Path, body: &str) {
-    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    write_script(path, body, 0o755);
 }
 
 #[test]
@@ -414,7 +413,7 @@ fn a_failing_nft_does_not_stop_down_from_undoing_the_rest() {
 /// read the ruleset): a VPN client changing its table while dockroute removes its rules.
 fn down_while(lab: &Lab, file: &Path) -> Run {
     let real = lab.dir.path().join("nft-real");
-    std::fs::copy("/usr/sbin/nft", &real).unwrap();
+    copy_exe(Path::new("/usr/sbin/nft"), &real, 0o755);
     let count = lab.dir.path().join("count");
     let wrapper = lab.dir.path().join("nft-wrapper");
     script(

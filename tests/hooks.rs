@@ -15,7 +15,7 @@ fn trusted_bin() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let bin = dir.path().join("dockroute");
-    std::fs::copy(BIN, &bin).unwrap();
+    copy_exe(std::path::Path::new(BIN), &bin, 0o755);
     (dir, bin)
 }
 

@@ -20,8 +20,7 @@ fn binary_copy(owner: Option<u32>) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let bin = dir.path().join("dockroute");
-    std::fs::copy(BIN, &bin).unwrap();
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    copy_exe(Path::new(BIN), &bin, 0o755);
     if let Some(uid) = owner {
         std::os::unix::fs::chown(dir.path(), Some(uid), None).unwrap();
     }

@@ -7,12 +7,13 @@
 //! | resolv-conf | a plain /etc/resolv.conf | a marker line and `nameserver` at the top |
 //! | resolver-dir | `DIR/DOMAIN` (macOS /etc/resolver) | one file with a dockroute header |
 
+pub mod probe;
 pub mod resolv_conf;
 pub mod resolver_dir;
 pub mod scutil;
 
 #[cfg(target_os = "linux")]
-mod resolved;
+pub(crate) mod resolved;
 #[cfg(not(target_os = "linux"))]
 #[path = "resolved_unsupported.rs"]
 mod resolved;

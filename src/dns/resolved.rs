@@ -89,7 +89,7 @@ struct Session {
 /// inherit it), and zbus would follow it anywhere, `unixexec:` (running a program) included.
 pub const SYSTEM_BUS: &str = "unix:path=/run/dbus/system_bus_socket";
 
-async fn system_bus() -> zbus::Result<zbus::Connection> {
+pub async fn system_bus() -> zbus::Result<zbus::Connection> {
     if crate::trust::enforced() {
         zbus::connection::Builder::address(SYSTEM_BUS)?
             .build()

@@ -766,6 +766,7 @@ mod tests {
             up: true,
             loopback: false,
             addrs: vec!["192.168.99.1/24".parse().unwrap()],
+            kind: None,
         }];
         assert_eq!(link_ready(&links, &want()), Ok(()));
         links[0].addrs = vec!["192.168.56.1/24".parse().unwrap()];
@@ -964,6 +965,7 @@ mod tests {
             up: true,
             loopback: false,
             addrs: vec!["192.168.99.1/24".parse().unwrap()],
+            kind: None,
         }]
     }
 

@@ -163,6 +163,17 @@ fn if_name(l: &LinkMessage) -> Option<String> {
     })
 }
 
+/// IFLA_INFO_KIND: what driver made the link (tun, wireguard, veth, ...).
+fn link_kind(l: &LinkMessage) -> Option<String> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+            rtnetlink::packet_route::link::LinkInfo::Kind(k) => Some(k.to_string()),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
 fn table_of(m: &RouteMessage) -> u32 {
     m.attributes
         .iter()
@@ -453,6 +464,7 @@ impl Net for System {
                 up: l.header.flags.contains(LinkFlags::Up),
                 loopback: l.header.flags.contains(LinkFlags::Loopback),
                 addrs: Vec::new(),
+                kind: link_kind(&l),
             });
         }
         self.names = Some(out.iter().map(|l| (l.index, l.name.clone())).collect());

@@ -233,6 +233,7 @@ fn links_now() -> Result<Vec<LinkInfo>, NetError> {
                     up: a.flags.contains(InterfaceFlags::IFF_UP),
                     loopback: a.flags.contains(InterfaceFlags::IFF_LOOPBACK),
                     addrs: Vec::new(),
+                    kind: None,
                 });
                 out.len() - 1
             }

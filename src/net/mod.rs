@@ -13,7 +13,7 @@ use std::time::Instant;
 #[cfg(target_os = "linux")]
 mod linux;
 #[cfg(target_os = "linux")]
-mod rtnl;
+pub(crate) mod rtnl;
 #[cfg(target_os = "linux")]
 pub use linux::System;
 
@@ -110,6 +110,10 @@ pub struct LinkInfo {
     pub up: bool,
     pub loopback: bool,
     pub addrs: Vec<Ipv4Net>,
+    /// The link's kind as the kernel names it (IFLA_INFO_KIND: tun, wireguard, veth, bridge,
+    /// ...); `None` for physical links and where the platform does not say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
 }
 
 /// A neighbour table entry (ARP) for an IPv4 address.

@@ -294,6 +294,60 @@ impl Events {
     }
 }
 
+/// A netlink socket joined to multicast groups of any netlink protocol, read without blocking:
+/// the event sources of `watch` (rtnetlink's groups, nftables' change notifications). The caller
+/// polls [`Subscription::fd`] and hands each datagram to its classifier.
+pub struct Subscription {
+    socket: Socket,
+    buf: Vec<u8>,
+}
+
+impl Subscription {
+    /// `protocol`: `NETLINK_*`; `groups`: that protocol's multicast group numbers.
+    pub fn open(protocol: isize, groups: &[u32]) -> io::Result<Self> {
+        let mut socket = Socket::new(protocol)?;
+        socket.bind_auto()?;
+        socket.set_non_blocking(true)?;
+        // a VPN connect can send thousands of route messages at once
+        let _ = socket.set_rx_buf_sz(1 << 20);
+        for g in groups {
+            socket.add_membership(*g)?;
+        }
+        Ok(Subscription {
+            socket,
+            buf: Vec::with_capacity(RECV_BUF),
+        })
+    }
+
+    pub fn join(&self, group: u32) -> io::Result<()> {
+        self.socket.add_membership(group)
+    }
+
+    pub fn leave(&self, group: u32) -> io::Result<()> {
+        self.socket.drop_membership(group)
+    }
+
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+
+    /// Read every datagram waiting, handing each to `each`. Returns whether the kernel dropped
+    /// messages because the socket overran (then the caller must assume anything changed).
+    pub fn drain(&mut self, mut each: impl FnMut(&[u8])) -> io::Result<bool> {
+        let mut overran = false;
+        loop {
+            self.buf.clear();
+            match self.socket.recv(&mut self.buf, nix::libc::MSG_DONTWAIT) {
+                Ok(_) => each(&self.buf),
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => overran = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(overran),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

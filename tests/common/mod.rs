@@ -190,7 +190,7 @@ impl Lab {
     pub fn as_nobody(&self, args: &[&str]) -> Run {
         let bin = self.dir.path().join("dockroute");
         if !bin.exists() {
-            std::fs::copy(BIN, &bin).unwrap();
+            copy_exe(Path::new(BIN), &bin, 0o755);
         }
         let out = Command::new("ip")
             .args([
@@ -280,11 +280,11 @@ impl Lab {
         self.nsenter(holder, BIN, &all)
     }
 
-    /// A fake VPN tunnel: a veth whose peer swallows everything (inside this namespace).
+    /// A VPN tunnel: a real tun device with no client behind it, so everything sent into it is
+    /// lost (dockroute recognises tunnels by their kind, not their name).
     pub fn add_tunnel(&self, name: &str, addr: &str) {
-        self.ip(&format!("link add {name} type veth peer name {name}p"));
+        self.ip(&format!("tuntap add dev {name} mode tun"));
         self.ip(&format!("addr add {addr} dev {name}"));
-        self.ip(&format!("link set {name}p up"));
         self.ip(&format!("link set {name} up"));
     }
 
@@ -339,6 +339,34 @@ impl Drop for Lab {
     fn drop(&mut self) {
         let _ = Command::new(LAB).args(["destroy", &self.prefix]).status();
     }
+}
+
+/// Put an executable at `dst`, a copy of `src`, mode `mode`. The copy is written by a child
+/// process (`cp`), never through a descriptor of this one: tests run on many threads, and a write
+/// descriptor inherited by another thread's forked child makes every exec of the file fail with
+/// ETXTBSY until that child execs.
+pub fn copy_exe(src: &Path, dst: &Path, mode: u32) {
+    let out = Command::new("/bin/cp")
+        .arg("--")
+        .arg(src)
+        .arg(dst)
+        .output()
+        .expect("running cp");
+    assert!(
+        out.status.success(),
+        "cp {} {}: {}",
+        src.display(),
+        dst.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::set_permissions(dst, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// An executable shell script at `path` (root's, `mode`), written as [`copy_exe`] writes.
+pub fn write_script(path: &Path, body: &str, mode: u32) {
+    let staged = tempfile::NamedTempFile::new().expect("temporary file");
+    std::fs::write(staged.path(), format!("#!/bin/sh\n{body}\n")).unwrap();
+    copy_exe(staged.path(), path, mode);
 }
 
 pub fn exists(p: &Path) -> bool {
@@ -501,4 +529,48 @@ pub fn leftovers(dir: &Path) -> Vec<String> {
         .unwrap_or_default();
     v.sort();
     v
+}
+
+impl Lab {
+    /// The VM's namespace.
+    pub fn vm(&self) -> String {
+        format!("{}-vm", self.prefix)
+    }
+
+    /// Stop the VM's DNS server: the lab's dnsmasq (a process in the VM namespace, which only
+    /// this lab's lab.sh started), killed and waited for until nothing listens on port 53.
+    pub fn stop_vm_dns(&self) {
+        let out = Command::new("ip")
+            .args(["netns", "pids", &self.vm()])
+            .output()
+            .expect("ip netns pids");
+        let mut killed = 0;
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() == "dnsmasq" {
+                let pid = nix::unistd::Pid::from_raw(pid.parse().unwrap());
+                nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+                killed += 1;
+            }
+        }
+        assert_eq!(killed, 1, "the lab's dnsmasq not found");
+        for _ in 0..300 {
+            let ss = Command::new("ip")
+                .args(["netns", "exec", &self.vm(), "ss", "-Hlun", "sport = :53"])
+                .output()
+                .expect("ss");
+            if !String::from_utf8_lossy(&ss.stdout).contains("53") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("dnsmasq still listens");
+    }
+
+    /// `getent hosts NAME` in the host namespace, and how long it took.
+    pub fn timed_getent(&self, name: &str) -> (Option<String>, Duration) {
+        let t = std::time::Instant::now();
+        let r = self.getent(name);
+        (r, t.elapsed())
+    }
 }

@@ -1,0 +1,542 @@
+//! The event sources of `watch` on Linux and its loop: one thread sleeping in poll(2) on
+//! rtnetlink's multicast groups (links, IPv4 addresses, routes and rules; neighbours when the VM
+//! IP comes from the neighbour table), nftables' change notifications (NETLINK_NETFILTER,
+//! NFNLGRP_NFTABLES; iptables-nft changes arrive there too), inotify on the config file's (and the
+//! docker-machine config.json's) directory, a signalfd for SIGTERM, SIGINT and SIGHUP, and a pipe
+//! from the thread that watches systemd-resolved on D-Bus. The poll timeout is the pacer's next
+//! deadline: with nothing happening the process sleeps until the backstop. With the resolv-conf
+//! backend, the DNS probe's socket and deadline join them (see [`super::dns_health`]).
+
+use super::dns_health::{self, Prober};
+use super::pace::{Pacer, Timing, Verdict};
+use super::{Causes, Options, WatchError, message_types, nft_event, rtnl_event};
+use crate::discover::external_vm_ip;
+use crate::engine::{self, DnsGate, EngineError, Hooks};
+use crate::net::System;
+use crate::net::rtnl::Subscription;
+use crate::record::Store;
+use crate::settings::{FirewallMode, Settings, SettingsError};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use std::ffi::OsString;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+const NETLINK_ROUTE: isize = 0;
+const NETLINK_NETFILTER: isize = 12;
+const RTNLGRP_LINK: u32 = 1;
+const RTNLGRP_NEIGH: u32 = 3;
+const RTNLGRP_IPV4_IFADDR: u32 = 5;
+const RTNLGRP_IPV4_ROUTE: u32 = 7;
+const RTNLGRP_IPV4_RULE: u32 = 8;
+const NFNLGRP_NFTABLES: u32 = 7;
+
+/// Whether the VM IP comes from the neighbour table (then neighbour events matter).
+fn needs_neighbours(settings: &Settings) -> bool {
+    matches!(external_vm_ip(&settings.request), Ok((None, _)))
+}
+
+/// The files whose change re-reads the settings: the config file, and docker-machine's
+/// config.json for `--machine`.
+fn watched_files(settings: &Settings) -> Vec<PathBuf> {
+    let mut out = vec![settings.config_path.clone()];
+    if let Some(name) = &settings.request.machine
+        && let Ok(p) = crate::machine::machine_config_path(name)
+    {
+        out.push(p);
+    }
+    out
+}
+
+/// inotify on the directories of `files` (editors and installers replace files by rename), with
+/// the names to care about.
+struct FileWatch {
+    inotify: Inotify,
+    names: Vec<OsString>,
+}
+
+impl FileWatch {
+    fn open(files: &[PathBuf]) -> Result<FileWatch, WatchError> {
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .map_err(|e| WatchError::os("inotify", e))?;
+        let mut names = Vec::new();
+        for f in files {
+            let (Some(dir), Some(name)) = (f.parent(), f.file_name()) else {
+                continue;
+            };
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            let flags = AddWatchFlags::IN_CLOSE_WRITE
+                | AddWatchFlags::IN_MOVED_TO
+                | AddWatchFlags::IN_MOVED_FROM
+                | AddWatchFlags::IN_CREATE
+                | AddWatchFlags::IN_DELETE
+                | AddWatchFlags::IN_ATTRIB;
+            match inotify.add_watch(dir, flags) {
+                Ok(_) => names.push(name.to_os_string()),
+                // a default config directory that does not exist: nothing to watch
+                Err(e) => tracing::debug!("not watching {}: {e}", dir.display()),
+            }
+        }
+        Ok(FileWatch { inotify, names })
+    }
+
+    /// Whether one of the watched files changed since the last call.
+    fn changed(&self) -> bool {
+        let mut hit = false;
+        while let Ok(events) = self.inotify.read_events() {
+            if events.is_empty() {
+                break;
+            }
+            hit |= events
+                .iter()
+                .any(|e| e.name.as_ref().is_some_and(|n| self.names.contains(n)));
+        }
+        hit
+    }
+}
+
+/// Everything the loop polls.
+struct Sources {
+    signals: SignalFd,
+    rtnl: Subscription,
+    neighbours: bool,
+    nft: Option<Subscription>,
+    files: FileWatch,
+    resolved: Option<OwnedFd>,
+}
+
+impl Sources {
+    fn open(settings: &Settings, signals: SignalFd) -> Result<Sources, WatchError> {
+        let neighbours = needs_neighbours(settings);
+        let mut groups = vec![
+            RTNLGRP_LINK,
+            RTNLGRP_IPV4_IFADDR,
+            RTNLGRP_IPV4_ROUTE,
+            RTNLGRP_IPV4_RULE,
+        ];
+        if neighbours {
+            groups.push(RTNLGRP_NEIGH);
+        }
+        let rtnl = Subscription::open(NETLINK_ROUTE, &groups)
+            .map_err(|e| WatchError::os("subscribing to rtnetlink events", e))?;
+        let mut s = Sources {
+            signals,
+            rtnl,
+            neighbours,
+            nft: None,
+            files: FileWatch::open(&watched_files(settings))?,
+            resolved: None,
+        };
+        s.nft = open_nft(settings);
+        s.resolved = super::resolved_watch::start(settings);
+        Ok(s)
+    }
+
+    /// New settings: follow what they ask to watch.
+    fn retarget(&mut self, settings: &Settings) {
+        let neighbours = needs_neighbours(settings);
+        if neighbours != self.neighbours {
+            let r = if neighbours {
+                self.rtnl.join(RTNLGRP_NEIGH)
+            } else {
+                self.rtnl.leave(RTNLGRP_NEIGH)
+            };
+            match r {
+                Ok(()) => self.neighbours = neighbours,
+                Err(e) => tracing::warn!("neighbour events: {e}"),
+            }
+        }
+        match FileWatch::open(&watched_files(settings)) {
+            Ok(f) => self.files = f,
+            Err(e) => tracing::warn!("{e}"),
+        }
+        if (settings.firewall == FirewallMode::Auto) != self.nft.is_some() {
+            self.nft = open_nft(settings);
+        }
+        if self.resolved.is_none() {
+            self.resolved = super::resolved_watch::start(settings);
+        }
+    }
+}
+
+fn open_nft(settings: &Settings) -> Option<Subscription> {
+    if settings.firewall != FirewallMode::Auto {
+        return None;
+    }
+    match Subscription::open(NETLINK_NETFILTER, &[NFNLGRP_NFTABLES]) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(
+                "no nftables change notifications ({e}): firewall changes are seen by the backstop re-check only"
+            );
+            None
+        }
+    }
+}
+
+/// What the loop must do after reading its sources.
+#[derive(Default)]
+struct Woken {
+    exit: Option<Signal>,
+    reload: Option<&'static str>,
+}
+
+fn poll_fds<'a>(s: &'a Sources, extra: Option<BorrowedFd<'a>>) -> Vec<PollFd<'a>> {
+    let mut fds = vec![
+        PollFd::new(s.signals.as_fd(), PollFlags::POLLIN),
+        PollFd::new(s.rtnl.fd(), PollFlags::POLLIN),
+        PollFd::new(s.files.inotify.as_fd(), PollFlags::POLLIN),
+    ];
+    if let Some(n) = &s.nft {
+        fds.push(PollFd::new(n.fd(), PollFlags::POLLIN));
+    }
+    if let Some(r) = &s.resolved {
+        fds.push(PollFd::new(r.as_fd(), PollFlags::POLLIN));
+    }
+    if let Some(fd) = extra {
+        fds.push(PollFd::new(fd, PollFlags::POLLIN));
+    }
+    fds
+}
+
+/// Sleep in poll(2) until a source (or `extra`: the DNS probe's socket) is ready or `until`
+/// passes; which sources are ready, in the order of [`poll_fds`] (`extra` last).
+fn sleep(
+    s: &Sources,
+    extra: Option<BorrowedFd<'_>>,
+    until: Instant,
+) -> Result<Vec<bool>, WatchError> {
+    let mut fds = poll_fds(s, extra);
+    let left = until.saturating_duration_since(Instant::now());
+    // Round up, so that a deadline less than a millisecond away is still waited for.
+    let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+    match poll(
+        &mut fds,
+        PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+    ) {
+        Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+        Err(e) => return Err(WatchError::os("poll", e)),
+    }
+    Ok(fds
+        .iter()
+        .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+        .collect())
+}
+
+fn read_sources(s: &mut Sources, ready: &[bool], causes: &mut Causes) -> Result<Woken, WatchError> {
+    let is = |i: usize| ready.get(i).copied().unwrap_or(false);
+    let mut woken = Woken::default();
+    if is(0) {
+        while let Ok(Some(info)) = s.signals.read_signal() {
+            match Signal::try_from(info.ssi_signo as i32) {
+                Ok(Signal::SIGHUP) => woken.reload = Some("SIGHUP"),
+                Ok(sig) => woken.exit = Some(sig),
+                Err(_) => {}
+            }
+        }
+    }
+    if is(1) {
+        let neighbours = s.neighbours;
+        let overran = s
+            .rtnl
+            .drain(|d| {
+                for k in message_types(d) {
+                    if let Some(what) = rtnl_event(k, neighbours) {
+                        causes.add(what);
+                    }
+                }
+            })
+            .map_err(|e| WatchError::os("reading rtnetlink events", e))?;
+        if overran {
+            causes.add("rtnetlink events lost (overrun)");
+        }
+    }
+    if is(2) && s.files.changed() {
+        woken.reload.get_or_insert("config file changed");
+    }
+    let mut i = 3;
+    if let Some(n) = s.nft.as_mut() {
+        if is(i) {
+            let overran = n
+                .drain(|d| {
+                    for k in message_types(d) {
+                        if let Some(what) = nft_event(k) {
+                            causes.add(what);
+                        }
+                    }
+                })
+                .map_err(|e| WatchError::os("reading nftables events", e))?;
+            if overran {
+                causes.add("nftables events lost (overrun)");
+            }
+        }
+        i += 1;
+    }
+    if let Some(r) = &s.resolved
+        && is(i)
+    {
+        let mut buf = [0u8; 64];
+        match nix::unistd::read(r, &mut buf) {
+            Ok(0) => s.resolved = None, // the watcher thread ended
+            Ok(_) => causes.add("systemd-resolved restarted"),
+            Err(_) => {}
+        }
+    }
+    Ok(woken)
+}
+
+/// Whether a failed reconcile may have changed (and rolled back) something, which echoes.
+fn touched(e: &EngineError) -> bool {
+    matches!(
+        e,
+        EngineError::Apply { .. }
+            | EngineError::FirewallApply { .. }
+            | EngineError::DnsApply { .. }
+            | EngineError::Firewall(_)
+            | EngineError::Dns(_)
+    )
+}
+
+/// One reconcile: `up`'s, exactly (engine::up), on a fresh netlink socket so no cache outlives
+/// it. Each change it makes is logged inside a span naming the events that caused it.
+fn reconcile(
+    settings: &Settings,
+    causes: &Causes,
+    last_error: &mut Option<String>,
+    count: &mut u64,
+    prober: &mut Option<Prober>,
+) -> Verdict {
+    let span = tracing::info_span!("reconcile", cause = %causes);
+    let _in = span.enter();
+    *count += 1;
+    let started = Instant::now();
+    let mut s = settings.clone();
+    s.request.wait = None; // watch itself waits, on events
+    if causes.routes_only() && last_error.is_none() {
+        // Routes and rules changed, nothing else, and the last reconcile succeeded: the firewall
+        // and its repairs are as that one left them (nftables changes are events of their own,
+        // iptables-legacy's the backstop's), so this one skips reading it (the `iptables` and
+        // `nft` processes).
+        s.firewall = FirewallMode::Off;
+    }
+    let store = Store::new(&s.state_dir);
+    // What the probes know about the server; unknown: the reconcile asks it.
+    let known = prober.as_ref().and_then(Prober::answers);
+    let result = futures_lite::future::block_on(async {
+        let mut net = System::new()?;
+        engine::up_with(
+            &mut net,
+            &s,
+            &store,
+            false,
+            Hooks::default(),
+            DnsGate::Withhold(known),
+        )
+        .await
+    });
+    let took = started.elapsed().as_secs_f64() * 1000.0;
+    if let (Some(p), None) = (prober.as_mut(), known)
+        && let Some(answers) = result.as_ref().ok().and_then(|o| o.dns.as_ref()?.answers)
+    {
+        p.learned(Instant::now(), answers);
+    }
+    if result.is_err() && prober.as_ref().and_then(Prober::answers) == Some(false) {
+        // The server is silent and the reconcile failed before DNS (the VM's link or neighbour
+        // is gone): the line still goes, since it stalls every lookup.
+        withdraw_line(&s, &store);
+    }
+    match result {
+        Ok(o) => {
+            if last_error.take().is_some() {
+                tracing::info!("in place again");
+            }
+            let dns_changed = o.dns.as_ref().is_some_and(|d| d.changed);
+            if o.changes.is_empty() && o.firewall.is_empty() && !dns_changed {
+                tracing::debug!("reconcile #{count}: nothing to change ({took:.1} ms)");
+                Verdict::Clean
+            } else {
+                tracing::info!(
+                    "reconcile #{count}: {} route/rule and {} firewall change(s){} in {took:.1} ms",
+                    o.changes.len(),
+                    o.firewall.len(),
+                    match o.dns.as_ref() {
+                        Some(d) if d.changed && d.answers == Some(false) => ", DNS line taken out",
+                        Some(d) if d.changed => ", DNS set",
+                        _ => "",
+                    }
+                );
+                Verdict::Changed
+            }
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            if last_error.as_deref() != Some(msg.as_str()) {
+                tracing::warn!("reconcile #{count}: {msg} (waiting for the next event)");
+                *last_error = Some(msg);
+            } else {
+                tracing::debug!("reconcile #{count}: the same error again");
+            }
+            Verdict::Failed {
+                touched: touched(&e),
+            }
+        }
+    }
+}
+
+/// Take dockroute's line out of resolv.conf (under the lock, as `up` and `down` change it).
+fn withdraw_line(settings: &Settings, store: &Store) {
+    let Some(_lock) = store
+        .lock()
+        .map_err(|e| tracing::warn!("DNS: cannot take dockroute's line out: {e}"))
+        .ok()
+    else {
+        return;
+    };
+    match crate::dns::resolv_conf::revert(&settings.resolv_conf) {
+        Ok(true) => tracing::warn!(
+            "DNS: the VM's DNS server {} does not answer: took dockroute's line out of {}",
+            settings.nameserver,
+            settings.resolv_conf.display()
+        ),
+        Ok(false) => {}
+        Err(e) => tracing::warn!("DNS: cannot take dockroute's line out: {e}"),
+    }
+}
+
+/// Block the signals `watch` handles (before any thread starts, so every thread inherits the mask;
+/// programs it runs get a clean mask from std) and read them from a signalfd.
+fn signals() -> Result<SignalFd, WatchError> {
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set.thread_block()
+        .map_err(|e| WatchError::os("blocking signals", e))?;
+    SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| WatchError::os("signalfd", e))
+}
+
+/// `dockroute watch`: reconcile, then reconcile again on every (coalesced) event, until SIGTERM or
+/// SIGINT. `load` reads the settings (config file and flags) again on SIGHUP or a config change;
+/// settings that fail to load keep the previous ones.
+pub fn run(
+    mut load: impl FnMut() -> Result<Settings, SettingsError>,
+    opts: Options,
+) -> Result<(), WatchError> {
+    let mut settings = load()?;
+    let signals = signals()?;
+    // Subscribe before the first look, so that no change between the look and the wait is lost.
+    let mut sources = Sources::open(&settings, signals)?;
+    let mut timing = Timing::default();
+    if let Some(b) = opts.backstop {
+        timing.backstop = b;
+    }
+    let mut causes = Causes::default();
+    causes.add("start");
+    let mut last_error = None;
+    let mut count = 0u64;
+    let probe_timing = dns_health::Timing::default();
+    let mut prober = Prober::for_settings(&settings, probe_timing, Instant::now());
+    let v = reconcile(&settings, &causes, &mut last_error, &mut count, &mut prober);
+    causes = Causes::default();
+    let mut pacer = Pacer::new(timing, Instant::now());
+    pacer.ran(Instant::now(), v);
+    tracing::info!(
+        "watching (rtnetlink{}{}{}, config file{}; backstop every {:.1} s)",
+        if sources.neighbours {
+            " with neighbours"
+        } else {
+            ""
+        },
+        if sources.nft.is_some() {
+            ", nftables"
+        } else {
+            ""
+        },
+        if sources.resolved.is_some() {
+            ", systemd-resolved"
+        } else {
+            ""
+        },
+        match &prober {
+            Some(p) => format!(
+                ", DNS probe every {} s to {}",
+                probe_timing.interval.as_secs_f64(),
+                p.server()
+            ),
+            None => String::new(),
+        },
+        timing.backstop.as_secs_f64()
+    );
+    loop {
+        let now = Instant::now();
+        if now >= pacer.due() {
+            let v = reconcile(&settings, &causes, &mut last_error, &mut count, &mut prober);
+            causes = Causes::default();
+            pacer.ran(Instant::now(), v);
+            if v == Verdict::Changed
+                && let Some(p) = prober.as_mut()
+            {
+                p.health().soon(Instant::now());
+            }
+            continue;
+        }
+        let until = match &prober {
+            Some(p) => pacer.due().min(p.due()),
+            None => pacer.due(),
+        };
+        let ready = sleep(&sources, prober.as_ref().and_then(Prober::fd), until)?;
+        let before = causes.clone();
+        if let Some(p) = prober.as_mut() {
+            let readable = p.fd().is_some() && ready.last().copied().unwrap_or(false);
+            match p.step(Instant::now(), readable) {
+                Some(false) => causes.add("DNS server stopped answering"),
+                Some(true) => causes.add("DNS server answers again"),
+                None => {}
+            }
+        }
+        let woken = read_sources(&mut sources, &ready, &mut causes)?;
+        if let Some(sig) = woken.exit {
+            tracing::info!(
+                "{sig}: ending after {count} reconcile(s){}",
+                if opts.down_on_exit {
+                    "; removing the setup (--down-on-exit)"
+                } else {
+                    "; the setup stays in place"
+                }
+            );
+            if opts.down_on_exit {
+                let store = Store::new(&settings.state_dir);
+                futures_lite::future::block_on(async {
+                    let mut net = System::new()?;
+                    engine::down(&mut net, &settings, &store, false, Hooks::default()).await
+                })?;
+            }
+            return Ok(());
+        }
+        if let Some(why) = woken.reload {
+            match load() {
+                Ok(s) => {
+                    tracing::info!("{why}: settings re-read from {}", s.config_path.display());
+                    settings = s;
+                    sources.retarget(&settings);
+                    if !prober.as_ref().is_some_and(|p| p.fits(&settings)) {
+                        prober = Prober::for_settings(&settings, probe_timing, Instant::now());
+                    }
+                }
+                Err(e) => tracing::warn!("{why}: keeping the previous settings: {e}"),
+            }
+            causes.add(why);
+        }
+        if causes != before {
+            pacer.event(Instant::now());
+        }
+    }
+}

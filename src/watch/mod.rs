@@ -1,0 +1,222 @@
+//! `watch`: run `up`'s reconcile (engine::up, the one observe → diff → apply → record path), then
+//! again whenever the kernel, the firewall, systemd-resolved or the config file say something
+//! changed. Events are hints: each reconcile re-observes everything, so an event only says *when*
+//! to look. [`pace`] decides when (bursts coalesced, echoes of its own changes settle, back-off,
+//! backstop); this module names the events for the log; `linux` has the event sources and loop.
+
+pub mod dns_health;
+pub mod pace;
+
+#[cfg(target_os = "linux")]
+mod linux;
+#[cfg(target_os = "linux")]
+mod resolved_watch;
+#[cfg(target_os = "linux")]
+pub use linux::run;
+
+use crate::engine::EngineError;
+use crate::settings::SettingsError;
+use std::collections::BTreeMap;
+use std::fmt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("{op}: {err}")]
+    Os { op: String, err: std::io::Error },
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("watch is not supported on this platform yet")]
+    Unsupported,
+}
+
+impl WatchError {
+    pub fn os(op: impl Into<String>, err: impl Into<std::io::Error>) -> Self {
+        WatchError::Os {
+            op: op.into(),
+            err: err.into(),
+        }
+    }
+}
+
+/// What `watch` does besides reconciling.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Run `down` when ending on SIGTERM or SIGINT.
+    pub down_on_exit: bool,
+    /// The re-check with no event (default 60 s; tests shorten it).
+    pub backstop: Option<std::time::Duration>,
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn run(
+    _load: impl FnMut() -> Result<crate::settings::Settings, SettingsError>,
+    _opts: Options,
+) -> Result<(), WatchError> {
+    Err(WatchError::Unsupported)
+}
+
+/// The events since the last reconcile, counted by kind, for its log line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Causes(BTreeMap<&'static str, usize>);
+
+impl Causes {
+    pub fn add(&mut self, what: &'static str) {
+        *self.0.entry(what).or_default() += 1;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn take(&mut self) -> Causes {
+        std::mem::take(self)
+    }
+
+    /// Whether only routes and rules changed. Those change neither the target (link, addresses,
+    /// neighbours, config) nor the firewall, so the reconcile can leave the firewall unread.
+    pub fn routes_only(&self) -> bool {
+        !self.0.is_empty() && self.0.keys().all(|k| ROUTE_EVENTS.contains(k))
+    }
+}
+
+const ROUTE_EVENTS: [&str; 4] = ["route added", "route deleted", "rule added", "rule deleted"];
+
+impl fmt::Display for Causes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return write!(f, "backstop re-check");
+        }
+        for (i, (what, n)) in self.0.iter().enumerate() {
+            if i > 0 {
+                write!(f, ", ")?;
+            }
+            write!(f, "{what}")?;
+            if *n > 1 {
+                write!(f, " x{n}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+const NLMSG_HDRLEN: usize = 16;
+
+/// The message types in one netlink datagram (each message's `nlmsg_type`), skipping the
+/// protocol's control messages (noop, error, done, overrun: types below 16).
+pub fn message_types(datagram: &[u8]) -> Vec<u16> {
+    let mut out = Vec::new();
+    let mut rest = datagram;
+    while rest.len() >= NLMSG_HDRLEN {
+        let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let kind = u16::from_ne_bytes([rest[4], rest[5]]);
+        if len < NLMSG_HDRLEN {
+            break;
+        }
+        if kind >= 16 {
+            out.push(kind);
+        }
+        let step = (len + 3) & !3;
+        rest = rest.get(step..).unwrap_or_default();
+    }
+    out
+}
+
+/// An rtnetlink message type, as the log names it; `None` for the ones `watch` ignores.
+pub fn rtnl_event(kind: u16, neighbours: bool) -> Option<&'static str> {
+    Some(match kind {
+        16 => "link changed",
+        17 => "link deleted",
+        20 => "address added",
+        21 => "address deleted",
+        24 => "route added",
+        25 => "route deleted",
+        28 if neighbours => "neighbour changed",
+        29 if neighbours => "neighbour deleted",
+        32 => "rule added",
+        33 => "rule deleted",
+        _ => return None,
+    })
+}
+
+/// An nftables notification (NFNL_SUBSYS_NFTABLES), as the log names it. Every transaction ends
+/// with a generation message, which names nothing by itself.
+pub fn nft_event(kind: u16) -> Option<&'static str> {
+    const NFTABLES: u16 = 10;
+    if kind >> 8 != NFTABLES {
+        return None;
+    }
+    Some(match kind & 0xff {
+        0 => "nft table added",
+        2 => "nft table deleted",
+        3 => "nft chain added",
+        5 => "nft chain deleted",
+        6 => "nft rule added",
+        8 => "nft rule deleted",
+        9 | 12 => "nft set changed",
+        11 | 14 => "nft set changed",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(kind: u16, payload: usize) -> Vec<u8> {
+        let len = (NLMSG_HDRLEN + payload) as u32;
+        let mut m = Vec::new();
+        m.extend_from_slice(&len.to_ne_bytes());
+        m.extend_from_slice(&kind.to_ne_bytes());
+        m.extend_from_slice(&[0; 10]);
+        m.resize(((len as usize) + 3) & !3, 0);
+        m
+    }
+
+    #[test]
+    fn names_each_message_of_a_datagram() {
+        let mut d = msg(25, 3); // a route deleted, with a payload that needs padding
+        d.extend(msg(33, 8));
+        d.extend(msg(3, 4)); // NLMSG_DONE: not an event
+        let kinds = message_types(&d);
+        assert_eq!(kinds, [25, 33]);
+        let mut c = Causes::default();
+        for k in kinds {
+            c.add(rtnl_event(k, false).unwrap());
+        }
+        c.add("route deleted");
+        assert_eq!(c.to_string(), "route deleted x2, rule deleted");
+        assert_eq!(Causes::default().to_string(), "backstop re-check");
+        assert!(c.routes_only());
+        c.add(rtnl_event(16, false).unwrap());
+        assert!(!c.routes_only(), "a link change may change the target");
+        assert!(
+            !Causes::default().routes_only(),
+            "the backstop reads everything"
+        );
+        let mut nft = Causes::default();
+        nft.add(nft_event((10 << 8) | 6).unwrap());
+        assert!(!nft.routes_only());
+    }
+
+    #[test]
+    fn truncated_or_garbage_datagrams_do_not_loop() {
+        assert!(message_types(&[1, 2, 3]).is_empty());
+        let mut d = msg(24, 0);
+        d[0..4].copy_from_slice(&0u32.to_ne_bytes()); // a zero length must not spin
+        assert!(message_types(&d).is_empty());
+        let mut d = msg(24, 0);
+        d[0..4].copy_from_slice(&1000u32.to_ne_bytes()); // longer than the datagram
+        assert_eq!(message_types(&d), [24]);
+    }
+
+    #[test]
+    fn neighbours_count_only_when_discovery_reads_them() {
+        assert_eq!(rtnl_event(28, false), None);
+        assert_eq!(rtnl_event(28, true), Some("neighbour changed"));
+        assert_eq!(nft_event((10 << 8) | 2), Some("nft table deleted"));
+        assert_eq!(nft_event((10 << 8) | 15), None); // the generation message
+        assert_eq!(nft_event(6), None);
+    }
+}

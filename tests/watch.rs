@@ -1,0 +1,763 @@
+//! `dockroute watch` in a namespace lab: it heals what links, VPNs and firewalls do to the setup
+//! without anyone running `up`, stays quiet when nothing changes, and ends cleanly on signals.
+#![cfg(target_os = "linux")]
+
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitStatus};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A running `dockroute watch` in the lab's host namespace, its stderr collected. Killed on drop.
+struct Watch {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Watch {
+    fn start(lab: &Lab, args: &[&str]) -> Watch {
+        Watch::start_env(lab, args, &[])
+    }
+
+    fn start_env(lab: &Lab, args: &[&str], env: &[(&str, &str)]) -> Watch {
+        let mut all = vec!["watch"];
+        all.extend_from_slice(args);
+        let mut env = env.to_vec();
+        env.push(("DOCKROUTE_LOG", "debug"));
+        Watch::collect(lab.spawn(&all, &env))
+    }
+
+    fn collect(mut child: Child) -> Watch {
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        Watch { child, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Only the lines that are dockroute's own (not zbus' or tokio's debug output).
+    fn count(&self, needle: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// How many reconciles have run (each ends with a line `reconcile #N`).
+    fn reconciles(&self) -> usize {
+        self.log()
+            .lines()
+            .filter_map(|l| {
+                let rest = &l[l.find("reconcile #")? + "reconcile #".len()..];
+                let n: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+                n.parse().ok()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn wait_log(&self, needle: &str) {
+        assert!(
+            eventually(Duration::from_secs(5), || self.log().contains(needle)),
+            "no '{needle}' in the log:\n{}",
+            self.log()
+        );
+    }
+
+    /// The reconciles settle: none for `quiet`, at most `within` after the count at the start.
+    fn settles(&self, quiet: Duration) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let n = self.reconciles();
+            std::thread::sleep(quiet);
+            if self.reconciles() == n {
+                return n;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "reconciles never stop:\n{}",
+                self.log()
+            );
+        }
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, sig).expect("kill");
+    }
+
+    /// Wait for the process to end, up to `limit`.
+    fn exits_within(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn heals(lab: &Lab, what: &str) {
+    assert!(
+        eventually(Duration::from_secs(5), || lab.tagged() == 5
+            && lab.reaches_container()),
+        "not healed after {what}:\n{}",
+        lab.snapshot()
+    );
+}
+
+/// Started: the setup is in place and the container answers.
+fn started(lab: &Lab, w: &Watch) {
+    w.wait_log("watching (");
+    heals(lab, "start");
+}
+
+/// The host-only link as lab.sh makes it: a veth to the VM's eth0, both addressed and up.
+fn create_link(lab: &Lab) {
+    let vm = format!("{}-vm", lab.prefix);
+    lab.ip(&format!(
+        "link add vboxnet0 type veth peer name eth0 netns {vm}"
+    ));
+    lab.ip("addr add 192.168.99.1/24 dev vboxnet0");
+    ip_in(&vm, &format!("addr add {VM_IP}/24 dev eth0"));
+    ip_in(&vm, "link set eth0 up");
+    lab.ip("link set vboxnet0 up");
+}
+
+/// `PROGRAM ARGS` in the lab's host namespace (no shell); panics on failure.
+fn in_lab(lab: &Lab, program: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.host(), program])
+        .args(args)
+        .output()
+        .expect("running a program in the lab");
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn heals_deleted_and_replaced_routes_and_rules_and_is_quiet_in_between() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    lab.add_tunnel("tun0", "10.66.0.2/24");
+    let w = Watch::start(&lab, &["--vm-ip", VM_IP]);
+    started(&lab, &w);
+    // Quiet lab: after the first reconcile and the one its own echoes cause, nothing runs.
+    let settled = w.settles(Duration::from_millis(1500));
+    assert!(settled <= 2, "{settled} reconciles at start:\n{}", w.log());
+
+    // Our routes and a rule deleted, one at a time.
+    lab.ip("route del 172.17.0.0/16 table 5017");
+    heals(&lab, "route deleted");
+    // the heal's own echoes settle before the next disruption, which then has a cause of its own
+    w.settles(Duration::from_millis(300));
+    lab.ip("rule del pref 5100 to 172.17.0.0/16");
+    heals(&lab, "rule deleted");
+    w.wait_log("reconcile{cause=rule deleted}: + rule pref 5100 to 172.17.0.0/16");
+    // A VPN takes the subnet in main (vpnc-script's replace) and deletes our rule and main copy.
+    lab.ip("route replace 172.17.0.0/16 dev tun0");
+    lab.ip("rule del pref 5100 to 172.17.0.0/16");
+    lab.ip("route del 172.17.0.0/16 table main metric 5017");
+    heals(&lab, "a VPN's route replace and deletions");
+    assert!(lab.ip("route show 172.17.0.0/16").contains("dev tun0"));
+    let after = w.settles(Duration::from_millis(1500));
+    // 1 start + echo, then each disruption: one heal, one echo (a burst may merge).
+    assert!(after <= settled + 8, "{after} reconciles:\n{}", w.log());
+}
+
+#[test]
+fn a_conflict_is_logged_once_and_the_daemon_keeps_going() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    lab.add_tunnel("tun0", "10.66.0.2/24");
+    let w = Watch::start(&lab, &["--vm-ip", VM_IP]);
+    started(&lab, &w);
+    // A route that takes the place of dockroute's main copy (same metric): `up` cannot add it
+    // back. The routes in dockroute's own table still carry the traffic.
+    lab.ip("route replace 172.17.0.0/16 dev tun0 metric 5017");
+    w.wait_log("another route for 172.17.0.0/16 with metric 5017");
+    let n = w.settles(Duration::from_millis(1500));
+    lab.ip("link set tun0 mtu 1400"); // unrelated events: still one failing reconcile each
+    lab.ip("link set tun0 mtu 1500");
+    w.settles(Duration::from_millis(1000));
+    assert!(w.reconciles() <= n + 4, "{}", w.log());
+    assert_eq!(w.count("another route for 172.17.0.0/16"), 1, "{}", w.log());
+    assert!(lab.reaches_container());
+    // The VPN goes away: the next event heals it, and says so.
+    lab.ip("route del 172.17.0.0/16 dev tun0 metric 5017");
+    heals(&lab, "the conflict went away");
+    w.wait_log("in place again");
+}
+
+#[test]
+fn waits_for_the_link_and_follows_it_being_deleted_and_recreated() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    lab.ip("link del vboxnet0");
+    let w = Watch::start(&lab, &["--vm-ip", VM_IP]);
+    w.wait_log("is on no local link");
+    let n = w.settles(Duration::from_millis(1000));
+    assert!(n <= 2, "{}", w.log());
+    assert_eq!(lab.tagged(), 0);
+    assert_eq!(w.count("is on no local link"), 1, "{}", w.log());
+
+    create_link(&lab);
+    heals(&lab, "the link appearing");
+    // Deleted (the VM powered off) and re-created with a new index (it came back).
+    let logged = w.count("is on no local link");
+    lab.ip("link del vboxnet0");
+    w.settles(Duration::from_millis(500));
+    assert_eq!(
+        w.count("is on no local link"),
+        logged + 1,
+        "logged once per absence:\n{}",
+        w.log()
+    );
+    create_link(&lab);
+    heals(&lab, "the link re-created");
+    // DNS is set (resolv-conf in the lab; while the VM was unreachable its line may have been
+    // taken out, and it is back once the server answers)
+    assert!(
+        eventually(Duration::from_secs(5), || std::fs::read_to_string(
+            lab.resolv_conf()
+        )
+        .unwrap()
+        .contains("nameserver 172.17.0.1")),
+        "{}",
+        w.log()
+    );
+}
+
+/// Make the host learn `ip` as a neighbour on vboxnet0 (an ARP exchange, as any traffic does).
+fn touch(lab: &Lab, ip: &'static str) {
+    lab.in_host(move || {
+        let addr: std::net::SocketAddr = format!("{ip}:1").parse().unwrap();
+        let _ = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300));
+    });
+}
+
+#[test]
+fn follows_the_vm_ip_when_it_comes_from_the_neighbour_table() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    touch(&lab, VM_IP);
+    let w = Watch::start(&lab, &[]);
+    started(&lab, &w);
+    assert!(w.log().contains("neighbours"), "{}", w.log());
+
+    // The VM comes back with another address; the old neighbour entry ages out.
+    let vm = format!("{}-vm", lab.prefix);
+    ip_in(&vm, &format!("addr del {VM_IP}/24 dev eth0"));
+    ip_in(&vm, "addr add 192.168.99.101/24 dev eth0");
+    lab.ip(&format!("neigh del {VM_IP} dev vboxnet0"));
+    touch(&lab, "192.168.99.101");
+    assert!(
+        eventually(Duration::from_secs(5), || lab
+            .ip("route show table 5017")
+            .contains("via 192.168.99.101")),
+        "the route did not move:\n{}\n{}",
+        lab.snapshot(),
+        w.log()
+    );
+    heals(&lab, "the VM IP changing");
+    assert!(
+        !lab.ip("route show table all")
+            .contains(&format!("via {VM_IP}"))
+    );
+}
+
+const VPN_TABLE: &str = "table inet vpn {
+    chain input {
+        type filter hook input priority 0; policy drop;
+        iifname \"lo\" accept
+        iifname \"tun0\" accept
+    }
+    chain output {
+        type filter hook output priority 0; policy drop;
+        oifname \"lo\" accept
+        oifname \"tun0\" accept
+    }
+}
+";
+
+fn nft_load(lab: &Lab, rules: &str) {
+    let f = lab.dir.path().join("vpn.nft");
+    std::fs::write(&f, rules).unwrap();
+    in_lab(lab, "nft", &["-f", f.to_str().unwrap()]);
+}
+
+fn nft_repairs(lab: &Lab) -> usize {
+    in_lab(lab, "nft", &["list", "ruleset"])
+        .matches("comment \"dockroute\"")
+        .count()
+}
+
+#[test]
+fn repairs_a_vpn_nftables_table_with_policy_drop_each_time_it_is_recreated() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    lab.add_tunnel("tun0", "10.66.0.2/24");
+    let w = Watch::start(&lab, &["--vm-ip", VM_IP]);
+    started(&lab, &w);
+    let n0 = w.settles(Duration::from_millis(1000));
+    nft_load(&lab, VPN_TABLE);
+    assert!(
+        eventually(Duration::from_secs(5), || nft_repairs(&lab) == 4
+            && lab.reaches_container()),
+        "not repaired:\n{}",
+        w.log()
+    );
+    w.wait_log("cause=nft");
+    // Every reconnect re-creates the table: the repair comes back, once.
+    for _ in 0..3 {
+        nft_load(&lab, &format!("delete table inet vpn\n{VPN_TABLE}"));
+        assert!(
+            eventually(Duration::from_secs(5), || nft_repairs(&lab) == 4
+                && lab.reaches_container()),
+            "not repaired after the re-creation:\n{}",
+            w.log()
+        );
+    }
+    // A route-only heal (which leaves the firewall unread) keeps the repairs.
+    lab.ip("route del 172.17.0.0/16 table 5017");
+    heals(&lab, "route deleted behind the VPN's firewall");
+    assert_eq!(nft_repairs(&lab), 4);
+    // Reading the firewall (iptables -S, nft list) causes no events: quiet again.
+    let n = w.settles(Duration::from_millis(1500));
+    // four firewall repairs and a route heal, each with the reconcile its own echoes cause
+    assert!(n <= n0 + 10, "{n} reconciles:\n{}", w.log());
+}
+
+fn kill_switch(lab: &Lab, program: &str) {
+    for rule in [
+        "-A INPUT -i lo -j ACCEPT",
+        "-A INPUT -i tun0 -j ACCEPT",
+        "-A OUTPUT -o lo -j ACCEPT",
+        "-A OUTPUT -o tun0 -j ACCEPT",
+        "-P INPUT DROP",
+        "-P OUTPUT DROP",
+    ] {
+        let args: Vec<&str> = rule.split_whitespace().collect();
+        in_lab(lab, program, &args);
+    }
+}
+
+#[test]
+fn an_iptables_nft_kill_switch_is_repaired_on_its_nftables_events_and_then_quiet() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    lab.add_tunnel("tun0", "10.66.0.2/24");
+    let w = Watch::start(&lab, &["--vm-ip", VM_IP]);
+    started(&lab, &w);
+    let n0 = w.settles(Duration::from_millis(1000));
+    kill_switch(&lab, "iptables");
+    assert!(
+        eventually(Duration::from_secs(5), || lab.reaches_container()),
+        "not repaired:\n{}",
+        w.log()
+    );
+    w.wait_log("+ firewall iptables -t filter");
+    // its own `iptables -I` echo once; its `iptables -S` reads cause no events
+    let n = w.settles(Duration::from_millis(1500));
+    assert!(n <= n0 + 12, "{n} reconciles:\n{}", w.log());
+    let again = w.settles(Duration::from_millis(1000));
+    assert_eq!(again, n, "{}", w.log());
+}
+
+#[test]
+fn the_backstop_repairs_what_sends_no_events_iptables_legacy() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    lab.add_tunnel("tun0", "10.66.0.2/24");
+    let w = Watch::start_env(
+        &lab,
+        &["--vm-ip", VM_IP],
+        &[("DOCKROUTE_TEST_BACKSTOP_SECS", "1")],
+    );
+    started(&lab, &w);
+    kill_switch(&lab, "iptables-legacy");
+    assert!(
+        eventually(Duration::from_secs(5), || lab.reaches_container()),
+        "not repaired by the backstop:\n{}",
+        w.log()
+    );
+    w.wait_log("reconcile{cause=backstop re-check}: + firewall iptables-legacy");
+}
+
+#[test]
+fn sigterm_and_sigint_end_it_within_a_second_and_leave_the_setup() {
+    if !privileged() {
+        return;
+    }
+    use nix::sys::signal::Signal;
+    let lab = Lab::new();
+    for sig in [Signal::SIGTERM, Signal::SIGINT] {
+        let mut w = Watch::start(&lab, &["--vm-ip", VM_IP]);
+        started(&lab, &w);
+        w.signal(sig);
+        let st = w.exits_within(Duration::from_secs(1));
+        assert!(
+            st.is_some_and(|s| s.success()),
+            "{sig}: {st:?}\n{}",
+            w.log()
+        );
+        assert_eq!(lab.tagged(), 5);
+        assert!(lab.reaches_container());
+    }
+}
+
+#[test]
+fn down_on_exit_removes_the_setup() {
+    if !privileged() {
+        return;
+    }
+    use nix::sys::signal::Signal;
+    let lab = Lab::new();
+    let before = lab.snapshot();
+    let resolv = std::fs::read(lab.resolv_conf()).unwrap();
+    let mut w = Watch::start(&lab, &["--vm-ip", VM_IP, "--down-on-exit"]);
+    started(&lab, &w);
+    w.signal(Signal::SIGTERM);
+    let st = w.exits_within(Duration::from_secs(2));
+    assert!(st.is_some_and(|s| s.success()), "{st:?}\n{}", w.log());
+    assert_eq!(lab.snapshot(), before);
+    assert_eq!(std::fs::read(lab.resolv_conf()).unwrap(), resolv);
+    assert!(!lab.reaches_container());
+}
+
+#[test]
+fn sighup_and_a_config_change_re_read_the_config() {
+    if !privileged() {
+        return;
+    }
+    use nix::sys::signal::Signal;
+    let lab = Lab::new();
+    std::fs::write(lab.config(), format!("vm_ip = \"{VM_IP}\"\n")).unwrap();
+    let w = Watch::start(&lab, &[]);
+    started(&lab, &w);
+
+    // The file changes: it is read again (inotify) and the new subnet routed.
+    std::fs::write(
+        lab.config(),
+        format!("vm_ip = \"{VM_IP}\"\nsubnets = [\"172.17.0.0/16\", \"172.18.0.0/16\"]\n"),
+    )
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || lab
+            .ip("route show table 5017")
+            .contains("172.18.0.0/16")),
+        "{}",
+        w.log()
+    );
+    w.wait_log("config file changed: settings re-read");
+
+    // A broken config is refused with one line; the running setup stays.
+    std::fs::write(lab.config(), "subnets = [\"10.1.2.3/8\"]\n").unwrap();
+    w.wait_log("keeping the previous settings");
+    assert!(lab.reaches_container());
+
+    // SIGHUP: read again (here the file went back to one subnet).
+    std::fs::write(lab.config(), format!("vm_ip = \"{VM_IP}\"\n")).unwrap();
+    w.signal(Signal::SIGHUP);
+    w.wait_log("SIGHUP: settings re-read");
+    assert!(
+        eventually(Duration::from_secs(5), || !lab
+            .ip("route show table 5017")
+            .contains("172.18.0.0/16")),
+        "{}",
+        w.log()
+    );
+    heals(&lab, "SIGHUP");
+}
+
+/// The PIDs of the lab's systemd-resolved (the binary resolved-lab.sh runs, in the lab's network
+/// namespace): only processes this test's lab started.
+fn lab_resolved_pids(lab: &Lab) -> Vec<i32> {
+    let bin = std::path::Path::new(RESOLVECTL)
+        .parent()
+        .and_then(|p| p.parent())
+        .and_then(|p| p.parent())
+        .unwrap()
+        .join("lib/systemd/systemd-resolved");
+    let ns = std::fs::metadata(format!("/run/netns/{}", lab.host())).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let exe = std::fs::read_link(e.path().join("exe"));
+        let net = std::fs::metadata(e.path().join("ns/net"));
+        if exe.is_ok_and(|x| x == bin) && net.is_ok_and(|n| n.ino() == ns.ino()) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[test]
+fn resolved_restarting_gets_the_per_link_dns_again() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let h = lab.start_resolved();
+    let mut c = Command::new("nsenter");
+    c.args(["-t", &h.to_string(), "-m", "-n", BIN])
+        .arg("--config")
+        .arg(lab.config())
+        .args(["watch", "--vm-ip", VM_IP, "--dns", "resolved"])
+        .env("DOCKROUTE_STATE_DIR", lab.state_dir())
+        .env("DOCKROUTE_LOG", "debug")
+        .env_remove("DOCKER_HOST")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let w = Watch::collect(c.spawn().expect("spawning watch"));
+    w.wait_log("systemd-resolved, config file");
+    let domain = || {
+        lab.nsenter(h, RESOLVECTL, &["domain", "vboxnet0"])
+            .stdout
+            .contains("~docker")
+    };
+    assert!(eventually(Duration::from_secs(5), domain), "{}", w.log());
+
+    // resolved restarts and has lost its per-link settings (its saved link state is gone too)
+    let pids = lab_resolved_pids(&lab);
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    let pid = nix::unistd::Pid::from_raw(pids[0]);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(eventually(Duration::from_secs(5), || lab_resolved_pids(
+        &lab
+    )
+    .is_empty()));
+    lab.nsenter(h, "rm", &["-rf", "/run/systemd/resolve/netif"]);
+    let bin = std::path::Path::new(RESOLVECTL)
+        .parent()
+        .and_then(|p| p.parent())
+        .and_then(|p| p.parent())
+        .unwrap()
+        .join("lib/systemd/systemd-resolved");
+    let mut resolved = Command::new("nsenter")
+        .args(["-t", &h.to_string(), "-m", "-n"])
+        .arg(bin)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    w.wait_log("cause=systemd-resolved restarted");
+    assert!(
+        eventually(Duration::from_secs(5), domain),
+        "not set again:\n{}",
+        w.log()
+    );
+    drop(w);
+    let _ = resolved.kill();
+    let _ = resolved.wait();
+}
+
+#[test]
+fn refusals_change_nothing() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let before = lab.snapshot();
+    let r = lab.dockroute(&["watch", "--vm-ip", VM_IP, "--dry-run"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.starts_with("error: watch applies changes"),
+        "{}",
+        r.stderr
+    );
+    let r = lab.as_nobody(&["watch", "--vm-ip", VM_IP]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("run it as root"), "{}", r.stderr);
+    std::fs::write(lab.config(), "vm_ip = \"300.1.1.1\"\n").unwrap();
+    let r = lab.dockroute(&["watch"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr
+            .contains("config.toml line 1: invalid IPv4 address"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert_eq!(lab.snapshot(), before);
+}
+
+#[test]
+fn follows_the_vm_ip_when_docker_machine_records_a_new_one() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let store = lab.dir.path().join("machine");
+    let config = store.join("machines/dev/config.json");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    let record = |ip: &str| {
+        // written as docker-machine does: a new file renamed over the old one
+        let tmp = config.with_extension("tmp");
+        std::fs::write(&tmp, format!("{{\"Driver\": {{\"IPAddress\": \"{ip}\"}}}}")).unwrap();
+        std::fs::rename(&tmp, &config).unwrap();
+    };
+    record(VM_IP);
+    let w = Watch::start_env(
+        &lab,
+        &["--machine", "dev"],
+        &[("MACHINE_STORAGE_PATH", store.to_str().unwrap())],
+    );
+    started(&lab, &w);
+    let vm = format!("{}-vm", lab.prefix);
+    ip_in(&vm, &format!("addr del {VM_IP}/24 dev eth0"));
+    ip_in(&vm, "addr add 192.168.99.101/24 dev eth0");
+    record("192.168.99.101");
+    assert!(
+        eventually(Duration::from_secs(5), || lab
+            .ip("route show table 5017")
+            .contains("via 192.168.99.101")),
+        "the route did not move:\n{}",
+        w.log()
+    );
+    heals(&lab, "docker-machine recording a new IP");
+}
+
+fn has_marker(lab: &Lab) -> bool {
+    std::fs::read_to_string(lab.resolv_conf())
+        .unwrap()
+        .contains("# dockroute:")
+}
+
+/// Issue 11, point 1: a VM whose address is gone (vboxnet0 stays up, as with VirtualBox) must not
+/// stall every lookup of the host: watch asks the server every few seconds, takes the line out of
+/// resolv.conf within 5 s of the silence, and puts it back when the server answers again.
+#[test]
+fn a_silent_vm_dns_is_withdrawn_from_resolv_conf_within_5_s_and_restored() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let original = std::fs::read(lab.resolv_conf()).unwrap();
+    let w = Watch::start(&lab, &["--vm-ip", VM_IP]);
+    started(&lab, &w);
+    assert!(
+        eventually(Duration::from_secs(5), || has_marker(&lab)),
+        "{}",
+        w.log()
+    );
+    assert_eq!(lab.getent("redis.docker").as_deref(), Some("172.17.0.2"));
+
+    ip_in(&lab.vm(), &format!("addr del {VM_IP}/24 dev eth0"));
+    let gone = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(5), || !has_marker(&lab)),
+        "the line is still there after {:?}:\n{}",
+        gone.elapsed(),
+        w.log()
+    );
+    eprintln!("line taken out {:?} after the address went", gone.elapsed());
+    assert_eq!(std::fs::read(lab.resolv_conf()).unwrap(), original);
+    let (_, took) = lab.timed_getent("example.test");
+    assert!(took < Duration::from_secs(1), "a lookup took {took:?}");
+    assert_eq!(lab.tagged(), 5, "the routes stay");
+
+    ip_in(&lab.vm(), &format!("addr add {VM_IP}/24 dev eth0"));
+    let back = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(5), || has_marker(&lab)),
+        "not put back:\n{}",
+        w.log()
+    );
+    eprintln!("line back {:?} after the address", back.elapsed());
+    assert_eq!(lab.getent("redis.docker").as_deref(), Some("172.17.0.2"));
+    w.wait_log("answers again");
+}
+
+/// The main thread's voluntary context switches (each sleep in poll that ends is one).
+fn wake_ups(w: &Watch) -> u64 {
+    let st = std::fs::read_to_string(format!("/proc/{}/status", w.child.id())).unwrap();
+    st.lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+/// Without the resolv-conf backend nothing is probed: no wake-ups while idle. With it, a probe
+/// every 1.5 s, not more.
+#[test]
+fn only_the_resolv_conf_backend_is_probed_and_never_in_a_tight_loop() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    for (dns, most) in [("off", 1), ("resolv-conf", 8)] {
+        let w = Watch::start(&lab, &["--vm-ip", VM_IP, "--dns", dns]);
+        started(&lab, &w);
+        w.settles(Duration::from_millis(500));
+        let before = wake_ups(&w);
+        std::thread::sleep(Duration::from_secs(4));
+        let woke = wake_ups(&w) - before;
+        eprintln!("--dns {dns}: {woke} wake-ups in 4 s");
+        assert!(
+            woke <= most,
+            "--dns {dns}: {woke} wake-ups in 4 s:\n{}",
+            w.log()
+        );
+        if dns == "off" {
+            assert_eq!(w.count("DNS probe"), 0, "{}", w.log());
+        } else {
+            assert!(woke >= 2, "--dns {dns}: no probes? {woke}");
+            assert_eq!(w.count("DNS probe every 1.5 s"), 1, "{}", w.log());
+        }
+    }
+}
