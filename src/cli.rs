@@ -1,7 +1,7 @@
 //! The command-line contract (v1). Scripts and checks drive it: change it only on purpose.
 
+use crate::options::{DnsMode, FirewallMode, UpFlags};
 use crate::service::Init;
-use crate::settings::{DnsMode, FirewallMode};
 use crate::validate;
 use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
 use ipnet::Ipv4Net;
@@ -329,6 +329,25 @@ pub struct UpArgs {
     /// Print the changes and apply none
     #[arg(long)]
     pub dry_run: bool,
+}
+
+impl UpArgs {
+    /// The settings flags given, as the record keeps them (`--wait` and `--dry-run` are not
+    /// settings).
+    pub fn flags(&self) -> UpFlags {
+        UpFlags {
+            interface: self.interface.clone(),
+            vm_ip: self.vm_ip,
+            machine: self.machine.clone(),
+            subnets: self.subnets.clone(),
+            domain: self.domain.clone(),
+            nameserver: self.nameserver,
+            dns: self.dns,
+            resolver_dir: self.resolver_dir.clone(),
+            firewall: self.firewall,
+            docker_host: None,
+        }
+    }
 }
 
 #[derive(Debug, Default, Args)]

@@ -66,9 +66,9 @@ impl fmt::Display for VmIpSource {
 #[derive(Clone, Debug, Default)]
 pub struct Request {
     /// The settings flags this `up` was given (or re-applied), for the record.
-    pub flags: crate::settings::UpFlags,
+    pub flags: crate::options::UpFlags,
     /// A bare `up` re-applying the last `up`'s flags: those flags.
-    pub replayed: Option<crate::settings::UpFlags>,
+    pub replayed: Option<crate::options::UpFlags>,
     pub interface: Option<String>,
     /// A VM IP given directly (flag or config file), with its source.
     pub vm_ip: Option<SourcedIp>,

@@ -6,9 +6,9 @@ use crate::firewall::{self, FirewallError, FwChange};
 use crate::net::{
     Change, ForeignRoute, ForeignRule, LinkInfo, Lookup, MAIN_TABLE, Net, NetError, RULE_PREF,
 };
+use crate::options::FirewallMode;
 use crate::plan;
 use crate::record::{Record, RecordError, Store};
-use crate::settings::FirewallMode;
 use crate::settings::Settings;
 use crate::vpn::{self, VpnLink};
 use ipnet::Ipv4Net;
@@ -443,7 +443,7 @@ pub async fn up_with<N: Net>(
     }
     // Undone where the settings point, never at a path from the record.
     let previous_dns = previous.as_ref().and_then(|r| r.dns.as_ref());
-    match previous_dns.map(|d| dns::at_settings(d, settings)) {
+    match previous_dns.map(|d| dns::at_settings(d, &settings.resolv_conf, &settings.resolver_dir)) {
         Some(Ok(old)) if want_dns.as_ref().is_none_or(|w| !same_place(&old, w)) => {
             if let Err(e) = dns::revert(&old).await {
                 tracing::warn!("could not undo the previous DNS setting ({old}): {e}");
@@ -540,7 +540,7 @@ pub async fn down<N: Net>(
     let dns_state = record
         .as_ref()
         .and_then(|r| r.dns.as_ref())
-        .map(|d| dns::at_settings(d, settings));
+        .map(|d| dns::at_settings(d, &settings.resolv_conf, &settings.resolver_dir));
     let target = record.map(|r| r.target);
     if dry_run {
         let dns = match dns_state {
@@ -936,27 +936,29 @@ pub async fn status<N: Net>(
         Err(e) => (None, Some(e.to_string())),
     };
     let mut dns = match record.as_ref().and_then(|r| r.dns.as_ref()) {
-        Some(recorded) => Some(match dns::at_settings(recorded, settings) {
-            Ok(state) => {
-                let (in_place, detail) = dns::observe(&state).await;
-                DnsStatus {
-                    state,
-                    in_place,
-                    detail,
+        Some(recorded) => Some(
+            match dns::at_settings(recorded, &settings.resolv_conf, &settings.resolver_dir) {
+                Ok(state) => {
+                    let (in_place, detail) = dns::observe(&state).await;
+                    DnsStatus {
+                        state,
+                        in_place,
+                        detail,
+                        answers: None,
+                        answer: String::new(),
+                        degraded: !in_place,
+                    }
+                }
+                Err(e) => DnsStatus {
+                    state: recorded.clone(),
+                    in_place: false,
+                    detail: e.to_string(),
                     answers: None,
                     answer: String::new(),
-                    degraded: !in_place,
-                }
-            }
-            Err(e) => DnsStatus {
-                state: recorded.clone(),
-                in_place: false,
-                detail: e.to_string(),
-                answers: None,
-                answer: String::new(),
-                degraded: true,
+                    degraded: true,
+                },
             },
-        }),
+        ),
         None => None,
     };
     let name_check = check_name.map(|name| match crate::nss::addresses(name) {
@@ -1217,7 +1219,7 @@ mod tests {
             },
             domain: "docker".into(),
             nameserver: "172.17.0.1:53".parse().unwrap(),
-            dns: crate::settings::DnsMode::Off,
+            dns: crate::options::DnsMode::Off,
             resolver_dir: "/etc/resolver".into(),
             resolv_conf: "/nonexistent/resolv.conf".into(),
             firewall: FirewallMode::Off,

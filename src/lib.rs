@@ -13,6 +13,7 @@ pub mod fsutil;
 pub mod machine;
 pub mod net;
 pub mod nss;
+pub mod options;
 pub mod plan;
 pub mod record;
 pub mod report;

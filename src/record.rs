@@ -46,7 +46,7 @@ pub struct Record {
     /// The settings flags of that `up`, which a bare `up` (a VPN hook's, the boot job's)
     /// re-applies. Absent in records of older versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub flags: Option<crate::settings::UpFlags>,
+    pub flags: Option<crate::options::UpFlags>,
 }
 
 impl Record {

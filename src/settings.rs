@@ -3,10 +3,11 @@
 
 use crate::cli::UpArgs;
 use crate::discover::{Request, VmIpSource};
+use crate::options::{DnsMode, FirewallMode, UpFlags};
 use crate::validate;
 use ipnet::Ipv4Net;
-use serde::{Deserialize, Serialize};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use serde::Deserialize;
+use std::net::SocketAddrV4;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -23,23 +24,6 @@ pub const TOP_LEVEL_DOMAINS: &[&str] = &[
     "com", "net", "org", "io", "dev", "app", "edu", "gov", "co", "ai", "me", "cloud", "local",
     "arpa", "de", "uk", "fr", "us", "eu",
 ];
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum DnsMode {
-    Auto,
-    Resolved,
-    ResolvConf,
-    ResolverDir,
-    Off,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum FirewallMode {
-    Auto,
-    Off,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -84,54 +68,7 @@ struct ConfigFile {
     wait: Option<Spanned<toml::Value>>,
 }
 
-/// The settings flags of an `up` (and `DOCKER_HOST`, when it named the VM), as the record keeps
-/// them so that a bare `up` (a VPN hook's, the boot job's) can do the same again.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct UpFlags {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub interface: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub vm_ip: Option<Ipv4Addr>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub machine: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub subnets: Vec<Ipv4Net>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub domain: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub nameserver: Option<SocketAddrV4>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dns: Option<DnsMode>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub resolver_dir: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub firewall: Option<FirewallMode>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub docker_host: Option<String>,
-}
-
 impl UpFlags {
-    fn of(up: &UpArgs) -> UpFlags {
-        UpFlags {
-            interface: up.interface.clone(),
-            vm_ip: up.vm_ip,
-            machine: up.machine.clone(),
-            subnets: up.subnets.clone(),
-            domain: up.domain.clone(),
-            nameserver: up.nameserver,
-            dns: up.dns,
-            resolver_dir: up.resolver_dir.clone(),
-            firewall: up.firewall,
-            docker_host: None,
-        }
-    }
-
-    /// Whether no settings flag is given (`--wait` and `--dry-run` are not settings).
-    pub fn is_empty(&self) -> bool {
-        *self == UpFlags::default()
-    }
-
     /// The recorded flags as `up` flags, validated again (the record is a file), leaving out
     /// what the config file sets: a key in the config file beats a recorded flag. The VM's
     /// sources (`vm_ip`, `machine`, `DOCKER_HOST`) go as one.
@@ -181,44 +118,6 @@ impl UpFlags {
         }
         Ok(a)
     }
-}
-
-impl std::fmt::Display for UpFlags {
-    /// As the command line would give them.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut parts: Vec<String> = Vec::new();
-        let mut add = |flag: &str, v: Option<String>| {
-            if let Some(v) = v {
-                parts.push(format!("--{flag} {v}"));
-            }
-        };
-        add("interface", self.interface.clone());
-        add("vm-ip", self.vm_ip.map(|v| v.to_string()));
-        add("machine", self.machine.clone());
-        for s in &self.subnets {
-            add("subnet", Some(s.to_string()));
-        }
-        add("domain", self.domain.clone());
-        add("nameserver", self.nameserver.map(|v| v.to_string()));
-        add("dns", self.dns.and_then(value_name));
-        add(
-            "resolver-dir",
-            self.resolver_dir.as_ref().map(|p| p.display().to_string()),
-        );
-        add("firewall", self.firewall.and_then(value_name));
-        if let Some(d) = &self.docker_host {
-            parts.push(format!("DOCKER_HOST={d}"));
-        }
-        if parts.is_empty() {
-            write!(f, "no flags")
-        } else {
-            write!(f, "{}", parts.join(" "))
-        }
-    }
-}
-
-fn value_name<T: clap::ValueEnum>(v: T) -> Option<String> {
-    v.to_possible_value().map(|p| p.get_name().to_string())
 }
 
 /// What a bare `dockroute up` (a VPN hook's) will go by, for `install --hooks`.
@@ -392,7 +291,7 @@ fn read_config(path: &Path, explicit: bool) -> Result<(ConfigFile, String, bool)
 /// For a bare `up`: the flags the last successful `up` recorded (none if there is no record, it
 /// cannot be read, or it predates recorded flags).
 fn recorded_flags(is_up: bool, up: &UpArgs, state_dir: &Path) -> Option<UpFlags> {
-    if !is_up || !UpFlags::of(up).is_empty() {
+    if !is_up || !up.flags().is_empty() {
         return None;
     }
     match crate::record::Store::new(state_dir).load() {
@@ -554,7 +453,7 @@ impl Settings {
             json,
             request: Request {
                 flags: {
-                    let mut f = UpFlags::of(up);
+                    let mut f = up.flags();
                     if vm_ip.is_none() && machine.is_none() {
                         f.docker_host = docker_host.clone();
                     }

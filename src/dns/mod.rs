@@ -18,7 +18,7 @@ pub(crate) mod resolved;
 #[path = "resolved_unsupported.rs"]
 mod resolved;
 
-use crate::settings::DnsMode;
+use crate::options::DnsMode;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::SocketAddrV4;
@@ -161,13 +161,14 @@ pub fn choose(mode: DnsMode) -> Option<Backend> {
 /// than the settings' is an error that says how to undo it there.
 pub fn at_settings(
     recorded: &DnsState,
-    settings: &crate::settings::Settings,
+    resolv_conf: &Path,
+    resolver_dir: &Path,
 ) -> Result<DnsState, DnsError> {
     let here = DnsState {
         path: match recorded.backend {
             Backend::Resolved => PathBuf::new(),
-            Backend::ResolvConf => settings.resolv_conf.clone(),
-            Backend::ResolverDir => settings.resolver_dir.clone(),
+            Backend::ResolvConf => resolv_conf.to_path_buf(),
+            Backend::ResolverDir => resolver_dir.to_path_buf(),
         },
         ..recorded.clone()
     };
