@@ -1,6 +1,14 @@
 //! ipfw (OS X 10.9 and older, where `/sbin/ipfw` exists): reading its rule list and planning
 //! `allow` rules numbered before a VPN's `deny ip from any to any`. Pure.
 //!
+//! **Not wired, and it cannot be: dockroute does not run where ipfw exists.** Rust's standard
+//! library targets macOS 10.12 and later on x86_64-apple-darwin (`rustc --print
+//! deployment-target` says `MACOSX_DEPLOYMENT_TARGET=10.12`; older releases are unsupported
+//! since Rust 1.74) and macOS 11.0 on aarch64-apple-darwin, while `/sbin/ipfw` was removed in
+//! OS X 10.10. On every macOS dockroute runs on, pf is the firewall ([`super::pf`]). This
+//! parser and plan stay, tested, for a build with an older toolchain; wiring them would add
+//! `up`/`down` code no supported system can reach.
+//!
 //! ipfw runs rules in number order and the first match decides, so an `allow` numbered below
 //! the VPN's deny-all lets the VM's traffic through while the VPN's rule stays as it was. ipfw
 //! rules carry no comment, so dockroute's are identified by their numbers (which `up` records)

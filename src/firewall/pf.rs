@@ -11,9 +11,21 @@
 //!
 //! What dockroute does with pf: loads this one anchor with `pfctl -a ANCHOR -f -` (the main
 //! ruleset and every other anchor are never flushed or reloaded), and on `down` flushes the
-//! anchor's rules (`pfctl -a ANCHOR -F rules`). It never enables or disables pf: when pf is
-//! off, no VPN rule blocks anything, and the anchor takes effect as soon as a VPN turns pf on.
-//! Anchors live in kernel memory only: after a reboot `up` (or `watch`) loads it again.
+//! anchor's rules (`pfctl -a ANCHOR -F rules`). Anchors live in kernel memory only: after a
+//! reboot `up` (or `watch`) loads it again.
+//!
+//! pf's enable switch is never touched: no `pfctl -e`/`-d`, and no enable reference either
+//! (`pfctl -E`, whose token `pfctl -X TOKEN` releases). macOS counts references so that each
+//! component that needs pf on keeps it on, and pf goes off when the last one lets go. dockroute
+//! needs pf on for nothing: its anchor only passes traffic, and with pf off nothing is blocked
+//! in the first place. When pf is off, dockroute leaves it off, and the anchor (loaded anyway)
+//! takes effect the moment a VPN enables pf. When a VPN enabled pf, a reference taken by
+//! dockroute would only ever matter after the VPN released its own: it would then keep pf on,
+//! and with it whatever block rules the VPN left in the main ruleset (a kill switch that
+//! outlives the VPN, blocking the Mac's other traffic that dockroute's anchor does not pass),
+//! until `down`; and a `watch` killed before `down` would leak the reference until reboot. The
+//! only argument vectors dockroute gives pfctl are in [`args`], each scoped to its anchor or
+//! read-only (a test holds that).
 //!
 //! Rendering and reading `pfctl -vsr` listings is pure and tested everywhere; running pfctl
 //! (found as /sbin/pfctl, run by absolute path with an empty environment) is in [`run`], macOS
@@ -242,6 +254,23 @@ pub fn after_change(current: &[Repair], change: &super::FwChange) -> Vec<Repair>
     rules
 }
 
+/// Every argument vector dockroute runs `/sbin/pfctl` with: reads, and loads or flushes of its
+/// own anchor. Nothing here enables, disables or references pf, or loads the main ruleset.
+pub mod args {
+    use super::ANCHOR;
+
+    /// The anchor's rules with their counters.
+    pub const LISTING: [&str; 3] = ["-a", ANCHOR, "-vsr"];
+    /// Whether pf is enabled (`Status: Enabled ...`).
+    pub const INFO: [&str; 2] = ["-s", "info"];
+    /// Empty the anchor (`down`, or no rules left).
+    pub const FLUSH: [&str; 4] = ["-a", ANCHOR, "-F", "rules"];
+    /// Replace the anchor's rules with those read from standard input.
+    pub const LOAD: [&str; 4] = ["-a", ANCHOR, "-f", "-"];
+
+    pub const ALL: [&[&str]; 4] = [&LISTING, &INFO, &FLUSH, &LOAD];
+}
+
 /// Running pfctl (macOS only).
 #[cfg(target_os = "macos")]
 pub mod run {
@@ -256,7 +285,7 @@ pub mod run {
     /// The anchor's rules with counters (`pfctl -a ANCHOR -vsr`; needs root). An anchor that
     /// was never loaded (pfctl: `DIOCGETRULES: Invalid argument`) is empty.
     pub fn listing() -> Result<String, FirewallError> {
-        match pfctl(&["-a", ANCHOR, "-vsr"], None) {
+        match pfctl(&args::LISTING, None) {
             Err(FirewallError::Exec(e))
                 if e.failure_text().is_some_and(|t| {
                     t.contains("DIOCGETRULES") || t.contains("does not exist")
@@ -279,19 +308,19 @@ pub mod run {
 
     /// Whether pf is on (`pfctl -s info`).
     pub fn is_enabled() -> Result<Option<bool>, FirewallError> {
-        Ok(enabled(&pfctl(&["-s", "info"], None)?))
+        Ok(enabled(&pfctl(&args::INFO, None)?))
     }
 
     /// Load `rules` as the anchor's whole content, or empty it when there are none.
     pub fn load(rules: &[Repair]) -> Result<(), FirewallError> {
         if rules.is_empty() {
-            return pfctl(&["-a", ANCHOR, "-F", "rules"], None).map(|_| ());
+            return pfctl(&args::FLUSH, None).map(|_| ());
         }
         let text = render(rules).map_err(|msg| FirewallError::Parse {
             program: "pfctl".into(),
             msg,
         })?;
-        pfctl(&["-a", ANCHOR, "-f", "-"], Some(text.as_bytes())).map(|_| ())
+        pfctl(&args::LOAD, Some(text.as_bytes())).map(|_| ())
     }
 
     /// Apply one change: read the anchor, change it, load it back.
@@ -422,6 +451,22 @@ block drop quick on vboxnet0 inet from any to 172.17.0.0/16
         );
         let n = system_extension_notes(&["/Applications/GlobalProtect.app"]);
         assert!(n[0].contains("GlobalProtect") && n[0].contains("split-tunnel exclude"));
+    }
+
+    #[test]
+    fn pfctl_never_switches_pf_or_touches_another_ruleset() {
+        for a in args::ALL {
+            for w in a {
+                // -e/-d switch pf, -E/-X take and release an enable reference
+                assert!(
+                    !["-e", "-d", "-E", "-X"].contains(w),
+                    "{a:?} changes whether pf is on"
+                );
+            }
+            let writes = a.iter().any(|w| ["-f", "-F", "-k", "-K"].contains(w));
+            let anchor = a.windows(2).any(|p| p == ["-a", ANCHOR]);
+            assert!(!writes || anchor, "{a:?} writes outside dockroute's anchor");
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub mod rtmsg;
 #[cfg(target_os = "macos")]
 mod macos;
 #[cfg(target_os = "macos")]
-mod macos_store;
+pub(crate) mod macos_store;
 #[cfg(target_os = "macos")]
 pub use macos::System;
 

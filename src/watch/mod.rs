@@ -2,10 +2,12 @@
 //! again whenever the kernel, the firewall, systemd-resolved or the config file say something
 //! changed. Events are hints: each reconcile re-observes everything, so an event only says *when*
 //! to look. [`pace`] decides when (bursts coalesced, echoes of its own changes settle, back-off,
-//! backstop); this module names the events for the log; `linux` has the event sources and loop.
+//! backstop); this module names the events for the log; `linux` and `macos` have the event sources and
+//! loops (`rtsock` says which routing-socket messages count on macOS).
 
 pub mod dns_health;
 pub mod pace;
+pub mod rtsock;
 
 #[cfg(target_os = "linux")]
 mod linux;
@@ -13,6 +15,10 @@ mod linux;
 mod resolved_watch;
 #[cfg(target_os = "linux")]
 pub use linux::run;
+#[cfg(target_os = "macos")]
+mod macos;
+#[cfg(target_os = "macos")]
+pub use macos::run;
 
 use crate::engine::EngineError;
 use crate::settings::SettingsError;
@@ -49,7 +55,7 @@ pub struct Options {
     pub backstop: Option<std::time::Duration>,
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
 pub fn run(
     _load: impl FnMut() -> Result<crate::settings::Settings, SettingsError>,
     _opts: Options,
@@ -81,7 +87,16 @@ impl Causes {
     }
 }
 
-const ROUTE_EVENTS: [&str; 4] = ["route added", "route deleted", "rule added", "rule deleted"];
+const ROUTE_EVENTS: [&str; 7] = [
+    "route added",
+    "route deleted",
+    "rule added",
+    "rule deleted",
+    // macOS (see rtsock)
+    "route changed",
+    "conflicting route added",
+    "dockroute's route deleted",
+];
 
 impl fmt::Display for Causes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

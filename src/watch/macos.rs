@@ -1,0 +1,593 @@
+//! The event sources of `watch` on macOS and its loop: one thread sleeping in kevent(2) on a
+//! kqueue that holds
+//! - a routing socket (`socket(PF_ROUTE, SOCK_RAW, 0)`: every family, so RTM_IFINFO arrives too);
+//!   [`super::rtsock`] says which messages count (links, IPv4 addresses, routes inside the
+//!   subnets, ARP entries when the VM IP comes from the ARP table);
+//! - a pipe from a thread whose run loop receives configd's SCDynamicStore notifications for
+//!   `State:/Network/Interface/IF/IPv4` and `State:/Network/Global/IPv4` (a VPN connecting);
+//! - SIGTERM, SIGINT and SIGHUP (EVFILT_SIGNAL; a no-op handler keeps them from ending the
+//!   process, and programs dockroute runs get the default action back at exec);
+//! - the config file and docker-machine's config.json, and their directories (EVFILT_VNODE).
+//!
+//! The timeout is the pacer's next deadline, as on Linux. pf sends no change events: a reconcile
+//! caused by routes alone leaves pf unread unless it was last read a backstop ago, and with no
+//! events the backstop (60 s) re-checks everything, pf included.
+
+use super::pace::{Pacer, Timing, Verdict};
+use super::rtsock::{self, Interest};
+use super::{Causes, Options, WatchError};
+use crate::discover::external_vm_ip;
+use crate::engine::{self, DnsGate, EngineError, Hooks};
+use crate::net::System;
+use crate::net::rtmsg::af;
+use crate::record::Store;
+use crate::settings::{FirewallMode, Settings, SettingsError};
+use nix::libc;
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const TAG_ROUTE: usize = 1;
+const TAG_STORE: usize = 2;
+const TAG_SIGNAL: usize = 3;
+const TAG_FILE: usize = 4;
+
+/// Big enough for any routing message (one per read).
+const READ_BUF: usize = 4096;
+
+const SIGNALS: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP];
+
+fn last_err(op: &str) -> WatchError {
+    WatchError::os(op, io::Error::last_os_error())
+}
+
+/// Close-on-exec and, for `nonblock`, O_NONBLOCK.
+fn set_flags(fd: &OwnedFd, nonblock: bool) {
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
+        if nonblock {
+            let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+        }
+    }
+}
+
+struct Kqueue(OwnedFd);
+
+impl Kqueue {
+    fn new() -> Result<Kqueue, WatchError> {
+        // SAFETY: plain kqueue(2); the descriptor is owned below.
+        let fd = unsafe { libc::kqueue() };
+        if fd < 0 {
+            return Err(last_err("kqueue"));
+        }
+        // SAFETY: a fresh descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        set_flags(&fd, false);
+        Ok(Kqueue(fd))
+    }
+
+    /// Register `ident` with `filter` (edge-triggered); `tag` comes back with its events.
+    fn add(&self, ident: usize, filter: i16, fflags: u32, tag: usize) -> io::Result<()> {
+        let ev = libc::kevent {
+            ident,
+            filter,
+            flags: libc::EV_ADD | libc::EV_CLEAR,
+            fflags,
+            data: 0,
+            udata: tag as *mut libc::c_void,
+        };
+        // SAFETY: one valid change, no event list.
+        let rc = unsafe {
+            libc::kevent(
+                self.0.as_raw_fd(),
+                &ev,
+                1,
+                std::ptr::null_mut(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Wait until something fired or `until` passed: the (tag, ident) of each event.
+    fn wait(&self, until: Instant) -> Result<Vec<(usize, usize)>, WatchError> {
+        let left = until.saturating_duration_since(Instant::now());
+        // Round up, so that a deadline less than a microsecond away is still waited for.
+        let left = left.min(Duration::from_secs(24 * 3600)) + Duration::from_nanos(999);
+        let ts = libc::timespec {
+            tv_sec: left.as_secs() as libc::time_t,
+            tv_nsec: libc::c_long::from(left.subsec_nanos()),
+        };
+        // SAFETY: kevent's plain-data struct; all-zero is a valid value.
+        let mut events: [libc::kevent; 16] = unsafe { std::mem::zeroed() };
+        // SAFETY: no changes; `events` is writable for its length.
+        let n = unsafe {
+            libc::kevent(
+                self.0.as_raw_fd(),
+                std::ptr::null(),
+                0,
+                events.as_mut_ptr(),
+                events.len() as libc::c_int,
+                &ts,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            // a signal's handler ran on this thread: its kevent is still queued
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(Vec::new());
+            }
+            return Err(WatchError::os("kevent", e));
+        }
+        Ok(events[..n as usize]
+            .iter()
+            .map(|e| (e.udata as usize, e.ident))
+            .collect())
+    }
+}
+
+extern "C" fn ignore(_: libc::c_int) {}
+
+/// Give the signals a handler that does nothing (the kqueue reports them). Unlike SIG_IGN, a
+/// handler is reset to the default at exec, so pfctl and the other programs stay killable.
+fn signals(kq: &Kqueue) -> Result<(), WatchError> {
+    let action = SigAction::new(
+        SigHandler::Handler(ignore),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for s in SIGNALS {
+        kq.add(s as usize, libc::EVFILT_SIGNAL, 0, TAG_SIGNAL)
+            .map_err(|e| WatchError::os(format!("watching for {s}"), e))?;
+        // SAFETY: the handler does nothing, which is async-signal-safe.
+        unsafe { sigaction(s, &action) }.map_err(|e| WatchError::os(format!("handling {s}"), e))?;
+    }
+    Ok(())
+}
+
+fn route_socket() -> Result<OwnedFd, WatchError> {
+    // SAFETY: plain socket(2); the descriptor is owned below.
+    let fd = unsafe { libc::socket(af::ROUTE, af::SOCK_RAW, 0) };
+    if fd < 0 {
+        return Err(last_err("opening a routing socket"));
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_flags(&fd, true);
+    Ok(fd)
+}
+
+/// A thread running a CFRunLoop with configd's notifications; each one writes a byte to the
+/// pipe whose read end this returns. `None` when configd cannot be reached (the routing socket
+/// still sees the kernel's side of every change).
+fn store_thread() -> Option<OwnedFd> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is writable for two descriptors.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        tracing::warn!(
+            "no SCDynamicStore notifications: pipe: {}",
+            io::Error::last_os_error()
+        );
+        return None;
+    }
+    // SAFETY: fresh descriptors nobody else owns.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    set_flags(&r, true);
+    set_flags(&w, true);
+    let spawned = std::thread::Builder::new()
+        .name("configd".into())
+        .spawn(move || {
+            let Some(watch) = crate::net::macos_store::Watch::new() else {
+                tracing::warn!(
+                    "no SCDynamicStore notifications (configd unreachable); the routing socket still wakes watch"
+                );
+                return; // dropping `w` ends the reader's wait for it
+            };
+            loop {
+                if watch.wait(Duration::from_secs(3600)) {
+                    // SAFETY: one byte from a static buffer.
+                    let n = unsafe { libc::write(w.as_raw_fd(), b"!".as_ptr().cast(), 1) };
+                    // full (EAGAIN): a wake-up is pending anyway; EPIPE: the reader is gone
+                    if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EPIPE) {
+                        return;
+                    }
+                }
+            }
+        });
+    match spawned {
+        Ok(_) => Some(r),
+        Err(e) => {
+            tracing::warn!("no SCDynamicStore notifications: {e}");
+            None
+        }
+    }
+}
+
+/// The files whose change re-reads the settings: the config file, and docker-machine's
+/// config.json for `--machine`.
+fn watched_files(settings: &Settings) -> Vec<PathBuf> {
+    let mut out = vec![settings.config_path.clone()];
+    if let Some(name) = &settings.request.machine
+        && let Ok(p) = crate::machine::machine_config_path(name)
+    {
+        out.push(p);
+    }
+    out
+}
+
+/// What tells a file's new content from its old (editors replace files by rename).
+type Stamp = Option<(u64, u64, i64, i64, u64, i64, i64)>;
+
+fn stamp(p: &Path) -> Stamp {
+    let m = std::fs::metadata(p).ok()?;
+    Some((
+        m.dev(),
+        m.ino(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.size(),
+        m.ctime(),
+        m.ctime_nsec(),
+    ))
+}
+
+/// EVFILT_VNODE on each watched file and its directory (opened with O_EVTONLY, which does not
+/// keep a volume from unmounting); closing a descriptor removes its events from the kqueue.
+struct FileWatch {
+    files: Vec<PathBuf>,
+    stamps: Vec<Stamp>,
+    _fds: Vec<OwnedFd>,
+}
+
+impl FileWatch {
+    fn open(kq: &Kqueue, files: Vec<PathBuf>) -> FileWatch {
+        let mut fds = Vec::new();
+        for f in &files {
+            let dir = match f.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            for p in [f.as_path(), dir.as_path()] {
+                let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
+                    continue;
+                };
+                // SAFETY: a NUL-terminated path.
+                let fd = unsafe { libc::open(c.as_ptr(), libc::O_EVTONLY | libc::O_CLOEXEC) };
+                if fd < 0 {
+                    // a file or default config directory that does not exist: its directory's
+                    // events (or SIGHUP) tell when it comes
+                    continue;
+                }
+                // SAFETY: a fresh descriptor nobody else owns.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                let what = libc::NOTE_WRITE
+                    | libc::NOTE_EXTEND
+                    | libc::NOTE_ATTRIB
+                    | libc::NOTE_DELETE
+                    | libc::NOTE_RENAME;
+                match kq.add(fd.as_raw_fd() as usize, libc::EVFILT_VNODE, what, TAG_FILE) {
+                    Ok(()) => fds.push(fd),
+                    Err(e) => tracing::debug!("not watching {}: {e}", p.display()),
+                }
+            }
+        }
+        FileWatch {
+            stamps: files.iter().map(|f| stamp(f)).collect(),
+            files,
+            _fds: fds,
+        }
+    }
+
+    /// After an event: whether a watched file really changed (a directory's event may be about
+    /// another file); the watch is opened again, since the file may have been replaced.
+    fn changed(&mut self, kq: &Kqueue) -> bool {
+        let now: Vec<Stamp> = self.files.iter().map(|f| stamp(f)).collect();
+        let changed = now != self.stamps;
+        *self = FileWatch::open(kq, std::mem::take(&mut self.files));
+        changed
+    }
+}
+
+fn interest(settings: &Settings) -> Interest {
+    Interest {
+        subnets: settings.request.subnets.clone(),
+        neighbours: matches!(external_vm_ip(&settings.request), Ok((None, _))),
+    }
+}
+
+/// Everything the loop waits on.
+struct Sources {
+    kq: Kqueue,
+    route: OwnedFd,
+    store: Option<OwnedFd>,
+    files: FileWatch,
+    interest: Interest,
+}
+
+impl Sources {
+    fn open(settings: &Settings) -> Result<Sources, WatchError> {
+        let kq = Kqueue::new()?;
+        signals(&kq)?;
+        let route = route_socket()?;
+        kq.add(route.as_raw_fd() as usize, libc::EVFILT_READ, 0, TAG_ROUTE)
+            .map_err(|e| WatchError::os("watching the routing socket", e))?;
+        let store = store_thread().filter(|r| {
+            kq.add(r.as_raw_fd() as usize, libc::EVFILT_READ, 0, TAG_STORE)
+                .map_err(|e| tracing::warn!("no SCDynamicStore notifications: {e}"))
+                .is_ok()
+        });
+        let files = FileWatch::open(&kq, watched_files(settings));
+        Ok(Sources {
+            kq,
+            route,
+            store,
+            files,
+            interest: interest(settings),
+        })
+    }
+
+    /// New settings: follow what they ask to watch.
+    fn retarget(&mut self, settings: &Settings) {
+        self.files = FileWatch::open(&self.kq, watched_files(settings));
+        self.interest = interest(settings);
+    }
+
+    /// Read every message queued on the routing socket.
+    fn drain_routes(&self, causes: &mut Causes) -> Result<(), WatchError> {
+        let mut buf = vec![0u8; READ_BUF];
+        loop {
+            // SAFETY: buf is writable for its length.
+            let n =
+                unsafe { libc::read(self.route.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN) => return Ok(()),
+                    Some(libc::EINTR) => continue,
+                    // the socket's buffer overflowed: events were lost, so look again
+                    Some(libc::ENOBUFS) => causes.add("routing events lost (overrun)"),
+                    _ => return Err(WatchError::os("reading routing events", e)),
+                }
+                continue;
+            }
+            if n == 0 {
+                return Ok(());
+            }
+            rtsock::read(&buf[..n as usize], &self.interest, causes);
+        }
+    }
+
+    fn drain_store(&mut self, causes: &mut Causes) {
+        let Some(r) = &self.store else { return };
+        let mut buf = [0u8; 64];
+        loop {
+            // SAFETY: buf is writable for its length.
+            let n = unsafe { libc::read(r.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            match n {
+                0 => {
+                    // the thread ended: the routing socket still sees the kernel's side
+                    self.store = None;
+                    return;
+                }
+                n if n > 0 => causes.add("network configuration changed (configd)"),
+                _ => return,
+            }
+        }
+    }
+}
+
+/// What the loop must do after reading its sources.
+#[derive(Default)]
+struct Woken {
+    exit: Option<Signal>,
+    reload: Option<&'static str>,
+}
+
+fn read_sources(
+    s: &mut Sources,
+    fired: &[(usize, usize)],
+    causes: &mut Causes,
+) -> Result<Woken, WatchError> {
+    let mut woken = Woken::default();
+    let has = |tag| fired.iter().any(|(t, _)| *t == tag);
+    for (tag, ident) in fired {
+        if *tag == TAG_SIGNAL {
+            match Signal::try_from(*ident as i32) {
+                Ok(Signal::SIGHUP) => woken.reload = Some("SIGHUP"),
+                Ok(sig) => woken.exit = Some(sig),
+                Err(_) => {}
+            }
+        }
+    }
+    if has(TAG_ROUTE) {
+        s.drain_routes(causes)?;
+    }
+    if has(TAG_STORE) {
+        s.drain_store(causes);
+    }
+    if has(TAG_FILE) && s.files.changed(&s.kq) {
+        woken.reload.get_or_insert("config file changed");
+    }
+    Ok(woken)
+}
+
+/// Whether a failed reconcile may have changed (and rolled back) something, which echoes.
+fn touched(e: &EngineError) -> bool {
+    matches!(
+        e,
+        EngineError::Apply { .. }
+            | EngineError::FirewallApply { .. }
+            | EngineError::DnsApply { .. }
+            | EngineError::Firewall(_)
+            | EngineError::Dns(_)
+    )
+}
+
+/// When the last reconcile read pf, and how often it must at least.
+struct PfReads {
+    last: Instant,
+    every: Duration,
+}
+
+/// One reconcile: `up`'s, exactly (engine::up), on a fresh routing socket. pf is read as
+/// [`rtsock::reads_firewall`] says.
+fn reconcile(
+    settings: &Settings,
+    causes: &Causes,
+    last_error: &mut Option<String>,
+    count: &mut u64,
+    pf: &mut PfReads,
+) -> Verdict {
+    let span = tracing::info_span!("reconcile", cause = %causes);
+    let _in = span.enter();
+    *count += 1;
+    let started = Instant::now();
+    let mut s = settings.clone();
+    s.request.wait = None; // watch itself waits, on events
+    let reads_pf =
+        rtsock::reads_firewall(causes, last_error.is_some(), pf.last.elapsed(), pf.every);
+    if !reads_pf {
+        // Only routes changed since pf was last read and that reconcile succeeded: dockroute's
+        // anchor is as it left it (no pfctl runs).
+        s.firewall = FirewallMode::Off;
+    }
+    let store = Store::new(&s.state_dir);
+    let result = futures_lite::future::block_on(async {
+        let mut net = System::new()?;
+        engine::up_with(
+            &mut net,
+            &s,
+            &store,
+            false,
+            Hooks::default(),
+            DnsGate::Withhold(None),
+        )
+        .await
+    });
+    if reads_pf && s.firewall == FirewallMode::Auto {
+        pf.last = Instant::now();
+    }
+    let took = started.elapsed().as_secs_f64() * 1000.0;
+    match result {
+        Ok(o) => {
+            if last_error.take().is_some() {
+                tracing::info!("in place again");
+            }
+            let dns_changed = o.dns.as_ref().is_some_and(|d| d.changed);
+            if o.changes.is_empty() && o.firewall.is_empty() && !dns_changed {
+                tracing::debug!("reconcile #{count}: nothing to change ({took:.1} ms)");
+                Verdict::Clean
+            } else {
+                tracing::info!(
+                    "reconcile #{count}: {} route and {} pf change(s){} in {took:.1} ms",
+                    o.changes.len(),
+                    o.firewall.len(),
+                    if dns_changed { ", DNS set" } else { "" }
+                );
+                Verdict::Changed
+            }
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            if last_error.as_deref() != Some(msg.as_str()) {
+                tracing::warn!("reconcile #{count}: {msg} (waiting for the next event)");
+                *last_error = Some(msg);
+            } else {
+                tracing::debug!("reconcile #{count}: the same error again");
+            }
+            Verdict::Failed {
+                touched: touched(&e),
+            }
+        }
+    }
+}
+
+/// `dockroute watch` on macOS: reconcile, then reconcile again on every (coalesced) event, until
+/// SIGTERM or SIGINT. `load` reads the settings again on SIGHUP or a config change; settings
+/// that fail to load keep the previous ones.
+pub fn run(
+    mut load: impl FnMut() -> Result<Settings, SettingsError>,
+    opts: Options,
+) -> Result<(), WatchError> {
+    let mut settings = load()?;
+    // Subscribe before the first look, so that no change between the look and the wait is lost.
+    let mut sources = Sources::open(&settings)?;
+    let mut timing = Timing::default();
+    if let Some(b) = opts.backstop {
+        timing.backstop = b;
+    }
+    let mut pf = PfReads {
+        last: Instant::now(),
+        every: timing.backstop,
+    };
+    let mut causes = Causes::default();
+    causes.add("start");
+    let mut last_error = None;
+    let mut count = 0u64;
+    let v = reconcile(&settings, &causes, &mut last_error, &mut count, &mut pf);
+    causes = Causes::default();
+    let mut pacer = Pacer::new(timing, Instant::now());
+    pacer.ran(Instant::now(), v);
+    tracing::info!(
+        "watching (routing socket{}, config file; pf read at least every {:.1} s, backstop every {:.1} s)",
+        if sources.store.is_some() {
+            ", configd"
+        } else {
+            ""
+        },
+        pf.every.as_secs_f64(),
+        timing.backstop.as_secs_f64()
+    );
+    loop {
+        if Instant::now() >= pacer.due() {
+            let v = reconcile(&settings, &causes, &mut last_error, &mut count, &mut pf);
+            causes = Causes::default();
+            pacer.ran(Instant::now(), v);
+            continue;
+        }
+        let fired = sources.kq.wait(pacer.due())?;
+        let before = causes.clone();
+        let woken = read_sources(&mut sources, &fired, &mut causes)?;
+        if let Some(sig) = woken.exit {
+            tracing::info!(
+                "{sig}: ending after {count} reconcile(s){}",
+                if opts.down_on_exit {
+                    "; removing the setup (--down-on-exit)"
+                } else {
+                    "; the setup stays in place"
+                }
+            );
+            if opts.down_on_exit {
+                let store = Store::new(&settings.state_dir);
+                futures_lite::future::block_on(async {
+                    let mut net = System::new()?;
+                    engine::down(&mut net, &settings, &store, false, Hooks::default()).await
+                })?;
+            }
+            return Ok(());
+        }
+        if let Some(why) = woken.reload {
+            match load() {
+                Ok(s) => {
+                    tracing::info!("{why}: settings re-read from {}", s.config_path.display());
+                    settings = s;
+                    sources.retarget(&settings);
+                }
+                Err(e) => tracing::warn!("{why}: keeping the previous settings: {e}"),
+            }
+            causes.add(why);
+        }
+        if causes != before {
+            pacer.event(Instant::now());
+        }
+    }
+}
