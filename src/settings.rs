@@ -122,12 +122,17 @@ fn read_config(path: &Path, explicit: bool) -> Result<(ConfigFile, String), Sett
     }
     let text = std::fs::read_to_string(path)
         .map_err(|e| SettingsError(format!("cannot read config file {}: {e}", path.display())))?;
-    let cfg: ConfigFile = toml::from_str(&text).map_err(|e| {
-        let src = Source { path, text: &text };
+    let cfg = parse_config_text(path, &text)?;
+    Ok((cfg, text))
+}
+
+/// Parse the config file's text (`path` only names it in errors).
+fn parse_config_text(path: &Path, text: &str) -> Result<ConfigFile, SettingsError> {
+    toml::from_str(text).map_err(|e| {
+        let src = Source { path, text };
         let msg = e.message().trim().replace('\n', " ");
         src.err(e.span().map(|s| s.start).unwrap_or(0), &msg)
-    })?;
-    Ok((cfg, text))
+    })
 }
 
 impl Settings {
@@ -140,13 +145,32 @@ impl Settings {
         up: Option<&UpArgs>,
         docker_host: Option<String>,
     ) -> Result<Settings, SettingsError> {
-        let default_up = UpArgs::default();
-        let up = up.unwrap_or(&default_up);
         let config_path = config.unwrap_or(Path::new(DEFAULT_CONFIG)).to_path_buf();
         let (cfg, text) = read_config(&config_path, config.is_some())?;
+        Self::build(config_path, cfg, &text, state_dir, json, up, docker_host)
+    }
+
+    /// The settings a config file's text gives without flags, touching nothing (`path` only names
+    /// the file in errors). The fuzzer's entry point (tests/fuzz).
+    pub fn parse_config(path: &Path, text: &str) -> Result<Settings, SettingsError> {
+        let cfg = parse_config_text(path, text)?;
+        Self::build(path.to_path_buf(), cfg, text, None, false, None, None)
+    }
+
+    fn build(
+        config_path: PathBuf,
+        cfg: ConfigFile,
+        text: &str,
+        state_dir: Option<&Path>,
+        json: bool,
+        up: Option<&UpArgs>,
+        docker_host: Option<String>,
+    ) -> Result<Settings, SettingsError> {
+        let default_up = UpArgs::default();
+        let up = up.unwrap_or(&default_up);
         let src = Source {
             path: &config_path,
-            text: &text,
+            text,
         };
 
         let interface = match (&up.interface, &cfg.interface) {
@@ -328,6 +352,26 @@ mod tests {
         let e = load_cfg("a = [\n").unwrap_err().0;
         assert!(e.contains("config.toml line"), "{e}");
         assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn parse_config_reads_only_the_text_it_is_given() {
+        // the path only names the file in errors: nothing is read there
+        let p = Path::new("/nonexistent/dockroute.toml");
+        let s = Settings::parse_config(p, "vm_ip = \"192.168.99.100\"\ndns = \"off\"\n").unwrap();
+        assert_eq!(s.config_path, p);
+        assert_eq!(s.dns, DnsMode::Off);
+        assert!(matches!(
+            s.request.vm_ip,
+            Some((_, VmIpSource::Config { .. }))
+        ));
+        let e = Settings::parse_config(p, "\nwait = 4000.0\n")
+            .unwrap_err()
+            .0;
+        assert!(
+            e.starts_with("/nonexistent/dockroute.toml line 2: invalid --wait"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -268,11 +268,22 @@ pub fn run(cmd: NfCmd<'static>) -> Result<(), FirewallError> {
 
 /// The ruleset, through `nft -j list ruleset`.
 pub fn ruleset() -> Result<Nftables<'static>, FirewallError> {
-    nftables::helper::get_current_ruleset().map_err(|e| FirewallError::Run {
+    let err = |msg: String| FirewallError::Run {
         program: "nft".into(),
         args: vec!["-j".into(), "list".into(), "ruleset".into()],
-        msg: e.to_string().replace('\n', " "),
-    })
+        msg: msg.replace('\n', " "),
+    };
+    let json = nftables::helper::get_current_ruleset_raw(
+        nftables::helper::DEFAULT_NFT,
+        nftables::helper::DEFAULT_ARGS,
+    )
+    .map_err(|e| err(e.to_string()))?;
+    parse_ruleset(&json).map_err(|e| err(format!("got invalid json: {e}")))
+}
+
+/// Read what `nft -j list ruleset` printed. Pure; the fuzzer's entry point (tests/fuzz).
+pub fn parse_ruleset(json: &str) -> Result<Nftables<'static>, serde_json::Error> {
+    serde_json::from_str(json)
 }
 
 #[cfg(test)]
@@ -299,6 +310,13 @@ mod tests {
       {"table": {"family": "ip", "name": "filter", "handle": 2}},
       {"chain": {"family": "ip", "table": "filter", "name": "OUTPUT", "handle": 1, "type": "filter", "hook": "output", "prio": 0, "policy": "drop"}}
     ]}"#;
+
+    #[test]
+    fn parse_ruleset_reads_nft_json() {
+        let rs = parse_ruleset(MULLVAD).unwrap();
+        assert_eq!(observe(&rs, Some(&scope())).0.len(), 2);
+        assert!(parse_ruleset("{\"nftables\": [").is_err());
+    }
 
     #[test]
     fn a_policy_drop_table_needs_accepts_in_both_base_chains() {
