@@ -28,12 +28,20 @@ fuzz_target!(|data: &[u8]| {
     let Ok(ruleset) = parse_ruleset(text) else {
         return;
     };
-    // nft gives every rule of a table its own handle (deletes below go by handle)
+    // what nft never lists: two chains of one name in a table, two rules with one handle
+    let mut chains = std::collections::HashSet::new();
     let mut handles = std::collections::HashSet::new();
     for o in ruleset.objects.iter() {
-        if let NfObject::ListObject(NfListObject::Rule(r)) = o
-            && !handles.insert((r.family, r.table.clone(), r.handle))
-        {
+        let new = match o {
+            NfObject::ListObject(NfListObject::Chain(c)) => {
+                chains.insert((c.family, c.table.clone(), c.name.clone()))
+            }
+            NfObject::ListObject(NfListObject::Rule(r)) => {
+                handles.insert((r.family, r.table.clone(), r.handle))
+            }
+            _ => true,
+        };
+        if !new {
             return;
         }
     }
