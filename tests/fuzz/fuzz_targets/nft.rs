@@ -28,20 +28,27 @@ fuzz_target!(|data: &[u8]| {
     let Ok(ruleset) = parse_ruleset(text) else {
         return;
     };
-    // what nft never lists: two chains of one name in a table, two rules with one handle
+    // what nft never lists: two chains of one name in a table, a rule before its chain, two
+    // rules with one handle
     let mut chains = std::collections::HashSet::new();
+    let mut orphans = std::collections::HashSet::new();
     let mut handles = std::collections::HashSet::new();
     for o in ruleset.objects.iter() {
-        let new = match o {
+        let ok = match o {
             NfObject::ListObject(NfListObject::Chain(c)) => {
-                chains.insert((c.family, c.table.clone(), c.name.clone()))
+                let key = (c.family, c.table.clone(), c.name.clone());
+                !orphans.contains(&key) && chains.insert(key)
             }
             NfObject::ListObject(NfListObject::Rule(r)) => {
+                let key = (r.family, r.table.clone(), r.chain.clone());
+                if !chains.contains(&key) {
+                    orphans.insert(key);
+                }
                 handles.insert((r.family, r.table.clone(), r.handle))
             }
             _ => true,
         };
-        if !new {
+        if !ok {
             return;
         }
     }
