@@ -276,16 +276,21 @@ fn read_config(path: &Path, explicit: bool) -> Result<(ConfigFile, String, bool)
     }
     let private = meta.mode() & 0o004 == 0;
     let text = std::fs::read_to_string(path).map_err(read)?;
-    let cfg: ConfigFile = toml::from_str(&text).map_err(|e| {
+    let cfg = parse_config_text(path, &text, private)?;
+    Ok((cfg, text, private))
+}
+
+/// Parse the config file's text (`path` only names it in errors; `private`: quote nothing of it).
+fn parse_config_text(path: &Path, text: &str, private: bool) -> Result<ConfigFile, SettingsError> {
+    toml::from_str(text).map_err(|e| {
         let src = Source {
             path,
-            text: &text,
+            text,
             private,
         };
         let msg = e.message().trim().replace('\n', " ");
         src.err(e.span().map(|s| s.start).unwrap_or(0), &msg)
-    })?;
-    Ok((cfg, text, private))
+    })
 }
 
 /// For a bare `up`: the flags the last successful `up` recorded (none if there is no record, it
@@ -313,14 +318,47 @@ impl Settings {
         up: Option<&UpArgs>,
         docker_host: Option<String>,
     ) -> Result<Settings, SettingsError> {
+        let config_path = config.unwrap_or(Path::new(DEFAULT_CONFIG)).to_path_buf();
+        let (cfg, text, private) = read_config(&config_path, config.is_some())?;
+        Self::build(
+            &config_path,
+            cfg,
+            &text,
+            private,
+            state_dir,
+            json,
+            up,
+            docker_host,
+        )
+    }
+
+    /// The settings a config file's text gives without flags, reading no file and no record
+    /// (`path` only names the file in errors). The fuzzer's entry point (tests/fuzz).
+    pub fn parse_config(path: &Path, text: &str) -> Result<Settings, SettingsError> {
+        let cfg = parse_config_text(path, text, false)?;
+        Self::build(path, cfg, text, false, None, false, None, None)
+    }
+
+    /// The settings from the parsed config file, the flags and `DOCKER_HOST`; for `up` without
+    /// settings flags, the last `up`'s recorded flags.
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        config_path: &Path,
+        cfg: ConfigFile,
+        text: &str,
+        private: bool,
+        state_dir: Option<&Path>,
+        json: bool,
+        up: Option<&UpArgs>,
+        docker_host: Option<String>,
+    ) -> Result<Settings, SettingsError> {
         let default_up = UpArgs::default();
         let is_up = up.is_some();
         let up = up.unwrap_or(&default_up);
-        let config_path = config.unwrap_or(Path::new(DEFAULT_CONFIG)).to_path_buf();
-        let (cfg, text, private) = read_config(&config_path, config.is_some())?;
+        let config_path = config_path.to_path_buf();
         let src = Source {
             path: &config_path,
-            text: &text,
+            text,
             private,
         };
         let state_dir = state_dir

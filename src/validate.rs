@@ -72,7 +72,10 @@ pub fn subnet(s: &str) -> Result<Ipv4Net, String> {
             "refusing subnet '{net}': shorter than /8 would send most of the internet to the VM"
         ));
     }
-    if net.network().is_loopback() || net.network().is_multicast() || net.network().is_unspecified()
+    if net.network().is_loopback()
+        || net.network().is_multicast()
+        || net.network().is_unspecified()
+        || net.network().is_broadcast()
     {
         return Err(format!("refusing subnet '{net}': not a unicast network"));
     }
@@ -235,5 +238,14 @@ mod tests {
         for bad in ["-1", "nan", "inf", "3601", "x"] {
             assert!(wait_secs(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn the_broadcast_address_is_not_a_subnet() {
+        // found by the fuzz target `settings`: `subnets = ["255.255.255.255/32"]` was accepted and
+        // made the default nameserver 255.255.255.255, which `nameserver` refuses
+        let e = subnet("255.255.255.255/32").unwrap_err();
+        assert!(e.contains("not a unicast network"), "{e}");
+        assert!(subnet("255.255.255.0/24").is_ok());
     }
 }

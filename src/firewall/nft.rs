@@ -156,7 +156,7 @@ fn bad_output(msg: impl std::fmt::Display) -> FirewallError {
     }
 }
 
-/// Read `nft -j list ruleset` (or `list table`) output: object by object and rule by rule, so
+/// Read `nft -j list ruleset` (or `list table`) output (pure; the fuzzer's entry point, tests/fuzz): object by object and rule by rule, so
 /// that something this version does not know spoils only itself. Tables of families other than
 /// ip and inet, and iptables-nft's own tables, are left out.
 pub fn read(json: &str) -> Result<Ruleset, FirewallError> {
@@ -438,6 +438,13 @@ mod tests {
       {"table": {"family": "ip", "name": "filter", "handle": 2}},
       {"chain": {"family": "ip", "table": "filter", "name": "OUTPUT", "handle": 1, "type": "filter", "hook": "output", "prio": 0, "policy": "drop"}}
     ]}"#;
+
+    #[test]
+    fn parse_ruleset_reads_nft_json() {
+        let rs = read(MULLVAD).unwrap();
+        assert_eq!(observe(&rs, Some(&scope())).0.len(), 2);
+        assert!(read("{\"nftables\": [").is_err());
+    }
 
     #[test]
     fn a_policy_drop_table_needs_accepts_in_both_base_chains() {

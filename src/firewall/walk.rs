@@ -82,6 +82,7 @@ fn matches(r: &Rule, dir: Direction, scope: &Scope) -> (bool, bool) {
     (could, surely)
 }
 
+#[derive(Clone, Copy)]
 enum Flow {
     /// Accepted (or dropped) for good: stop.
     Done,
@@ -91,12 +92,36 @@ enum Flow {
 
 const MAX_DEPTH: usize = 16;
 
+/// The chains walked from one entry, by name and depth, and how the walk left them. Many rules
+/// may jump to one chain: it is walked once per depth, not once per path (paths multiply with
+/// every level of jumps).
+type Walked = std::collections::HashMap<(String, usize), Flow>;
+
 fn walk(
     chains: &[Chain],
     name: &str,
     dir: Direction,
     scope: &Scope,
     depth: usize,
+    walked: &mut Walked,
+    out: &mut Vec<(String, Direction, &'static str)>,
+) -> Flow {
+    let key = (name.to_string(), depth);
+    if let Some(flow) = walked.get(&key) {
+        return *flow; // its spots are in `out` already
+    }
+    let flow = walk_rules(chains, name, dir, scope, depth, walked, out);
+    walked.insert(key, flow);
+    flow
+}
+
+fn walk_rules(
+    chains: &[Chain],
+    name: &str,
+    dir: Direction,
+    scope: &Scope,
+    depth: usize,
+    walked: &mut Walked,
     out: &mut Vec<(String, Direction, &'static str)>,
 ) -> Flow {
     let Some(chain) = chains.iter().find(|c| c.name == name) else {
@@ -124,7 +149,7 @@ fn walk(
             Some("ACCEPT") if surely => return Flow::Done,
             Some("RETURN") if surely => return Flow::Continue,
             Some(t) if depth < MAX_DEPTH && chains.iter().any(|c| c.name == t) => {
-                if let Flow::Done = walk(chains, t, dir, scope, depth + 1, out) {
+                if let Flow::Done = walk(chains, t, dir, scope, depth + 1, walked, out) {
                     return Flow::Done;
                 }
             }
@@ -147,7 +172,15 @@ pub fn plan(
 ) -> Vec<Repair> {
     let mut spots = Vec::new();
     for (chain, dir) in entries {
-        walk(chains, chain, *dir, scope, 0, &mut spots);
+        walk(
+            chains,
+            chain,
+            *dir,
+            scope,
+            0,
+            &mut Walked::new(),
+            &mut spots,
+        );
     }
     let mut out: Vec<Repair> = Vec::new();
     for (chain, dir, verdict) in spots {
@@ -204,5 +237,61 @@ pub fn owned_repair(backend: &str, table: &str, chain: &str, r: &Rule) -> Repair
         verdict: r.target.clone().unwrap_or_default(),
         handle: r.handle,
         table_handle: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// OUTPUT jumps to c0; every chain jumps six times to the next one (rules with other
+    /// conditions, as a VPN's per-port rules would), and the last one drops. Found by the fuzzer
+    /// (tests/fuzz, target iptables): the walk followed every path, 6^12 of them.
+    #[test]
+    fn a_chain_many_rules_jump_to_is_walked_once_per_depth_not_once_per_path() {
+        const LEVELS: usize = 12;
+        let jump = |to: String| Rule {
+            other: true,
+            target: Some(to),
+            ..Default::default()
+        };
+        let mut chains = vec![Chain {
+            name: "OUTPUT".into(),
+            policy: Some("ACCEPT".into()),
+            rules: vec![jump("c0".into())],
+        }];
+        for i in 0..LEVELS {
+            let rules = if i + 1 < LEVELS {
+                (0..6).map(|_| jump(format!("c{}", i + 1))).collect()
+            } else {
+                vec![Rule {
+                    target: Some("DROP".into()),
+                    ..Default::default()
+                }]
+            };
+            chains.push(Chain {
+                name: format!("c{i}"),
+                policy: None,
+                rules,
+            });
+        }
+        let scope = Scope {
+            ifname: "vboxnet0".into(),
+            nets: vec!["172.17.0.0/16".parse().unwrap()],
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let entries = [("OUTPUT", Direction::Out)];
+            tx.send(plan("iptables", "filter", &chains, &entries, &scope))
+                .ok();
+        });
+        let planned = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the walk did not finish within 10 s");
+        let spots: Vec<String> = planned.iter().map(|r| r.to_string()).collect();
+        assert_eq!(
+            spots,
+            ["iptables -t filter c11 -o vboxnet0 -d 172.17.0.0/16 -j RETURN (comment dockroute)"]
+        );
     }
 }
