@@ -199,6 +199,26 @@ pub async fn up<N: Net>(
     dry_run: bool,
     hooks: Hooks,
 ) -> Result<Outcome, EngineError> {
+    up_reading(
+        net,
+        settings,
+        store,
+        dry_run,
+        hooks,
+        &firewall::Reading::All,
+    )
+    .await
+}
+
+/// [`up`], reading only the firewalls `reading` names (`watch`: the ones its events name).
+pub async fn up_reading<N: Net>(
+    net: &mut N,
+    settings: &Settings,
+    store: &Store,
+    dry_run: bool,
+    hooks: Hooks,
+    reading: &firewall::Reading,
+) -> Result<Outcome, EngineError> {
     // Discovery and the DNS check only read and validate; the lock covers observe → record.
     let target = discover::discover(net, &settings.request).await?;
     let want_dns = wanted_dns(settings, &target);
@@ -217,7 +237,7 @@ pub async fn up<N: Net>(
     let (fw, fw_owned_before, firewall_warnings) = match settings.firewall {
         FirewallMode::Auto => {
             let scope = firewall::Scope::for_target(&target);
-            let seen = firewall::observe(Some(&scope));
+            let seen = firewall::observe_only(Some(&scope), reading);
             if let Some(e) = seen.errors.into_iter().next() {
                 return Err(e.into());
             }

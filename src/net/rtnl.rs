@@ -348,9 +348,134 @@ impl Subscription {
     }
 }
 
+/// The nftables tables in this network namespace, as (NFPROTO_* family, name), through one netlink
+/// dump (NFT_MSG_GETTABLE). `nft list tables` reads the whole ruleset, iptables-nft's thousands
+/// of rules included; this reads the table list only.
+pub fn nft_tables() -> io::Result<Vec<(u8, String)>> {
+    const NETLINK_NETFILTER: isize = 12;
+    const NFT_GETTABLE: u16 = (10 << 8) | 1; // NFNL_SUBSYS_NFTABLES, NFT_MSG_GETTABLE
+    const NFT_NEWTABLE: u16 = 10 << 8;
+    const NFTA_TABLE_NAME: u16 = 1;
+    let mut socket = Socket::new(NETLINK_NETFILTER)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let mut req = Vec::with_capacity(20);
+    req.extend_from_slice(&20u32.to_ne_bytes());
+    req.extend_from_slice(&NFT_GETTABLE.to_ne_bytes());
+    req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes()); // sequence number
+    req.extend_from_slice(&0u32.to_ne_bytes()); // port: the kernel's
+    req.extend_from_slice(&[0, 0, 0, 0]); // nfgenmsg: every family, version 0, resource 0
+    if socket.send(&req, 0)? != req.len() {
+        return Err(invalid("short send"));
+    }
+    let mut out = Vec::new();
+    let mut buf = Vec::with_capacity(RECV_BUF);
+    loop {
+        buf.clear();
+        let n = socket.recv(&mut buf, nix::libc::MSG_TRUNC)?;
+        if n > buf.len() {
+            return Err(invalid(format!("a reply of {n} bytes did not fit")));
+        }
+        let mut rest = &buf[..];
+        while rest.len() >= 16 {
+            let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            let kind = u16::from_ne_bytes([rest[4], rest[5]]);
+            let msg = rest
+                .get(..len)
+                .filter(|_| len >= 16)
+                .ok_or_else(|| invalid("bad length"))?;
+            match kind {
+                3 => return Ok(out), // NLMSG_DONE
+                2 => {
+                    // NLMSG_ERROR: a negative errno, 0 for an ack
+                    let code = msg
+                        .get(16..20)
+                        .map_or(0, |c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
+                    return match kernel_error(code) {
+                        Some(e) => Err(e),
+                        None => Ok(out),
+                    };
+                }
+                NFT_NEWTABLE if len >= 20 => {
+                    let family = msg[16];
+                    let mut at = 20;
+                    while let Some(head) = msg.get(at..at + 4) {
+                        let nla_len = u16::from_ne_bytes([head[0], head[1]]) as usize;
+                        let nla_type = u16::from_ne_bytes([head[2], head[3]]) & 0x3fff;
+                        let Some(value) = msg.get(at + 4..at + nla_len.max(4)) else {
+                            break;
+                        };
+                        if nla_type == NFTA_TABLE_NAME {
+                            let name = value.split(|b| *b == 0).next().unwrap_or_default();
+                            out.push((family, String::from_utf8_lossy(name).into_owned()));
+                        }
+                        if nla_len < 4 {
+                            break;
+                        }
+                        at += (nla_len + 3) & !3;
+                    }
+                }
+                _ => {}
+            }
+            rest = rest.get((len + 3) & !3..).unwrap_or_default();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Privileged (root; in CI it must not skip): in a network namespace of its own (unshare on
+    /// a dedicated thread; the programs it runs inherit it), the netlink table list names every
+    /// table nft made, in every family, and iptables-nft's.
+    #[test]
+    fn nft_tables_lists_every_table_of_this_namespace() {
+        if !nix::unistd::geteuid().is_root() {
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "a privileged test in CI without root"
+            );
+            return;
+        }
+        let found = std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            assert_eq!(nft_tables().unwrap(), []);
+            let mut nft = std::process::Command::new("nft")
+                .args(["-f", "-"])
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .expect("nft");
+            use std::io::Write;
+            nft.stdin
+                .take()
+                .unwrap()
+                .write_all(b"table inet vpn {}\ntable ip nordvpn {}\ntable ip6 six {}\n")
+                .unwrap();
+            assert!(nft.wait().unwrap().success());
+            let ipt = std::process::Command::new("iptables-nft")
+                .args(["-w", "-A", "OUTPUT", "-j", "ACCEPT"])
+                .status()
+                .expect("iptables-nft");
+            assert!(ipt.success());
+            nft_tables().unwrap()
+        })
+        .join()
+        .unwrap();
+        let mut found = found;
+        found.sort();
+        assert_eq!(
+            found,
+            [
+                (1, "vpn".to_string()),
+                (2, "filter".to_string()),
+                (2, "nordvpn".to_string()),
+                (10, "six".to_string())
+            ]
+        );
+    }
 
     #[test]
     fn invalid_utf8_bytes_become_sub_and_valid_text_stays() {
