@@ -7,7 +7,7 @@
 //! deadline: with nothing happening the process sleeps until the backstop.
 
 use super::pace::{Pacer, Timing, Verdict};
-use super::{Causes, Options, WatchError, message_types, nft_event, rtnl_event};
+use super::{Causes, FwTouched, Options, WatchError, message_types, nft_event, rtnl_event};
 use crate::discover::external_vm_ip;
 use crate::engine::{self, EngineError, Hooks};
 use crate::net::System;
@@ -221,7 +221,12 @@ fn sleep(s: &Sources, until: Instant) -> Result<Vec<bool>, WatchError> {
         .collect())
 }
 
-fn read_sources(s: &mut Sources, ready: &[bool], causes: &mut Causes) -> Result<Woken, WatchError> {
+fn read_sources(
+    s: &mut Sources,
+    ready: &[bool],
+    causes: &mut Causes,
+    fw: &mut FwTouched,
+) -> Result<Woken, WatchError> {
     let is = |i: usize| ready.get(i).copied().unwrap_or(false);
     let mut woken = Woken::default();
     if is(0) {
@@ -262,10 +267,12 @@ fn read_sources(s: &mut Sources, ready: &[bool], causes: &mut Causes) -> Result<
                             causes.add(what);
                         }
                     }
+                    fw.add_datagram(d);
                 })
                 .map_err(|e| WatchError::os("reading nftables events", e))?;
             if overran {
                 causes.add("nftables events lost (overrun)");
+                fw.unknown = true;
             }
         }
         i += 1;
@@ -300,6 +307,7 @@ fn touched(e: &EngineError) -> bool {
 fn reconcile(
     settings: &Settings,
     causes: &Causes,
+    fw: &FwTouched,
     last_error: &mut Option<String>,
     count: &mut u64,
 ) -> Verdict {
@@ -316,10 +324,16 @@ fn reconcile(
         // `nft` processes).
         s.firewall = FirewallMode::Off;
     }
+    // Only firewall events besides routes: read only the firewalls they name (one nftables
+    // table, or iptables-nft's), not every backend and table.
+    let reading = fw.reading(causes, last_error.is_none());
+    if reading != crate::firewall::Reading::All && s.firewall == FirewallMode::Auto {
+        tracing::debug!("reading only {reading:?}");
+    }
     let store = Store::new(&s.state_dir);
     let result = futures_lite::future::block_on(async {
         let mut net = System::new()?;
-        engine::up(&mut net, &s, &store, false, Hooks::default()).await
+        engine::up_reading(&mut net, &s, &store, false, Hooks::default(), &reading).await
     });
     let took = started.elapsed().as_secs_f64() * 1000.0;
     match result {
@@ -388,7 +402,8 @@ pub fn run(
     causes.add("start");
     let mut last_error = None;
     let mut count = 0u64;
-    let v = reconcile(&settings, &causes, &mut last_error, &mut count);
+    let mut fw = FwTouched::default();
+    let v = reconcile(&settings, &causes, &fw, &mut last_error, &mut count);
     causes = Causes::default();
     let mut pacer = Pacer::new(timing, Instant::now());
     pacer.ran(Instant::now(), v);
@@ -414,14 +429,15 @@ pub fn run(
     loop {
         let now = Instant::now();
         if now >= pacer.due() {
-            let v = reconcile(&settings, &causes, &mut last_error, &mut count);
+            let v = reconcile(&settings, &causes, &fw, &mut last_error, &mut count);
             causes = Causes::default();
+            fw = FwTouched::default();
             pacer.ran(Instant::now(), v);
             continue;
         }
         let ready = sleep(&sources, pacer.due())?;
         let before = causes.clone();
-        let woken = read_sources(&mut sources, &ready, &mut causes)?;
+        let woken = read_sources(&mut sources, &ready, &mut causes, &mut fw)?;
         if let Some(sig) = woken.exit {
             tracing::info!(
                 "{sig}: ending after {count} reconcile(s){}",
