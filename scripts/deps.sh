@@ -12,6 +12,8 @@ have ss || need+=(iproute2)
 have setpriv || need+=(util-linux)
 have sysctl || need+=(procps)
 have hyperfine || need+=(hyperfine)
+# scripts/bench-watch.sh measures with a Python helper (standard library only)
+have python3 || need+=(python3)
 # the firewall tests build VPN kill switches with both iptables backends and nftables
 have iptables || need+=(iptables)
 have iptables-legacy || need+=(iptables)
