@@ -576,7 +576,15 @@ pub async fn status<N: Net>(
         }
     };
     let links = net.links().await?;
-    let snap = net.snapshot().await?;
+    // Only the routes status can show: near the target's networks, default routes, through links
+    // that look like tunnels, or tagged (a VPN's thousands of other routes are not parsed).
+    let tunnels: Vec<u32> = links
+        .iter()
+        .filter(|l| vpn::classify(&l.name).is_some())
+        .map(|l| l.index)
+        .collect();
+    let nets = target.as_ref().map(Target::networks).unwrap_or_default();
+    let snap = net.snapshot_near(&nets, &tunnels).await?;
     let tagged_not_owned = snap.tagged_not_owned();
     let warnings = tagged_not_owned
         .iter()

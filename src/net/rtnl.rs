@@ -71,6 +71,58 @@ fn replace_invalid_utf8(b: &mut [u8]) {
     }
 }
 
+/// The first message of `datagram` when it is a whole RTM_NEWROUTE message.
+fn raw_route(datagram: &[u8]) -> Option<&[u8]> {
+    let len = u32::from_ne_bytes(datagram.get(..4)?.try_into().ok()?) as usize;
+    let kind = u16::from_ne_bytes(datagram.get(4..6)?.try_into().ok()?);
+    (kind == 24 && len >= 28)
+        .then(|| datagram.get(..len))
+        .flatten()
+}
+
+/// The fields of a raw IPv4 route message a filter needs, read without parsing the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawRoute {
+    pub family: u8,
+    pub dst: u32,
+    pub dst_len: u8,
+    pub table: u32,
+    pub protocol: u8,
+    pub oif: Option<u32>,
+}
+
+impl RawRoute {
+    /// `msg`: a whole RTM_NEWROUTE message (netlink header, rtmsg, attributes).
+    pub fn read(msg: &[u8]) -> Option<RawRoute> {
+        let h = msg.get(16..28)?;
+        let mut r = RawRoute {
+            family: h[0],
+            dst: 0,
+            dst_len: h[1],
+            table: u32::from(h[4]),
+            protocol: h[5],
+            oif: None,
+        };
+        let mut at = 28;
+        while let Some(head) = msg.get(at..at + 4) {
+            let nla_len = u16::from_ne_bytes([head[0], head[1]]) as usize;
+            let nla_type = u16::from_ne_bytes([head[2], head[3]]) & 0x3fff;
+            if nla_len < 4 {
+                break;
+            }
+            let v = msg.get(at + 4..at + nla_len)?;
+            match (nla_type, v.len()) {
+                (1, 4) => r.dst = u32::from_be_bytes([v[0], v[1], v[2], v[3]]), // RTA_DST
+                (4, 4) => r.oif = Some(u32::from_ne_bytes([v[0], v[1], v[2], v[3]])), // RTA_OIF
+                (15, 4) => r.table = u32::from_ne_bytes([v[0], v[1], v[2], v[3]]), // RTA_TABLE
+                _ => {}
+            }
+            at += (nla_len + 3) & !3;
+        }
+        Some(r)
+    }
+}
+
 /// One rtnetlink request socket.
 pub struct Rtnl {
     socket: Socket,
@@ -132,7 +184,16 @@ impl Rtnl {
     }
 
     /// Read one datagram and hand each message in it to `each`, until `each` says it is done.
-    fn receive(&mut self, mut each: impl FnMut(Message) -> io::Result<bool>) -> io::Result<()> {
+    fn receive(&mut self, each: impl FnMut(Message) -> io::Result<bool>) -> io::Result<()> {
+        self.receive_where(&|_| true, each)
+    }
+
+    /// [`Rtnl::receive`], skipping unparsed the route messages (RTM_NEWROUTE) `keep` refuses.
+    fn receive_where(
+        &mut self,
+        keep: &dyn Fn(&[u8]) -> bool,
+        mut each: impl FnMut(Message) -> io::Result<bool>,
+    ) -> io::Result<()> {
         loop {
             self.buf.clear();
             let n = self.socket.recv(&mut self.buf, nix::libc::MSG_TRUNC)?;
@@ -141,6 +202,12 @@ impl Rtnl {
             }
             let mut rest = &self.buf[..];
             while !rest.is_empty() {
+                if let Some(raw) = raw_route(rest)
+                    && !keep(raw)
+                {
+                    rest = rest.get((raw.len() + 3) & !3..).unwrap_or_default();
+                    continue;
+                }
                 let msg = match Message::deserialize(rest) {
                     Ok(msg) => msg,
                     Err(e) => with_link_names_repaired(rest).ok_or_else(|| invalid(e))?,
@@ -157,13 +224,23 @@ impl Rtnl {
     /// A dump request: every message of the reply, in order. Read again if the kernel says the
     /// dump was interrupted by a change.
     pub fn dump(&mut self, msg: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.dump_where(msg, &|_| true)
+    }
+
+    /// [`Rtnl::dump`], leaving out (unparsed: most of a large dump's cost) the route messages
+    /// `keep` refuses; it sees each raw message, see [`RawRoute`].
+    pub fn dump_where(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        keep: &dyn Fn(&[u8]) -> bool,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
         let mut tries = 0;
         loop {
             tries += 1;
             let seq = self.send(vec![(msg.clone(), NLM_F_REQUEST | NLM_F_DUMP)])?;
             let mut out = Vec::new();
             let mut interrupted = false;
-            self.receive(|m| {
+            self.receive_where(keep, |m| {
                 if m.header.sequence_number != seq {
                     return Ok(false);
                 }
