@@ -571,6 +571,63 @@ def hyperfine(cmd, prepare, runs):
     return statistics.median(times) * 1000
 
 
+def kernel_walk_ms(runs):
+    """Median time of the route dump `up` asks for (strict checking, protocol 100: the kernel
+    walks every table, main's thousands of routes included, and returns dockroute's few)."""
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+    s.setsockopt(270, 12, 1)  # SOL_NETLINK, NETLINK_GET_STRICT_CHK
+    s.bind((0, 0))
+    body = struct.pack("=BBBBBBBBI", socket.AF_INET, 0, 0, 0, 0, PROTO, 0, 1, 0)
+    times = []
+    for seq in range(1, runs + 1):
+        t = time.monotonic_ns()
+        s.send(struct.pack("=IHHII", 16 + len(body), RTM_GETROUTE, NLM_F_REQUEST | 0x300, seq, 0) + body)
+        done = False
+        while not done:
+            for kind, _, _ in split(s.recv(1 << 16)):
+                done |= kind in (2, 3)  # NLMSG_ERROR, NLMSG_DONE
+        times.append(time.monotonic_ns() - t)
+    s.close()
+    return statistics.median(times) / 1e6
+
+
+def watch_reconciles(ctx, runs):
+    """Medians of `watch`'s own reconcile times (its debug log: "nothing to change (X ms)") after
+    an unrelated route event (the firewall is not read) and after SIGHUP (everything is read)."""
+    import re
+
+    k = Keeper(ctx, "dockroute")
+    k.start()
+    settle(ctx, k)
+    pat = re.compile(r"cause=([^}]*)\}: reconcile #\d+: nothing to change \(([0-9.]+) ms\)")
+
+    def lines():
+        k.log.seek(0)
+        return pat.findall(k.log.read().decode(errors="replace"))
+
+    out = {}
+    bulk = ifindex("bulk0")
+    for what in ("route", "SIGHUP"):
+        got = []
+        for _ in range(runs):
+            n = len(lines())
+            if what == "route":
+                body = route_msg("10.250.0.0/24", 254, oif=bulk, scope=253, kind=1, proto=3)
+                ctx.nl.batch([(RTM_NEWROUTE, NLM_F_CREATE, body)])
+            else:
+                os.killpg(k.p.pid, signal.SIGHUP)
+            deadline = time.monotonic() + 3
+            while len(lines()) == n and time.monotonic() < deadline:
+                time.sleep(0.005)
+            got += [float(ms) for cause, ms in lines()[n:] if what.lower() in cause.lower()]
+            if what == "route":
+                ctx.nl.batch([(RTM_DELROUTE, 0, route_msg("10.250.0.0/24", 254, oif=bulk))])
+            settle(ctx, k)
+        out[what] = statistics.median(got) if got else float("nan")
+    k.stop()
+    return out["route"], out["SIGHUP"]
+
+
 def scale(ctx):
     a = ctx.a
     routes = [0, 1000] if a.quick else [0, 1000, 5000, 20000]
@@ -591,6 +648,8 @@ def scale(ctx):
                 "steady_fw": hyperfine(up_fw, None, a.runs),
                 "status": hyperfine(ctx.dr("status"), None, a.runs),
             }
+            r["walk"] = kernel_walk_ms(50)
+            r["w_rt"], r["w_all"] = watch_reconciles(ctx, 3 if a.quick else 7)
             r["up_rt"] = hyperfine(up_rt, down, a.runs)
             r["up_fw"] = hyperfine(up_fw, down, a.runs)
             run(*down)
@@ -600,20 +659,26 @@ def scale(ctx):
     subprocess.run(["iptables-restore"], input=firewall_text(0), text=True, check=True)
     run("ip", "link", "del", "bulk0")
     run("ip", "link", "del", "tun0")
-    print(f"scale: medians of {a.runs} runs (hyperfine -N), ms; main holds R routes, the iptables-nft")
-    print("  filter table F rules (kill switch: INPUT/OUTPUT policy drop; 1/4 of the rules in INPUT's")
-    print("  chain, 1/4 in OUTPUT's, 1/2 in FORWARD's). `steady` = `up` with nothing to change (what a")
-    print("  reconcile does, plus starting a process); `up` = from nothing (after `down`), with the")
-    print("  firewall repair when F > 0; rt = --firewall off, fw = --firewall auto")
-    print(f"  {'R':>6} {'F':>5} | {'steady rt':>9} {'steady fw':>9} | {'up rt':>7} {'up fw':>7} | {'status':>7}")
+    print(f"scale: medians, ms; main holds R routes, the iptables-nft filter table F rules (a kill")
+    print("  switch: INPUT/OUTPUT policy drop; 1/4 of the rules in a chain INPUT jumps to, 1/4 in one")
+    print("  of OUTPUT's, 1/2 in FORWARD's); no nftables table. watch: `dockroute watch`'s own reconcile")
+    print("  with nothing to change, from its log (rt: after an unrelated route event, the firewall")
+    print("  unread; all: after SIGHUP, everything read); steady: `up` with nothing to change, a process")
+    print(f"  (hyperfine -N, {a.runs} runs); up: `up` from nothing (after `down`), with the firewall repair")
+    print("  when F > 0; rt = --firewall off, fw = --firewall auto; walk: the kernel's filtered route")
+    print("  dump alone (what `up` asks for: it walks main)")
+    hdr = f"  {'R':>6} {'F':>5} | {'walk':>5} | {'watch rt':>8} {'watch all':>9} | {'steady rt':>9} {'steady fw':>9} | {'up rt':>7} {'up fw':>7} | {'status':>7}"
+    print(hdr)
     base = {}
     for n, f, r in rows:
         base.setdefault(f, r)
-        print(f"  {n:>6} {f:>5} | {r['steady_rt']:>9.2f} {r['steady_fw']:>9.2f} | {r['up_rt']:>7.2f} {r['up_fw']:>7.2f} | {r['status']:>7.2f}")
+        print(f"  {n:>6} {f:>5} | {r['walk']:>5.2f} | {r['w_rt']:>8.2f} {r['w_all']:>9.2f} | {r['steady_rt']:>9.2f} {r['steady_fw']:>9.2f} | {r['up_rt']:>7.2f} {r['up_fw']:>7.2f} | {r['status']:>7.2f}")
     n, f, r = rows[-1]
     b = base[f]
-    print(f"  at R={n}, F={f} vs R=0, F={f}: up rt x{r['up_rt'] / b['up_rt']:.2f}, up fw x{r['up_fw'] / b['up_fw']:.2f}, "
-          f"steady rt x{r['steady_rt'] / b['steady_rt']:.2f}, steady fw x{r['steady_fw'] / b['steady_fw']:.2f}, status x{r['status'] / b['status']:.2f}")
+    ratio = lambda k: r[k] / b[k]
+    print(f"  R={n} vs R=0 (both F={f}): up rt x{ratio('up_rt'):.2f}, up fw x{ratio('up_fw'):.2f}, "
+          f"steady rt x{ratio('steady_rt'):.2f}, steady fw x{ratio('steady_fw'):.2f}, status x{ratio('status'):.2f}, "
+          f"watch rt x{ratio('w_rt'):.2f}, watch all x{ratio('w_all'):.2f}")
     sys.stdout.flush()
 
 
