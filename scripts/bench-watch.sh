@@ -11,13 +11,14 @@
 #          nftables table re-created with policy drop (dockroute only: the others repair no
 #          firewall). 200 trials each (the poll loop: 20, each up to 5 s)
 #   idle   the watch process over 60 s with no events: CPU ticks, wake-ups, resident memory
-#   scale  `up` with nothing to change, `up` from nothing and `status`, with 0/1k/5k/20k routes
-#          in main and 0/500/2,000 iptables-nft rules
+#   scale  watch's own reconcile, `up` with nothing to change, `up` from nothing and `status`,
+#          with 0/1k/5k/20k routes in main and 0/500/2,000 iptables-nft rules (30 runs each)
 #
-# --quick (about half a minute, for CI): 10 heal trials (2 for the poll loop), 3 s idle, the
+# --quick (about a minute after the build): 10 heal trials (2 for the poll loop), 3 s idle, the
 # scale table at 0/1k routes and 0/500 rules with 3 runs each. The numbers are not meant to be
 # read then; it checks that the benchmark still runs.
-# The measuring is scripts/bench_watch.py (Python standard library only).
+# The measuring is scripts/bench_watch.py (Python standard library only). A full run takes about
+# 12 minutes.
 set -euo pipefail
 shopt -s inherit_errexit
 cd "$(dirname "$0")/.."

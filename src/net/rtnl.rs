@@ -555,6 +555,40 @@ mod tests {
     }
 
     #[test]
+    fn a_raw_route_reads_as_the_parser_reads_it() {
+        use rtnetlink::RouteMessageBuilder;
+        use rtnetlink::packet_route::route::RouteProtocol;
+        use std::net::Ipv4Addr;
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .table_id(5017)
+            .destination_prefix(Ipv4Addr::new(172, 17, 0, 0), 16)
+            .output_interface(7)
+            .protocol(RouteProtocol::Other(100))
+            .build();
+        let mut msg = NetlinkMessage::new(
+            NetlinkHeader::default(),
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route)),
+        );
+        msg.header.message_type = 24;
+        msg.finalize();
+        let mut raw = vec![0; msg.buffer_len()];
+        msg.serialize(&mut raw);
+        let got = RawRoute::read(raw_route(&raw).unwrap()).unwrap();
+        assert_eq!(
+            got,
+            RawRoute {
+                family: 2,
+                dst: u32::from(Ipv4Addr::new(172, 17, 0, 0)),
+                dst_len: 16,
+                table: 5017,
+                protocol: 100,
+                oif: Some(7),
+            }
+        );
+        assert!(raw_route(&raw[..20]).is_none(), "a cut message is not read");
+    }
+
+    #[test]
     fn invalid_utf8_bytes_become_sub_and_valid_text_stays() {
         let mut b = *b"x\xffy\xc3\xa9\xe2\x82";
         replace_invalid_utf8(&mut b);
