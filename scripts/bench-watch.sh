@@ -9,7 +9,7 @@
 #          route` and a 5-second poll loop (scripts/bench-keepers.sh): dockroute's routes and
 #          rules deleted; `ip route replace 172.17.0.0/16 dev tun0` in main (vpnc-script); a VPN's
 #          nftables table re-created with policy drop (dockroute only: the others repair no
-#          firewall). 200 trials each (the poll loop: 20, each up to 5 s)
+#          firewall). 200 trials each (the poll loop: 20, each at a random time of its period)
 #   idle   the watch process over 60 s with no events: CPU ticks, wake-ups, resident memory
 #   scale  watch's own reconcile, `up` with nothing to change, `up` from nothing and `status`,
 #          with 0/1k/5k/20k routes in main and 0/500/2,000 iptables-nft rules (30 runs each)
