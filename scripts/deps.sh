@@ -50,6 +50,8 @@ if [ "$what" = test ] || [ "$what" = all ]; then
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
     have hyperfine || want hyperfine
+    # scripts/bench-watch.sh measures with a Python helper (standard library only)
+    have python3 || want python3
 fi
 
 if [ ${#need[@]} -gt 0 ]; then

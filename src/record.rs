@@ -180,11 +180,19 @@ impl Store {
         if file.try_lock().is_err() {
             self.wait_for_lock(&file, &path)?;
         }
-        // Who holds it, for a run that has to wait.
-        let pid = format!("{}\n", std::process::id());
-        file.set_len(0)
-            .and_then(|()| file.write_all_at(pid.as_bytes(), 0))
-            .map_err(io_err(&path))?;
+        // Who holds it, for a run that has to wait. Written over the old pid at a fixed width,
+        // and not at all when it is this process's already (`watch` locks on every reconcile):
+        // truncating a file on ext4 costs a journal transaction, up to milliseconds.
+        let me = std::process::id();
+        if read_holder(&file) != Some(me) {
+            let pid = format!("{me:<10}\n");
+            let len = file.metadata().map_err(io_err(&path))?.len();
+            if len != pid.len() as u64 {
+                file.set_len(0).map_err(io_err(&path))?;
+            }
+            file.write_all_at(pid.as_bytes(), 0)
+                .map_err(io_err(&path))?;
+        }
         self.sweep();
         Ok(Lock { _file: file })
     }
@@ -332,6 +340,28 @@ mod tests {
         assert!(other.try_lock().is_err());
         drop(held);
         assert!(other.try_lock().is_ok());
+    }
+
+    #[test]
+    fn the_lock_names_its_holder_over_a_longer_or_shorter_old_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let path = dir.path().join("lock");
+        let me = std::process::id();
+        for old in ["4194304999999\n", "7\n", ""] {
+            std::fs::write(&path, old).unwrap();
+            let held = store.lock().unwrap();
+            assert_eq!(
+                read_holder(&File::open(&path).unwrap()),
+                Some(me),
+                "{old:?}"
+            );
+            drop(held);
+        }
+        // locked again by the same process (`watch`): the file already names it
+        let _a = store.lock().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.trim(), me.to_string());
     }
 
     #[test]

@@ -276,3 +276,78 @@ fn a_moved_vm_is_followed_without_leftovers() {
     assert!(lab.reaches_container());
     assert_eq!(lab.tagged(), 5);
 }
+
+/// status reads only the routes it can show: among 3,000 unrelated routes, it still names the
+/// ones that cover or sit inside the subnets (in any table), the VPN's routes through its tunnel
+/// and default routes of other tables, and none of the unrelated ones.
+#[test]
+fn status_among_thousands_of_routes_shows_exactly_the_ones_that_matter() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    lab.add_tunnel("tun0", "10.66.0.2/24");
+    lab.add_tunnel("bulk0", "10.77.0.2/24");
+    let batch: String = (0..3000)
+        .map(|i| {
+            format!(
+                "route add 10.{}.{}.0/24 dev bulk0\n",
+                100 + i / 256,
+                i % 256
+            )
+        })
+        .collect();
+    let mut ip = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.host(), "ip", "-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    ip.stdin
+        .take()
+        .unwrap()
+        .write_all(batch.as_bytes())
+        .unwrap();
+    assert!(ip.wait().unwrap().success());
+    lab.ip("route add 172.16.0.0/12 dev bulk0"); // covers the subnet
+    lab.ip("route add 172.17.5.0/24 dev bulk0 table 77"); // inside it, another table
+    lab.ip("route add 10.99.0.0/16 dev tun0"); // the VPN's, elsewhere
+    lab.ip("route add default dev tun0 table 52"); // a Tailscale-like default
+    up(&lab);
+    let st = lab.dockroute(&["--json", "status"]).ok().json();
+    let conflicts: Vec<String> = st["conflicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["kind"] == "route")
+        .map(|c| format!("{} {} {}", c["dst"], c["dev"], c["table"]))
+        .collect();
+    assert!(
+        conflicts.contains(&r#""172.16.0.0/12" "bulk0" 254"#.to_string()),
+        "{conflicts:?}"
+    );
+    assert!(
+        conflicts.contains(&r#""172.17.5.0/24" "bulk0" 77"#.to_string()),
+        "{conflicts:?}"
+    );
+    assert!(
+        conflicts.contains(&r#""0.0.0.0/0" "tun0" 52"#.to_string()),
+        "{conflicts:?}"
+    );
+    assert_eq!(conflicts.len(), 3, "{conflicts:?}");
+    let vpn: Vec<String> = st["vpn"]["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["dst"].as_str().unwrap().to_string())
+        .collect();
+    for want in ["10.66.0.0/24", "10.99.0.0/16", "0.0.0.0/0"] {
+        assert!(vpn.contains(&want.to_string()), "{want} missing: {vpn:?}");
+    }
+    assert!(
+        !st.to_string().contains("10.100.5.0/24"),
+        "an unrelated route: {st}"
+    );
+    assert_eq!(st["installed"].as_array().unwrap().len(), 5);
+    assert_eq!(st["in_sync"], true);
+}

@@ -761,3 +761,79 @@ fn only_the_resolv_conf_backend_is_probed_and_never_in_a_tight_loop() {
         }
     }
 }
+
+/// `dockroute watch ARGS` in the lab with `/usr/sbin/iptables` replaced, in a private mount
+/// namespace of its own, by `program`.
+fn watch_with_iptables(lab: &Lab, program: &std::path::Path, args: &[&str]) -> Watch {
+    let mut all = vec!["watch"];
+    all.extend_from_slice(args);
+    let inner = lab.command(&all);
+    let mut c = Command::new("unshare");
+    c.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("set -e; mount --bind \"$1\" \"$2\"; shift 2; exec \"$@\"")
+        .arg("sh")
+        .arg(program)
+        .arg("/usr/sbin/iptables")
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c.env("DOCKROUTE_LOG", "debug")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    Watch::collect(c.spawn().expect("spawning dockroute watch"))
+}
+
+#[test]
+fn a_vpn_nftables_table_heals_from_its_own_events_without_reading_iptables() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    lab.add_tunnel("tun0", "10.66.0.2/24");
+    // iptables that works until the test breaks it (a copy of the multi-call binary behind a
+    // wrapper): a reconcile that reads iptables fails from then on
+    let dir = lab.dir.path();
+    let real = dir.join("iptables");
+    copy_exe(
+        &std::fs::canonicalize("/usr/sbin/iptables").unwrap(),
+        &real,
+        0o755,
+    );
+    let broken = dir.join("broken");
+    let wrapper = dir.join("iptables-wrapper");
+    write_script(
+        &wrapper,
+        &format!(
+            "if [ -e '{}' ]; then echo 'iptables: broken by the test' >&2; exit 4; fi\nexec '{}' \"$@\"",
+            broken.display(),
+            real.display()
+        ),
+        0o755,
+    );
+    let w = watch_with_iptables(&lab, &wrapper, &["--vm-ip", VM_IP]);
+    started(&lab, &w);
+    nft_load(&lab, VPN_TABLE);
+    assert!(
+        eventually(Duration::from_secs(5), || nft_repairs(&lab) == 4
+            && lab.reaches_container()),
+        "not repaired:\n{}",
+        w.log()
+    );
+    w.settles(Duration::from_millis(500));
+    std::fs::write(&broken, "").unwrap();
+    // The VPN reconnects: its events name its own table only, which is all the heal reads.
+    nft_load(&lab, &format!("delete table inet vpn\n{VPN_TABLE}"));
+    assert!(
+        eventually(Duration::from_secs(5), || nft_repairs(&lab) == 4
+            && lab.reaches_container()),
+        "not repaired after the re-creation with iptables failing:\n{}",
+        w.log()
+    );
+    assert_eq!(w.count("broken by the test"), 0, "{}", w.log());
+}

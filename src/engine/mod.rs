@@ -228,10 +228,21 @@ pub async fn up<N: Net>(
     dry_run: bool,
     hooks: Hooks,
 ) -> Result<Outcome, EngineError> {
-    up_with(net, settings, store, dry_run, hooks, DnsGate::Refuse).await
+    up_with(
+        net,
+        settings,
+        store,
+        dry_run,
+        hooks,
+        DnsGate::Refuse,
+        &firewall::Reading::All,
+    )
+    .await
 }
 
-/// [`up`], with what to do about a DNS server that does not answer.
+/// [`up`], with what to do about a DNS server that does not answer, reading only the firewalls
+/// `reading` names (`watch`: the ones its events name).
+#[allow(clippy::too_many_arguments)]
 pub async fn up_with<N: Net>(
     net: &mut N,
     settings: &Settings,
@@ -239,6 +250,7 @@ pub async fn up_with<N: Net>(
     dry_run: bool,
     hooks: Hooks,
     gate: DnsGate,
+    reading: &firewall::Reading,
 ) -> Result<Outcome, EngineError> {
     // Discovery and the DNS check only read and validate; the lock covers observe → record.
     let target = discover::discover(net, &settings.request).await?;
@@ -263,7 +275,7 @@ pub async fn up_with<N: Net>(
     let (fw, fw_owned_before, firewall_warnings) = match settings.firewall {
         FirewallMode::Auto => {
             let scope = firewall::Scope::for_target(&target);
-            let seen = firewall::observe(Some(&scope));
+            let seen = firewall::observe_only(Some(&scope), reading);
             if dry_run && !seen.errors.is_empty() {
                 // A dry run shows what it can: the firewall is left out, and says why.
                 firewall_unread = Some(unread_note(&seen.errors));

@@ -233,7 +233,17 @@ pub async fn status<N: Net>(
         }
     };
     let links = net.links().await?;
-    let snap = net.snapshot().await?;
+    // Only the routes status can show: near the target's networks, default routes, through links
+    // that may be tunnels (a tunnel kind, or a VPN-like name), or tagged (a VPN's thousands of
+    // other routes are not parsed).
+    let maybe_tunnels: Vec<u32> = vpn::tunnels(&links, &[])
+        .iter()
+        .filter_map(|t| links.iter().find(|l| l.name == t.name))
+        .chain(links.iter().filter(|l| vpn::classify(&l.name).is_some()))
+        .map(|l| l.index)
+        .collect();
+    let nets = target.as_ref().map(Target::networks).unwrap_or_default();
+    let snap = net.snapshot_near(&nets, &maybe_tunnels).await?;
     let tagged_not_owned = snap.tagged_not_owned();
     let mut warnings: Vec<String> = tagged_not_owned
         .iter()

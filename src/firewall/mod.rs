@@ -237,15 +237,41 @@ pub struct Observed {
     pub counters: Vec<pf::Listed>,
 }
 
-/// What the firewalls of this platform need and have: pf on macOS, netfilter elsewhere.
+/// Which firewalls to read. `watch` narrows a reconcile to the ones its events name; everything
+/// else reads them all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Reading {
+    /// Every backend; the nftables tables one by one, found over netlink (iptables-nft's own
+    /// tables are not read twice).
+    #[default]
+    All,
+    /// Every backend; nftables through `nft list ruleset` (`down`: whatever any table holds, and
+    /// an nft that fails is reported even when no table needs it).
+    Everything,
+    Only {
+        /// The iptables backends (iptables-nft's tables changed).
+        iptables: bool,
+        /// These nftables tables (`family name`).
+        nft_tables: Vec<String>,
+    },
+}
+
 pub fn observe(scope: Option<&Scope>) -> Observed {
+    observe_only(scope, &Reading::All)
+}
+
+/// [`observe`], reading only what `reading` names; what is not read is neither desired nor owned
+/// here, so a diff leaves it alone. pf on macOS (one anchor: always read whole), netfilter
+/// elsewhere.
+pub fn observe_only(scope: Option<&Scope>, reading: &Reading) -> Observed {
     #[cfg(target_os = "macos")]
     {
+        let _ = reading;
         observe_pf(scope)
     }
     #[cfg(not(target_os = "macos"))]
     {
-        observe_netfilter(scope)
+        observe_netfilter(scope, reading)
     }
 }
 
@@ -278,10 +304,27 @@ fn observe_pf(scope: Option<&Scope>) -> Observed {
     o
 }
 
-/// iptables (both backends) and nftables.
-pub fn observe_netfilter(scope: Option<&Scope>) -> Observed {
+/// iptables (both backends) and nftables, as much of them as `reading` names.
+pub fn observe_netfilter(scope: Option<&Scope>, reading: &Reading) -> Observed {
     let mut o = Observed::default();
-    for (label, chains) in iptables_backends(&mut o) {
+    let (iptables, nft_tables) = match reading {
+        Reading::All => (true, nft::Tables::Listed),
+        Reading::Everything => (true, nft::Tables::Ruleset),
+        Reading::Only {
+            iptables,
+            nft_tables,
+        } => (*iptables, nft::Tables::Only(nft_tables.clone())),
+    };
+    let no_nft = matches!(&nft_tables, nft::Tables::Only(t) if t.is_empty());
+    if no_nft && !iptables {
+        return o;
+    }
+    let backends = if iptables {
+        iptables_backends(&mut o)
+    } else {
+        Vec::new()
+    };
+    for (label, chains) in backends {
         if let Some(scope) = scope {
             o.desired.extend(iptables::plan(&label, &chains, scope));
         }
@@ -289,7 +332,8 @@ pub fn observe_netfilter(scope: Option<&Scope>) -> Observed {
         o.foreign.extend(iptables::foreign(&label, &chains));
     }
     match exec::find("nft") {
-        Ok(_) => match nft::ruleset() {
+        Ok(_) if no_nft => {}
+        Ok(_) => match nft::ruleset(&nft_tables) {
             Ok(rs) => {
                 let (desired, owned, foreign) = nft::observe(&rs, scope);
                 o.desired.extend(desired);
@@ -394,14 +438,34 @@ fn apply_one(c: &FwChange) -> Result<(), FirewallError> {
     }
 }
 
-/// Apply `changes` in order; on a failure, undo the ones made and return the error.
+/// The nftables rule `c` inserts, if it is an nftables insert.
+fn nft_insert(c: &FwChange) -> Option<&Repair> {
+    match c {
+        FwChange::Insert { rule } if rule.backend == nft::BACKEND => Some(rule),
+        _ => None,
+    }
+}
+
+/// Apply `changes` in order; on a failure, undo the ones made and return the error. Consecutive
+/// nftables inserts go in one transaction (one `nft` process, all or none).
 pub fn apply(changes: &[FwChange]) -> Result<(), FirewallError> {
-    for (i, c) in changes.iter().enumerate() {
-        tracing::info!("{c}");
-        if let Err(e) = apply_one(c) {
+    let mut i = 0;
+    while i < changes.len() {
+        let inserts: Vec<&Repair> = changes[i..].iter().map_while(nft_insert).collect();
+        let n = inserts.len().max(1);
+        for c in &changes[i..i + n] {
+            tracing::info!("{c}");
+        }
+        let result = if inserts.len() > 1 {
+            nft::run(inserts.into_iter().map(nft::insert_cmd).collect())
+        } else {
+            apply_one(&changes[i])
+        };
+        if let Err(e) = result {
             undo(&changes[..i]);
             return Err(e);
         }
+        i += n;
     }
     Ok(())
 }
@@ -423,7 +487,7 @@ pub fn undo(changes: &[FwChange]) {
         let inverse = match done {
             FwChange::Insert { rule } if rule.backend == nft::BACKEND => {
                 // nftables deletes by handle: find the rule just inserted
-                let found = observe(None)
+                let found = observe_only(None, &Reading::Everything)
                     .owned
                     .into_iter()
                     .map(|(r, _)| r)
@@ -451,7 +515,7 @@ pub fn undo(changes: &[FwChange]) {
 /// What `down` removes: every rule of dockroute's tag and shape, in every backend that could be
 /// read; with what could not be read.
 pub fn removals() -> (Vec<FwChange>, Observed) {
-    let mut seen = observe(None);
+    let mut seen = observe_only(None, &Reading::Everything);
     let changes = diff(&[], &std::mem::take(&mut seen.owned));
     (changes, seen)
 }

@@ -18,7 +18,7 @@ use std::net::Ipv4Addr;
 pub const BACKEND: &str = "nftables";
 
 /// Tables that iptables-nft owns (its rules are judged through `iptables -S`).
-fn iptables_nft_table(family: &str, name: &str) -> bool {
+pub(crate) fn iptables_nft_table(family: &str, name: &str) -> bool {
     family == "ip" && matches!(name, "filter" | "raw" | "mangle" | "nat" | "security")
 }
 
@@ -355,10 +355,79 @@ pub fn run(cmds: Vec<NfCmd<'static>>) -> Result<(), FirewallError> {
     Ok(())
 }
 
-/// The ruleset, through `nft -j list ruleset`.
-pub fn ruleset() -> Result<Ruleset, FirewallError> {
-    let args = ["-j", "list", "ruleset"].map(String::from);
-    read(&exec::run("nft", &args, None)?)
+/// Which nftables tables to read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tables {
+    /// `nft -j list ruleset`: everything, in one run.
+    Ruleset,
+    /// The ip and inet tables netlink lists, minus iptables-nft's, one `nft -j list table` each
+    /// (none when there are none); `list ruleset` where netlink cannot list them.
+    Listed,
+    /// Only these (`family name`, e.g. `inet mullvad`).
+    Only(Vec<String>),
+}
+
+/// The ruleset. `list ruleset` also reads (and renders as JSON) every rule of iptables-nft's
+/// tables, which with a large iptables firewall is most of the time, so `up` reads table by table.
+pub fn ruleset(tables: &Tables) -> Result<Ruleset, FirewallError> {
+    let listed = match tables {
+        Tables::Ruleset => None,
+        _ => table_names(),
+    };
+    let names: Vec<String> = match (tables, listed) {
+        (Tables::Only(o), Some(names)) => names.into_iter().filter(|t| o.contains(t)).collect(),
+        (Tables::Only(o), None) => o.clone(),
+        (Tables::Listed, Some(names)) => names,
+        (Tables::Ruleset, _) | (Tables::Listed, None) => {
+            let args = ["-j", "list", "ruleset"].map(String::from);
+            return read(&exec::run("nft", &args, None)?);
+        }
+    };
+    let mut rs = Ruleset::default();
+    for t in names {
+        let Some((family, name)) = t.split_once(' ') else {
+            continue;
+        };
+        if !matches!(family, "ip" | "inet") || iptables_nft_table(family, name) {
+            continue;
+        }
+        let args = ["-j", "list", "table", family, name].map(String::from);
+        match exec::run("nft", &args, None).map_err(FirewallError::from) {
+            Ok(json) => {
+                let one = read(&json)?;
+                rs.tables.extend(one.tables);
+                rs.warnings.extend(one.warnings);
+            }
+            Err(e) if is_gone(&e) => {} // deleted since it was listed
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(rs)
+}
+
+/// The ip and inet nftables tables (`family name`), or `None` when netlink cannot say.
+#[cfg(target_os = "linux")]
+fn table_names() -> Option<Vec<String>> {
+    match crate::net::rtnl::nft_tables() {
+        Ok(t) => Some(
+            t.into_iter()
+                .filter_map(|(family, name)| match family {
+                    1 => Some(format!("inet {name}")), // NFPROTO_INET
+                    2 => Some(format!("ip {name}")),   // NFPROTO_IPV4
+                    _ => None,
+                })
+                .collect(),
+        ),
+        Err(e) => {
+            tracing::debug!("listing nftables tables over netlink: {e}; running nft instead");
+            None
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn table_names() -> Option<Vec<String>> {
+    None
 }
 
 /// Delete dockroute's rule `r`, but only while it is still there: right before the deletion, the

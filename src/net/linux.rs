@@ -1,6 +1,6 @@
 //! [`Net`] over rtnetlink.
 
-use super::rtnl::{Events, Rtnl};
+use super::rtnl::{Events, RawRoute, Rtnl};
 use super::{
     Change, Entry, ForeignRoute, ForeignRule, LinkInfo, Lookup, Neighbour, Net, NetError, PROTO,
     RouteSpec, RuleSpec, Snapshot, owned_route_shape, owned_rule_shape, protocol_name,
@@ -142,6 +142,65 @@ impl System {
             )));
         }
         Ok(out)
+    }
+
+    /// Every IPv4 route (those `keep` refuses left out, unparsed) and every rule, by owner.
+    fn snapshot_where(&mut self, keep: &dyn Fn(&[u8]) -> bool) -> Result<Snapshot, NetError> {
+        let names = self.link_names()?;
+        let name_of = |i: Option<u32>| i.map(|i| names.get(&i).cloned().unwrap_or(i.to_string()));
+        let mut snap = Snapshot::default();
+
+        let req = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let routes = self
+            .rtnl
+            .dump_where(RouteNetlinkMessage::GetRoute(req), keep)
+            .map_err(|e| NetError::os("listing routes", e))?;
+        for m in routes {
+            let RouteNetlinkMessage::NewRoute(m) = m else {
+                continue;
+            };
+            let Some(r) = parse_route(&m) else { continue };
+            // Only routes of the shapes dockroute creates are its own, whatever else is tagged.
+            if owned_route(&m, &r) {
+                snap.owned.push(Entry::Route(RouteSpec {
+                    table: r.table,
+                    dst: r.dst,
+                    gateway: r.gateway,
+                    ifindex: r.oif.unwrap_or(0),
+                    ifname: name_of(r.oif).unwrap_or_default(),
+                    prefsrc: r.prefsrc,
+                    metric: r.metric,
+                }));
+            } else {
+                snap.foreign_routes.push(ForeignRoute {
+                    table: r.table,
+                    dst: r.dst,
+                    kind: kind_name(m.header.kind),
+                    gateway: r.gateway,
+                    dev: name_of(r.oif),
+                    protocol: protocol_name(u8::from(m.header.protocol)),
+                    metric: r.metric,
+                });
+            }
+        }
+
+        for m in self.rule_dump()? {
+            // Only rules of the one shape dockroute creates count as its own.
+            if let Some(rule) = owned_rule(&m) {
+                snap.owned.push(Entry::Rule(rule));
+                continue;
+            }
+            let (pref, table, proto) = rule_of(&m);
+            let (dst, selective, text) = rule_text(&m, table);
+            snap.foreign_rules.push(ForeignRule {
+                pref,
+                dst,
+                selective,
+                text,
+                protocol: protocol_name(proto),
+            });
+        }
+        Ok(snap)
     }
 
     fn link_names(&mut self) -> Result<HashMap<u32, String>, NetError> {
@@ -529,57 +588,30 @@ impl Net for System {
     }
 
     async fn snapshot(&mut self) -> Result<Snapshot, NetError> {
-        let names = self.link_names()?;
-        let name_of = |i: Option<u32>| i.map(|i| names.get(&i).cloned().unwrap_or(i.to_string()));
-        let mut snap = Snapshot::default();
+        self.snapshot_where(&|_| true)
+    }
 
-        let req = RouteMessageBuilder::<Ipv4Addr>::new().build();
-        for m in self.dump("routes", RouteNetlinkMessage::GetRoute(req))? {
-            let RouteNetlinkMessage::NewRoute(m) = m else {
-                continue;
+    async fn snapshot_near(
+        &mut self,
+        nets: &[Ipv4Net],
+        ifindexes: &[u32],
+    ) -> Result<Snapshot, NetError> {
+        let keep = |raw: &[u8]| {
+            let Some(r) = RawRoute::read(raw) else {
+                return true;
             };
-            let Some(r) = parse_route(&m) else { continue };
-            // Only routes of the shapes dockroute creates are its own, whatever else is tagged.
-            if owned_route(&m, &r) {
-                snap.owned.push(Entry::Route(RouteSpec {
-                    table: r.table,
-                    dst: r.dst,
-                    gateway: r.gateway,
-                    ifindex: r.oif.unwrap_or(0),
-                    ifname: name_of(r.oif).unwrap_or_default(),
-                    prefsrc: r.prefsrc,
-                    metric: r.metric,
-                }));
-            } else {
-                snap.foreign_routes.push(ForeignRoute {
-                    table: r.table,
-                    dst: r.dst,
-                    kind: kind_name(m.header.kind),
-                    gateway: r.gateway,
-                    dev: name_of(r.oif),
-                    protocol: protocol_name(u8::from(m.header.protocol)),
-                    metric: r.metric,
-                });
-            }
-        }
-
-        for m in self.rule_dump()? {
-            // Only rules of the one shape dockroute creates count as its own.
-            if let Some(rule) = owned_rule(&m) {
-                snap.owned.push(Entry::Rule(rule));
-                continue;
-            }
-            let (pref, table, proto) = rule_of(&m);
-            let (dst, selective, text) = rule_text(&m, table);
-            snap.foreign_rules.push(ForeignRule {
-                pref,
-                dst,
-                selective,
-                text,
-                protocol: protocol_name(proto),
-            });
-        }
-        Ok(snap)
+            let Ok(dst) = Ipv4Net::new(Ipv4Addr::from(r.dst), r.dst_len) else {
+                return true;
+            };
+            r.protocol == PROTO
+                || r.table == super::TABLE
+                || r.dst_len == 0
+                || r.oif.is_some_and(|i| ifindexes.contains(&i))
+                || nets
+                    .iter()
+                    .any(|n| n.contains(&dst.network()) || dst.contains(&n.network()))
+        };
+        self.snapshot_where(&keep)
     }
 
     async fn owned(&mut self) -> Result<Vec<Entry>, NetError> {

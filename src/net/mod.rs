@@ -254,6 +254,18 @@ pub trait Net {
     async fn neighbours(&mut self) -> Result<Vec<Neighbour>, NetError>;
     /// All IPv4 routes and rules, split by owner.
     async fn snapshot(&mut self) -> Result<Snapshot, NetError>;
+    /// A snapshot whose foreign routes are only those that may matter to `status`: covering or
+    /// inside one of `nets`, default routes, through one of the links `ifindexes`, or tagged like
+    /// dockroute's (everything else may be left out: a VPN's thousands of routes elsewhere are
+    /// not parsed). Rules and dockroute's own entries are complete.
+    async fn snapshot_near(
+        &mut self,
+        nets: &[Ipv4Net],
+        ifindexes: &[u32],
+    ) -> Result<Snapshot, NetError> {
+        let _ = (nets, ifindexes);
+        self.snapshot().await
+    }
     /// dockroute's own routes and rules only (what `up` and `down` need), as in
     /// [`Snapshot::owned`]; an implementation may ask the kernel for less than a snapshot.
     async fn owned(&mut self) -> Result<Vec<Entry>, NetError> {

@@ -71,6 +71,58 @@ fn replace_invalid_utf8(b: &mut [u8]) {
     }
 }
 
+/// The first message of `datagram` when it is a whole RTM_NEWROUTE message.
+fn raw_route(datagram: &[u8]) -> Option<&[u8]> {
+    let len = u32::from_ne_bytes(datagram.get(..4)?.try_into().ok()?) as usize;
+    let kind = u16::from_ne_bytes(datagram.get(4..6)?.try_into().ok()?);
+    (kind == 24 && len >= 28)
+        .then(|| datagram.get(..len))
+        .flatten()
+}
+
+/// The fields of a raw IPv4 route message a filter needs, read without parsing the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawRoute {
+    pub family: u8,
+    pub dst: u32,
+    pub dst_len: u8,
+    pub table: u32,
+    pub protocol: u8,
+    pub oif: Option<u32>,
+}
+
+impl RawRoute {
+    /// `msg`: a whole RTM_NEWROUTE message (netlink header, rtmsg, attributes).
+    pub fn read(msg: &[u8]) -> Option<RawRoute> {
+        let h = msg.get(16..28)?;
+        let mut r = RawRoute {
+            family: h[0],
+            dst: 0,
+            dst_len: h[1],
+            table: u32::from(h[4]),
+            protocol: h[5],
+            oif: None,
+        };
+        let mut at = 28;
+        while let Some(head) = msg.get(at..at + 4) {
+            let nla_len = u16::from_ne_bytes([head[0], head[1]]) as usize;
+            let nla_type = u16::from_ne_bytes([head[2], head[3]]) & 0x3fff;
+            if nla_len < 4 {
+                break;
+            }
+            let v = msg.get(at + 4..at + nla_len)?;
+            match (nla_type, v.len()) {
+                (1, 4) => r.dst = u32::from_be_bytes([v[0], v[1], v[2], v[3]]), // RTA_DST
+                (4, 4) => r.oif = Some(u32::from_ne_bytes([v[0], v[1], v[2], v[3]])), // RTA_OIF
+                (15, 4) => r.table = u32::from_ne_bytes([v[0], v[1], v[2], v[3]]), // RTA_TABLE
+                _ => {}
+            }
+            at += (nla_len + 3) & !3;
+        }
+        Some(r)
+    }
+}
+
 /// One rtnetlink request socket.
 pub struct Rtnl {
     socket: Socket,
@@ -132,7 +184,16 @@ impl Rtnl {
     }
 
     /// Read one datagram and hand each message in it to `each`, until `each` says it is done.
-    fn receive(&mut self, mut each: impl FnMut(Message) -> io::Result<bool>) -> io::Result<()> {
+    fn receive(&mut self, each: impl FnMut(Message) -> io::Result<bool>) -> io::Result<()> {
+        self.receive_where(&|_| true, each)
+    }
+
+    /// [`Rtnl::receive`], skipping unparsed the route messages (RTM_NEWROUTE) `keep` refuses.
+    fn receive_where(
+        &mut self,
+        keep: &dyn Fn(&[u8]) -> bool,
+        mut each: impl FnMut(Message) -> io::Result<bool>,
+    ) -> io::Result<()> {
         loop {
             self.buf.clear();
             let n = self.socket.recv(&mut self.buf, nix::libc::MSG_TRUNC)?;
@@ -141,6 +202,12 @@ impl Rtnl {
             }
             let mut rest = &self.buf[..];
             while !rest.is_empty() {
+                if let Some(raw) = raw_route(rest)
+                    && !keep(raw)
+                {
+                    rest = rest.get((raw.len() + 3) & !3..).unwrap_or_default();
+                    continue;
+                }
                 let msg = match Message::deserialize(rest) {
                     Ok(msg) => msg,
                     Err(e) => with_link_names_repaired(rest).ok_or_else(|| invalid(e))?,
@@ -157,13 +224,23 @@ impl Rtnl {
     /// A dump request: every message of the reply, in order. Read again if the kernel says the
     /// dump was interrupted by a change.
     pub fn dump(&mut self, msg: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.dump_where(msg, &|_| true)
+    }
+
+    /// [`Rtnl::dump`], leaving out (unparsed: most of a large dump's cost) the route messages
+    /// `keep` refuses; it sees each raw message, see [`RawRoute`].
+    pub fn dump_where(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        keep: &dyn Fn(&[u8]) -> bool,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
         let mut tries = 0;
         loop {
             tries += 1;
             let seq = self.send(vec![(msg.clone(), NLM_F_REQUEST | NLM_F_DUMP)])?;
             let mut out = Vec::new();
             let mut interrupted = false;
-            self.receive(|m| {
+            self.receive_where(keep, |m| {
                 if m.header.sequence_number != seq {
                     return Ok(false);
                 }
@@ -348,9 +425,168 @@ impl Subscription {
     }
 }
 
+/// The nftables tables in this network namespace, as (NFPROTO_* family, name), through one netlink
+/// dump (NFT_MSG_GETTABLE). `nft list tables` reads the whole ruleset, iptables-nft's thousands
+/// of rules included; this reads the table list only.
+pub fn nft_tables() -> io::Result<Vec<(u8, String)>> {
+    const NETLINK_NETFILTER: isize = 12;
+    const NFT_GETTABLE: u16 = (10 << 8) | 1; // NFNL_SUBSYS_NFTABLES, NFT_MSG_GETTABLE
+    const NFT_NEWTABLE: u16 = 10 << 8;
+    const NFTA_TABLE_NAME: u16 = 1;
+    let mut socket = Socket::new(NETLINK_NETFILTER)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let mut req = Vec::with_capacity(20);
+    req.extend_from_slice(&20u32.to_ne_bytes());
+    req.extend_from_slice(&NFT_GETTABLE.to_ne_bytes());
+    req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes()); // sequence number
+    req.extend_from_slice(&0u32.to_ne_bytes()); // port: the kernel's
+    req.extend_from_slice(&[0, 0, 0, 0]); // nfgenmsg: every family, version 0, resource 0
+    if socket.send(&req, 0)? != req.len() {
+        return Err(invalid("short send"));
+    }
+    let mut out = Vec::new();
+    let mut buf = Vec::with_capacity(RECV_BUF);
+    loop {
+        buf.clear();
+        let n = socket.recv(&mut buf, nix::libc::MSG_TRUNC)?;
+        if n > buf.len() {
+            return Err(invalid(format!("a reply of {n} bytes did not fit")));
+        }
+        let mut rest = &buf[..];
+        while rest.len() >= 16 {
+            let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            let kind = u16::from_ne_bytes([rest[4], rest[5]]);
+            let msg = rest
+                .get(..len)
+                .filter(|_| len >= 16)
+                .ok_or_else(|| invalid("bad length"))?;
+            match kind {
+                3 => return Ok(out), // NLMSG_DONE
+                2 => {
+                    // NLMSG_ERROR: a negative errno, 0 for an ack
+                    let code = msg
+                        .get(16..20)
+                        .map_or(0, |c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
+                    return match kernel_error(code) {
+                        Some(e) => Err(e),
+                        None => Ok(out),
+                    };
+                }
+                NFT_NEWTABLE if len >= 20 => {
+                    let family = msg[16];
+                    let mut at = 20;
+                    while let Some(head) = msg.get(at..at + 4) {
+                        let nla_len = u16::from_ne_bytes([head[0], head[1]]) as usize;
+                        let nla_type = u16::from_ne_bytes([head[2], head[3]]) & 0x3fff;
+                        let Some(value) = msg.get(at + 4..at + nla_len.max(4)) else {
+                            break;
+                        };
+                        if nla_type == NFTA_TABLE_NAME {
+                            let name = value.split(|b| *b == 0).next().unwrap_or_default();
+                            out.push((family, String::from_utf8_lossy(name).into_owned()));
+                        }
+                        if nla_len < 4 {
+                            break;
+                        }
+                        at += (nla_len + 3) & !3;
+                    }
+                }
+                _ => {}
+            }
+            rest = rest.get((len + 3) & !3..).unwrap_or_default();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Privileged (root; in CI it must not skip): in a network namespace of its own (unshare on
+    /// a dedicated thread; the programs it runs inherit it), the netlink table list names every
+    /// table nft made, in every family, and iptables-nft's.
+    #[test]
+    fn nft_tables_lists_every_table_of_this_namespace() {
+        if !nix::unistd::geteuid().is_root() {
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "a privileged test in CI without root"
+            );
+            return;
+        }
+        let found = std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            assert_eq!(nft_tables().unwrap(), []);
+            let mut nft = std::process::Command::new("nft")
+                .args(["-f", "-"])
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .expect("nft");
+            use std::io::Write;
+            nft.stdin
+                .take()
+                .unwrap()
+                .write_all(b"table inet vpn {}\ntable ip nordvpn {}\ntable ip6 six {}\n")
+                .unwrap();
+            assert!(nft.wait().unwrap().success());
+            let ipt = std::process::Command::new("iptables-nft")
+                .args(["-w", "-A", "OUTPUT", "-j", "ACCEPT"])
+                .status()
+                .expect("iptables-nft");
+            assert!(ipt.success());
+            nft_tables().unwrap()
+        })
+        .join()
+        .unwrap();
+        let mut found = found;
+        found.sort();
+        assert_eq!(
+            found,
+            [
+                (1, "vpn".to_string()),
+                (2, "filter".to_string()),
+                (2, "nordvpn".to_string()),
+                (10, "six".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_raw_route_reads_as_the_parser_reads_it() {
+        use rtnetlink::RouteMessageBuilder;
+        use rtnetlink::packet_route::route::RouteProtocol;
+        use std::net::Ipv4Addr;
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .table_id(5017)
+            .destination_prefix(Ipv4Addr::new(172, 17, 0, 0), 16)
+            .output_interface(7)
+            .protocol(RouteProtocol::Other(100))
+            .build();
+        let mut msg = NetlinkMessage::new(
+            NetlinkHeader::default(),
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route)),
+        );
+        msg.header.message_type = 24;
+        msg.finalize();
+        let mut raw = vec![0; msg.buffer_len()];
+        msg.serialize(&mut raw);
+        let got = RawRoute::read(raw_route(&raw).unwrap()).unwrap();
+        assert_eq!(
+            got,
+            RawRoute {
+                family: 2,
+                dst: u32::from(Ipv4Addr::new(172, 17, 0, 0)),
+                dst_len: 16,
+                table: 5017,
+                protocol: 100,
+                oif: Some(7),
+            }
+        );
+        assert!(raw_route(&raw[..20]).is_none(), "a cut message is not read");
+    }
 
     #[test]
     fn invalid_utf8_bytes_become_sub_and_valid_text_stays() {

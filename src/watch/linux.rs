@@ -9,7 +9,7 @@
 
 use super::dns_health::{self, Prober};
 use super::pace::{Pacer, Timing, Verdict};
-use super::{Causes, Options, WatchError, message_types, nft_event, rtnl_event};
+use super::{Causes, FwTouched, Options, WatchError, message_types, nft_event, rtnl_event};
 use crate::discover::external_vm_ip;
 use crate::engine::{self, DnsGate, EngineError, Hooks};
 use crate::net::System;
@@ -231,7 +231,12 @@ fn sleep(
         .collect())
 }
 
-fn read_sources(s: &mut Sources, ready: &[bool], causes: &mut Causes) -> Result<Woken, WatchError> {
+fn read_sources(
+    s: &mut Sources,
+    ready: &[bool],
+    causes: &mut Causes,
+    fw: &mut FwTouched,
+) -> Result<Woken, WatchError> {
     let is = |i: usize| ready.get(i).copied().unwrap_or(false);
     let mut woken = Woken::default();
     if is(0) {
@@ -272,10 +277,12 @@ fn read_sources(s: &mut Sources, ready: &[bool], causes: &mut Causes) -> Result<
                             causes.add(what);
                         }
                     }
+                    fw.add_datagram(d);
                 })
                 .map_err(|e| WatchError::os("reading nftables events", e))?;
             if overran {
                 causes.add("nftables events lost (overrun)");
+                fw.unknown = true;
             }
         }
         i += 1;
@@ -310,6 +317,7 @@ fn touched(e: &EngineError) -> bool {
 fn reconcile(
     settings: &Settings,
     causes: &Causes,
+    fw: &FwTouched,
     last_error: &mut Option<String>,
     count: &mut u64,
     prober: &mut Option<Prober>,
@@ -327,6 +335,12 @@ fn reconcile(
         // `nft` processes).
         s.firewall = FirewallMode::Off;
     }
+    // Only firewall events besides routes: read only the firewalls they name (one nftables
+    // table, or iptables-nft's), not every backend and table.
+    let reading = fw.reading(causes, last_error.is_none());
+    if reading != crate::firewall::Reading::All && s.firewall == FirewallMode::Auto {
+        tracing::debug!("reading only {reading:?}");
+    }
     let store = Store::new(&s.state_dir);
     // What the probes know about the server; unknown: the reconcile asks it.
     let known = prober.as_ref().and_then(Prober::answers);
@@ -339,6 +353,7 @@ fn reconcile(
             false,
             Hooks::default(),
             DnsGate::Withhold(known),
+            &reading,
         )
         .await
     });
@@ -445,7 +460,15 @@ pub fn run(
     let mut count = 0u64;
     let probe_timing = dns_health::Timing::default();
     let mut prober = Prober::for_settings(&settings, probe_timing, Instant::now());
-    let v = reconcile(&settings, &causes, &mut last_error, &mut count, &mut prober);
+    let mut fw = FwTouched::default();
+    let v = reconcile(
+        &settings,
+        &causes,
+        &fw,
+        &mut last_error,
+        &mut count,
+        &mut prober,
+    );
     causes = Causes::default();
     let mut pacer = Pacer::new(timing, Instant::now());
     pacer.ran(Instant::now(), v);
@@ -479,8 +502,16 @@ pub fn run(
     loop {
         let now = Instant::now();
         if now >= pacer.due() {
-            let v = reconcile(&settings, &causes, &mut last_error, &mut count, &mut prober);
+            let v = reconcile(
+                &settings,
+                &causes,
+                &fw,
+                &mut last_error,
+                &mut count,
+                &mut prober,
+            );
             causes = Causes::default();
+            fw = FwTouched::default();
             pacer.ran(Instant::now(), v);
             if v == Verdict::Changed
                 && let Some(p) = prober.as_mut()
@@ -503,7 +534,7 @@ pub fn run(
                 None => {}
             }
         }
-        let woken = read_sources(&mut sources, &ready, &mut causes)?;
+        let woken = read_sources(&mut sources, &ready, &mut causes, &mut fw)?;
         if let Some(sig) = woken.exit {
             tracing::info!(
                 "{sig}: ending after {count} reconcile(s){}",

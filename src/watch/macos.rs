@@ -471,6 +471,7 @@ fn reconcile(
             false,
             Hooks::default(),
             DnsGate::Withhold(None),
+            &crate::firewall::Reading::All,
         )
         .await
     });

@@ -175,6 +175,100 @@ pub fn nft_event(kind: u16) -> Option<&'static str> {
     })
 }
 
+/// The firewalls nftables events named since the last reconcile: iptables-nft's tables, native
+/// tables (`family name`), or something that names no table (then everything is read).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FwTouched {
+    pub iptables: bool,
+    pub tables: std::collections::BTreeSet<String>,
+    pub unknown: bool,
+}
+
+impl FwTouched {
+    /// Note every nftables message of one datagram. Every object message (table, chain, rule,
+    /// set, element, object, flowtable) carries its table's name as attribute 1.
+    pub fn add_datagram(&mut self, datagram: &[u8]) {
+        let mut rest = datagram;
+        while rest.len() >= NLMSG_HDRLEN {
+            let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            let kind = u16::from_ne_bytes([rest[4], rest[5]]);
+            if len < NLMSG_HDRLEN {
+                break;
+            }
+            let msg = &rest[..len.min(rest.len())];
+            if nft_event(kind).is_some() {
+                match nft_table(msg) {
+                    Some((family, name)) => self.table(family, name),
+                    None => self.unknown = true,
+                }
+            }
+            rest = rest.get((len + 3) & !3..).unwrap_or_default();
+        }
+    }
+
+    fn table(&mut self, family: u8, name: String) {
+        let family = match family {
+            1 => "inet", // NFPROTO_INET
+            2 => "ip",   // NFPROTO_IPV4
+            _ => return, // ip6, arp, bridge, netdev: no IPv4 traffic of dockroute's there
+        };
+        if crate::firewall::nft::iptables_nft_table(family, &name) {
+            self.iptables = true;
+        } else {
+            self.tables.insert(format!("{family} {name}"));
+        }
+    }
+
+    /// What a reconcile caused by `causes` must read: only these firewalls when nothing but
+    /// route, rule and nftables events came (and the last reconcile succeeded), else everything.
+    pub fn reading(&self, causes: &Causes, clean: bool) -> crate::firewall::Reading {
+        let narrow = clean
+            && !self.unknown
+            && !causes.is_empty()
+            && causes
+                .0
+                .keys()
+                .all(|k| ROUTE_EVENTS.contains(k) || NFT_EVENTS.contains(k));
+        if !narrow {
+            return crate::firewall::Reading::All;
+        }
+        crate::firewall::Reading::Only {
+            iptables: self.iptables,
+            nft_tables: self.tables.iter().cloned().collect(),
+        }
+    }
+}
+
+/// (nfgenmsg family, table name) of an nftables object message.
+fn nft_table(msg: &[u8]) -> Option<(u8, String)> {
+    let family = *msg.get(NLMSG_HDRLEN)?;
+    let mut at = NLMSG_HDRLEN + 4;
+    while let Some(head) = msg.get(at..at + 4) {
+        let nla_len = u16::from_ne_bytes([head[0], head[1]]) as usize;
+        let nla_type = u16::from_ne_bytes([head[2], head[3]]) & 0x3fff;
+        if nla_len < 4 {
+            return None;
+        }
+        if nla_type == 1 {
+            let value = msg.get(at + 4..at + nla_len)?;
+            let name = value.split(|b| *b == 0).next()?;
+            return Some((family, String::from_utf8_lossy(name).into_owned()));
+        }
+        at += (nla_len + 3) & !3;
+    }
+    None
+}
+
+const NFT_EVENTS: [&str; 7] = [
+    "nft table added",
+    "nft table deleted",
+    "nft chain added",
+    "nft chain deleted",
+    "nft rule added",
+    "nft rule deleted",
+    "nft set changed",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +307,57 @@ mod tests {
         let mut nft = Causes::default();
         nft.add(nft_event((10 << 8) | 6).unwrap());
         assert!(!nft.routes_only());
+    }
+
+    /// An nftables message: nfgenmsg (family), then attribute 1, the table's name.
+    fn nft_msg(kind: u16, family: u8, table: &str) -> Vec<u8> {
+        let mut body = vec![family, 0, 0, 0];
+        let name = [table.as_bytes(), &[0]].concat();
+        body.extend_from_slice(&((4 + name.len()) as u16).to_ne_bytes());
+        body.extend_from_slice(&1u16.to_ne_bytes());
+        body.extend_from_slice(&name);
+        body.resize((body.len() + 3) & !3, 0);
+        let mut m = msg(kind, body.len());
+        m[NLMSG_HDRLEN..NLMSG_HDRLEN + body.len()].copy_from_slice(&body);
+        m
+    }
+
+    #[test]
+    fn nftables_events_name_the_firewall_to_read_again() {
+        use crate::firewall::Reading;
+        let rule_added = (10 << 8) | 6;
+        let mut d = nft_msg(rule_added, 1, "mullvad");
+        d.extend(nft_msg((10 << 8) | 2, 1, "mullvad")); // table deleted
+        d.extend(nft_msg(rule_added, 10, "ip6only")); // ip6: not dockroute's traffic
+        d.extend(msg((10 << 8) | 15, 8)); // the generation message
+        let mut t = FwTouched::default();
+        t.add_datagram(&d);
+        let mut causes = Causes::default();
+        causes.add("nft rule added");
+        causes.add("route deleted");
+        assert_eq!(
+            t.reading(&causes, true),
+            Reading::Only {
+                iptables: false,
+                nft_tables: vec!["inet mullvad".into()]
+            }
+        );
+        t.add_datagram(&nft_msg(rule_added, 2, "filter")); // iptables-nft's
+        let Reading::Only { iptables, .. } = t.reading(&causes, true) else {
+            panic!("narrowed");
+        };
+        assert!(iptables);
+        assert_eq!(t.reading(&causes, false), Reading::All, "after a failure");
+        causes.add("link changed");
+        assert_eq!(
+            t.reading(&causes, true),
+            Reading::All,
+            "the target may move"
+        );
+        let mut odd = FwTouched::default();
+        odd.add_datagram(&msg(rule_added, 4)); // no table name
+        assert!(odd.unknown);
+        assert_eq!(odd.reading(&Causes::default(), true), Reading::All);
     }
 
     #[test]
