@@ -9,23 +9,8 @@ mod common;
 use common::*;
 use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-
-/// `PROGRAM ARGS` (ARGS split on whitespace, no shell) in the lab's host namespace.
-fn fw(lab: &Lab, program: &str, args: &str) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.host(), program])
-        .args(args.split_whitespace())
-        .output()
-        .expect("running the firewall tool");
-    assert!(
-        out.status.success(),
-        "{program} {args}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn iptables_tagged(lab: &Lab) -> usize {
     fw(lab, "iptables", "-S")
@@ -33,24 +18,10 @@ fn iptables_tagged(lab: &Lab) -> usize {
         .count()
 }
 
-fn nft_load(lab: &Lab, name: &str, rules: &str) -> PathBuf {
-    let f = lab.dir.path().join(name);
-    std::fs::write(&f, rules).unwrap();
-    fw(lab, "nft", &format!("-f {}", f.display()));
-    f
-}
-
 /// A VPN kill switch in iptables (nf_tables backend): policy DROP, only lo and tun0.
 fn kill_switch(lab: &Lab) {
     lab.add_tunnel("tun0", "10.66.0.2/24");
-    for r in [
-        "-A INPUT -i lo -j ACCEPT",
-        "-A INPUT -i tun0 -j ACCEPT",
-        "-A OUTPUT -o lo -j ACCEPT",
-        "-A OUTPUT -o tun0 -j ACCEPT",
-        "-P INPUT DROP",
-        "-P OUTPUT DROP",
-    ] {
+    for r in KILL_SWITCH {
         fw(lab, "iptables", r);
     }
 }
