@@ -26,14 +26,6 @@ fn kill_switch(lab: &Lab) {
     }
 }
 
-fn run_of(out: std::process::Output) -> Run {
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
 /// `lab.command(args)` rebuilt: `before` replaces the dockroute binary in the argument list (to
 /// put a program such as `env` in front of it), `wrap` runs it all inside `unshare -m` after
 /// bind-mounting each (source, target) pair.
@@ -84,7 +76,7 @@ fn custom(lab: &Lab, args: &[&str], before: &[&str], binds: &[(&Path, &str)]) ->
 }
 
 fn output(mut c: Command) -> Run {
-    run_of(c.output().expect("running dockroute"))
+    Run::from(c.output().expect("running dockroute"))
 }
 
 /// An executable shell script, root-owned and mode 0755.

@@ -42,7 +42,7 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// In a private mount namespace, hide the machine's system bus (see [`Lab::command`]), then run
 /// the arguments that follow.
-const HIDE_BUS: &[&str] = &[
+pub const HIDE_BUS: &[&str] = &[
     "--mount",
     "--propagation",
     "private",
@@ -59,7 +59,8 @@ pub struct Run {
 }
 
 impl Run {
-    fn from(o: Output) -> Run {
+    /// What a finished program said and how it ended (-1 if a signal ended it).
+    pub fn from(o: Output) -> Run {
         Run {
             code: o.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -367,6 +368,19 @@ pub const MULLVAD_LIKE: &str = "table inet vpn {
     }
 }
 ";
+
+/// `up` with the resolver-dir DNS backend writing into `dir`.
+pub fn up_resolver_dir(dir: &str) -> [&str; 7] {
+    [
+        "up",
+        "--vm-ip",
+        VM_IP,
+        "--dns",
+        "resolver-dir",
+        "--resolver-dir",
+        dir,
+    ]
+}
 
 /// A VPN kill switch as iptables rules: policy DROP, only lo and tun0.
 pub const KILL_SWITCH: [&str; 6] = [
