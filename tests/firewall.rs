@@ -212,20 +212,6 @@ fn firewall_off_leaves_the_block_alone() {
     assert!(!lab.reaches_container());
 }
 
-const MULLVAD_LIKE: &str = "table inet vpn {
-    chain input {
-        type filter hook input priority 0; policy drop;
-        iifname \"lo\" accept
-        iifname \"tun0\" accept
-    }
-    chain output {
-        type filter hook output priority 0; policy drop;
-        oifname \"lo\" accept
-        oifname \"tun0\" accept
-    }
-}
-";
-
 #[test]
 fn nftables_vpn_table_with_policy_drop_and_its_recreation() {
     if !privileged() {

@@ -304,20 +304,6 @@ fn a_link_name_with_a_quote_gets_its_rules_once_and_down_removes_them() {
     assert_eq!(iptables_tagged(&lab), 0, "down left its rules");
 }
 
-const MULLVAD_LIKE: &str = "table inet vpn {
-    chain input {
-        type filter hook input priority 0; policy drop;
-        iifname \"lo\" accept
-        iifname \"tun0\" accept
-    }
-    chain output {
-        type filter hook output priority 0; policy drop;
-        oifname \"lo\" accept
-        oifname \"tun0\" accept
-    }
-}
-";
-
 #[test]
 fn an_nft_expression_the_crate_does_not_know_spoils_nothing_else() {
     if !privileged() {

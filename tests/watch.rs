@@ -294,20 +294,6 @@ fn follows_the_vm_ip_when_it_comes_from_the_neighbour_table() {
     );
 }
 
-const MULLVAD_LIKE: &str = "table inet vpn {
-    chain input {
-        type filter hook input priority 0; policy drop;
-        iifname \"lo\" accept
-        iifname \"tun0\" accept
-    }
-    chain output {
-        type filter hook output priority 0; policy drop;
-        oifname \"lo\" accept
-        oifname \"tun0\" accept
-    }
-}
-";
-
 fn nft_repairs(lab: &Lab) -> usize {
     in_lab(lab, "nft", &["list", "ruleset"])
         .matches("comment \"dockroute\"")
