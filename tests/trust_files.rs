@@ -264,17 +264,7 @@ fn a_resolver_dir_that_is_not_one_is_refused() {
     std::fs::write(etc.join("passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
     let run = lab.private_etc(
         &etc,
-        &[
-            "up",
-            "--vm-ip",
-            VM_IP,
-            "--dns",
-            "resolver-dir",
-            "--resolver-dir",
-            "/etc",
-            "--domain",
-            "ld.so.preload",
-        ],
+        &[&up_resolver_dir("/etc")[..], &["--domain", "ld.so.preload"]].concat(),
         0o022,
     );
     refused(&run, "/etc/passwd, which is not a resolver file");
