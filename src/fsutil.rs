@@ -415,6 +415,33 @@ fn collect_xattrs(
         .collect()
 }
 
+/// Sets one extended attribute through `call(fd, name, value, len)`, the platform's fsetxattr
+/// with its own trailing arguments; 0 is success, anything else the errno.
+fn set_xattr_with(
+    file: &File,
+    name: &CString,
+    value: &[u8],
+    call: impl FnOnce(
+        std::os::fd::RawFd,
+        *const nix::libc::c_char,
+        *const nix::libc::c_void,
+        usize,
+    ) -> nix::libc::c_int,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let rc = call(
+        file.as_raw_fd(),
+        name.as_ptr(),
+        value.as_ptr().cast(),
+        value.len(),
+    );
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 #[cfg(target_os = "linux")]
 mod sys {
     use super::{Dir, read_sized};
@@ -437,22 +464,11 @@ mod sys {
     }
 
     pub fn set_xattr(file: &File, name: &CString, value: &[u8]) -> io::Result<()> {
-        // SAFETY: the descriptor is open, `name` is NUL-terminated, `value` is readable for its
-        // length.
-        let rc = unsafe {
-            libc::fsetxattr(
-                file.as_raw_fd(),
-                name.as_ptr(),
-                value.as_ptr().cast(),
-                value.len(),
-                0,
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        super::set_xattr_with(file, name, value, |fd, name, value, len| {
+            // SAFETY: the descriptor is open, `name` is NUL-terminated, `value` is readable for
+            // `len` bytes.
+            unsafe { libc::fsetxattr(fd, name, value, len, 0) }
+        })
     }
 
     /// Whether `name` in `dir` is the root of a mount (a bind-mounted file): renaming over it
@@ -505,22 +521,11 @@ mod sys {
     }
 
     pub fn set_xattr(file: &File, name: &CString, value: &[u8]) -> io::Result<()> {
-        // SAFETY: an open descriptor, a NUL-terminated name, `value` readable for its length.
-        let rc = unsafe {
-            libc::fsetxattr(
-                file.as_raw_fd(),
-                name.as_ptr(),
-                value.as_ptr().cast(),
-                value.len(),
-                0,
-                0,
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        super::set_xattr_with(file, name, value, |fd, name, value, len| {
+            // SAFETY: an open descriptor, a NUL-terminated name, `value` readable for `len`
+            // bytes.
+            unsafe { libc::fsetxattr(fd, name, value, len, 0, 0) }
+        })
     }
 
     /// macOS has no bind-mounted files.

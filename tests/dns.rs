@@ -221,15 +221,7 @@ fn resolver_dir_backend_writes_only_its_file() {
     std::fs::create_dir(&dir).unwrap();
     std::fs::write(dir.join("corp.example"), "nameserver 10.0.0.53\n").unwrap();
     let up = |extra: &[&str]| {
-        let mut args = vec![
-            "up",
-            "--vm-ip",
-            VM_IP,
-            "--dns",
-            "resolver-dir",
-            "--resolver-dir",
-            &dir_arg,
-        ];
+        let mut args = up_resolver_dir(&dir_arg).to_vec();
         args.extend_from_slice(extra);
         lab.dockroute(&args)
     };
@@ -275,15 +267,7 @@ fn resolver_dir_refusals_change_nothing() {
     let dir = lab.dir.path().join("resolver");
     std::fs::create_dir(&dir).unwrap();
     let dir_arg = dir.to_str().unwrap().to_string();
-    let args = [
-        "up",
-        "--vm-ip",
-        VM_IP,
-        "--dns",
-        "resolver-dir",
-        "--resolver-dir",
-        &dir_arg,
-    ];
+    let args = up_resolver_dir(&dir_arg);
 
     // a file dockroute did not write
     std::fs::write(dir.join("docker"), "nameserver 9.9.9.9\n").unwrap();
@@ -331,16 +315,7 @@ fn switching_backends_undoes_the_previous_one() {
     let dir = lab.dir.path().join("resolver");
     lab.dockroute(&["up", "--vm-ip", VM_IP]).ok(); // resolv-conf
     let dir_arg = dir.to_str().unwrap();
-    lab.dockroute(&[
-        "up",
-        "--vm-ip",
-        VM_IP,
-        "--dns",
-        "resolver-dir",
-        "--resolver-dir",
-        dir_arg,
-    ])
-    .ok();
+    lab.dockroute(&up_resolver_dir(dir_arg)).ok();
     assert_eq!(
         std::fs::read(lab.resolv_conf()).unwrap(),
         original,

@@ -165,11 +165,7 @@ fn install_hooks(lab: &Lab, root: &std::path::Path) -> Run {
         .env("DOCKROUTE_STATE_DIR", lab.state_dir())
         .output()
         .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::from(out)
 }
 
 /// Point 2: after `up --vm-ip IP` and a flushed neighbour table, what a VPN hook runs (a bare
@@ -217,20 +213,8 @@ fn hooks_reapply_the_last_up() {
     // the hook, run the way OpenVPN runs it (in the background, default paths from the env)
     let hook = root.path().join("etc/openvpn/dockroute-route-up");
     let status = std::process::Command::new("unshare")
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            "if [ -d /run/dbus ]; then mount -t tmpfs -o mode=755 tmpfs /run/dbus; fi; exec \"$@\"",
-            "sh",
-            "ip",
-            "netns",
-            "exec",
-            &lab.host(),
-            "sh",
-        ])
+        .args(HIDE_BUS)
+        .args(["ip", "netns", "exec", &lab.host(), "sh"])
         .arg(&hook)
         .env("DOCKROUTE_CONFIG", lab.config())
         .env("DOCKROUTE_STATE_DIR", lab.state_dir())

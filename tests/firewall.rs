@@ -6,22 +6,6 @@
 
 mod common;
 use common::*;
-use std::process::Command;
-
-/// `PROGRAM ARGS` (ARGS split on whitespace, no shell) in the lab's host namespace.
-fn fw(lab: &Lab, program: &str, args: &str) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.host(), program])
-        .args(args.split_whitespace())
-        .output()
-        .expect("running the firewall tool");
-    assert!(
-        out.status.success(),
-        "{program} {args}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// How a test reads one firewall backend: its name in dockroute's output, the listing of its
 /// rules, and how dockroute's tag looks in that listing.
@@ -175,12 +159,9 @@ fn anyconnect_style_chain_and_its_reconnect() {
 
 fn kill_switch(program: &'static str) -> impl Fn(&Lab) {
     move |lab| {
-        fw(lab, program, "-A INPUT -i lo -j ACCEPT");
-        fw(lab, program, "-A INPUT -i tun0 -j ACCEPT");
-        fw(lab, program, "-A OUTPUT -o lo -j ACCEPT");
-        fw(lab, program, "-A OUTPUT -o tun0 -j ACCEPT");
-        fw(lab, program, "-P INPUT DROP");
-        fw(lab, program, "-P OUTPUT DROP");
+        for rule in KILL_SWITCH {
+            fw(lab, program, rule);
+        }
     }
 }
 
@@ -231,27 +212,6 @@ fn firewall_off_leaves_the_block_alone() {
     assert!(!lab.reaches_container());
 }
 
-/// Load an nft ruleset fragment in the lab's host namespace.
-fn nft_load(lab: &Lab, rules: &str) {
-    let f = lab.dir.path().join("vpn.nft");
-    std::fs::write(&f, rules).unwrap();
-    fw(lab, "nft", &format!("-f {}", f.display()));
-}
-
-const MULLVAD_LIKE: &str = "table inet vpn {
-    chain input {
-        type filter hook input priority 0; policy drop;
-        iifname \"lo\" accept
-        iifname \"tun0\" accept
-    }
-    chain output {
-        type filter hook output priority 0; policy drop;
-        oifname \"lo\" accept
-        oifname \"tun0\" accept
-    }
-}
-";
-
 #[test]
 fn nftables_vpn_table_with_policy_drop_and_its_recreation() {
     if !privileged() {
@@ -261,8 +221,8 @@ fn nftables_vpn_table_with_policy_drop_and_its_recreation() {
     // the client re-creates its table on every state change
     scenario(
         &NFTABLES,
-        &|lab| nft_load(lab, MULLVAD_LIKE),
-        Some(&|lab| nft_load(lab, &recreate)),
+        &|lab| nft_load(lab, "vpn.nft", MULLVAD_LIKE),
+        Some(&|lab| nft_load(lab, "vpn.nft", &recreate)),
         4,
         None,
     );
@@ -289,7 +249,7 @@ fn nftables_route_type_output_chain() {
 ";
     scenario(
         &NFTABLES,
-        &|lab| nft_load(lab, NORDVPN_LIKE),
+        &|lab| nft_load(lab, "vpn.nft", NORDVPN_LIKE),
         None,
         4,
         Some("nordvpn allowlist add subnet 172.17.0.0/16"),

@@ -9,23 +9,8 @@ mod common;
 use common::*;
 use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-
-/// `PROGRAM ARGS` (ARGS split on whitespace, no shell) in the lab's host namespace.
-fn fw(lab: &Lab, program: &str, args: &str) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.host(), program])
-        .args(args.split_whitespace())
-        .output()
-        .expect("running the firewall tool");
-    assert!(
-        out.status.success(),
-        "{program} {args}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn iptables_tagged(lab: &Lab) -> usize {
     fw(lab, "iptables", "-S")
@@ -33,33 +18,11 @@ fn iptables_tagged(lab: &Lab) -> usize {
         .count()
 }
 
-fn nft_load(lab: &Lab, name: &str, rules: &str) -> PathBuf {
-    let f = lab.dir.path().join(name);
-    std::fs::write(&f, rules).unwrap();
-    fw(lab, "nft", &format!("-f {}", f.display()));
-    f
-}
-
 /// A VPN kill switch in iptables (nf_tables backend): policy DROP, only lo and tun0.
 fn kill_switch(lab: &Lab) {
     lab.add_tunnel("tun0", "10.66.0.2/24");
-    for r in [
-        "-A INPUT -i lo -j ACCEPT",
-        "-A INPUT -i tun0 -j ACCEPT",
-        "-A OUTPUT -o lo -j ACCEPT",
-        "-A OUTPUT -o tun0 -j ACCEPT",
-        "-P INPUT DROP",
-        "-P OUTPUT DROP",
-    ] {
+    for r in KILL_SWITCH {
         fw(lab, "iptables", r);
-    }
-}
-
-fn run_of(out: std::process::Output) -> Run {
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 
@@ -113,7 +76,7 @@ fn custom(lab: &Lab, args: &[&str], before: &[&str], binds: &[(&Path, &str)]) ->
 }
 
 fn output(mut c: Command) -> Run {
-    run_of(c.output().expect("running dockroute"))
+    Run::from(c.output().expect("running dockroute"))
 }
 
 /// An executable shell script, root-owned and mode 0755.
@@ -340,20 +303,6 @@ fn a_link_name_with_a_quote_gets_its_rules_once_and_down_removes_them() {
     lab.dockroute(&["down"]).ok();
     assert_eq!(iptables_tagged(&lab), 0, "down left its rules");
 }
-
-const MULLVAD_LIKE: &str = "table inet vpn {
-    chain input {
-        type filter hook input priority 0; policy drop;
-        iifname \"lo\" accept
-        iifname \"tun0\" accept
-    }
-    chain output {
-        type filter hook output priority 0; policy drop;
-        oifname \"lo\" accept
-        oifname \"tun0\" accept
-    }
-}
-";
 
 #[test]
 fn an_nft_expression_the_crate_does_not_know_spoils_nothing_else() {

@@ -25,11 +25,7 @@ fn install(bin: &Path, root: &Path) -> Run {
         .arg(root)
         .output()
         .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::from(out)
 }
 
 /// Run a hook script in the lab's host namespace as its client would, with the lab's config.

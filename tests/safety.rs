@@ -322,15 +322,7 @@ fn sigkill_while_replacing_a_file_leaves_a_temporary_the_next_run_removes() {
     // the resolver dir
     let dir = lab.dir.path().join("resolver");
     let dir_arg = dir.to_str().unwrap();
-    let up = [
-        "up",
-        "--vm-ip",
-        VM_IP,
-        "--dns",
-        "resolver-dir",
-        "--resolver-dir",
-        dir_arg,
-    ];
+    let up = up_resolver_dir(dir_arg);
     let left = killed_while_replacing(&lab, &etc, &up, "docker", &dir);
     assert!(!exists(&dir.join("docker")));
     lab.private_etc(&etc, &["down", "--resolver-dir", dir_arg], 0o022)

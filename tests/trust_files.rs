@@ -20,9 +20,16 @@ fn refused(run: &Run, want: &str) {
     assert!(lines[0].contains(want), "{:?} lacks {want:?}", lines[0]);
 }
 
+/// A path and an attribute name as C strings.
+fn c_names(p: &Path, name: &str) -> (CString, CString) {
+    (
+        CString::new(p.as_os_str().as_bytes()).unwrap(),
+        CString::new(name).unwrap(),
+    )
+}
+
 fn set_xattr(p: &Path, name: &str, value: &[u8]) {
-    let path = CString::new(p.as_os_str().as_bytes()).unwrap();
-    let name = CString::new(name).unwrap();
+    let (path, name) = c_names(p, name);
     // SAFETY: NUL-terminated path and name, `value` readable for its length.
     let rc = unsafe {
         nix::libc::setxattr(
@@ -37,8 +44,7 @@ fn set_xattr(p: &Path, name: &str, value: &[u8]) {
 }
 
 fn get_xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
-    let path = CString::new(p.as_os_str().as_bytes()).unwrap();
-    let name = CString::new(name).unwrap();
+    let (path, name) = c_names(p, name);
     let mut buf = vec![0u8; 256];
     // SAFETY: NUL-terminated path and name, `buf` writable for its length.
     let n = unsafe {
@@ -258,17 +264,7 @@ fn a_resolver_dir_that_is_not_one_is_refused() {
     std::fs::write(etc.join("passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
     let run = lab.private_etc(
         &etc,
-        &[
-            "up",
-            "--vm-ip",
-            VM_IP,
-            "--dns",
-            "resolver-dir",
-            "--resolver-dir",
-            "/etc",
-            "--domain",
-            "ld.so.preload",
-        ],
+        &[&up_resolver_dir("/etc")[..], &["--domain", "ld.so.preload"]].concat(),
         0o022,
     );
     refused(&run, "/etc/passwd, which is not a resolver file");
@@ -281,15 +277,7 @@ fn a_resolver_dir_that_is_not_one_is_refused() {
     std::fs::create_dir(&dir).unwrap();
     std::os::unix::fs::chown(&dir, Some(65534), None).unwrap();
     for d in [dir.clone(), dir.join("sub")] {
-        let run = lab.dockroute(&[
-            "up",
-            "--vm-ip",
-            VM_IP,
-            "--dns",
-            "resolver-dir",
-            "--resolver-dir",
-            d.to_str().unwrap(),
-        ]);
+        let run = lab.dockroute(&up_resolver_dir(d.to_str().unwrap()));
         refused(&run, "owned by uid 65534");
     }
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);

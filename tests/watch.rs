@@ -155,21 +155,6 @@ fn create_link(lab: &Lab) {
     lab.ip("link set vboxnet0 up");
 }
 
-/// `PROGRAM ARGS` in the lab's host namespace (no shell); panics on failure.
-fn in_lab(lab: &Lab, program: &str, args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.host(), program])
-        .args(args)
-        .output()
-        .expect("running a program in the lab");
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn heals_deleted_and_replaced_routes_and_rules_and_is_quiet_in_between() {
     if !privileged() {
@@ -309,26 +294,6 @@ fn follows_the_vm_ip_when_it_comes_from_the_neighbour_table() {
     );
 }
 
-const VPN_TABLE: &str = "table inet vpn {
-    chain input {
-        type filter hook input priority 0; policy drop;
-        iifname \"lo\" accept
-        iifname \"tun0\" accept
-    }
-    chain output {
-        type filter hook output priority 0; policy drop;
-        oifname \"lo\" accept
-        oifname \"tun0\" accept
-    }
-}
-";
-
-fn nft_load(lab: &Lab, rules: &str) {
-    let f = lab.dir.path().join("vpn.nft");
-    std::fs::write(&f, rules).unwrap();
-    in_lab(lab, "nft", &["-f", f.to_str().unwrap()]);
-}
-
 fn nft_repairs(lab: &Lab) -> usize {
     in_lab(lab, "nft", &["list", "ruleset"])
         .matches("comment \"dockroute\"")
@@ -345,7 +310,7 @@ fn repairs_a_vpn_nftables_table_with_policy_drop_each_time_it_is_recreated() {
     let w = Watch::start(&lab, &["--vm-ip", VM_IP]);
     started(&lab, &w);
     let n0 = w.settles(Duration::from_millis(1000));
-    nft_load(&lab, VPN_TABLE);
+    nft_load(&lab, "vpn.nft", MULLVAD_LIKE);
     assert!(
         eventually(Duration::from_secs(5), || nft_repairs(&lab) == 4
             && lab.reaches_container()),
@@ -355,7 +320,11 @@ fn repairs_a_vpn_nftables_table_with_policy_drop_each_time_it_is_recreated() {
     w.wait_log("cause=nft");
     // Every reconnect re-creates the table: the repair comes back, once.
     for _ in 0..3 {
-        nft_load(&lab, &format!("delete table inet vpn\n{VPN_TABLE}"));
+        nft_load(
+            &lab,
+            "vpn.nft",
+            &format!("delete table inet vpn\n{MULLVAD_LIKE}"),
+        );
         assert!(
             eventually(Duration::from_secs(5), || nft_repairs(&lab) == 4
                 && lab.reaches_container()),
@@ -374,14 +343,7 @@ fn repairs_a_vpn_nftables_table_with_policy_drop_each_time_it_is_recreated() {
 }
 
 fn kill_switch(lab: &Lab, program: &str) {
-    for rule in [
-        "-A INPUT -i lo -j ACCEPT",
-        "-A INPUT -i tun0 -j ACCEPT",
-        "-A OUTPUT -o lo -j ACCEPT",
-        "-A OUTPUT -o tun0 -j ACCEPT",
-        "-P INPUT DROP",
-        "-P OUTPUT DROP",
-    ] {
+    for rule in KILL_SWITCH {
         let args: Vec<&str> = rule.split_whitespace().collect();
         in_lab(lab, program, &args);
     }

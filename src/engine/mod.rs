@@ -589,6 +589,14 @@ mod tests {
     }
 
     impl Fake {
+        fn new(fail_on: Option<usize>) -> Self {
+            Fake {
+                owned: vec![],
+                fail_on,
+                applied: 0,
+            }
+        }
+
         fn apply_one(&mut self, change: &Change) -> Result<(), NetError> {
             if self.fail_on == Some(self.applied) {
                 self.fail_on = None;
@@ -668,28 +676,32 @@ mod tests {
         }
     }
 
+    /// `up` (or, with `dry_run`, a dry run) with the test settings and no hooks.
+    async fn up_test<N: Net>(net: &mut N, store: &Store, dry_run: bool) -> Outcome {
+        up(net, &settings(), store, dry_run, Hooks::default())
+            .await
+            .unwrap()
+    }
+
+    /// `down` with the test settings and no hooks.
+    async fn down_test<N: Net>(net: &mut N, store: &Store) -> Outcome {
+        down(net, &settings(), store, false, Hooks::default())
+            .await
+            .unwrap()
+    }
+
     #[test]
     fn up_twice_changes_nothing_the_second_time_and_down_clears() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(dir.path());
-        let mut fake = Fake {
-            owned: vec![],
-            fail_on: None,
-            applied: 0,
-        };
+        let mut fake = Fake::new(None);
         futures_lite::future::block_on(async {
-            let first = up(&mut fake, &settings(), &store, false, Hooks::default())
-                .await
-                .unwrap();
+            let first = up_test(&mut fake, &store, false).await;
             assert_eq!(first.changes.len(), 5);
             assert!(store.load().unwrap().is_some());
-            let second = up(&mut fake, &settings(), &store, false, Hooks::default())
-                .await
-                .unwrap();
+            let second = up_test(&mut fake, &store, false).await;
             assert!(second.changes.is_empty());
-            let gone = down(&mut fake, &settings(), &store, false, Hooks::default())
-                .await
-                .unwrap();
+            let gone = down_test(&mut fake, &store).await;
             assert_eq!(gone.changes.len(), 5);
             assert!(fake.owned.is_empty());
             assert!(store.load().unwrap().is_none());
@@ -700,11 +712,7 @@ mod tests {
     fn a_failed_change_rolls_back_the_others() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(dir.path());
-        let mut fake = Fake {
-            owned: vec![],
-            fail_on: Some(3),
-            applied: 0,
-        };
+        let mut fake = Fake::new(Some(3));
         futures_lite::future::block_on(async {
             let e = up(&mut fake, &settings(), &store, false, Hooks::default())
                 .await
@@ -723,15 +731,9 @@ mod tests {
     fn dry_run_applies_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(dir.path().join("never-created"));
-        let mut fake = Fake {
-            owned: vec![],
-            fail_on: None,
-            applied: 0,
-        };
+        let mut fake = Fake::new(None);
         futures_lite::future::block_on(async {
-            let o = up(&mut fake, &settings(), &store, true, Hooks::default())
-                .await
-                .unwrap();
+            let o = up_test(&mut fake, &store, true).await;
             assert_eq!(o.changes.len(), 5);
             assert!(fake.owned.is_empty());
             assert!(!store.dir().exists());
@@ -769,13 +771,7 @@ mod tests {
             crate::net::Layout::SingleTable
         }
         async fn links(&mut self) -> Result<Vec<LinkInfo>, NetError> {
-            Fake {
-                owned: vec![],
-                fail_on: None,
-                applied: 0,
-            }
-            .links()
-            .await
+            Fake::new(None).links().await
         }
         async fn neighbours(&mut self) -> Result<Vec<Neighbour>, NetError> {
             Ok(vec![])
@@ -844,9 +840,7 @@ mod tests {
         };
         let text = |c: &[Change]| c.iter().map(|c| c.to_string()).collect::<Vec<_>>();
         futures_lite::future::block_on(async {
-            let o = up(&mut k, &settings(), &store, false, Hooks::default())
-                .await
-                .unwrap();
+            let o = up_test(&mut k, &store, false).await;
             assert_eq!(
                 text(&o.changes),
                 [
@@ -863,15 +857,11 @@ mod tests {
             assert_eq!(st.split.len(), 1);
             assert!(report::status(&st).contains("split: 172.17.0.0/16 is held by another route (172.17.0.0/16 via 10.8.0.1 dev utun3)"));
             // nothing to do while it stays that way
-            let again = up(&mut k, &settings(), &store, false, Hooks::default())
-                .await
-                .unwrap();
+            let again = up_test(&mut k, &store, false).await;
             assert!(again.changes.is_empty());
             // the VPN disconnects: the halves give way to the whole subnet
             k.routes.retain(|r| r.2);
-            let back = up(&mut k, &settings(), &store, false, Hooks::default())
-                .await
-                .unwrap();
+            let back = up_test(&mut k, &store, false).await;
             assert_eq!(back.changes.len(), 3);
             assert_eq!(
                 text(&back.changes)[2],
@@ -880,9 +870,7 @@ mod tests {
             // down removes dockroute's routes and nobody else's
             let other = ("172.16.0.0/12".parse().unwrap(), vpn_gw, false);
             k.routes.push(other);
-            down(&mut k, &settings(), &store, false, Hooks::default())
-                .await
-                .unwrap();
+            down_test(&mut k, &store).await;
             assert_eq!(k.routes, vec![other]);
         });
     }

@@ -216,16 +216,7 @@ pub fn delete_args(table: &str, words: &[String]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn scope() -> Scope {
-        Scope {
-            ifname: "vboxnet0".into(),
-            nets: vec![
-                "172.17.0.0/16".parse().unwrap(),
-                "192.168.99.0/24".parse().unwrap(),
-            ],
-        }
-    }
+    use crate::firewall::test_scope as scope;
 
     fn spots(text: &str) -> Vec<String> {
         plan("iptables", &parse(text), &scope())

@@ -28,6 +28,19 @@ pub struct Scope {
     pub nets: Vec<Ipv4Net>,
 }
 
+/// The scope the backends' unit tests share: the containers' subnet and the VM's host-only
+/// network, over vboxnet0.
+#[cfg(test)]
+pub(crate) fn test_scope() -> Scope {
+    Scope {
+        ifname: "vboxnet0".into(),
+        nets: vec![
+            "172.17.0.0/16".parse().unwrap(),
+            "192.168.99.0/24".parse().unwrap(),
+        ],
+    }
+}
+
 impl Scope {
     /// Everything between the host and the target's VM.
     pub fn for_target(t: &crate::discover::Target) -> Scope {

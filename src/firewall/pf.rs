@@ -333,17 +333,8 @@ pub mod run {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::firewall::test_scope as scope;
     use crate::firewall::{FwChange, diff};
-
-    fn scope() -> Scope {
-        Scope {
-            ifname: "vboxnet0".into(),
-            nets: vec![
-                "172.17.0.0/16".parse().unwrap(),
-                "192.168.99.0/24".parse().unwrap(),
-            ],
-        }
-    }
 
     #[test]
     fn renders_the_anchor_both_directions_tagged() {

@@ -97,69 +97,66 @@ const MAX_DEPTH: usize = 16;
 /// every level of jumps).
 type Walked = std::collections::HashMap<(String, usize), Flow>;
 
-fn walk(
-    chains: &[Chain],
-    name: &str,
+/// One walk from an entry chain in one direction: the chains it reads, what it has walked so
+/// far, and where it found spots to repair.
+struct Walk<'a> {
+    chains: &'a [Chain],
     dir: Direction,
-    scope: &Scope,
-    depth: usize,
-    walked: &mut Walked,
-    out: &mut Vec<(String, Direction, &'static str)>,
-) -> Flow {
-    let key = (name.to_string(), depth);
-    if let Some(flow) = walked.get(&key) {
-        return *flow; // its spots are in `out` already
-    }
-    let flow = walk_rules(chains, name, dir, scope, depth, walked, out);
-    walked.insert(key, flow);
-    flow
+    scope: &'a Scope,
+    walked: Walked,
+    out: &'a mut Vec<(String, Direction, &'static str)>,
 }
 
-fn walk_rules(
-    chains: &[Chain],
-    name: &str,
-    dir: Direction,
-    scope: &Scope,
-    depth: usize,
-    walked: &mut Walked,
-    out: &mut Vec<(String, Direction, &'static str)>,
-) -> Flow {
-    let Some(chain) = chains.iter().find(|c| c.name == name) else {
-        return Flow::Continue;
-    };
-    let builtin = chain.policy.is_some();
-    for r in &chain.rules {
-        if ours(r) {
-            continue; // judge the firewall as if dockroute's own rules were not there
+impl Walk<'_> {
+    fn walk(&mut self, name: &str, depth: usize) -> Flow {
+        let key = (name.to_string(), depth);
+        if let Some(flow) = self.walked.get(&key) {
+            return *flow; // its spots are in `out` already
         }
-        let (could, surely) = matches(r, dir, scope);
-        if !could {
-            continue;
-        }
-        match r.target.as_deref() {
-            Some("DROP" | "REJECT") => {
-                let verdict = if builtin { "ACCEPT" } else { "RETURN" };
-                out.push((chain.name.clone(), dir, verdict));
-                if !builtin {
-                    return Flow::Continue; // our RETURN hands the packet back to the caller
-                }
-                // our ACCEPT at the top of a built-in chain ends the walk
-                return Flow::Done;
+        let flow = self.walk_rules(name, depth);
+        self.walked.insert(key, flow);
+        flow
+    }
+
+    fn walk_rules(&mut self, name: &str, depth: usize) -> Flow {
+        let (chains, dir, scope) = (self.chains, self.dir, self.scope);
+        let Some(chain) = chains.iter().find(|c| c.name == name) else {
+            return Flow::Continue;
+        };
+        let builtin = chain.policy.is_some();
+        for r in &chain.rules {
+            if ours(r) {
+                continue; // judge the firewall as if dockroute's own rules were not there
             }
-            Some("ACCEPT") if surely => return Flow::Done,
-            Some("RETURN") if surely => return Flow::Continue,
-            Some(t) if depth < MAX_DEPTH && chains.iter().any(|c| c.name == t) => {
-                if let Flow::Done = walk(chains, t, dir, scope, depth + 1, walked, out) {
+            let (could, surely) = matches(r, dir, scope);
+            if !could {
+                continue;
+            }
+            match r.target.as_deref() {
+                Some("DROP" | "REJECT") => {
+                    let verdict = if builtin { "ACCEPT" } else { "RETURN" };
+                    self.out.push((chain.name.clone(), dir, verdict));
+                    if !builtin {
+                        return Flow::Continue; // our RETURN hands the packet back to the caller
+                    }
+                    // our ACCEPT at the top of a built-in chain ends the walk
                     return Flow::Done;
                 }
+                Some("ACCEPT") if surely => return Flow::Done,
+                Some("RETURN") if surely => return Flow::Continue,
+                Some(t) if depth < MAX_DEPTH && chains.iter().any(|c| c.name == t) => {
+                    if let Flow::Done = self.walk(t, depth + 1) {
+                        return Flow::Done;
+                    }
+                }
+                _ => {}
             }
-            _ => {}
         }
+        if builtin && matches!(chain.policy.as_deref(), Some("DROP" | "REJECT")) {
+            self.out.push((chain.name.clone(), dir, "ACCEPT"));
+        }
+        Flow::Continue
     }
-    if builtin && matches!(chain.policy.as_deref(), Some("DROP" | "REJECT")) {
-        out.push((chain.name.clone(), dir, "ACCEPT"));
-    }
-    Flow::Continue
 }
 
 /// The repairs for `chains` (one table), walking from each entry chain in its direction.
@@ -172,15 +169,14 @@ pub fn plan(
 ) -> Vec<Repair> {
     let mut spots = Vec::new();
     for (chain, dir) in entries {
-        walk(
+        Walk {
             chains,
-            chain,
-            *dir,
+            dir: *dir,
             scope,
-            0,
-            &mut Walked::new(),
-            &mut spots,
-        );
+            walked: Walked::new(),
+            out: &mut spots,
+        }
+        .walk(chain, 0);
     }
     let mut out: Vec<Repair> = Vec::new();
     for (chain, dir, verdict) in spots {

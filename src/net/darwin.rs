@@ -233,31 +233,29 @@ fn addrs(pairs: Vec<(usize, Sockaddr)>) -> rtmsg::Addrs {
     a
 }
 
+/// The addresses that name exactly the prefix `dst` (destination and mask), and `more`.
+fn prefix_addrs(dst: Ipv4Net, more: Option<(usize, Sockaddr)>) -> rtmsg::Addrs {
+    let mut pairs = vec![
+        (rtax::DST, Sockaddr::Inet(dst.network())),
+        (rtax::NETMASK, Sockaddr::Mask(dst.netmask())),
+    ];
+    pairs.extend(more);
+    addrs(pairs)
+}
+
 /// RTM_ADD of `route` (which must have a gateway): unscoped, marked.
 pub fn add_request(dst: Ipv4Net, gateway: Ipv4Addr, seq: i32) -> RtMsg {
     RtMsg::request(
         rtm::ADD,
         ADD_FLAGS,
         seq,
-        addrs(vec![
-            (rtax::DST, Sockaddr::Inet(dst.network())),
-            (rtax::GATEWAY, Sockaddr::Inet(gateway)),
-            (rtax::NETMASK, Sockaddr::Mask(dst.netmask())),
-        ]),
+        prefix_addrs(dst, Some((rtax::GATEWAY, Sockaddr::Inet(gateway)))),
     )
 }
 
 /// RTM_DELETE of the route with exactly this prefix (whoever's it is: read it back first).
 pub fn delete_request(dst: Ipv4Net, seq: i32) -> RtMsg {
-    RtMsg::request(
-        rtm::DELETE,
-        REQUEST_FLAGS,
-        seq,
-        addrs(vec![
-            (rtax::DST, Sockaddr::Inet(dst.network())),
-            (rtax::NETMASK, Sockaddr::Mask(dst.netmask())),
-        ]),
-    )
+    RtMsg::request(rtm::DELETE, REQUEST_FLAGS, seq, prefix_addrs(dst, None))
 }
 
 /// RTM_GET of exactly this prefix, asking for the interface's name and address in the answer.
@@ -266,11 +264,7 @@ pub fn get_exact_request(dst: Ipv4Net, seq: i32) -> RtMsg {
         rtm::GET,
         REQUEST_FLAGS,
         seq,
-        addrs(vec![
-            (rtax::DST, Sockaddr::Inet(dst.network())),
-            (rtax::NETMASK, Sockaddr::Mask(dst.netmask())),
-            (rtax::IFP, Sockaddr::Link(LinkAddr::default())),
-        ]),
+        prefix_addrs(dst, Some((rtax::IFP, Sockaddr::Link(LinkAddr::default())))),
     )
 }
 

@@ -42,7 +42,7 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// In a private mount namespace, hide the machine's system bus (see [`Lab::command`]), then run
 /// the arguments that follow.
-const HIDE_BUS: &[&str] = &[
+pub const HIDE_BUS: &[&str] = &[
     "--mount",
     "--propagation",
     "private",
@@ -59,7 +59,8 @@ pub struct Run {
 }
 
 impl Run {
-    fn from(o: Output) -> Run {
+    /// What a finished program said and how it ended (-1 if a signal ended it).
+    pub fn from(o: Output) -> Run {
         Run {
             code: o.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -154,8 +155,16 @@ impl Lab {
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new("unshare");
         c.args(HIDE_BUS)
-            .args(["ip", "netns", "exec", &self.host(), BIN])
-            .arg("--config")
+            .args(["ip", "netns", "exec", &self.host(), BIN]);
+        self.isolate(&mut c, args).stdin(Stdio::null());
+        c
+    }
+
+    /// `--config` and ARGS, the lab's state dir, and none of the caller's environment that
+    /// would point dockroute elsewhere; for runs that are not root (which honour it), a bus
+    /// address that is never the machine's bus either.
+    fn isolate<'c>(&self, c: &'c mut Command, args: &[&str]) -> &'c mut Command {
+        c.arg("--config")
             .arg(self.config())
             .args(args)
             .env("DOCKROUTE_STATE_DIR", self.state_dir())
@@ -163,13 +172,10 @@ impl Lab {
             .env_remove("MACHINE_STORAGE_PATH")
             .env_remove("SUDO_USER")
             .env_remove("DOCKROUTE_TEST_STALL_AFTER")
-            // for runs that are not root (which honour it): never the machine's bus either
             .env(
                 "DBUS_SYSTEM_BUS_ADDRESS",
                 format!("unix:path={}/no-bus", self.dir.path().display()),
             )
-            .stdin(Stdio::null());
-        c
     }
 
     pub fn dockroute(&self, args: &[&str]) -> Run {
@@ -308,18 +314,83 @@ impl Lab {
 
 /// `ip -n NS ARGS`, ARGS split on whitespace (no shell); panics on failure.
 pub fn ip_in(ns: &str, args: &str) -> String {
-    let out = Command::new("ip")
-        .args(["-n", ns])
-        .args(args.split_whitespace())
-        .output()
-        .expect("running ip");
+    let mut c = Command::new("ip");
+    c.args(["-n", ns]).args(args.split_whitespace());
+    stdout_of(c, &format!("ip {args}"))
+}
+
+/// Runs `c` and returns its stdout; panics (naming it `what`, with its stderr) unless it
+/// succeeds.
+pub fn stdout_of(mut c: Command, what: &str) -> String {
+    let out = c.output().unwrap_or_else(|e| panic!("running {what}: {e}"));
     assert!(
         out.status.success(),
-        "ip {args}: {}",
+        "{what}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// `PROGRAM ARGS` in the lab's host namespace (no shell); panics on failure.
+pub fn in_lab(lab: &Lab, program: &str, args: &[&str]) -> String {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &lab.host(), program]).args(args);
+    stdout_of(c, &format!("{program} {args:?}"))
+}
+
+/// `PROGRAM ARGS` (ARGS split on whitespace, no shell) in the lab's host namespace; panics on
+/// failure.
+pub fn fw(lab: &Lab, program: &str, args: &str) -> String {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &lab.host(), program])
+        .args(args.split_whitespace());
+    stdout_of(c, &format!("{program} {args}"))
+}
+
+/// Loads an nft ruleset from the file `name` in the lab's directory, in its host namespace.
+pub fn nft_load(lab: &Lab, name: &str, rules: &str) {
+    let f = lab.dir.path().join(name);
+    std::fs::write(&f, rules).unwrap();
+    fw(lab, "nft", &format!("-f {}", f.display()));
+}
+
+/// A VPN's nftables table in the style of Mullvad's: policy drop, only lo and tun0.
+pub const MULLVAD_LIKE: &str = "table inet vpn {
+    chain input {
+        type filter hook input priority 0; policy drop;
+        iifname \"lo\" accept
+        iifname \"tun0\" accept
+    }
+    chain output {
+        type filter hook output priority 0; policy drop;
+        oifname \"lo\" accept
+        oifname \"tun0\" accept
+    }
+}
+";
+
+/// `up` with the resolver-dir DNS backend writing into `dir`.
+pub fn up_resolver_dir(dir: &str) -> [&str; 7] {
+    [
+        "up",
+        "--vm-ip",
+        VM_IP,
+        "--dns",
+        "resolver-dir",
+        "--resolver-dir",
+        dir,
+    ]
+}
+
+/// A VPN kill switch as iptables rules: policy DROP, only lo and tun0.
+pub const KILL_SWITCH: [&str; 6] = [
+    "-A INPUT -i lo -j ACCEPT",
+    "-A INPUT -i tun0 -j ACCEPT",
+    "-A OUTPUT -o lo -j ACCEPT",
+    "-A OUTPUT -o tun0 -j ACCEPT",
+    "-P INPUT DROP",
+    "-P OUTPUT DROP",
+];
 
 /// Connect, send a line, expect it back.
 pub fn echo(addr: &str) -> bool {
@@ -454,19 +525,8 @@ impl Lab {
     ) -> Child {
         use std::os::unix::process::CommandExt;
         let mut c = Command::new(BIN);
-        c.arg("--config")
-            .arg(self.config())
-            .args(args)
-            .env("DOCKROUTE_STATE_DIR", self.state_dir())
-            .env_remove("DOCKER_HOST")
-            .env_remove("MACHINE_STORAGE_PATH")
-            .env_remove("SUDO_USER")
-            .env_remove("DOCKROUTE_TEST_STALL_AFTER")
+        self.isolate(&mut c, args)
             .env_remove("DOCKROUTE_TEST_STALL_RENAME")
-            .env(
-                "DBUS_SYSTEM_BUS_ADDRESS",
-                format!("unix:path={}/no-bus", self.dir.path().display()),
-            )
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
