@@ -287,7 +287,11 @@ fn status_among_thousands_of_routes_shows_exactly_the_ones_that_matter() {
     }
     let lab = Lab::new();
     lab.add_tunnel("tun0", "10.66.0.2/24");
-    lab.add_tunnel("bulk0", "10.77.0.2/24");
+    // an ordinary link (not a tunnel) carrying thousands of routes
+    lab.ip("link add bulk0 type veth peer name bulk0p");
+    lab.ip("addr add 10.77.0.2/24 dev bulk0");
+    lab.ip("link set bulk0p up");
+    lab.ip("link set bulk0 up");
     let batch: String = (0..3000)
         .map(|i| {
             format!(
