@@ -234,11 +234,16 @@ impl Source<'_> {
         if self.private {
             SettingsError::Private { path, line }
         } else {
-            SettingsError::At {
-                path,
-                line,
-                msg: msg.to_string(),
-            }
+            // one line, and nothing of the file's that a terminal would act on (`\r`, escapes)
+            let msg = msg
+                .chars()
+                .map(|c| match c {
+                    '\n' => " ".to_string(),
+                    c if c.is_control() => c.escape_debug().to_string(),
+                    c => c.to_string(),
+                })
+                .collect();
+            SettingsError::At { path, line, msg }
         }
     }
 }
@@ -528,6 +533,21 @@ mod tests {
         let p = dir.path().join("config.toml");
         std::fs::write(&p, body).unwrap();
         Settings::load(Some(&p), None, false, None, None)
+    }
+
+    #[test]
+    fn errors_quote_no_control_characters() {
+        // toml's message quotes the value; a carriage return in it would let the config file
+        // rewrite the line a terminal shows (found by the settings fuzz target)
+        let path = Path::new("/etc/dockroute/config.toml");
+        for text in ["firewall = \"a\\ro\"\n", "dns = \"x\\u001b[2Ky\"\n"] {
+            let e = Settings::parse_config(path, text).unwrap_err().to_string();
+            assert!(!e.contains(|c: char| c.is_control()), "{e:?}");
+            assert!(
+                e.starts_with("/etc/dockroute/config.toml line 1: "),
+                "{e:?}"
+            );
+        }
     }
 
     #[test]

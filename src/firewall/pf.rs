@@ -240,7 +240,8 @@ pub fn enabled(info: &str) -> Option<bool> {
     })
 }
 
-/// The anchor's rules after applying one change to `current` (pf loads an anchor whole).
+/// The anchor's rules after applying one change to `current` (pf loads an anchor whole). A
+/// delete removes one rule (the last that is the same).
 pub fn after_change(current: &[Repair], change: &super::FwChange) -> Vec<Repair> {
     let mut rules: Vec<Repair> = current.to_vec();
     match change {
@@ -249,7 +250,12 @@ pub fn after_change(current: &[Repair], change: &super::FwChange) -> Vec<Repair>
                 rules.push(rule.clone());
             }
         }
-        super::FwChange::Delete { rule, .. } => rules.retain(|r| !super::same(r, rule)),
+        // one rule: a delete of a duplicate must leave the copy `diff` matched
+        super::FwChange::Delete { rule, .. } => {
+            if let Some(i) = rules.iter().rposition(|r| super::same(r, rule)) {
+                rules.remove(i);
+            }
+        }
     }
     rules
 }
@@ -426,6 +432,19 @@ block drop quick on vboxnet0 inet from any to 172.17.0.0/16
             },
         );
         assert_eq!(gone, d[1..2].to_vec());
+    }
+
+    #[test]
+    fn deleting_a_duplicate_keeps_the_rule() {
+        // the anchor lists one of dockroute's rules twice: up deletes the duplicate, and the
+        // rule itself must stay loaded
+        let d = desired(&scope());
+        let twice = vec![d[0].clone(), d[1].clone(), d[0].clone()];
+        let owned: Vec<(Repair, Vec<String>)> = twice.iter().map(|r| (r.clone(), vec![])).collect();
+        let changes = diff(&d[..2], &owned);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        let after = after_change(&twice, &changes[0]);
+        assert_eq!(after, d[..2].to_vec());
     }
 
     #[test]

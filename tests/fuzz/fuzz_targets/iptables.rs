@@ -1,18 +1,24 @@
 //! `iptables -S` text -> chains (`firewall::iptables::parse`), and the walk and ownership on it.
 //! Beyond "no panic":
-//! - every rule that parses, written back as an `-A` line, parses to the same rule;
+//! - every rule that parses, written back as an `-A` line (quoted as iptables quotes: interface
+//!   names raw), parses to the same rule;
 //! - `up` is stable: once its changes are made (as iptables makes them: `-I CHAIN 1` at the
 //!   top, `-D` the first rule with those words), reading the listing again gives the same
-//!   repairs and nothing more to change.
+//!   repairs, the same foreign rules and nothing more to change.
 #![no_main]
 
-use dockroute::firewall::iptables::{owned, parse, plan, rule_words};
+use dockroute::firewall::iptables::{foreign, owned, parse, plan, rule_words};
 use dockroute::firewall::{FwChange, Scope, diff};
 use libfuzzer_sys::fuzz_target;
 
-/// One word as `iptables -S` quotes it (and as the parser reads quotes).
-fn quote(w: &str) -> String {
-    if !w.is_empty() && !w.contains(|c: char| c.is_whitespace() || c == '"' || c == '\\') {
+/// One word as `iptables -S` prints it: an interface name (the word after `-i`/`-o`) raw, any
+/// other word in double quotes (`"` and `\` escaped) when it needs them.
+fn quote(w: &str, raw: bool) -> String {
+    if raw
+        || (!w.is_empty()
+            && !w.starts_with('"')
+            && !w.contains(|c: char| c.is_whitespace() || c == '"' || c == '\\'))
+    {
         return w.to_string();
     }
     let mut out = String::from("\"");
@@ -28,9 +34,14 @@ fn quote(w: &str) -> String {
 
 fn line(words: &[String]) -> String {
     let mut l = String::from("-A");
-    for w in words {
+    for (i, w) in words.iter().enumerate() {
+        let raw = i > 0
+            && matches!(
+                words[i - 1].as_str(),
+                "-i" | "-o" | "--in-interface" | "--out-interface"
+            );
         l.push(' ');
-        l.push_str(&quote(w));
+        l.push_str(&quote(w, raw));
     }
     l
 }
@@ -105,6 +116,11 @@ fuzz_target!(|data: &[u8]| {
         plan("iptables", &after, &scope),
         desired,
         "dockroute's rules changed the plan"
+    );
+    assert_eq!(
+        foreign("iptables", &after),
+        foreign("iptables", &chains),
+        "dockroute's rules read as foreign"
     );
     let again = diff(&desired, &owned("iptables", &after));
     assert!(again.is_empty(), "a second up changes {again:?}");
