@@ -780,7 +780,7 @@ fn a_vpn_nftables_table_heals_from_its_own_events_without_reading_iptables() {
     );
     let w = watch_with_iptables(&lab, &wrapper, &["--vm-ip", VM_IP]);
     started(&lab, &w);
-    nft_load(&lab, VPN_TABLE);
+    nft_load(&lab, "vpn.nft", MULLVAD_LIKE);
     assert!(
         eventually(Duration::from_secs(5), || nft_repairs(&lab) == 4
             && lab.reaches_container()),
@@ -790,7 +790,11 @@ fn a_vpn_nftables_table_heals_from_its_own_events_without_reading_iptables() {
     w.settles(Duration::from_millis(500));
     std::fs::write(&broken, "").unwrap();
     // The VPN reconnects: its events name its own table only, which is all the heal reads.
-    nft_load(&lab, &format!("delete table inet vpn\n{VPN_TABLE}"));
+    nft_load(
+        &lab,
+        "vpn2.nft",
+        &format!("delete table inet vpn\n{MULLVAD_LIKE}"),
+    );
     assert!(
         eventually(Duration::from_secs(5), || nft_repairs(&lab) == 4
             && lab.reaches_container()),
