@@ -560,22 +560,7 @@ pub fn run(
         let before = causes.clone();
         let woken = read_sources(&mut sources, &fired, &mut causes)?;
         if let Some(sig) = woken.exit {
-            tracing::info!(
-                "{sig}: ending after {count} reconcile(s){}",
-                if opts.down_on_exit {
-                    "; removing the setup (--down-on-exit)"
-                } else {
-                    "; the setup stays in place"
-                }
-            );
-            if opts.down_on_exit {
-                let store = Store::new(&settings.state_dir);
-                futures_lite::future::block_on(async {
-                    let mut net = System::new()?;
-                    engine::down(&mut net, &settings, &store, false, Hooks::default()).await
-                })?;
-            }
-            return Ok(());
+            return super::end(sig, count, opts, &settings);
         }
         if let Some(why) = woken.reload {
             match load() {

@@ -46,6 +46,39 @@ impl WatchError {
     }
 }
 
+/// A signal ends `watch`: say so, and with `--down-on-exit` remove the setup first.
+#[cfg(any(target_os = "linux", target_os = "macos"))]
+fn end(
+    sig: impl fmt::Display,
+    count: u64,
+    opts: Options,
+    settings: &crate::settings::Settings,
+) -> Result<(), WatchError> {
+    tracing::info!(
+        "{sig}: ending after {count} reconcile(s){}",
+        if opts.down_on_exit {
+            "; removing the setup (--down-on-exit)"
+        } else {
+            "; the setup stays in place"
+        }
+    );
+    if opts.down_on_exit {
+        let store = crate::record::Store::new(&settings.state_dir);
+        futures_lite::future::block_on(async {
+            let mut net = crate::net::System::new()?;
+            crate::engine::down(
+                &mut net,
+                settings,
+                &store,
+                false,
+                crate::engine::Hooks::default(),
+            )
+            .await
+        })?;
+    }
+    Ok(())
+}
+
 /// What `watch` does besides reconciling.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Options {
