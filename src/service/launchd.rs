@@ -58,8 +58,9 @@ pub fn is_ours(content: &str) -> bool {
     content.lines().nth(1) == Some(HEADER)
 }
 
+/// launchd's control program (/bin/launchctl), run through [`crate::exec`].
 #[cfg(target_os = "macos")]
-const LAUNCHCTL: &str = "/bin/launchctl";
+const LAUNCHCTL: &str = "launchctl";
 
 /// `launchctl bootstrap system` the installed job (a re-install first boots out the old one).
 #[cfg(target_os = "macos")]

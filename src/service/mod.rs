@@ -258,24 +258,21 @@ pub fn uninstall(root: &Path, places: &[Place]) -> Result<Vec<FileResult>, Servi
     Ok(out)
 }
 
-/// Run a system tool by absolute path with an argument vector and a cleared environment; returns
-/// the command line for the report.
+/// Run a system tool (`systemctl`, `launchctl`) as [`crate::exec`] runs every program: found
+/// only in the system directories, trusted, with a cleared environment. Returns the command line
+/// for the report.
 #[cfg(any(target_os = "linux", target_os = "macos"))]
 fn run_tool(program: &str, args: &[&str]) -> Result<String, ServiceError> {
     let line = std::iter::once(program)
         .chain(args.iter().copied())
         .collect::<Vec<_>>()
         .join(" ");
-    let out = std::process::Command::new(program)
-        .args(args)
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .stdin(std::process::Stdio::null())
-        .output()
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let out = crate::exec::output(program, &args, None)
         .map_err(|e| ServiceError::Tool(format!("{line}: {e}")))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let first = err
+    if out.code != Some(0) {
+        let first = out
+            .stderr
             .lines()
             .find(|l| !l.trim().is_empty())
             .unwrap_or("failed");

@@ -37,28 +37,19 @@ pub fn running() -> bool {
     Path::new("/run/systemd/system").is_dir()
 }
 
+/// systemd's control program, run through [`crate::exec`] (system directories only, trusted).
 #[cfg(target_os = "linux")]
-fn systemctl() -> Result<&'static str, ServiceError> {
-    ["/usr/bin/systemctl", "/bin/systemctl"]
-        .into_iter()
-        .find(|p| Path::new(p).is_file())
-        .ok_or_else(|| {
-            ServiceError::Refused(
-                "systemd is running but systemctl was not found in /usr/bin or /bin".into(),
-            )
-        })
-}
+const SYSTEMCTL: &str = "systemctl";
 
 /// Load the unit, enable it and start it; a re-install restarts it (the binary may be new).
 #[cfg(target_os = "linux")]
 pub fn activate(reinstall: bool) -> Result<Vec<String>, ServiceError> {
-    let ctl = systemctl()?;
     let mut steps = vec![
-        super::run_tool(ctl, &["daemon-reload"])?,
-        super::run_tool(ctl, &["enable", "--now", UNIT])?,
+        super::run_tool(SYSTEMCTL, &["daemon-reload"])?,
+        super::run_tool(SYSTEMCTL, &["enable", "--now", UNIT])?,
     ];
     if reinstall {
-        steps.push(super::run_tool(ctl, &["try-restart", UNIT])?);
+        steps.push(super::run_tool(SYSTEMCTL, &["try-restart", UNIT])?);
     }
     Ok(steps)
 }
@@ -67,7 +58,7 @@ pub fn activate(reinstall: bool) -> Result<Vec<String>, ServiceError> {
 #[cfg(target_os = "linux")]
 pub fn deactivate() -> Result<Vec<String>, ServiceError> {
     Ok(vec![super::run_tool(
-        systemctl()?,
+        SYSTEMCTL,
         &["disable", "--now", UNIT],
     )?])
 }
@@ -75,7 +66,7 @@ pub fn deactivate() -> Result<Vec<String>, ServiceError> {
 /// After the unit file is gone.
 #[cfg(target_os = "linux")]
 pub fn forget() -> Result<Vec<String>, ServiceError> {
-    Ok(vec![super::run_tool(systemctl()?, &["daemon-reload"])?])
+    Ok(vec![super::run_tool(SYSTEMCTL, &["daemon-reload"])?])
 }
 
 /// What to run by hand when dockroute did not tell systemd.
