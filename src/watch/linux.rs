@@ -11,7 +11,7 @@ use super::dns_health::{self, Prober};
 use super::pace::{Pacer, Timing, Verdict};
 use super::{Causes, FwTouched, Options, WatchError, message_types, nft_event, rtnl_event};
 use crate::discover::external_vm_ip;
-use crate::engine::{self, DnsGate, EngineError, Hooks};
+use crate::engine::{self, DnsGate, Hooks};
 use crate::net::System;
 use crate::net::rtnl::Subscription;
 use crate::options::FirewallMode;
@@ -300,18 +300,6 @@ fn read_sources(
     Ok(woken)
 }
 
-/// Whether a failed reconcile may have changed (and rolled back) something, which echoes.
-fn touched(e: &EngineError) -> bool {
-    matches!(
-        e,
-        EngineError::Apply { .. }
-            | EngineError::FirewallApply { .. }
-            | EngineError::DnsApply { .. }
-            | EngineError::Firewall(_)
-            | EngineError::Dns(_)
-    )
-}
-
 /// One reconcile: `up`'s, exactly (engine::up), on a fresh netlink socket so no cache outlives
 /// it. Each change it makes is logged inside a span naming the events that caused it.
 fn reconcile(
@@ -368,42 +356,13 @@ fn reconcile(
         // is gone): the line still goes, since it stalls every lookup.
         withdraw_line(&s, &store);
     }
-    match result {
-        Ok(o) => {
-            if last_error.take().is_some() {
-                tracing::info!("in place again");
-            }
-            let dns_changed = o.dns.as_ref().is_some_and(|d| d.changed);
-            if o.changes.is_empty() && o.firewall.is_empty() && !dns_changed {
-                tracing::debug!("reconcile #{count}: nothing to change ({took:.1} ms)");
-                Verdict::Clean
-            } else {
-                tracing::info!(
-                    "reconcile #{count}: {} route/rule and {} firewall change(s){} in {took:.1} ms",
-                    o.changes.len(),
-                    o.firewall.len(),
-                    match o.dns.as_ref() {
-                        Some(d) if d.changed && d.answers == Some(false) => ", DNS line taken out",
-                        Some(d) if d.changed => ", DNS set",
-                        _ => "",
-                    }
-                );
-                Verdict::Changed
-            }
-        }
-        Err(e) => {
-            let msg = e.to_string();
-            if last_error.as_deref() != Some(msg.as_str()) {
-                tracing::warn!("reconcile #{count}: {msg} (waiting for the next event)");
-                *last_error = Some(msg);
-            } else {
-                tracing::debug!("reconcile #{count}: the same error again");
-            }
-            Verdict::Failed {
-                touched: touched(&e),
-            }
-        }
-    }
+    super::judge(
+        &result,
+        *count,
+        took,
+        last_error,
+        ("route/rule", "firewall"),
+    )
 }
 
 /// Take dockroute's line out of resolv.conf (under the lock, as `up` and `down` change it).

@@ -17,7 +17,7 @@ use super::pace::{Pacer, Timing, Verdict};
 use super::rtsock::{self, Interest};
 use super::{Causes, Options, WatchError};
 use crate::discover::external_vm_ip;
-use crate::engine::{self, DnsGate, EngineError, Hooks};
+use crate::engine::{self, DnsGate, Hooks};
 use crate::net::System;
 use crate::net::rtmsg::af;
 use crate::options::FirewallMode;
@@ -421,18 +421,6 @@ fn read_sources(
     Ok(woken)
 }
 
-/// Whether a failed reconcile may have changed (and rolled back) something, which echoes.
-fn touched(e: &EngineError) -> bool {
-    matches!(
-        e,
-        EngineError::Apply { .. }
-            | EngineError::FirewallApply { .. }
-            | EngineError::DnsApply { .. }
-            | EngineError::Firewall(_)
-            | EngineError::Dns(_)
-    )
-}
-
 /// When the last reconcile read pf, and how often it must at least.
 struct PfReads {
     last: Instant,
@@ -479,38 +467,7 @@ fn reconcile(
         pf.last = Instant::now();
     }
     let took = started.elapsed().as_secs_f64() * 1000.0;
-    match result {
-        Ok(o) => {
-            if last_error.take().is_some() {
-                tracing::info!("in place again");
-            }
-            let dns_changed = o.dns.as_ref().is_some_and(|d| d.changed);
-            if o.changes.is_empty() && o.firewall.is_empty() && !dns_changed {
-                tracing::debug!("reconcile #{count}: nothing to change ({took:.1} ms)");
-                Verdict::Clean
-            } else {
-                tracing::info!(
-                    "reconcile #{count}: {} route and {} pf change(s){} in {took:.1} ms",
-                    o.changes.len(),
-                    o.firewall.len(),
-                    if dns_changed { ", DNS set" } else { "" }
-                );
-                Verdict::Changed
-            }
-        }
-        Err(e) => {
-            let msg = e.to_string();
-            if last_error.as_deref() != Some(msg.as_str()) {
-                tracing::warn!("reconcile #{count}: {msg} (waiting for the next event)");
-                *last_error = Some(msg);
-            } else {
-                tracing::debug!("reconcile #{count}: the same error again");
-            }
-            Verdict::Failed {
-                touched: touched(&e),
-            }
-        }
-    }
+    super::judge(&result, *count, took, last_error, ("route", "pf"))
 }
 
 /// `dockroute watch` on macOS: reconcile, then reconcile again on every (coalesced) event, until

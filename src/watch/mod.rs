@@ -79,6 +79,66 @@ fn end(
     Ok(())
 }
 
+/// What a reconcile's result means for the pacing, logged once: its changes at info, nothing to
+/// change at debug, an error at warn once per distinct message (the next event retries). `kinds`
+/// names the platform's changes for the log: ("route/rule", "firewall"), ("route", "pf").
+#[cfg(any(target_os = "linux", target_os = "macos"))]
+fn judge(
+    result: &Result<crate::engine::Outcome, EngineError>,
+    count: u64,
+    took_ms: f64,
+    last_error: &mut Option<String>,
+    kinds: (&str, &str),
+) -> pace::Verdict {
+    use pace::Verdict;
+    match result {
+        Ok(o) => {
+            if last_error.take().is_some() {
+                tracing::info!("in place again");
+            }
+            let dns_changed = o.dns.as_ref().is_some_and(|d| d.changed);
+            if o.changes.is_empty() && o.firewall.is_empty() && !dns_changed {
+                tracing::debug!("reconcile #{count}: nothing to change ({took_ms:.1} ms)");
+                Verdict::Clean
+            } else {
+                tracing::info!(
+                    "reconcile #{count}: {} {} and {} {} change(s){} in {took_ms:.1} ms",
+                    o.changes.len(),
+                    kinds.0,
+                    o.firewall.len(),
+                    kinds.1,
+                    match o.dns.as_ref() {
+                        Some(d) if d.changed && d.answers == Some(false) => ", DNS line taken out",
+                        Some(d) if d.changed => ", DNS set",
+                        _ => "",
+                    }
+                );
+                Verdict::Changed
+            }
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            if last_error.as_deref() != Some(msg.as_str()) {
+                tracing::warn!("reconcile #{count}: {msg} (waiting for the next event)");
+                *last_error = Some(msg);
+            } else {
+                tracing::debug!("reconcile #{count}: the same error again");
+            }
+            // a failed reconcile may have changed (and rolled back) something, which echoes
+            Verdict::Failed {
+                touched: matches!(
+                    e,
+                    EngineError::Apply { .. }
+                        | EngineError::FirewallApply { .. }
+                        | EngineError::DnsApply { .. }
+                        | EngineError::Firewall(_)
+                        | EngineError::Dns(_)
+                ),
+            }
+        }
+    }
+}
+
 /// What `watch` does besides reconciling.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Options {
