@@ -355,3 +355,53 @@ fn status_among_thousands_of_routes_shows_exactly_the_ones_that_matter() {
     assert_eq!(st["installed"].as_array().unwrap().len(), 5);
     assert_eq!(st["in_sync"], true);
 }
+
+/// `up` does not read the main table (a VPN may fill it with thousands of routes): its copy
+/// there is known from the record. Without the record (a run that died before writing it) the
+/// copy it finds in its place is recognised as its own, and nothing changes.
+#[test]
+fn up_without_its_record_recognises_its_own_route_in_main() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    up(&lab);
+    let before = lab.snapshot();
+    std::fs::remove_file(lab.state_dir().join("state.json")).unwrap();
+    let out = lab
+        .dockroute(&["--json", "up", "--vm-ip", VM_IP])
+        .ok()
+        .json();
+    assert_eq!(out["changes"].as_array().unwrap().len(), 0, "{out}");
+    assert_eq!(lab.snapshot(), before);
+    assert!(lab.reaches_container());
+    lab.dockroute(&["down"]).ok();
+    assert_eq!(lab.tagged(), 0);
+}
+
+/// A VPN's route takes the place of dockroute's copy in main (same prefix, same metric): `up`
+/// says so and leaves it exactly as it is, with no copy of its own put beside it.
+#[test]
+fn a_route_in_place_of_the_main_copy_is_reported_and_left_alone() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    lab.add_tunnel("tun0", "10.66.0.2/24");
+    up(&lab);
+    lab.ip("route replace 172.17.0.0/16 dev tun0 metric 5017");
+    let before = lab.snapshot();
+    let run = lab.dockroute(&["up", "--vm-ip", VM_IP]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("another route for 172.17.0.0/16 with metric 5017"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(lab.snapshot(), before);
+    assert!(
+        lab.reaches_container(),
+        "dockroute's own table still carries it"
+    );
+}

@@ -17,7 +17,7 @@ mod apply;
 mod probe;
 mod status;
 
-use apply::{apply_all, send, undo_all};
+use apply::{Applied, apply_checked, send, undo_all};
 use probe::check_routes;
 pub use probe::{Degraded, Probe, why_not_via_vm};
 pub use status::{Conflict, DnsStatus, NameCheck, Status, VpnStatus, status};
@@ -202,6 +202,57 @@ async fn planned<N: Net>(
     }
 }
 
+/// dockroute's entries as `up` plans from them.
+struct Seen {
+    owned: Vec<crate::net::Entry>,
+    /// Wanted routes that the last `up` recorded in the table that was not read: `up` makes
+    /// sure of them ([`Net::ensure`]).
+    checks: Vec<crate::net::RouteSpec>,
+    /// The table whose dockroute routes were not read ([`crate::net::OwnedView::unread`]).
+    unread: Option<u32>,
+}
+
+/// dockroute's own entries. Where the platform leaves a table unread because finding them there
+/// means walking everybody's routes (Linux: main, with a VPN's thousands), its entries there are
+/// taken from the record of the last `up`: a wanted one is made sure of by adding it in ways the
+/// kernel refuses when it is there ([`Net::ensure`]), and one no longer wanted is removed by its
+/// exact shape, which touches nothing else. An add whose place something
+/// unrecorded holds makes `up` read that table after all. A dry run changes nothing, so it
+/// reads everything.
+async fn observe_owned<N: Net>(
+    net: &mut N,
+    desired: &[crate::net::Entry],
+    previous: Option<&Record>,
+    dry_run: bool,
+) -> Result<Seen, NetError> {
+    let view = if dry_run {
+        crate::net::OwnedView {
+            entries: net.owned().await?,
+            unread: None,
+        }
+    } else {
+        net.owned_cheaply().await?
+    };
+    let mut seen = Seen {
+        owned: view.entries,
+        checks: Vec::new(),
+        unread: view.unread,
+    };
+    if let (Some(table), Some(record)) = (view.unread, previous) {
+        for e in &record.entries {
+            if let crate::net::Entry::Route(r) = e
+                && r.table == table
+            {
+                seen.owned.push(e.clone());
+                if desired.contains(e) {
+                    seen.checks.push(r.clone());
+                }
+            }
+        }
+    }
+    Ok(seen)
+}
+
 /// Take dockroute's line for `d` out of resolv.conf if it is there. Returns whether it was.
 fn withdraw(d: &DnsState) -> bool {
     let set = std::fs::read_to_string(&d.path)
@@ -267,10 +318,9 @@ pub async fn up_with<N: Net>(
     for split in &splits {
         tracing::warn!("{split}");
     }
-    // Only dockroute's own entries: the kernel filters the route dump (a VPN's thousands of
-    // routes in main are not read).
-    let owned = net.owned().await?;
-    let changes = plan::diff(&desired, &owned);
+    let previous = store.load().ok().flatten();
+    let seen = observe_owned(net, &desired, previous.as_ref(), dry_run).await?;
+    let changes = plan::diff(&desired, &seen.owned);
     let mut firewall_unread = None;
     let (fw, fw_owned_before, firewall_warnings) = match settings.firewall {
         FirewallMode::Auto => {
@@ -315,8 +365,22 @@ pub async fn up_with<N: Net>(
         });
     }
 
-    let previous = store.load().ok().flatten();
-    apply_all(net, &changes, hooks).await?;
+    let changes = match apply_checked(net, &changes, &seen.checks, seen.unread, hooks).await? {
+        Applied::Done(changes) => changes,
+        Applied::Unseen => {
+            tracing::debug!("a route of dockroute's shape without a record: reading every table");
+            let changes = plan::diff(&desired, &net.owned().await?);
+            match apply_checked(net, &changes, &[], None, hooks).await? {
+                Applied::Done(changes) => changes,
+                Applied::Unseen => {
+                    return Err(NetError::Conflict(
+                        "a route dockroute cannot see is in the way".into(),
+                    )
+                    .into());
+                }
+            }
+        }
+    };
     if let Err(err) = firewall::apply(&fw) {
         let undo_failed = undo_all(net, &changes).await;
         return Err(EngineError::FirewallApply {
@@ -586,6 +650,10 @@ mod tests {
         owned: Vec<Entry>,
         fail_on: Option<usize>,
         applied: usize,
+        /// `owned_cheaply` leaves main unread, as on Linux.
+        main_unread: bool,
+        /// How often `owned` read everything.
+        full_reads: usize,
     }
 
     impl Fake {
@@ -594,13 +662,26 @@ mod tests {
                 owned: vec![],
                 fail_on,
                 applied: 0,
+                main_unread: false,
+                full_reads: 0,
             }
+        }
+
+        fn in_main(e: &Entry) -> bool {
+            matches!(e, Entry::Route(r) if r.table == crate::net::MAIN_TABLE)
         }
 
         fn apply_one(&mut self, change: &Change) -> Result<(), NetError> {
             if self.fail_on == Some(self.applied) {
                 self.fail_on = None;
                 return Err(NetError::Conflict("injected failure".into()));
+            }
+            if let Change::Add(Entry::Route(r)) = change
+                && self.owned.iter().any(|o| {
+                    matches!(o, Entry::Route(o) if (o.table, o.dst, o.metric) == (r.table, r.dst, r.metric))
+                })
+            {
+                return Err(NetError::Exists("exists".into()));
             }
             self.applied += 1;
             match change {
@@ -636,6 +717,43 @@ mod tests {
             Ok(Snapshot {
                 owned: self.owned.clone(),
                 ..Default::default()
+            })
+        }
+        async fn owned(&mut self) -> Result<Vec<Entry>, NetError> {
+            self.full_reads += 1;
+            Ok(self.owned.clone())
+        }
+        async fn ensure(
+            &mut self,
+            routes: &[crate::net::RouteSpec],
+        ) -> Result<Vec<Result<bool, NetError>>, NetError> {
+            Ok(routes
+                .iter()
+                .map(|r| {
+                    let e = Entry::Route(r.clone());
+                    if self.owned.contains(&e) {
+                        Ok(false)
+                    } else {
+                        self.apply_one(&Change::Add(e)).map(|()| true)
+                    }
+                })
+                .collect())
+        }
+        async fn owned_cheaply(&mut self) -> Result<crate::net::OwnedView, NetError> {
+            if !self.main_unread {
+                return Ok(crate::net::OwnedView {
+                    entries: self.owned().await?,
+                    unread: None,
+                });
+            }
+            Ok(crate::net::OwnedView {
+                entries: self
+                    .owned
+                    .iter()
+                    .filter(|e| !Self::in_main(e))
+                    .cloned()
+                    .collect(),
+                unread: Some(crate::net::MAIN_TABLE),
             })
         }
         async fn lookup(&mut self, _dst: Ipv4Addr) -> Result<Lookup, NetError> {
@@ -705,6 +823,78 @@ mod tests {
             assert_eq!(gone.changes.len(), 5);
             assert!(fake.owned.is_empty());
             assert!(store.load().unwrap().is_none());
+        });
+    }
+
+    #[test]
+    fn up_checks_its_main_copies_from_the_record_without_reading_main() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let mut fake = Fake::new(None);
+        fake.main_unread = true;
+        futures_lite::future::block_on(async {
+            let first = up_test(&mut fake, &store, false).await;
+            assert_eq!(first.changes.len(), 5);
+            assert!(up_test(&mut fake, &store, false).await.changes.is_empty());
+            // A VPN deletes the main copy (`ip route del 172.17.0.0/16`): `up` puts it back.
+            let copy = fake.owned.iter().position(Fake::in_main).unwrap();
+            let gone = fake.owned.remove(copy);
+            let again = up_test(&mut fake, &store, false).await;
+            assert_eq!(again.changes, vec![Change::Add(gone.clone())]);
+            assert!(fake.owned.contains(&gone));
+            assert_eq!(fake.full_reads, 0, "main was read");
+            // Somebody else's route takes its place: `up` says so, and changes nothing.
+            let copy = fake.owned.iter().position(Fake::in_main).unwrap();
+            let Entry::Route(theirs) = &mut fake.owned[copy] else {
+                unreachable!()
+            };
+            theirs.ifname = "tun0".into();
+            let before = fake.owned.clone();
+            let e = up(&mut fake, &settings(), &store, false, Hooks::default())
+                .await
+                .unwrap_err();
+            assert!(e.to_string().contains("exists"), "{e}");
+            assert_eq!(fake.owned, before);
+            fake.owned[copy] = gone.clone();
+            // A subnet no longer wanted: its recorded copy is removed by its shape.
+            let mut s = settings();
+            s.request.subnets = vec!["172.18.0.0/16".parse().unwrap()];
+            let moved = up(&mut fake, &s, &store, false, Hooks::default())
+                .await
+                .unwrap();
+            assert!(moved.changes.contains(&Change::Remove(gone.clone())));
+            assert!(!fake.owned.contains(&gone));
+            assert_eq!(fake.full_reads, 0, "main was read");
+        });
+    }
+
+    #[test]
+    fn an_unrecorded_route_in_main_makes_up_read_main() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let mut fake = Fake::new(None);
+        futures_lite::future::block_on(async {
+            up_test(&mut fake, &store, false).await;
+        });
+        // A run that died before writing its record, with the VM at another address then.
+        store.clear().unwrap();
+        for e in &mut fake.owned {
+            if let Entry::Route(r) = e
+                && r.table == crate::net::MAIN_TABLE
+            {
+                r.gateway = Some("192.168.99.101".parse().unwrap());
+            }
+        }
+        let stale = fake.owned.clone();
+        fake.main_unread = true;
+        fake.full_reads = 0;
+        futures_lite::future::block_on(async {
+            let out = up_test(&mut fake, &store, false).await;
+            assert_eq!(fake.full_reads, 1, "main must be read once");
+            assert_eq!(out.changes.len(), 2, "{:?}", out.changes);
+            let old = stale.iter().find(|e| Fake::in_main(e)).unwrap();
+            assert!(!fake.owned.contains(old), "the stale copy stayed");
+            assert_eq!(fake.owned.iter().filter(|e| Fake::in_main(e)).count(), 1);
         });
     }
 

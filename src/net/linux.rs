@@ -2,8 +2,9 @@
 
 use super::rtnl::{Events, RawRoute, Rtnl};
 use super::{
-    Change, Entry, ForeignRoute, ForeignRule, LinkInfo, Lookup, Neighbour, Net, NetError, PROTO,
-    RouteSpec, RuleSpec, Snapshot, owned_route_shape, owned_rule_shape, protocol_name,
+    Change, Entry, ForeignRoute, ForeignRule, LinkInfo, Lookup, MAIN_TABLE, Neighbour, Net,
+    NetError, OwnedView, PROTO, RouteSpec, RuleSpec, Snapshot, TABLE, owned_route_shape,
+    owned_rule_shape, protocol_name,
 };
 use ipnet::Ipv4Net;
 use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_EXCL};
@@ -70,29 +71,95 @@ impl System {
             .collect())
     }
 
-    /// IPv4 routes carrying dockroute's protocol tag: filtered by the kernel where it can, the
-    /// full dump otherwise (callers classify every message either way).
-    fn tagged_routes(&mut self) -> Result<Vec<RouteNetlinkMessage>, NetError> {
-        let strict = self
-            .strict
+    /// The strict-checking socket for filtered dumps, opened on first use; `None` when the
+    /// kernel has none.
+    fn strict(&mut self) -> Option<&mut Rtnl> {
+        self.strict
             .get_or_insert_with(|| match Rtnl::open_strict() {
                 Ok(r) => Some(r),
                 Err(e) => {
                     tracing::debug!("no strict netlink checking ({e}): reading every route");
                     None
                 }
-            });
+            })
+            .as_mut()
+    }
+
+    /// A route dump request for dockroute's protocol tag (and `table`, if given).
+    fn tagged_request(table: Option<u32>) -> RouteNetlinkMessage {
         let mut req = RouteMessage::default();
         req.header.address_family = AddressFamily::Inet;
         req.header.protocol = RouteProtocol::Other(PROTO);
         req.header.kind = RouteType::Unicast;
-        let msg = RouteNetlinkMessage::GetRoute(req);
-        match strict {
+        if let Some(t) = table {
+            req.attributes.push(RouteAttribute::Table(t));
+        }
+        RouteNetlinkMessage::GetRoute(req)
+    }
+
+    /// IPv4 routes carrying dockroute's protocol tag: filtered by the kernel where it can, the
+    /// full dump otherwise (callers classify every message either way).
+    fn tagged_routes(&mut self) -> Result<Vec<RouteNetlinkMessage>, NetError> {
+        let msg = Self::tagged_request(None);
+        match self.strict() {
             Some(rtnl) => rtnl
                 .dump(msg)
                 .map_err(|e| NetError::os("listing dockroute's routes", e)),
             None => self.dump("routes", msg),
         }
+    }
+
+    /// The routes carrying dockroute's tag in dockroute's own table alone, which the kernel
+    /// walks without touching main; `None` without strict checking (the kernel would ignore
+    /// the filter).
+    fn own_table_routes(&mut self) -> Result<Option<Vec<RouteNetlinkMessage>>, NetError> {
+        let msg = Self::tagged_request(Some(TABLE));
+        let Some(rtnl) = self.strict() else {
+            return Ok(None);
+        };
+        match rtnl.dump(msg) {
+            Ok(all) => Ok(Some(all)),
+            // The table does not exist (nothing was ever added to it): nothing of ours there.
+            Err(e) if e.raw_os_error() == Some(ENOENT) => Ok(Some(Vec::new())),
+            Err(e) => Err(NetError::os("listing dockroute's routes", e)),
+        }
+    }
+
+    /// dockroute's routes and rules, from `routes` (messages of a route dump) and a rule dump.
+    fn owned_from(&mut self, routes: Vec<RouteNetlinkMessage>) -> Result<Vec<Entry>, NetError> {
+        let mut found = Vec::new();
+        for m in routes {
+            let RouteNetlinkMessage::NewRoute(m) = m else {
+                continue;
+            };
+            match parse_route(&m) {
+                Some(r) if owned_route(&m, &r) => found.push(r),
+                _ => {}
+            }
+        }
+        let mut owned = Vec::new();
+        if !found.is_empty() {
+            let names = self.link_names()?;
+            for r in found {
+                let ifindex = r.oif.unwrap_or(0);
+                owned.push(Entry::Route(RouteSpec {
+                    table: r.table,
+                    dst: r.dst,
+                    gateway: r.gateway,
+                    ifindex,
+                    ifname: names.get(&ifindex).cloned().unwrap_or(ifindex.to_string()),
+                    prefsrc: r.prefsrc,
+                    metric: r.metric,
+                }));
+            }
+        }
+        owned.extend(
+            self.rule_dump()?
+                .iter()
+                .filter_map(owned_rule)
+                .map(Entry::Rule),
+        );
+        Ok(owned)
     }
 
     /// Every IPv4 policy rule, in the kernel's order (the order it matches them in).
@@ -505,7 +572,7 @@ fn change_result(change: &Change, result: io::Result<()>) -> Result<(), NetError
     match (change, e.raw_os_error()) {
         // Already gone: the goal is reached.
         (Change::Remove(_), Some(ESRCH | ENOENT)) => Ok(()),
-        (Change::Add(Entry::Route(r)), Some(EEXIST)) => Err(NetError::Conflict(format!(
+        (Change::Add(Entry::Route(r)), Some(EEXIST)) => Err(NetError::Exists(format!(
             "cannot add {entry}: another route for {} with metric {} is already in that table",
             r.dst, r.metric
         ))),
@@ -615,39 +682,21 @@ impl Net for System {
     }
 
     async fn owned(&mut self) -> Result<Vec<Entry>, NetError> {
-        let mut routes = Vec::new();
-        for m in self.tagged_routes()? {
-            let RouteNetlinkMessage::NewRoute(m) = m else {
-                continue;
-            };
-            match parse_route(&m) {
-                Some(r) if owned_route(&m, &r) => routes.push(r),
-                _ => {}
-            }
+        let routes = self.tagged_routes()?;
+        self.owned_from(routes)
+    }
+
+    async fn owned_cheaply(&mut self) -> Result<OwnedView, NetError> {
+        match self.own_table_routes()? {
+            Some(routes) => Ok(OwnedView {
+                entries: self.owned_from(routes)?,
+                unread: Some(MAIN_TABLE),
+            }),
+            None => Ok(OwnedView {
+                entries: self.owned().await?,
+                unread: None,
+            }),
         }
-        let mut owned = Vec::new();
-        if !routes.is_empty() {
-            let names = self.link_names()?;
-            for r in routes {
-                let ifindex = r.oif.unwrap_or(0);
-                owned.push(Entry::Route(RouteSpec {
-                    table: r.table,
-                    dst: r.dst,
-                    gateway: r.gateway,
-                    ifindex,
-                    ifname: names.get(&ifindex).cloned().unwrap_or(ifindex.to_string()),
-                    prefsrc: r.prefsrc,
-                    metric: r.metric,
-                }));
-            }
-        }
-        owned.extend(
-            self.rule_dump()?
-                .iter()
-                .filter_map(owned_rule)
-                .map(Entry::Rule),
-        );
-        Ok(owned)
     }
 
     async fn lookup(&mut self, dst: Ipv4Addr) -> Result<Lookup, NetError> {
@@ -718,6 +767,56 @@ impl Net for System {
                 ),
             })
             .collect())
+    }
+
+    /// Two adds per route in one batch: one that must not find the route's place taken
+    /// (NLM_F_EXCL), then one that fails only on an identical route (protocol, gateway, link and
+    /// all: without NLM_F_EXCL the kernel refuses just that, and otherwise puts the route beside
+    /// the one holding the place, as `ip route prepend` does). Their answers: added then
+    /// identical = it was missing; both refused = it is there; refused then added = another
+    /// route holds the place, and the copy just put beside it is taken out again.
+    async fn ensure(
+        &mut self,
+        routes: &[RouteSpec],
+    ) -> Result<Vec<Result<bool, NetError>>, NetError> {
+        const ADD: u16 = NLM_F_CREATE | NLM_F_EXCL;
+        let mut send = Vec::with_capacity(2 * routes.len());
+        for r in routes {
+            let m = RouteNetlinkMessage::NewRoute(route_message(r));
+            send.push((m.clone(), ADD));
+            send.push((m, NLM_F_CREATE));
+        }
+        let op = "checking dockroute's routes in the main table";
+        let results = self.rtnl.changes(send).map_err(|e| NetError::os(op, e))?;
+        let mut answers = results.into_iter();
+        let mut out = Vec::with_capacity(routes.len());
+        let mut beside = Vec::new();
+        for r in routes {
+            let (Some(first), Some(second)) = (answers.next(), answers.next()) else {
+                return Err(NetError::os(op, io::Error::other("no acknowledgement")));
+            };
+            let code = |x: &io::Result<()>| x.as_ref().err().map(io::Error::raw_os_error);
+            out.push(match (code(&first), code(&second)) {
+                (None, _) => Ok(true),
+                (Some(Some(EEXIST)), Some(Some(EEXIST))) => Ok(false),
+                (Some(Some(EEXIST)), None) => {
+                    beside.push(Change::Remove(Entry::Route(r.clone())));
+                    change_result(&Change::Add(Entry::Route(r.clone())), first).map(|()| false)
+                }
+                _ => {
+                    let e = first.and(second);
+                    change_result(&Change::Add(Entry::Route(r.clone())), e).map(|()| true)
+                }
+            });
+        }
+        if !beside.is_empty() {
+            for (change, result) in beside.iter().zip(self.apply(&beside).await?) {
+                if let Err(e) = result {
+                    tracing::warn!("could not take out {change} again: {e}");
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn subscribe(&mut self) -> Result<(), NetError> {

@@ -271,6 +271,16 @@ pub trait Net {
     async fn owned(&mut self) -> Result<Vec<Entry>, NetError> {
         Ok(self.snapshot().await?.owned)
     }
+    /// dockroute's own entries as far as the kernel lists them without walking a table that
+    /// others fill: [`OwnedView::unread`] names the table whose dockroute routes were left out
+    /// (Linux: main, where a VPN may put thousands of routes, all of which the kernel walks to
+    /// find dockroute's few even when it filters the dump). By default: all of [`Net::owned`].
+    async fn owned_cheaply(&mut self) -> Result<OwnedView, NetError> {
+        Ok(OwnedView {
+            entries: self.owned().await?,
+            unread: None,
+        })
+    }
     /// Which of `prefixes` a route that is not dockroute's holds exactly, in the table
     /// dockroute adds its routes to. Only a single-table platform (macOS) needs to know: on
     /// Linux dockroute's own table holds nobody else's routes.
@@ -284,11 +294,30 @@ pub trait Net {
     /// or its answer was lost). Removing what is gone already is not an error; adding what
     /// exists is, when something else's object is in the way.
     async fn apply(&mut self, changes: &[Change]) -> Result<Vec<Result<(), NetError>>, NetError>;
+    /// Make sure each of `routes` is in the kernel exactly as given, without touching anything
+    /// else: `Ok(true)` it was missing and is added, `Ok(false)` it is there, [`NetError::Exists`]
+    /// somebody else's route holds its place (same prefix and metric in that table). Needed
+    /// where [`Net::owned_cheaply`] leaves a table unread; elsewhere unsupported.
+    async fn ensure(
+        &mut self,
+        routes: &[RouteSpec],
+    ) -> Result<Vec<Result<bool, NetError>>, NetError> {
+        let _ = routes;
+        Err(NetError::Unsupported("checking routes by adding them"))
+    }
     /// Start receiving link, address and neighbour events (before checking the state, so no
     /// event between the check and the wait is lost).
     async fn subscribe(&mut self) -> Result<(), NetError>;
     /// Wait for the next event, or until `deadline`. Returns false on timeout.
     async fn next_event(&mut self, deadline: Instant) -> Result<bool, NetError>;
+}
+
+/// What [`Net::owned_cheaply`] read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OwnedView {
+    pub entries: Vec<Entry>,
+    /// The table whose dockroute routes are not in `entries`, if any.
+    pub unread: Option<u32>,
 }
 
 /// Errors of the network layer. Each message carries its cause (no `source()` chain), so the
@@ -299,6 +328,10 @@ pub enum NetError {
     Os { op: String, err: std::io::Error },
     #[error("{0}")]
     Conflict(String),
+    /// An add found an entry with the same key (a route with that prefix and metric in that
+    /// table): dockroute's own, or somebody else's in its place.
+    #[error("{0}")]
+    Exists(String),
     #[error("{0} is not supported on this platform yet")]
     Unsupported(&'static str),
 }
