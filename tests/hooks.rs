@@ -28,14 +28,34 @@ fn install(bin: &Path, root: &Path) -> Run {
     Run::from(out)
 }
 
-/// Run a hook script in the lab's host namespace as its client would, with the lab's config.
-fn run_hook(lab: &Lab, script: &Path, args: &[&str]) {
+/// Run a hook script in the lab's host namespace as its client would, with the lab's config,
+/// and a PATH whose first directory holds look-alikes of `setsid` and `systemd-cat` that leave a
+/// mark: the hook must not run them. A `sourced` hook (vpnc-script's) is read into the client's
+/// shell, whose PATH it must leave as it was.
+fn run_hook(lab: &Lab, script: &Path, args: &[&str], sourced: bool) {
     std::fs::write(lab.config(), format!("vm_ip = \"{VM_IP}\"\n")).unwrap();
+    let trap = lab.dir.path().join("trap");
+    std::fs::create_dir_all(&trap).unwrap();
+    let mark = lab.dir.path().join("ran-from-path");
+    for name in ["setsid", "systemd-cat"] {
+        let body = format!("touch '{}'\nexec /usr/bin/{name} \"$@\"", mark.display());
+        write_script(&trap.join(name), &body, 0o755);
+    }
+    let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", trap.display());
+    let after = lab.dir.path().join("path-after");
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &lab.host(), "sh"]);
+    if sourced {
+        c.arg("-c")
+            .arg(r#". "$0"; printf %s "$PATH" >"$1""#)
+            .arg(script)
+            .arg(&after);
+    } else {
+        c.arg(script).args(args);
+    }
     let start = Instant::now();
-    let status = Command::new("ip")
-        .args(["netns", "exec", &lab.host(), "sh"])
-        .arg(script)
-        .args(args)
+    let status = c
+        .env("PATH", &path)
         .env("DOCKROUTE_CONFIG", lab.config())
         .env("DOCKROUTE_STATE_DIR", lab.state_dir())
         .env(
@@ -49,6 +69,15 @@ fn run_hook(lab: &Lab, script: &Path, args: &[&str]) {
         start.elapsed() < Duration::from_secs(2),
         "the hook held up its client"
     );
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        !mark.exists(),
+        "the hook ran a program found through its PATH"
+    );
+    if sourced {
+        let left = std::fs::read_to_string(&after).unwrap();
+        assert_eq!(left, path, "the sourced hook changed its client's PATH");
+    }
 }
 
 fn wait_until_reachable(lab: &Lab) {
@@ -92,18 +121,18 @@ fn hooks_install_where_their_clients_look_and_run_up() {
 
     // NetworkManager: nothing on a link going down, `up` on vpn-up
     let lab = Lab::new();
-    run_hook(&lab, &nm, &["tun0", "down"]);
+    run_hook(&lab, &nm, &["tun0", "down"], false);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(lab.tagged(), 0, "the hook ran up on a down event");
-    run_hook(&lab, &nm, &["tun0", "vpn-up"]);
+    run_hook(&lab, &nm, &["tun0", "vpn-up"], false);
     wait_until_reachable(&lab);
 
     let lab = Lab::new();
-    run_hook(&lab, &vpnc, &[]);
+    run_hook(&lab, &vpnc, &[], true);
     wait_until_reachable(&lab);
 
     let lab = Lab::new();
-    run_hook(&lab, &ovpn, &[]);
+    run_hook(&lab, &ovpn, &[], false);
     wait_until_reachable(&lab);
 
     let again = install(&bin, root.path()).ok();
