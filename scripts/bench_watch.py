@@ -582,8 +582,9 @@ def hyperfine(cmd, prepare, runs):
 
 
 def kernel_walk_ms(ctx, runs):
-    """Median time of the route dump `up` asks for (strict checking, protocol 100: the kernel
-    walks every table, main's thousands of routes included, and returns dockroute's few)."""
+    """Median time of the route dump `down` and `status` ask for (strict checking, protocol
+    100: the kernel walks every table, main's thousands of routes included, and returns
+    dockroute's few). `up` and watch's reconcile read only dockroute's own table."""
     s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
     s.setsockopt(270, 12, 1)  # SOL_NETLINK, NETLINK_GET_STRICT_CHK
     s.bind((0, 0))
@@ -683,7 +684,8 @@ def scale(ctx):
     print("  unread; all: after SIGHUP, everything read); steady: `up` with nothing to change, a process")
     print(f"  (hyperfine -N, {a.runs} runs); up: `up` from nothing (after `down`), with the firewall repair")
     print("  when F > 0; rt = --firewall off, fw = --firewall auto; walk: the kernel's filtered route")
-    print("  dump alone (what `up` asks for: it walks main)")
+    print("  dump of every table alone (what `down` and `status` ask for: it walks main; `up` reads")
+    print("  only dockroute's own table)")
     print("  Process columns: median (fastest run): this machine is shared and its load comes in")
     print("  bursts, which move medians by milliseconds; the fastest run shows the cost itself")
     hdr = (f"  {'R':>6} {'F':>5} | {'walk':>5} | {'watch rt':>8} {'watch all':>9} | {'steady rt':>14} {'steady fw':>14}"
