@@ -134,6 +134,30 @@ pub struct Outcome {
     pub firewall_unread: Option<String>,
 }
 
+impl Outcome {
+    /// An outcome without the kernel's route choice (`down`'s, a dry run's; `up` adds it).
+    fn unprobed(
+        target: Option<Target>,
+        changes: Vec<Change>,
+        firewall: Vec<FwChange>,
+        firewall_warnings: Vec<String>,
+        dns: Option<DnsOutcome>,
+        dry_run: bool,
+    ) -> Self {
+        Outcome {
+            target,
+            changes,
+            firewall,
+            firewall_warnings,
+            dns,
+            dry_run,
+            not_via_vm: Vec::new(),
+            probes: Vec::new(),
+            firewall_unread: None,
+        }
+    }
+}
+
 /// Why a dry run left the firewall out.
 fn unread_note(errors: &[FirewallError]) -> String {
     let errors: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
@@ -353,15 +377,8 @@ pub async fn up_with<N: Net>(
             None => None,
         };
         return Ok(Outcome {
-            target: Some(target),
-            changes,
-            firewall: fw,
-            firewall_warnings,
-            dns,
-            dry_run,
-            not_via_vm: Vec::new(),
-            probes: Vec::new(),
             firewall_unread,
+            ..Outcome::unprobed(Some(target), changes, fw, firewall_warnings, dns, dry_run)
         });
     }
 
@@ -498,15 +515,9 @@ pub async fn up_with<N: Net>(
     // Applied is not the same as working: ask the kernel what it picks now.
     let (probes, not_via_vm) = check_routes(net, &target).await?;
     Ok(Outcome {
-        target: Some(target),
-        changes,
-        firewall: fw,
-        firewall_warnings,
-        dns,
-        dry_run,
         not_via_vm,
         probes,
-        firewall_unread: None,
+        ..Outcome::unprobed(Some(target), changes, fw, firewall_warnings, dns, dry_run)
     })
 }
 
@@ -557,17 +568,14 @@ pub async fn down<N: Net>(
         if let Some(e) = fw_seen.errors.into_iter().next() {
             return Err(e.into());
         }
-        return Ok(Outcome {
+        return Ok(Outcome::unprobed(
             target,
             changes,
-            firewall: fw,
+            fw,
             firewall_warnings,
             dns,
             dry_run,
-            not_via_vm: Vec::new(),
-            probes: Vec::new(),
-            firewall_unread: None,
-        });
+        ));
     }
     let mut failed: Vec<String> = fw_seen.errors.iter().map(|e| e.to_string()).collect();
     failed.extend(firewall::apply_all(&fw).iter().map(|e| e.to_string()));
@@ -613,17 +621,14 @@ pub async fn down<N: Net>(
         });
     }
     store.clear()?;
-    Ok(Outcome {
+    Ok(Outcome::unprobed(
         target,
         changes,
-        firewall: fw,
+        fw,
         firewall_warnings,
         dns,
         dry_run,
-        not_via_vm: Vec::new(),
-        probes: Vec::new(),
-        firewall_unread: None,
-    })
+    ))
 }
 
 impl Outcome {
