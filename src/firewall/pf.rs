@@ -354,29 +354,34 @@ pub fn reference_step(enabled: Option<bool>, recorded: Option<u64>) -> Reference
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Reference {
     pub held: bool,
+    /// The recorded token (also when it lapsed: pf is off now).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<u64>,
 }
 
-/// What `status` reports: on macOS always (held or not); elsewhere only a recorded token.
-pub fn reference(macos: bool, token: Option<u64>) -> Option<Reference> {
+/// What `status` reports, from the recorded token and whether pf is on now: on macOS always
+/// (held or not); elsewhere only a recorded token. A token recorded while pf is off now is not
+/// held (stopping pf invalidated it).
+pub fn reference(macos: bool, token: Option<u64>, enabled: Option<bool>) -> Option<Reference> {
     (macos || token.is_some()).then_some(Reference {
-        held: token.is_some(),
+        held: token.is_some() && enabled != Some(false),
         token,
     })
 }
 
 /// What `status` says about dockroute's enable reference.
-pub fn reference_text(token: Option<u64>) -> String {
-    match token {
-        Some(t) => format!(
+pub fn reference_text(r: &Reference) -> String {
+    match (r.held, r.token) {
+        (true, Some(t)) => format!(
             "dockroute holds a pf enable reference (token {t}), taken while pf was on; `dockroute down` releases it"
         ),
-        None => "dockroute holds no pf enable reference".to_string(),
+        (false, Some(t)) => format!(
+            "dockroute's recorded pf enable reference (token {t}) lapsed when pf was disabled; the next `dockroute up` forgets it"
+        ),
+        _ => "dockroute holds no pf enable reference".to_string(),
     }
 }
 
-/// Running pfctl (macOS only).
 #[cfg(target_os = "macos")]
 pub mod run {
     use super::*;
@@ -670,17 +675,27 @@ block drop quick on vboxnet0 inet from any to 172.17.0.0/16
         // unknown: change nothing
         assert_eq!(reference_step(None, None), Keep);
         assert_eq!(reference_step(None, Some(7)), Keep);
-        assert!(reference_text(Some(7)).contains("token 7"));
-        assert!(reference_text(None).contains("no pf enable reference"));
-        assert_eq!(reference(false, None), None, "nothing to say off macOS");
+        let text = |token, enabled| reference_text(&reference(true, token, enabled).unwrap());
+        assert!(
+            text(Some(7), Some(true))
+                .starts_with("dockroute holds a pf enable reference (token 7)")
+        );
+        assert!(text(Some(7), None).contains("holds a pf enable reference"));
+        assert!(text(Some(7), Some(false)).contains("(token 7) lapsed"));
+        assert!(text(None, Some(true)).contains("holds no pf enable reference"));
         assert_eq!(
-            reference(true, None),
+            reference(false, None, None),
+            None,
+            "nothing to say off macOS"
+        );
+        assert_eq!(
+            reference(true, None, Some(true)),
             Some(Reference {
                 held: false,
                 token: None
             })
         );
-        assert_eq!(reference(false, Some(7)).map(|r| r.held), Some(true));
+        assert_eq!(reference(false, Some(7), None).map(|r| r.held), Some(true));
     }
 
     #[test]
