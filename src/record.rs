@@ -47,6 +47,10 @@ pub struct Record {
     /// re-applies. Absent in records of older versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flags: Option<crate::options::UpFlags>,
+    /// macOS: what dockroute holds in firewalls that carry no tag (pf's enable reference token,
+    /// ipfw's rule numbers), so that `down` lets go of exactly that. Absent when nothing is held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firewall_held: Option<crate::firewall::Held>,
 }
 
 impl Record {
@@ -58,6 +62,7 @@ impl Record {
             dns,
             firewall: false,
             flags: None,
+            firewall_held: None,
         }
     }
 }
@@ -321,6 +326,41 @@ mod tests {
         store.clear().unwrap();
         store.clear().unwrap();
         assert_eq!(store.load().unwrap(), None);
+    }
+
+    #[test]
+    fn what_the_firewalls_hold_round_trips_and_is_left_out_when_nothing_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let plain = record();
+        store.save(&plain).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
+        assert!(!text.contains("firewall_held"), "{text}");
+        let mut held = record();
+        held.firewall = true;
+        held.firewall_held = Some(crate::firewall::Held {
+            pf_token: Some(14348452843957520403),
+            ipfw_rules: vec![998, 999],
+        });
+        store.save(&held).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
+        assert!(
+            text.contains("\"pf_token\": 14348452843957520403"),
+            "{text}"
+        );
+        assert_eq!(store.load().unwrap(), Some(held.clone()));
+        // a token alone (no ipfw) leaves the list out; an older record has no field at all
+        held.firewall_held = Some(crate::firewall::Held {
+            pf_token: Some(7),
+            ipfw_rules: vec![],
+        });
+        store.save(&held).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
+        assert!(!text.contains("ipfw_rules"), "{text}");
+        assert_eq!(store.load().unwrap(), Some(held));
+        let old = serde_json::to_string(&plain).unwrap();
+        let back: Record = serde_json::from_str(&old).unwrap();
+        assert_eq!(back.firewall_held, None);
     }
 
     #[test]

@@ -292,6 +292,9 @@ fn status_text(st: &Status) -> String {
             c.states
         );
     }
+    if let Some(r) = &v.pf_reference {
+        let _ = writeln!(s, "  pf: {}", crate::firewall::pf::reference_text(r));
+    }
     for w in &v.firewall_warnings {
         let _ = writeln!(s, "  WARNING: {w}");
     }

@@ -345,11 +345,18 @@ pub async fn up_with<N: Net>(
     let previous = store.load().ok().flatten();
     let seen = observe_owned(net, &desired, previous.as_ref(), dry_run).await?;
     let changes = plan::diff(&desired, &seen.owned);
+    // What the firewalls hold that has no tag (macOS: pf's reference, ipfw's rule numbers).
+    let held_before = previous
+        .as_ref()
+        .and_then(|p| p.firewall_held.clone())
+        .unwrap_or_default();
     let mut firewall_unread = None;
-    let (fw, fw_owned_before, firewall_warnings) = match settings.firewall {
+    let mut pf_enabled = None;
+    let (fw, fw_owned_before, mut firewall_warnings, fw_desired) = match settings.firewall {
         FirewallMode::Auto => {
             let scope = firewall::Scope::for_target(&target);
-            let seen = firewall::observe_only(Some(&scope), reading);
+            let seen = firewall::observe_held(Some(&scope), reading, &held_before);
+            pf_enabled = seen.pf_enabled;
             if dry_run && !seen.errors.is_empty() {
                 // A dry run shows what it can: the firewall is left out, and says why.
                 firewall_unread = Some(unread_note(&seen.errors));
@@ -363,9 +370,10 @@ pub async fn up_with<N: Net>(
                 firewall::diff(&seen.desired, &seen.owned),
                 !seen.owned.is_empty(),
                 seen.warnings,
+                Some(seen.desired),
             )
         }
-        FirewallMode::Off => (Vec::new(), false, Vec::new()),
+        FirewallMode::Off => (Vec::new(), false, Vec::new(), None),
     };
     if dry_run {
         let dns = match want_dns {
@@ -451,12 +459,31 @@ pub async fn up_with<N: Net>(
             undo_failed,
         });
     }
+    // Firewalls not read this time (watch's routes-only reconcile) hold what they held.
+    let held = match &fw_desired {
+        Some(d) => {
+            let (held, warnings) = firewall::hold(&held_before, pf_enabled, d);
+            for w in &warnings {
+                tracing::warn!("firewall: {w}");
+            }
+            firewall_warnings.extend(warnings);
+            held
+        }
+        None => held_before.clone(),
+    };
     let mut record = Record::new(target.clone(), desired, want_dns.clone());
-    record.firewall =
-        !fw.is_empty() || previous.as_ref().is_some_and(|p| p.firewall) || fw_owned_before;
+    record.firewall = !fw.is_empty()
+        || previous.as_ref().is_some_and(|p| p.firewall)
+        || fw_owned_before
+        || !held.is_empty();
+    record.firewall_held = held.clone().nonempty();
     record.flags = Some(settings.request.flags.clone());
-    if previous.as_ref() != Some(&record) {
-        store.save(&record)?;
+    if previous.as_ref() != Some(&record)
+        && let Err(e) = store.save(&record)
+    {
+        // a reference the record does not name could not be released by `down`
+        firewall::release_new(&held, &held_before);
+        return Err(e.into());
     }
     // Undone where the settings point, never at a path from the record.
     let previous_dns = previous.as_ref().and_then(|r| r.dns.as_ref());
@@ -495,6 +522,7 @@ pub async fn up_with<N: Net>(
             }),
             Err(err) => {
                 firewall::undo(&fw);
+                firewall::release_new(&held, &held_before);
                 let undo_failed = undo_all(net, &changes).await;
                 let restored = match &previous {
                     Some(p) => store.save(p),
@@ -538,8 +566,12 @@ pub async fn down<N: Net>(
     // rules there, or when there is no record to say it did not.
     // One firewall backend that cannot be read does not stop the others, DNS or the routes
     // from being undone: its error is reported at the end.
+    let held = record
+        .as_ref()
+        .and_then(|r| r.firewall_held.clone())
+        .unwrap_or_default();
     let (fw, fw_seen) = if record.as_ref().is_none_or(|r| r.firewall) {
-        firewall::removals()
+        firewall::removals(&held)
     } else {
         (Vec::new(), firewall::Observed::default())
     };
@@ -568,6 +600,9 @@ pub async fn down<N: Net>(
         if let Some(e) = fw_seen.errors.into_iter().next() {
             return Err(e.into());
         }
+        if let Some(t) = held.pf_token {
+            tracing::info!("would release the pf enable reference (token {t})");
+        }
         return Ok(Outcome::unprobed(
             target,
             changes,
@@ -579,6 +614,9 @@ pub async fn down<N: Net>(
     }
     let mut failed: Vec<String> = fw_seen.errors.iter().map(|e| e.to_string()).collect();
     failed.extend(firewall::apply_all(&fw).iter().map(|e| e.to_string()));
+    if let Err(e) = firewall::release(&held) {
+        failed.push(e.to_string());
+    }
     let mut dns = None;
     match &dns_state {
         Some(Ok(state)) => dns::sweep(state.backend, &state.path),

@@ -141,6 +141,10 @@ pub struct VpnStatus {
     /// pf (macOS): the rules of dockroute's anchor with pf's counters for them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub firewall_counters: Vec<firewall::pf::Listed>,
+    /// pf (macOS): whether dockroute holds an enable reference, and its token (from the
+    /// record).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pf_reference: Option<firewall::pf::Reference>,
     /// Vendor switches that fix the same at the source.
     pub hints: Vec<String>,
 }
@@ -220,6 +224,10 @@ pub async fn status<N: Net>(
         None => None,
     };
     let name_check = check_name.map(name_check);
+    let held = record
+        .as_ref()
+        .and_then(|r| r.firewall_held.clone())
+        .unwrap_or_default();
     let (target, target_from, discovery_error) = match record.map(|r| r.target) {
         Some(t) => (Some(t), Some("record"), None),
         None => {
@@ -252,7 +260,7 @@ pub async fn status<N: Net>(
         })
         .collect();
     let scope = target.as_ref().map(firewall::Scope::for_target);
-    let vpn_status = vpn_status(&links, &snap, scope.as_ref());
+    let vpn_status = vpn_status(&links, &snap, scope.as_ref(), &held);
     let link = target
         .as_ref()
         .and_then(|t| links.iter().find(|l| l.name == t.ifname).cloned());
@@ -356,7 +364,12 @@ fn name_check(name: &str) -> NameCheck {
 }
 
 /// The tunnels, their routes, the policy rules, and what the firewalls do to the VM.
-fn vpn_status(links: &[LinkInfo], snap: &Snapshot, scope: Option<&firewall::Scope>) -> VpnStatus {
+fn vpn_status(
+    links: &[LinkInfo],
+    snap: &Snapshot,
+    scope: Option<&firewall::Scope>,
+    held: &firewall::Held,
+) -> VpnStatus {
     let mut vpn_status = VpnStatus {
         links: vpn::tunnels(links, &snap.foreign_routes),
         ..Default::default()
@@ -378,7 +391,9 @@ fn vpn_status(links: &[LinkInfo], snap: &Snapshot, scope: Option<&firewall::Scop
         .filter(|r| !vpn::is_default_rule(r))
         .cloned()
         .collect();
-    let seen = firewall::observe(scope);
+    let seen = firewall::observe_held(scope, &firewall::Reading::All, held);
+    vpn_status.pf_reference =
+        firewall::pf::reference(cfg!(target_os = "macos"), held.pf_token, seen.pf_enabled);
     vpn_status.firewall_blocking = firewall::diff(&seen.desired, &seen.owned)
         .into_iter()
         .filter_map(|c| match c {

@@ -5,7 +5,10 @@
 //!
 //! Backends: iptables with the nf_tables backend and iptables-legacy (a rule in one does not
 //! override a drop in the other), and native nftables tables. The legacy backend is consulted
-//! only when its filter table exists already: merely listing it would create it.
+//! only when its filter table exists already: merely listing it would create it. On macOS: pf
+//! (dockroute's anchor, and an enable reference while someone else keeps pf on) and, where
+//! /sbin/ipfw exists (OS X 10.9 and older), ipfw. What those hold that has no tag of its own
+//! (pf's token, ipfw's rule numbers) is kept in the record ([`Held`]).
 
 pub mod ipfw;
 pub mod iptables;
@@ -20,6 +23,28 @@ use std::fmt;
 
 /// The comment that marks dockroute's firewall rules.
 pub const TAG: &str = "dockroute";
+
+/// What dockroute holds in firewalls that carry no tag of their own, kept in the record (macOS).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    /// pf: the token of dockroute's enable reference (`pfctl -E`), released on `down`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pf_token: Option<u64>,
+    /// ipfw: the numbers of the rules dockroute added.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ipfw_rules: Vec<u32>,
+}
+
+impl Held {
+    pub fn is_empty(&self) -> bool {
+        self.pf_token.is_none() && self.ipfw_rules.is_empty()
+    }
+
+    /// `None` when nothing is held (the record leaves the field out).
+    pub fn nonempty(self) -> Option<Held> {
+        (!self.is_empty()).then_some(self)
+    }
+}
 
 /// The traffic to let through: to and from `nets` over `ifname`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,6 +109,13 @@ impl fmt::Display for Repair {
         if self.backend == pf::BACKEND {
             let text = pf::rule_text(self).unwrap_or_else(|e| e.escape_debug().to_string());
             return write!(f, "pf -a {} {text}", self.table);
+        }
+        if self.backend == ipfw::BACKEND {
+            let n = self
+                .handle
+                .map_or_else(|| "?".to_string(), |h| h.to_string());
+            let body = ipfw::body(self.direction, self.net, &self.ifname);
+            return write!(f, "ipfw {n} {}", body.escape_debug());
         }
         let (i, n) = match self.direction {
             Direction::Out => ("-o", "-d"),
@@ -248,6 +280,8 @@ pub struct Observed {
     pub errors: Vec<FirewallError>,
     /// pf: every rule of dockroute's anchor with its counters (`pfctl -vsr`).
     pub counters: Vec<pf::Listed>,
+    /// pf: whether it is enabled (`pfctl -s info`); `None` elsewhere, or when unreadable.
+    pub pf_enabled: Option<bool>,
 }
 
 /// Which firewalls to read. `watch` narrows a reconcile to the ones its events name; everything
@@ -277,13 +311,21 @@ pub fn observe(scope: Option<&Scope>) -> Observed {
 /// here, so a diff leaves it alone. pf on macOS (one anchor: always read whole), netfilter
 /// elsewhere.
 pub fn observe_only(scope: Option<&Scope>, reading: &Reading) -> Observed {
+    observe_held(scope, reading, &Held::default())
+}
+
+/// [`observe_only`], knowing what the record says dockroute holds (its ipfw rule numbers).
+pub fn observe_held(scope: Option<&Scope>, reading: &Reading, held: &Held) -> Observed {
     #[cfg(target_os = "macos")]
     {
         let _ = reading;
-        observe_pf(scope)
+        let mut o = observe_pf(scope);
+        observe_ipfw(scope, held, &mut o);
+        o
     }
     #[cfg(not(target_os = "macos"))]
     {
+        let _ = held;
         observe_netfilter(scope, reading)
     }
 }
@@ -304,7 +346,8 @@ fn observe_pf(scope: Option<&Scope>) -> Observed {
         }
         Err(e) => o.errors.push(e),
     }
-    if let Ok(Some(false)) = pf::run::is_enabled() {
+    o.pf_enabled = pf::run::is_enabled().ok().flatten();
+    if o.pf_enabled == Some(false) {
         o.warnings.push(pf::DISABLED_NOTE.to_string());
     }
     o.warnings
@@ -315,6 +358,33 @@ fn observe_pf(scope: Option<&Scope>) -> Observed {
         ));
     }
     o
+}
+
+/// ipfw ([`ipfw`]), where /sbin/ipfw exists (OS X 10.9 and older; on every macOS Rust builds
+/// for it does not, and this finds nothing).
+#[cfg(target_os = "macos")]
+fn observe_ipfw(scope: Option<&Scope>, held: &Held, o: &mut Observed) {
+    match exec::find("ipfw") {
+        Ok(_) => {}
+        Err(ExecError::NotFound { .. }) => return,
+        Err(e) => return o.errors.push(e.into()),
+    }
+    let rules = match ipfw::run::list() {
+        Ok(r) => r,
+        Err(e) => return o.errors.push(e),
+    };
+    match ipfw::observe(&rules, &held.ipfw_rules, scope) {
+        Ok(seen) => {
+            o.desired.extend(seen.desired);
+            o.owned
+                .extend(seen.owned.into_iter().map(|r| (r, Vec::new())));
+            o.warnings.extend(seen.warnings);
+        }
+        Err(msg) => o.errors.push(FirewallError::Parse {
+            program: "ipfw".into(),
+            msg,
+        }),
+    }
 }
 
 /// iptables (both backends) and nftables, as much of them as `reading` names.
@@ -378,6 +448,8 @@ pub(crate) fn same(a: &Repair, b: &Repair) -> bool {
         && a.net == b.net
         && a.ifname == b.ifname
         && a.verdict == b.verdict
+        // an ipfw rule is its number: the same rule at another number is another rule
+        && (a.backend != ipfw::BACKEND || a.handle == b.handle)
 }
 
 /// Delete what is owned but not desired (and duplicates), insert what is desired but missing.
@@ -416,12 +488,30 @@ fn pf_apply(_c: &FwChange) -> Result<(), FirewallError> {
     })
 }
 
+#[cfg(target_os = "macos")]
+fn ipfw_apply(c: &FwChange) -> Result<(), FirewallError> {
+    ipfw::run::apply(c)
+}
+
+#[cfg(not(target_os = "macos"))]
+fn ipfw_apply(_c: &FwChange) -> Result<(), FirewallError> {
+    Err(FirewallError::Parse {
+        program: "ipfw".into(),
+        msg: "ipfw rules are only applied on macOS".into(),
+    })
+}
+
 fn apply_one(c: &FwChange) -> Result<(), FirewallError> {
     match c {
         FwChange::Insert { rule } | FwChange::Delete { rule, .. }
             if rule.backend == pf::BACKEND =>
         {
             pf_apply(c)
+        }
+        FwChange::Insert { rule } | FwChange::Delete { rule, .. }
+            if rule.backend == ipfw::BACKEND =>
+        {
+            ipfw_apply(c)
         }
         FwChange::Insert { rule } if rule.backend == nft::BACKEND => {
             nft::run(vec![nft::insert_cmd(rule)])
@@ -513,6 +603,10 @@ pub fn undo(changes: &[FwChange]) {
                     None => continue,
                 }
             }
+            FwChange::Insert { rule } if rule.backend == ipfw::BACKEND => FwChange::Delete {
+                rule: rule.clone(),
+                words: Vec::new(),
+            },
             FwChange::Insert { rule } => FwChange::Delete {
                 rule: rule.clone(),
                 words: iptables::rule_words(rule),
@@ -526,11 +620,112 @@ pub fn undo(changes: &[FwChange]) {
 }
 
 /// What `down` removes: every rule of dockroute's tag and shape, in every backend that could be
-/// read; with what could not be read.
-pub fn removals() -> (Vec<FwChange>, Observed) {
-    let mut seen = observe_only(None, &Reading::Everything);
+/// read (ipfw: the numbers `held` records); with what could not be read.
+pub fn removals(held: &Held) -> (Vec<FwChange>, Observed) {
+    let mut seen = observe_held(None, &Reading::Everything, held);
     let changes = diff(&[], &std::mem::take(&mut seen.owned));
     (changes, seen)
+}
+
+/// What dockroute holds once `up` applied its changes: the ipfw rules it wants (their
+/// numbers), and a pf enable reference as [`pf::reference_step`] says (`pfctl -E` when pf is
+/// on and none is held; a failure to take one is a warning: the anchor is loaded regardless).
+/// `previous`: what the record held before.
+pub fn hold(
+    previous: &Held,
+    seen_pf_enabled: Option<bool>,
+    desired: &[Repair],
+) -> (Held, Vec<String>) {
+    let mut warnings = Vec::new();
+    let mut ipfw_rules: Vec<u32> = desired
+        .iter()
+        .filter(|r| r.backend == ipfw::BACKEND)
+        .filter_map(ipfw::number)
+        .collect();
+    ipfw_rules.sort_unstable();
+    ipfw_rules.dedup();
+    let pf_token = match pf::reference_step(seen_pf_enabled, previous.pf_token) {
+        pf::ReferenceStep::Keep => previous.pf_token,
+        pf::ReferenceStep::Forget => {
+            if let Some(t) = previous.pf_token {
+                tracing::debug!("pf is disabled: enable reference {t} lapsed with it");
+            }
+            None
+        }
+        pf::ReferenceStep::Take => match take_pf_reference() {
+            Ok(t) => {
+                tracing::info!("pf: took an enable reference (token {t}) while pf is on");
+                Some(t)
+            }
+            Err(e) => {
+                warnings.push(format!("pf: could not take an enable reference: {e}"));
+                None
+            }
+        },
+    };
+    (
+        Held {
+            pf_token,
+            ipfw_rules,
+        },
+        warnings,
+    )
+}
+
+#[cfg(target_os = "macos")]
+fn take_pf_reference() -> Result<u64, FirewallError> {
+    pf::run::take_reference()
+}
+
+#[cfg(not(target_os = "macos"))]
+fn take_pf_reference() -> Result<u64, FirewallError> {
+    Err(FirewallError::Parse {
+        program: "pfctl".into(),
+        msg: "pf is only used on macOS".into(),
+    })
+}
+
+/// `down`: release the pf enable reference `held` records (`pfctl -X TOKEN`). A token pf no
+/// longer knows (pf was stopped since) counts as released. The ipfw rules go with
+/// [`removals`].
+pub fn release(held: &Held) -> Result<(), FirewallError> {
+    let Some(token) = held.pf_token else {
+        return Ok(());
+    };
+    if release_pf_reference(token)? {
+        tracing::info!("- pf enable reference (token {token})");
+    } else {
+        tracing::debug!(
+            "pf enable reference {token}: pf no longer knows it (pf was stopped since); released"
+        );
+    }
+    Ok(())
+}
+
+/// Undo [`hold`]'s new reference when `up` is rolled back: release `now`'s token if `before`
+/// did not hold it.
+pub fn release_new(now: &Held, before: &Held) {
+    if now.pf_token.is_some() && now.pf_token != before.pf_token {
+        let new = Held {
+            pf_token: now.pf_token,
+            ipfw_rules: Vec::new(),
+        };
+        if let Err(e) = release(&new) {
+            tracing::warn!("could not release the pf enable reference just taken: {e}");
+        }
+    }
+}
+
+#[cfg(target_os = "macos")]
+fn release_pf_reference(token: u64) -> Result<bool, FirewallError> {
+    pf::run::release_reference(token)
+}
+
+#[cfg(not(target_os = "macos"))]
+fn release_pf_reference(token: u64) -> Result<bool, FirewallError> {
+    // a record written on a Mac, read here: there is no pf to release it in
+    tracing::debug!("pf enable reference {token} recorded, but pf exists only on macOS");
+    Ok(false)
 }
 
 #[cfg(test)]
@@ -548,6 +743,41 @@ mod tests {
             verdict: "RETURN".into(),
             handle: None,
             table_handle: None,
+        }
+    }
+
+    #[test]
+    fn up_records_its_ipfw_numbers_and_never_takes_a_reference_while_pf_is_off() {
+        let net: Ipv4Net = "172.17.0.0/16".parse().unwrap();
+        let desired = vec![
+            ipfw::repair(999, Direction::Out, net, "vboxnet0"),
+            ipfw::repair(998, Direction::In, net, "vboxnet0"),
+            repair("OUTPUT", "172.17.0.0/16"),
+        ];
+        let before = Held {
+            pf_token: Some(7),
+            ipfw_rules: vec![500],
+        };
+        // pf off: the recorded token lapsed with it, and no new one is taken
+        let (held, warnings) = hold(&before, Some(false), &desired);
+        assert_eq!(
+            held,
+            Held {
+                pf_token: None,
+                ipfw_rules: vec![998, 999]
+            }
+        );
+        assert!(warnings.is_empty());
+        // pf on with a reference held, or unreadable: the token stays
+        assert_eq!(hold(&before, Some(true), &[]).0.pf_token, Some(7));
+        assert_eq!(hold(&before, None, &[]).0.pf_token, Some(7));
+        assert_eq!(hold(&Held::default(), None, &[]).0.nonempty(), None);
+        // pf on and nothing held takes one (`pfctl -E`, macOS only: here it cannot, and says so)
+        #[cfg(not(target_os = "macos"))]
+        {
+            let (held, warnings) = hold(&Held::default(), Some(true), &[]);
+            assert_eq!(held.pf_token, None);
+            assert!(warnings[0].contains("could not take an enable reference"));
         }
     }
 

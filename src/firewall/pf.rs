@@ -14,18 +14,28 @@
 //! anchor's rules (`pfctl -a ANCHOR -F rules`). Anchors live in kernel memory only: after a
 //! reboot `up` (or `watch`) loads it again.
 //!
-//! pf's enable switch is never touched: no `pfctl -e`/`-d`, and no enable reference either
-//! (`pfctl -E`, whose token `pfctl -X TOKEN` releases). macOS counts references so that each
-//! component that needs pf on keeps it on, and pf goes off when the last one lets go. dockroute
-//! needs pf on for nothing: its anchor only passes traffic, and with pf off nothing is blocked
-//! in the first place. When pf is off, dockroute leaves it off, and the anchor (loaded anyway)
-//! takes effect the moment a VPN enables pf. When a VPN enabled pf, a reference taken by
-//! dockroute would only ever matter after the VPN released its own: it would then keep pf on,
-//! and with it whatever block rules the VPN left in the main ruleset (a kill switch that
-//! outlives the VPN, blocking the Mac's other traffic that dockroute's anchor does not pass),
-//! until `down`; and a `watch` killed before `down` would leak the reference until reboot. The
-//! only argument vectors dockroute gives pfctl are in [`args`], each scoped to its anchor or
-//! read-only (a test holds that).
+//! pf's enable switch: dockroute never turns pf on and never turns it off (no `pfctl -e`, no
+//! `pfctl -d`). It follows the convention Apple's /etc/pf.conf states (each component that uses
+//! pf holds an enable reference, and pf goes off when the last one lets go), but only ever to
+//! keep pf on, never to turn it on:
+//! - `up` (and every reconcile of `watch`) reads `pfctl -s info`. When pf is enabled (by someone
+//!   else: a VPN, the application firewall) and the record holds no token of dockroute's, it
+//!   takes a reference (`pfctl -E`; pf is on already, so only the count changes) and records the
+//!   token pfctl prints. When pf is disabled it takes none and forgets a recorded token:
+//!   `pfctl -d` (DIOCSTOP) zeroes the count and invalidates every token.
+//! - `down` (and `watch --down-on-exit`) releases the recorded token (`pfctl -X TOKEN`). A token
+//!   pf no longer knows (pf was stopped meanwhile) counts as released.
+//!
+//! Why it is harmless: pf is on when the reference is taken, and dockroute's anchor only passes
+//! traffic. The one effect is that pf stays on after the VPN lets go of its own reference, until
+//! `down`: a VPN that removes its rules when it disconnects (as pf.conf's convention asks)
+//! leaves nothing for pf to block but what others load; one that leaves its block rules in the
+//! main ruleset keeps them in force until `down`. The token is in the record, so a `watch`
+//! killed before `down` leaks nothing past the next `down`. Left open: between `pfctl -s info`
+//! and `pfctl -E` (milliseconds) a `pfctl -d` by someone else would be undone by the `-E`.
+//!
+//! The only argument vectors dockroute gives pfctl are in [`args`], each scoped to its anchor,
+//! read-only, or the reference's `-E`/`-X TOKEN` (a test holds that).
 //!
 //! Rendering and reading `pfctl -vsr` listings is pure and tested everywhere; running pfctl
 //! (found as /sbin/pfctl, run by absolute path with an empty environment) is in [`run`], macOS
@@ -46,7 +56,7 @@ pub const VPN_TAG: &str = "cisco_anyconnect_vpn_pass";
 pub const VERDICT: &str = "pass quick";
 
 /// What `status` says when pf is off.
-pub const DISABLED_NOTE: &str = "pf is disabled, so no pf rule blocks the VM; dockroute leaves it off and keeps its anchor loaded for when a VPN enables pf";
+pub const DISABLED_NOTE: &str = "pf is disabled, so no pf rule blocks the VM; dockroute leaves it off (taking no enable reference) and keeps its anchor loaded for when a VPN enables pf";
 
 /// VPN clients that filter traffic in a system extension (a Network Extension content filter or
 /// transparent proxy) rather than only in pf: an app bundle or install directory whose presence
@@ -260,8 +270,9 @@ pub fn after_change(current: &[Repair], change: &super::FwChange) -> Vec<Repair>
     rules
 }
 
-/// Every argument vector dockroute runs `/sbin/pfctl` with: reads, and loads or flushes of its
-/// own anchor. Nothing here enables, disables or references pf, or loads the main ruleset.
+/// Every argument vector dockroute runs `/sbin/pfctl` with: reads, loads or flushes of its
+/// own anchor, and taking and releasing its enable reference. Nothing here switches pf on or
+/// off (`-e`, `-d`) or loads the main ruleset.
 pub mod args {
     use super::ANCHOR;
 
@@ -273,11 +284,104 @@ pub mod args {
     pub const FLUSH: [&str; 4] = ["-a", ANCHOR, "-F", "rules"];
     /// Replace the anchor's rules with those read from standard input.
     pub const LOAD: [&str; 4] = ["-a", ANCHOR, "-f", "-"];
+    /// Take an enable reference (only ever run while pf is enabled); prints `Token : N`.
+    pub const TAKE_REFERENCE: [&str; 1] = ["-E"];
 
-    pub const ALL: [&[&str]; 4] = [&LISTING, &INFO, &FLUSH, &LOAD];
+    pub const ALL: [&[&str]; 5] = [&LISTING, &INFO, &FLUSH, &LOAD, &TAKE_REFERENCE];
+
+    /// Release the enable reference `token` (`-X TOKEN`).
+    pub fn release(token: u64) -> [String; 2] {
+        ["-X".to_string(), token.to_string()]
+    }
 }
 
-/// Running pfctl (macOS only).
+/// The token `pfctl -E` printed (`Token : 1234567890`, on stderr; both streams are read). `None`
+/// when there is no such line, or more than one different token.
+pub fn parse_token(stdout: &str, stderr: &str) -> Option<u64> {
+    let mut found: Option<u64> = None;
+    for line in stdout.lines().chain(stderr.lines()) {
+        let Some(rest) = line.trim().strip_prefix("Token") else {
+            continue;
+        };
+        let Some(value) = rest.trim_start().strip_prefix(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let token: u64 = value.parse().ok()?;
+        match found {
+            Some(t) if t != token => return None,
+            _ => found = Some(token),
+        }
+    }
+    // a zero token is what DIOCSTARTREF returns when it failed to take one
+    found.filter(|t| *t != 0)
+}
+
+/// Whether `pfctl -X TOKEN` failed because pf does not know the token (DIOCSTOPREF's EINVAL,
+/// "token mismatch"): pf was stopped since (`pfctl -d` invalidates every token), or rebooted.
+pub fn token_unknown(failure: &str) -> bool {
+    let f = failure.to_ascii_lowercase();
+    (f.contains("diocstopref") && f.contains("invalid argument"))
+        || f.contains("token mismatch")
+        || f.contains("token not found")
+}
+
+/// What `up` does about dockroute's enable reference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReferenceStep {
+    /// The record's token (or none) stays: pf is on and dockroute holds a reference already,
+    /// or whether pf is on could not be read.
+    Keep,
+    /// pf is on (someone else turned it on) and dockroute holds no reference: `pfctl -E`.
+    Take,
+    /// pf is off: take nothing, and forget a recorded token (stopping pf invalidated it).
+    Forget,
+}
+
+/// The step for pf's state (`enabled`, from `pfctl -s info`) and the recorded token.
+pub fn reference_step(enabled: Option<bool>, recorded: Option<u64>) -> ReferenceStep {
+    match (enabled, recorded) {
+        (Some(true), None) => ReferenceStep::Take,
+        (Some(false), _) => ReferenceStep::Forget,
+        (Some(true), Some(_)) | (None, _) => ReferenceStep::Keep,
+    }
+}
+
+/// Whether dockroute holds a pf enable reference (`status`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Reference {
+    pub held: bool,
+    /// The recorded token (also when it lapsed: pf is off now).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<u64>,
+}
+
+/// What `status` reports, from the recorded token and whether pf is on now: on macOS always
+/// (held or not); elsewhere only a recorded token. A token recorded while pf is off now is not
+/// held (stopping pf invalidated it).
+pub fn reference(macos: bool, token: Option<u64>, enabled: Option<bool>) -> Option<Reference> {
+    (macos || token.is_some()).then_some(Reference {
+        held: token.is_some() && enabled != Some(false),
+        token,
+    })
+}
+
+/// What `status` says about dockroute's enable reference.
+pub fn reference_text(r: &Reference) -> String {
+    match (r.held, r.token) {
+        (true, Some(t)) => format!(
+            "dockroute holds a pf enable reference (token {t}), taken while pf was on; `dockroute down` releases it"
+        ),
+        (false, Some(t)) => format!(
+            "dockroute's recorded pf enable reference (token {t}) lapsed when pf was disabled; the next `dockroute up` forgets it"
+        ),
+        _ => "dockroute holds no pf enable reference".to_string(),
+    }
+}
+
 #[cfg(target_os = "macos")]
 pub mod run {
     use super::*;
@@ -333,6 +437,38 @@ pub mod run {
     pub fn apply(change: &FwChange) -> Result<(), FirewallError> {
         let (owned, _) = observe_listing(&listing()?);
         load(&after_change(&owned, change))
+    }
+
+    /// `pfctl -E`: take an enable reference, and its token. Only called while pf is enabled.
+    pub fn take_reference() -> Result<u64, FirewallError> {
+        let argv: Vec<String> = args::TAKE_REFERENCE.iter().map(|s| s.to_string()).collect();
+        let out = crate::exec::output("pfctl", &argv, None)?;
+        if out.code != Some(0) {
+            return Err(crate::exec::ExecError::Failed {
+                program: "pfctl".into(),
+                args: argv,
+                code: out.code,
+                msg: crate::exec::one_line(&out.stderr),
+            }
+            .into());
+        }
+        parse_token(&out.stdout, &out.stderr).ok_or_else(|| FirewallError::Parse {
+            program: "pfctl".into(),
+            msg: format!(
+                "`pfctl -E` printed no token ({}); the reference it took is released when pf is next disabled",
+                crate::exec::one_line(&format!("{}\n{}", out.stdout, out.stderr))
+            ),
+        })
+    }
+
+    /// `pfctl -X TOKEN`: release dockroute's enable reference. `Ok(false)`: pf did not know the
+    /// token (stopped since): nothing was held any more.
+    pub fn release_reference(token: u64) -> Result<bool, FirewallError> {
+        match crate::exec::run("pfctl", &args::release(token), None) {
+            Ok(_) => Ok(true),
+            Err(e) if e.failure_text().is_some_and(token_unknown) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -465,18 +601,101 @@ block drop quick on vboxnet0 inet from any to 172.17.0.0/16
 
     #[test]
     fn pfctl_never_switches_pf_or_touches_another_ruleset() {
-        for a in args::ALL {
+        let release = args::release(1234567890);
+        let release: Vec<&str> = release.iter().map(String::as_str).collect();
+        assert_eq!(release, ["-X", "1234567890"]);
+        let all: Vec<&[&str]> = args::ALL.iter().copied().chain([&release[..]]).collect();
+        assert!(all.contains(&&["-E"][..]), "the reference is taken with -E");
+        for a in all {
             for w in a {
-                // -e/-d switch pf, -E/-X take and release an enable reference
-                assert!(
-                    !["-e", "-d", "-E", "-X"].contains(w),
-                    "{a:?} changes whether pf is on"
-                );
+                // -e/-d switch pf on and off for everyone
+                assert!(!["-e", "-d"].contains(w), "{a:?} switches pf");
             }
             let writes = a.iter().any(|w| ["-f", "-F", "-k", "-K"].contains(w));
             let anchor = a.windows(2).any(|p| p == ["-a", ANCHOR]);
             assert!(!writes || anchor, "{a:?} writes outside dockroute's anchor");
+            // the reference's options come alone (`-E -f pf.conf` would load the main ruleset)
+            if a.iter().any(|w| ["-E", "-X"].contains(w)) {
+                assert!(a.len() <= 2 && !anchor, "{a:?}");
+            }
         }
+    }
+
+    #[test]
+    fn reads_the_token_pfctl_e_prints_on_either_stream() {
+        assert_eq!(
+            parse_token(
+                "",
+                "No ALTQ support in kernel\nALTQ related functions disabled\npf enabled\nToken : 14348452843957520403\n"
+            ),
+            Some(14348452843957520403)
+        );
+        assert_eq!(parse_token("Token : 42\n", "pf enabled\n"), Some(42));
+        assert_eq!(
+            parse_token("Token : 42\n", "Token :42\n"),
+            Some(42),
+            "said twice"
+        );
+        for (out, err) in [
+            ("", ""),
+            ("", "pf enabled\n"),
+            ("", "pfctl: DIOCSTARTREF: Permission denied\n"),
+            ("", "Token : \n"),
+            ("", "Token : abc\n"),
+            ("", "Token : 12x\n"),
+            ("", "Token : -5\n"),
+            ("", "Token : 99999999999999999999999\n"),
+            ("", "Token : 0\n"),
+            ("Token : 1\n", "Token : 2\n"),
+            ("", "Tokens: 7\n"),
+            ("\u{0}\u{7f}garbage\n", "\u{fffd}Token\n"),
+        ] {
+            assert_eq!(parse_token(out, err), None, "{out:?} {err:?}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_token_counts_as_released_other_failures_do_not() {
+        assert!(token_unknown("pfctl: DIOCSTOPREF: Invalid argument"));
+        assert!(token_unknown("pfctl: token mismatch"));
+        assert!(!token_unknown("pfctl: DIOCSTOPREF: Permission denied"));
+        assert!(!token_unknown("pfctl: /dev/pf: Operation not permitted"));
+        assert!(!token_unknown(""));
+    }
+
+    #[test]
+    fn a_reference_only_ever_keeps_pf_on() {
+        use ReferenceStep::*;
+        // pf on (a VPN enabled it), nothing held: take one
+        assert_eq!(reference_step(Some(true), None), Take);
+        assert_eq!(reference_step(Some(true), Some(7)), Keep);
+        // pf off: never enable it, and a recorded token is void
+        assert_eq!(reference_step(Some(false), None), Forget);
+        assert_eq!(reference_step(Some(false), Some(7)), Forget);
+        // unknown: change nothing
+        assert_eq!(reference_step(None, None), Keep);
+        assert_eq!(reference_step(None, Some(7)), Keep);
+        let text = |token, enabled| reference_text(&reference(true, token, enabled).unwrap());
+        assert!(
+            text(Some(7), Some(true))
+                .starts_with("dockroute holds a pf enable reference (token 7)")
+        );
+        assert!(text(Some(7), None).contains("holds a pf enable reference"));
+        assert!(text(Some(7), Some(false)).contains("(token 7) lapsed"));
+        assert!(text(None, Some(true)).contains("holds no pf enable reference"));
+        assert_eq!(
+            reference(false, None, None),
+            None,
+            "nothing to say off macOS"
+        );
+        assert_eq!(
+            reference(true, None, Some(true)),
+            Some(Reference {
+                held: false,
+                token: None
+            })
+        );
+        assert_eq!(reference(false, Some(7), None).map(|r| r.held), Some(true));
     }
 
     #[test]
