@@ -9,12 +9,15 @@
 
 pub mod ipfw;
 pub mod iptables;
+pub mod memo;
+pub mod nfnl;
 pub mod nft;
 pub mod pf;
 pub mod walk;
 
 use crate::exec::{self, ExecError};
 use ipnet::Ipv4Net;
+pub use memo::Memo;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -190,9 +193,10 @@ fn not_found(program: &str, what: &str) -> String {
     )
 }
 
-/// The iptables backends in use here: (label = program, its filter table). A missing program
-/// is a warning, a failing one an error; either way the other backends are still read.
-fn iptables_backends(o: &mut Observed) -> Vec<(String, Vec<walk::Chain>)> {
+/// The iptables programs in use here, each with whether its rules live in nftables
+/// (iptables-nft). A missing program is a warning, a failing one an error; either way the other
+/// backends are still read.
+fn iptables_programs(o: &mut Observed) -> Vec<(&'static str, bool)> {
     let mut out = Vec::new();
     let mut main_is_legacy = false;
     match exec::find("iptables") {
@@ -200,10 +204,7 @@ fn iptables_backends(o: &mut Observed) -> Vec<(String, Vec<walk::Chain>)> {
             Ok(legacy) => {
                 main_is_legacy = legacy;
                 if !legacy || legacy_filter_exists() {
-                    match list_filter("iptables") {
-                        Ok(chains) => out.push(("iptables".to_string(), chains)),
-                        Err(e) => o.errors.push(e),
-                    }
+                    out.push(("iptables", !legacy));
                 }
             }
             Err(e) => o.errors.push(e),
@@ -215,10 +216,7 @@ fn iptables_backends(o: &mut Observed) -> Vec<(String, Vec<walk::Chain>)> {
     }
     if !main_is_legacy && legacy_filter_exists() {
         match exec::find("iptables-legacy") {
-            Ok(_) => match list_filter("iptables-legacy") {
-                Ok(chains) => out.push(("iptables-legacy".to_string(), chains)),
-                Err(e) => o.errors.push(e),
-            },
+            Ok(_) => out.push(("iptables-legacy", false)),
             Err(ExecError::NotFound { .. }) => o.warnings.push(not_found(
                 "iptables-legacy",
                 "the legacy iptables filter table exists, its rules were",
@@ -319,6 +317,30 @@ fn observe_pf(scope: Option<&Scope>) -> Observed {
 
 /// iptables (both backends) and nftables, as much of them as `reading` names.
 pub fn observe_netfilter(scope: Option<&Scope>, reading: &Reading) -> Observed {
+    netfilter(scope, reading, None)
+}
+
+/// [`observe_only`]; with `memo` (`watch`, one process), a read of everything reuses the last
+/// one's reading of what nftables holds (iptables-nft, the nftables tables) while nftables'
+/// generation id is the one read before it ([`memo`]), and remembers a complete new one.
+/// iptables-legacy is read every time.
+pub fn observe_remembering(
+    scope: Option<&Scope>,
+    reading: &Reading,
+    memo: Option<&mut Memo>,
+) -> Observed {
+    #[cfg(target_os = "macos")]
+    {
+        let _ = memo;
+        observe_only(scope, reading)
+    }
+    #[cfg(not(target_os = "macos"))]
+    {
+        netfilter(scope, reading, memo)
+    }
+}
+
+fn netfilter(scope: Option<&Scope>, reading: &Reading, mut memo: Option<&mut Memo>) -> Observed {
     let mut o = Observed::default();
     let (iptables, nft_tables) = match reading {
         Reading::All => (true, nft::Tables::Listed),
@@ -332,35 +354,83 @@ pub fn observe_netfilter(scope: Option<&Scope>, reading: &Reading) -> Observed {
     if no_nft && !iptables {
         return o;
     }
-    let backends = if iptables {
-        iptables_backends(&mut o)
+    if *reading != Reading::All {
+        memo = None;
+    }
+    // Before the rules: a change that races with reading them makes the next comparison fail.
+    let generation = memo.as_ref().and_then(|_| match nfnl::generation() {
+        Ok(g) => Some(g),
+        Err(e) => {
+            tracing::debug!("firewall: no nftables generation id ({e}): reading everything");
+            None
+        }
+    });
+    let programs = if iptables {
+        iptables_programs(&mut o)
     } else {
         Vec::new()
     };
-    for (label, chains) in backends {
-        if let Some(scope) = scope {
-            o.desired.extend(iptables::plan(&label, &chains, scope));
+    let nft_found = match exec::find("nft") {
+        Ok(_) => !no_nft,
+        Err(ExecError::NotFound { .. }) => {
+            o.warnings.push(not_found(
+                "nft",
+                "nftables tables (Mullvad, NordVPN, firewalld) were",
+            ));
+            false
         }
-        o.owned.extend(iptables::owned(&label, &chains));
-        o.foreign.extend(iptables::foreign(&label, &chains));
+        Err(e) => {
+            o.errors.push(e.into());
+            false
+        }
+    };
+    let parts = memo::Parts {
+        iptables_nft: programs.iter().any(|(_, in_nft)| *in_nft),
+        nft: nft_found,
+    };
+    let recalled = memo.as_mut().and_then(|m| m.take(generation, parts));
+    if let (Some(_), Some(g)) = (&recalled, generation) {
+        tracing::debug!(
+            "firewall: nftables generation {g} unchanged: reusing the firewall reading (iptables-nft, nftables tables)"
+        );
     }
-    match exec::find("nft") {
-        Ok(_) if no_nft => {}
-        Ok(_) => match nft::ruleset(&nft_tables) {
-            Ok(rs) => {
-                let (desired, owned, foreign) = nft::observe(&rs, scope);
-                o.desired.extend(desired);
-                o.owned.extend(owned.into_iter().map(|r| (r, Vec::new())));
-                o.foreign.extend(foreign);
-                o.warnings.extend(rs.warnings);
+    let reused = recalled.is_some();
+    let mut covered = recalled.unwrap_or_default();
+    for (program, in_nft) in programs {
+        if in_nft && reused {
+            let chains = covered.iptables_nft.as_deref().unwrap_or_default();
+            judge_iptables(&mut o, program, chains, scope);
+            continue;
+        }
+        match list_filter(program) {
+            Ok(chains) => {
+                judge_iptables(&mut o, program, &chains, scope);
+                if in_nft {
+                    covered.iptables_nft = Some(chains);
+                }
             }
             Err(e) => o.errors.push(e),
-        },
-        Err(ExecError::NotFound { .. }) => o.warnings.push(not_found(
-            "nft",
-            "nftables tables (Mullvad, NordVPN, firewalld) were",
-        )),
-        Err(e) => o.errors.push(e.into()),
+        }
+    }
+    if nft_found && !reused {
+        match nft::ruleset(&nft_tables) {
+            Ok(rs) => covered.nft = Some(rs),
+            Err(e) => o.errors.push(e),
+        }
+    }
+    if let Some(rs) = &covered.nft {
+        let (desired, owned, foreign) = nft::observe(rs, scope);
+        o.desired.extend(desired);
+        o.owned.extend(owned.into_iter().map(|r| (r, Vec::new())));
+        o.foreign.extend(foreign);
+        o.warnings.extend(rs.warnings.iter().cloned());
+    }
+    if let Some(m) = memo {
+        if o.errors.is_empty() {
+            m.remember(generation, parts, covered);
+        } else {
+            m.forget();
+        }
     }
     for f in &o.foreign {
         o.warnings.push(format!(
@@ -368,6 +438,15 @@ pub fn observe_netfilter(scope: Option<&Scope>, reading: &Reading) -> Observed {
         ));
     }
     o
+}
+
+/// What one iptables backend's filter table needs and holds.
+fn judge_iptables(o: &mut Observed, label: &str, chains: &[walk::Chain], scope: Option<&Scope>) {
+    if let Some(scope) = scope {
+        o.desired.extend(iptables::plan(label, chains, scope));
+    }
+    o.owned.extend(iptables::owned(label, chains));
+    o.foreign.extend(iptables::foreign(label, chains));
 }
 
 pub(crate) fn same(a: &Repair, b: &Repair) -> bool {

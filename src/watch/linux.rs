@@ -12,6 +12,7 @@ use super::pace::{Pacer, Timing, Verdict};
 use super::{Causes, FwTouched, Options, WatchError, message_types, nft_event, rtnl_event};
 use crate::discover::external_vm_ip;
 use crate::engine::{self, DnsGate, Hooks};
+use crate::firewall::Memo;
 use crate::net::System;
 use crate::net::rtnl::Subscription;
 use crate::options::FirewallMode;
@@ -301,7 +302,9 @@ fn read_sources(
 }
 
 /// One reconcile: `up`'s, exactly (engine::up), on a fresh netlink socket so no cache outlives
-/// it. Each change it makes is logged inside a span naming the events that caused it.
+/// it; only the firewall reading in `memo` does, for as long as nftables' generation id says
+/// nothing changed there. Each change it makes is logged inside a span naming the events that
+/// caused it.
 fn reconcile(
     settings: &Settings,
     causes: &Causes,
@@ -309,6 +312,7 @@ fn reconcile(
     last_error: &mut Option<String>,
     count: &mut u64,
     prober: &mut Option<Prober>,
+    memo: &mut Memo,
 ) -> Verdict {
     let span = tracing::info_span!("reconcile", cause = %causes);
     let _in = span.enter();
@@ -342,6 +346,7 @@ fn reconcile(
             Hooks::default(),
             DnsGate::Withhold(known),
             &reading,
+            Some(memo),
         )
         .await
     });
@@ -420,6 +425,9 @@ pub fn run(
     let probe_timing = dns_health::Timing::default();
     let mut prober = Prober::for_settings(&settings, probe_timing, Instant::now());
     let mut fw = FwTouched::default();
+    // What the last full firewall read found in nftables (iptables-nft's rules included), while
+    // nftables' generation id stays the same (firewall::memo).
+    let mut memo = Memo::default();
     let v = reconcile(
         &settings,
         &causes,
@@ -427,6 +435,7 @@ pub fn run(
         &mut last_error,
         &mut count,
         &mut prober,
+        &mut memo,
     );
     causes = Causes::default();
     let mut pacer = Pacer::new(timing, Instant::now());
@@ -468,6 +477,7 @@ pub fn run(
                 &mut last_error,
                 &mut count,
                 &mut prober,
+                &mut memo,
             );
             causes = Causes::default();
             fw = FwTouched::default();
