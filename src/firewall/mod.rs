@@ -370,6 +370,8 @@ fn netfilter(scope: Option<&Scope>, reading: &Reading, mut memo: Option<&mut Mem
     } else {
         Vec::new()
     };
+    // (an error finding nft is reported after the iptables backends' own, as it always was)
+    let mut nft_error = None;
     let nft_found = match exec::find("nft") {
         Ok(_) => !no_nft,
         Err(ExecError::NotFound { .. }) => {
@@ -380,7 +382,7 @@ fn netfilter(scope: Option<&Scope>, reading: &Reading, mut memo: Option<&mut Mem
             false
         }
         Err(e) => {
-            o.errors.push(e.into());
+            nft_error = Some(FirewallError::from(e));
             false
         }
     };
@@ -390,8 +392,16 @@ fn netfilter(scope: Option<&Scope>, reading: &Reading, mut memo: Option<&mut Mem
     };
     let recalled = memo.as_mut().and_then(|m| m.take(generation, parts));
     if let (Some(_), Some(g)) = (&recalled, generation) {
+        let what: Vec<&str> = [
+            (parts.iptables_nft, "iptables-nft's filter table"),
+            (parts.nft, "the nftables tables"),
+        ]
+        .iter()
+        .filter_map(|(read, what)| read.then_some(*what))
+        .collect();
         tracing::debug!(
-            "firewall: nftables generation {g} unchanged: reusing the firewall reading (iptables-nft, nftables tables)"
+            "firewall: nftables generation {g} unchanged: reusing the firewall reading ({})",
+            what.join(", ")
         );
     }
     let reused = recalled.is_some();
@@ -412,6 +422,7 @@ fn netfilter(scope: Option<&Scope>, reading: &Reading, mut memo: Option<&mut Mem
             Err(e) => o.errors.push(e),
         }
     }
+    o.errors.extend(nft_error);
     if nft_found && !reused {
         match nft::ruleset(&nft_tables) {
             Ok(rs) => covered.nft = Some(rs),
