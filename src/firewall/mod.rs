@@ -390,7 +390,7 @@ fn netfilter(scope: Option<&Scope>, reading: &Reading, mut memo: Option<&mut Mem
         iptables_nft: programs.iter().any(|(_, in_nft)| *in_nft),
         nft: nft_found,
     };
-    let recalled = memo.as_mut().and_then(|m| m.take(generation, parts));
+    let recalled = memo.as_mut().and_then(|m| m.take(generation, parts, scope));
     if let (Some(_), Some(g)) = (&recalled, generation) {
         let what: Vec<&str> = [
             (parts.iptables_nft, "iptables-nft's filter table"),
@@ -408,15 +408,15 @@ fn netfilter(scope: Option<&Scope>, reading: &Reading, mut memo: Option<&mut Mem
     let mut covered = recalled.unwrap_or_default();
     for (program, in_nft) in programs {
         if in_nft && reused {
-            let chains = covered.iptables_nft.as_deref().unwrap_or_default();
-            judge_iptables(&mut o, program, chains, scope);
+            o.add(covered.iptables_nft.as_ref());
             continue;
         }
         match list_filter(program) {
             Ok(chains) => {
-                judge_iptables(&mut o, program, &chains, scope);
+                let judged = judge_iptables(program, &chains, scope);
+                o.add(Some(&judged));
                 if in_nft {
-                    covered.iptables_nft = Some(chains);
+                    covered.iptables_nft = Some(judged);
                 }
             }
             Err(e) => o.errors.push(e),
@@ -425,20 +425,22 @@ fn netfilter(scope: Option<&Scope>, reading: &Reading, mut memo: Option<&mut Mem
     o.errors.extend(nft_error);
     if nft_found && !reused {
         match nft::ruleset(&nft_tables) {
-            Ok(rs) => covered.nft = Some(rs),
+            Ok(rs) => {
+                let (desired, owned, foreign) = nft::observe(&rs, scope);
+                covered.nft = Some(memo::Judged {
+                    desired,
+                    owned: owned.into_iter().map(|r| (r, Vec::new())).collect(),
+                    foreign,
+                    warnings: rs.warnings,
+                });
+            }
             Err(e) => o.errors.push(e),
         }
     }
-    if let Some(rs) = &covered.nft {
-        let (desired, owned, foreign) = nft::observe(rs, scope);
-        o.desired.extend(desired);
-        o.owned.extend(owned.into_iter().map(|r| (r, Vec::new())));
-        o.foreign.extend(foreign);
-        o.warnings.extend(rs.warnings.iter().cloned());
-    }
+    o.add(covered.nft.as_ref());
     if let Some(m) = memo {
         if o.errors.is_empty() {
-            m.remember(generation, parts, covered);
+            m.remember(generation, parts, scope, covered);
         } else {
             m.forget();
         }
@@ -452,12 +454,24 @@ fn netfilter(scope: Option<&Scope>, reading: &Reading, mut memo: Option<&mut Mem
 }
 
 /// What one iptables backend's filter table needs and holds.
-fn judge_iptables(o: &mut Observed, label: &str, chains: &[walk::Chain], scope: Option<&Scope>) {
-    if let Some(scope) = scope {
-        o.desired.extend(iptables::plan(label, chains, scope));
+fn judge_iptables(label: &str, chains: &[walk::Chain], scope: Option<&Scope>) -> memo::Judged {
+    memo::Judged {
+        desired: scope.map_or_else(Vec::new, |scope| iptables::plan(label, chains, scope)),
+        owned: iptables::owned(label, chains),
+        foreign: iptables::foreign(label, chains),
+        warnings: Vec::new(),
     }
-    o.owned.extend(iptables::owned(label, chains));
-    o.foreign.extend(iptables::foreign(label, chains));
+}
+
+impl Observed {
+    /// One firewall's part, when it was read.
+    fn add(&mut self, judged: Option<&memo::Judged>) {
+        let Some(j) = judged else { return };
+        self.desired.extend(j.desired.iter().cloned());
+        self.owned.extend(j.owned.iter().cloned());
+        self.foreign.extend(j.foreign.iter().cloned());
+        self.warnings.extend(j.warnings.iter().cloned());
+    }
 }
 
 pub(crate) fn same(a: &Repair, b: &Repair) -> bool {
