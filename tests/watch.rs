@@ -393,6 +393,8 @@ fn the_backstop_repairs_what_sends_no_events_iptables_legacy() {
         w.log()
     );
     w.wait_log("reconcile{cause=backstop re-check}: + firewall iptables-legacy");
+    // iptables-nft and nftables did not change: their reading was reused, legacy's was not
+    w.wait_log("reconcile{cause=backstop re-check}: firewall: nftables generation");
 }
 
 #[test]
@@ -802,4 +804,126 @@ fn a_vpn_nftables_table_heals_from_its_own_events_without_reading_iptables() {
         w.log()
     );
     assert_eq!(w.count("broken by the test"), 0, "{}", w.log());
+}
+
+/// Issue 10, point 6: a reconcile that reads everything (SIGHUP here; link and address events and
+/// the backstop alike) reuses the last reading of what nftables holds (iptables-nft's filter
+/// table) while nftables' generation id has not moved: no `iptables -S` runs. A change there is
+/// still repaired: from its own nftables events, and also when it comes while watch is told to
+/// re-read everything.
+#[test]
+fn a_full_re_read_reuses_the_iptables_nft_reading_until_nftables_changes() {
+    if !privileged() {
+        return;
+    }
+    use nix::sys::signal::Signal;
+    let lab = Lab::new();
+    lab.add_tunnel("tun0", "10.66.0.2/24");
+    // iptables behind a wrapper that notes each run (a copy of the multi-call binary runs it)
+    let dir = lab.dir.path();
+    let real = dir.join("iptables");
+    copy_exe(
+        &std::fs::canonicalize("/usr/sbin/iptables").unwrap(),
+        &real,
+        0o755,
+    );
+    let runs = dir.join("iptables-runs");
+    let wrapper = dir.join("iptables-wrapper");
+    write_script(
+        &wrapper,
+        &format!(
+            "echo \"$*\" >> '{}'\nexec '{}' \"$@\"",
+            runs.display(),
+            real.display()
+        ),
+        0o755,
+    );
+    let listings = || {
+        std::fs::read_to_string(&runs)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.split_whitespace().any(|w| w == "-S"))
+            .count()
+    };
+    let w = watch_with_iptables(&lab, &wrapper, &["--vm-ip", VM_IP]);
+    started(&lab, &w);
+    kill_switch(&lab, "iptables");
+    assert!(
+        eventually(Duration::from_secs(5), || lab.reaches_container()),
+        "not repaired:\n{}",
+        w.log()
+    );
+    w.wait_log("+ firewall iptables -t filter");
+    w.settles(Duration::from_millis(500));
+    let reused = "firewall: nftables generation";
+    // SIGHUP until a reconcile of it is done (its last line, `reconcile #N: ...`)
+    let sighup = |w: &Watch| -> String {
+        let done = |w: &Watch| w.count("cause=SIGHUP}: reconcile #");
+        let n = done(w);
+        w.signal(Signal::SIGHUP);
+        assert!(
+            eventually(Duration::from_secs(5), || done(w) > n),
+            "no reconcile after SIGHUP:\n{}",
+            w.log()
+        );
+        w.settles(Duration::from_millis(300));
+        let log = w.log();
+        let last = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("cause=SIGHUP}: reconcile #"));
+        last.unwrap().to_string()
+    };
+    // The first one reads everything (the repairs moved the id since the start's full read);
+    // the next one finds the id unchanged: nothing is run, nothing changes.
+    sighup(&w);
+    let (hits, listed) = (w.count(reused), listings());
+    let line = sighup(&w);
+    assert!(line.contains("nothing to change"), "{line}\n{}", w.log());
+    assert_eq!(w.count(reused), hits + 1, "not reused:\n{}", w.log());
+    assert_eq!(listings(), listed, "iptables -S ran:\n{}", w.log());
+    assert!(lab.reaches_container());
+
+    // A VPN adds a chain that drops the VM's traffic: its nftables events bring the repair.
+    fw(&lab, "iptables", "-N vpnblock");
+    fw(&lab, "iptables", "-A vpnblock -o vboxnet0 -j DROP");
+    fw(&lab, "iptables", "-I OUTPUT 1 -j vpnblock");
+    assert!(
+        eventually(Duration::from_secs(5), || lab.reaches_container()),
+        "not repaired:\n{}",
+        w.log()
+    );
+    w.wait_log("+ firewall iptables -t filter vpnblock -o vboxnet0 -d 172.17.0.0/16 -j RETURN");
+    w.settles(Duration::from_millis(500));
+
+    // The same while watch is told to re-read everything: stopped, it gets the change's events
+    // and SIGHUP together, so one reconcile reads everything right after a reuse.
+    fw(&lab, "iptables", "-N vpnblock2");
+    fw(&lab, "iptables", "-A vpnblock2 -o vboxnet0 -j DROP");
+    w.settles(Duration::from_millis(300));
+    sighup(&w);
+    let hits = w.count(reused);
+    sighup(&w);
+    assert_eq!(w.count(reused), hits + 1, "not reused:\n{}", w.log());
+    w.signal(Signal::SIGSTOP);
+    fw(&lab, "iptables", "-I OUTPUT 1 -j vpnblock2");
+    assert!(!lab.reaches_container(), "the change does not block");
+    w.signal(Signal::SIGHUP);
+    w.signal(Signal::SIGCONT);
+    assert!(
+        eventually(Duration::from_secs(5), || lab.reaches_container()),
+        "not repaired after a re-read of everything:\n{}",
+        w.log()
+    );
+    let heal = "+ firewall iptables -t filter vpnblock2 -o vboxnet0";
+    w.wait_log(heal);
+    let log = w.log();
+    let line = log.lines().find(|l| l.contains(heal)).unwrap();
+    assert!(line.contains("{cause=SIGHUP, nft rule added"), "{log}");
+    assert_eq!(
+        w.count(reused),
+        hits + 1,
+        "reused a stale reading:\n{}",
+        w.log()
+    );
 }

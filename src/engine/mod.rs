@@ -311,12 +311,14 @@ pub async fn up<N: Net>(
         hooks,
         DnsGate::Refuse,
         &firewall::Reading::All,
+        None,
     )
     .await
 }
 
 /// [`up`], with what to do about a DNS server that does not answer, reading only the firewalls
-/// `reading` names (`watch`: the ones its events name).
+/// `reading` names (`watch`: the ones its events name), reusing what `memo` remembers of the
+/// last read where nftables says nothing changed since (`watch`, [`firewall::memo`]).
 #[allow(clippy::too_many_arguments)]
 pub async fn up_with<N: Net>(
     net: &mut N,
@@ -326,6 +328,7 @@ pub async fn up_with<N: Net>(
     hooks: Hooks,
     gate: DnsGate,
     reading: &firewall::Reading,
+    memo: Option<&mut firewall::Memo>,
 ) -> Result<Outcome, EngineError> {
     // Discovery and the DNS check only read and validate; the lock covers observe → record.
     let target = discover::discover(net, &settings.request).await?;
@@ -355,7 +358,7 @@ pub async fn up_with<N: Net>(
     let (fw, fw_owned_before, mut firewall_warnings, fw_desired) = match settings.firewall {
         FirewallMode::Auto => {
             let scope = firewall::Scope::for_target(&target);
-            let seen = firewall::observe_held(Some(&scope), reading, &held_before);
+            let seen = firewall::observe_held(Some(&scope), reading, &held_before, memo);
             pf_enabled = seen.pf_enabled;
             if dry_run && !seen.errors.is_empty() {
                 // A dry run shows what it can: the firewall is left out, and says why.

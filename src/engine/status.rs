@@ -391,7 +391,7 @@ fn vpn_status(
         .filter(|r| !vpn::is_default_rule(r))
         .cloned()
         .collect();
-    let seen = firewall::observe_held(scope, &firewall::Reading::All, held);
+    let seen = firewall::observe_held(scope, &firewall::Reading::All, held, None);
     vpn_status.pf_reference =
         firewall::pf::reference(cfg!(target_os = "macos"), held.pf_token, seen.pf_enabled);
     vpn_status.firewall_blocking = firewall::diff(&seen.desired, &seen.owned)

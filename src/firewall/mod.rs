@@ -12,12 +12,15 @@
 
 pub mod ipfw;
 pub mod iptables;
+pub mod memo;
+pub mod nfnl;
 pub mod nft;
 pub mod pf;
 pub mod walk;
 
 use crate::exec::{self, ExecError};
 use ipnet::Ipv4Net;
+pub use memo::Memo;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -193,6 +196,7 @@ fn run(program: &str, args: &[String]) -> Result<String, FirewallError> {
     Ok(exec::run(program, args, None)?)
 }
 
+#[cfg(not(target_os = "macos"))]
 /// Whether `iptables` here is the legacy backend: the multi-call binary it resolves to says so
 /// (xtables-legacy-multi or xtables-nft-multi), without running `iptables -V`.
 fn iptables_is_legacy(path: &std::path::Path) -> Result<bool, FirewallError> {
@@ -207,6 +211,7 @@ fn iptables_is_legacy(path: &std::path::Path) -> Result<bool, FirewallError> {
     Ok(run("iptables", &["-V".to_string()])?.contains("legacy"))
 }
 
+#[cfg(not(target_os = "macos"))]
 fn list_filter(program: &str) -> Result<Vec<walk::Chain>, FirewallError> {
     let args: Vec<String> = ["-w", "-t", "filter", "-S"]
         .iter()
@@ -215,6 +220,7 @@ fn list_filter(program: &str) -> Result<Vec<walk::Chain>, FirewallError> {
     Ok(iptables::parse(&run(program, &args)?))
 }
 
+#[cfg(not(target_os = "macos"))]
 fn not_found(program: &str, what: &str) -> String {
     format!(
         "{program} not found in {}: {what} NOT checked or repaired",
@@ -222,9 +228,11 @@ fn not_found(program: &str, what: &str) -> String {
     )
 }
 
-/// The iptables backends in use here: (label = program, its filter table). A missing program
-/// is a warning, a failing one an error; either way the other backends are still read.
-fn iptables_backends(o: &mut Observed) -> Vec<(String, Vec<walk::Chain>)> {
+#[cfg(not(target_os = "macos"))]
+/// The iptables programs in use here, each with whether its rules live in nftables
+/// (iptables-nft). A missing program is a warning, a failing one an error; either way the other
+/// backends are still read.
+fn iptables_programs(o: &mut Observed) -> Vec<(&'static str, bool)> {
     let mut out = Vec::new();
     let mut main_is_legacy = false;
     match exec::find("iptables") {
@@ -232,10 +240,7 @@ fn iptables_backends(o: &mut Observed) -> Vec<(String, Vec<walk::Chain>)> {
             Ok(legacy) => {
                 main_is_legacy = legacy;
                 if !legacy || legacy_filter_exists() {
-                    match list_filter("iptables") {
-                        Ok(chains) => out.push(("iptables".to_string(), chains)),
-                        Err(e) => o.errors.push(e),
-                    }
+                    out.push(("iptables", !legacy));
                 }
             }
             Err(e) => o.errors.push(e),
@@ -247,10 +252,7 @@ fn iptables_backends(o: &mut Observed) -> Vec<(String, Vec<walk::Chain>)> {
     }
     if !main_is_legacy && legacy_filter_exists() {
         match exec::find("iptables-legacy") {
-            Ok(_) => match list_filter("iptables-legacy") {
-                Ok(chains) => out.push(("iptables-legacy".to_string(), chains)),
-                Err(e) => o.errors.push(e),
-            },
+            Ok(_) => out.push(("iptables-legacy", false)),
             Err(ExecError::NotFound { .. }) => o.warnings.push(not_found(
                 "iptables-legacy",
                 "the legacy iptables filter table exists, its rules were",
@@ -261,6 +263,7 @@ fn iptables_backends(o: &mut Observed) -> Vec<(String, Vec<walk::Chain>)> {
     out
 }
 
+#[cfg(not(target_os = "macos"))]
 /// Whether the legacy (x_tables) filter table exists in this network namespace.
 fn legacy_filter_exists() -> bool {
     std::fs::read_to_string("/proc/net/ip_tables_names")
@@ -311,14 +314,23 @@ pub fn observe(scope: Option<&Scope>) -> Observed {
 /// here, so a diff leaves it alone. pf on macOS (one anchor: always read whole), netfilter
 /// elsewhere.
 pub fn observe_only(scope: Option<&Scope>, reading: &Reading) -> Observed {
-    observe_held(scope, reading, &Held::default())
+    observe_held(scope, reading, &Held::default(), None)
 }
 
-/// [`observe_only`], knowing what the record says dockroute holds (its ipfw rule numbers).
-pub fn observe_held(scope: Option<&Scope>, reading: &Reading, held: &Held) -> Observed {
+/// [`observe_only`], knowing what the record says dockroute holds (macOS: its ipfw rule numbers);
+/// with `memo` (`watch` on Linux, one process), a read of everything reuses the last one's
+/// reading of what nftables holds (iptables-nft, the nftables tables) while nftables' generation
+/// id is the one read before it ([`memo`]), and remembers a complete new one. iptables-legacy is
+/// read every time.
+pub fn observe_held(
+    scope: Option<&Scope>,
+    reading: &Reading,
+    held: &Held,
+    memo: Option<&mut Memo>,
+) -> Observed {
     #[cfg(target_os = "macos")]
     {
-        let _ = reading;
+        let _ = (reading, memo);
         let mut o = observe_pf(scope);
         observe_ipfw(scope, held, &mut o);
         o
@@ -326,7 +338,7 @@ pub fn observe_held(scope: Option<&Scope>, reading: &Reading, held: &Held) -> Ob
     #[cfg(not(target_os = "macos"))]
     {
         let _ = held;
-        observe_netfilter(scope, reading)
+        netfilter(scope, reading, memo)
     }
 }
 
@@ -387,8 +399,9 @@ fn observe_ipfw(scope: Option<&Scope>, held: &Held, o: &mut Observed) {
     }
 }
 
+#[cfg(not(target_os = "macos"))]
 /// iptables (both backends) and nftables, as much of them as `reading` names.
-pub fn observe_netfilter(scope: Option<&Scope>, reading: &Reading) -> Observed {
+fn netfilter(scope: Option<&Scope>, reading: &Reading, mut memo: Option<&mut Memo>) -> Observed {
     let mut o = Observed::default();
     let (iptables, nft_tables) = match reading {
         Reading::All => (true, nft::Tables::Listed),
@@ -402,35 +415,96 @@ pub fn observe_netfilter(scope: Option<&Scope>, reading: &Reading) -> Observed {
     if no_nft && !iptables {
         return o;
     }
-    let backends = if iptables {
-        iptables_backends(&mut o)
+    if *reading != Reading::All {
+        memo = None;
+    }
+    // Before the rules: a change that races with reading them makes the next comparison fail.
+    let generation = memo.as_ref().and_then(|_| match nfnl::generation() {
+        Ok(g) => Some(g),
+        Err(e) => {
+            tracing::debug!("firewall: no nftables generation id ({e}): reading everything");
+            None
+        }
+    });
+    let programs = if iptables {
+        iptables_programs(&mut o)
     } else {
         Vec::new()
     };
-    for (label, chains) in backends {
-        if let Some(scope) = scope {
-            o.desired.extend(iptables::plan(&label, &chains, scope));
+    // (an error finding nft is reported after the iptables backends' own, as it always was)
+    let mut nft_error = None;
+    let nft_found = match exec::find("nft") {
+        Ok(_) => !no_nft,
+        Err(ExecError::NotFound { .. }) => {
+            o.warnings.push(not_found(
+                "nft",
+                "nftables tables (Mullvad, NordVPN, firewalld) were",
+            ));
+            false
         }
-        o.owned.extend(iptables::owned(&label, &chains));
-        o.foreign.extend(iptables::foreign(&label, &chains));
+        Err(e) => {
+            nft_error = Some(FirewallError::from(e));
+            false
+        }
+    };
+    let parts = memo::Parts {
+        iptables_nft: programs.iter().any(|(_, in_nft)| *in_nft),
+        nft: nft_found,
+    };
+    let recalled = memo.as_mut().and_then(|m| m.take(generation, parts, scope));
+    if let (Some(_), Some(g)) = (&recalled, generation) {
+        let what: Vec<&str> = [
+            (parts.iptables_nft, "iptables-nft's filter table"),
+            (parts.nft, "the nftables tables"),
+        ]
+        .iter()
+        .filter_map(|(read, what)| read.then_some(*what))
+        .collect();
+        tracing::debug!(
+            "firewall: nftables generation {g} unchanged: reusing the firewall reading ({})",
+            what.join(", ")
+        );
     }
-    match exec::find("nft") {
-        Ok(_) if no_nft => {}
-        Ok(_) => match nft::ruleset(&nft_tables) {
-            Ok(rs) => {
-                let (desired, owned, foreign) = nft::observe(&rs, scope);
-                o.desired.extend(desired);
-                o.owned.extend(owned.into_iter().map(|r| (r, Vec::new())));
-                o.foreign.extend(foreign);
-                o.warnings.extend(rs.warnings);
+    let reused = recalled.is_some();
+    let mut covered = recalled.unwrap_or_default();
+    for (program, in_nft) in programs {
+        if in_nft && reused {
+            o.add(covered.iptables_nft.as_ref());
+            continue;
+        }
+        match list_filter(program) {
+            Ok(chains) => {
+                let judged = judge_iptables(program, &chains, scope);
+                o.add(Some(&judged));
+                if in_nft {
+                    covered.iptables_nft = Some(judged);
+                }
             }
             Err(e) => o.errors.push(e),
-        },
-        Err(ExecError::NotFound { .. }) => o.warnings.push(not_found(
-            "nft",
-            "nftables tables (Mullvad, NordVPN, firewalld) were",
-        )),
-        Err(e) => o.errors.push(e.into()),
+        }
+    }
+    o.errors.extend(nft_error);
+    if nft_found && !reused {
+        match nft::ruleset(&nft_tables) {
+            Ok(rs) => {
+                let (desired, owned, foreign) = nft::observe(&rs, scope);
+                covered.nft = Some(memo::Judged {
+                    desired,
+                    owned: owned.into_iter().map(|r| (r, Vec::new())).collect(),
+                    foreign,
+                    warnings: rs.warnings,
+                });
+            }
+            Err(e) => o.errors.push(e),
+        }
+    }
+    o.add(covered.nft.as_ref());
+    if let Some(m) = memo {
+        if o.errors.is_empty() {
+            m.remember(generation, parts, scope, covered);
+        } else {
+            m.forget();
+        }
     }
     for f in &o.foreign {
         o.warnings.push(format!(
@@ -438,6 +512,29 @@ pub fn observe_netfilter(scope: Option<&Scope>, reading: &Reading) -> Observed {
         ));
     }
     o
+}
+
+#[cfg(not(target_os = "macos"))]
+/// What one iptables backend's filter table needs and holds.
+fn judge_iptables(label: &str, chains: &[walk::Chain], scope: Option<&Scope>) -> memo::Judged {
+    memo::Judged {
+        desired: scope.map_or_else(Vec::new, |scope| iptables::plan(label, chains, scope)),
+        owned: iptables::owned(label, chains),
+        foreign: iptables::foreign(label, chains),
+        warnings: Vec::new(),
+    }
+}
+
+impl Observed {
+    #[cfg(not(target_os = "macos"))]
+    /// One firewall's part, when it was read.
+    fn add(&mut self, judged: Option<&memo::Judged>) {
+        let Some(j) = judged else { return };
+        self.desired.extend(j.desired.iter().cloned());
+        self.owned.extend(j.owned.iter().cloned());
+        self.foreign.extend(j.foreign.iter().cloned());
+        self.warnings.extend(j.warnings.iter().cloned());
+    }
 }
 
 pub(crate) fn same(a: &Repair, b: &Repair) -> bool {
@@ -622,7 +719,7 @@ pub fn undo(changes: &[FwChange]) {
 /// What `down` removes: every rule of dockroute's tag and shape, in every backend that could be
 /// read (ipfw: the numbers `held` records); with what could not be read.
 pub fn removals(held: &Held) -> (Vec<FwChange>, Observed) {
-    let mut seen = observe_held(None, &Reading::Everything, held);
+    let mut seen = observe_held(None, &Reading::Everything, held, None);
     let changes = diff(&[], &std::mem::take(&mut seen.owned));
     (changes, seen)
 }

@@ -12,6 +12,7 @@ use super::pace::{Pacer, Timing, Verdict};
 use super::{Causes, FwTouched, Options, WatchError, message_types, nft_event, rtnl_event};
 use crate::discover::external_vm_ip;
 use crate::engine::{self, DnsGate, Hooks};
+use crate::firewall::Memo;
 use crate::net::System;
 use crate::net::rtnl::Subscription;
 use crate::options::FirewallMode;
@@ -301,7 +302,9 @@ fn read_sources(
 }
 
 /// One reconcile: `up`'s, exactly (engine::up), on a fresh netlink socket so no cache outlives
-/// it. Each change it makes is logged inside a span naming the events that caused it.
+/// it; only the firewall reading in `memo` does, for as long as nftables' generation id says
+/// nothing changed there. Each change it makes is logged inside a span naming the events that
+/// caused it.
 fn reconcile(
     settings: &Settings,
     causes: &Causes,
@@ -309,6 +312,7 @@ fn reconcile(
     last_error: &mut Option<String>,
     count: &mut u64,
     prober: &mut Option<Prober>,
+    memo: &mut Memo,
 ) -> Verdict {
     let span = tracing::info_span!("reconcile", cause = %causes);
     let _in = span.enter();
@@ -342,10 +346,12 @@ fn reconcile(
             Hooks::default(),
             DnsGate::Withhold(known),
             &reading,
+            Some(memo),
         )
         .await
     });
     let took = started.elapsed().as_secs_f64() * 1000.0;
+    trim_heap();
     if let (Some(p), None) = (prober.as_mut(), known)
         && let Some(answers) = result.as_ref().ok().and_then(|o| o.dns.as_ref()?.answers)
     {
@@ -363,6 +369,18 @@ fn reconcile(
         last_error,
         ("route/rule", "firewall"),
     )
+}
+
+/// Give the memory a reconcile freed back to the kernel. Reading a large firewall allocates
+/// megabytes that are freed at its end, but the few results `memo` keeps are allocated among
+/// them, and the allocator only returns the free top of its heap by itself: without this, the
+/// resident size of an idle watch stays at the peak of its largest read.
+fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory of the allocator; it takes no pointers.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
 }
 
 /// Take dockroute's line out of resolv.conf (under the lock, as `up` and `down` change it).
@@ -420,6 +438,9 @@ pub fn run(
     let probe_timing = dns_health::Timing::default();
     let mut prober = Prober::for_settings(&settings, probe_timing, Instant::now());
     let mut fw = FwTouched::default();
+    // What the last full firewall read found in nftables (iptables-nft's rules included), while
+    // nftables' generation id stays the same (firewall::memo).
+    let mut memo = Memo::default();
     let v = reconcile(
         &settings,
         &causes,
@@ -427,6 +448,7 @@ pub fn run(
         &mut last_error,
         &mut count,
         &mut prober,
+        &mut memo,
     );
     causes = Causes::default();
     let mut pacer = Pacer::new(timing, Instant::now());
@@ -468,6 +490,7 @@ pub fn run(
                 &mut last_error,
                 &mut count,
                 &mut prober,
+                &mut memo,
             );
             causes = Causes::default();
             fw = FwTouched::default();

@@ -460,6 +460,7 @@ fn reconcile(
             Hooks::default(),
             DnsGate::Withhold(None),
             &crate::firewall::Reading::All,
+            None,
         )
         .await
     });

@@ -209,26 +209,15 @@ impl fmt::Display for Causes {
     }
 }
 
-const NLMSG_HDRLEN: usize = 16;
+use crate::firewall::nfnl::{self, NLMSG_HDRLEN};
 
 /// The message types in one netlink datagram (each message's `nlmsg_type`), skipping the
 /// protocol's control messages (noop, error, done, overrun: types below 16).
 pub fn message_types(datagram: &[u8]) -> Vec<u16> {
-    let mut out = Vec::new();
-    let mut rest = datagram;
-    while rest.len() >= NLMSG_HDRLEN {
-        let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        let kind = u16::from_ne_bytes([rest[4], rest[5]]);
-        if len < NLMSG_HDRLEN {
-            break;
-        }
-        if kind >= 16 {
-            out.push(kind);
-        }
-        let step = (len + 3) & !3;
-        rest = rest.get(step..).unwrap_or_default();
-    }
-    out
+    nfnl::messages(datagram)
+        .map(|(kind, _)| kind)
+        .filter(|kind| *kind >= 16)
+        .collect()
 }
 
 /// An rtnetlink message type, as the log names it; `None` for the ones `watch` ignores.
@@ -251,8 +240,7 @@ pub fn rtnl_event(kind: u16, neighbours: bool) -> Option<&'static str> {
 /// An nftables notification (NFNL_SUBSYS_NFTABLES), as the log names it. Every transaction ends
 /// with a generation message, which names nothing by itself.
 pub fn nft_event(kind: u16) -> Option<&'static str> {
-    const NFTABLES: u16 = 10;
-    if kind >> 8 != NFTABLES {
+    if kind >> 8 != nfnl::NFTABLES {
         return None;
     }
     Some(match kind & 0xff {
@@ -281,21 +269,13 @@ impl FwTouched {
     /// Note every nftables message of one datagram. Every object message (table, chain, rule,
     /// set, element, object, flowtable) carries its table's name as attribute 1.
     pub fn add_datagram(&mut self, datagram: &[u8]) {
-        let mut rest = datagram;
-        while rest.len() >= NLMSG_HDRLEN {
-            let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-            let kind = u16::from_ne_bytes([rest[4], rest[5]]);
-            if len < NLMSG_HDRLEN {
-                break;
-            }
-            let msg = &rest[..len.min(rest.len())];
+        for (kind, msg) in nfnl::messages(datagram) {
             if nft_event(kind).is_some() {
                 match nft_table(msg) {
                     Some((family, name)) => self.table(family, name),
                     None => self.unknown = true,
                 }
             }
-            rest = rest.get((len + 3) & !3..).unwrap_or_default();
         }
     }
 
@@ -335,21 +315,9 @@ impl FwTouched {
 /// (nfgenmsg family, table name) of an nftables object message.
 fn nft_table(msg: &[u8]) -> Option<(u8, String)> {
     let family = *msg.get(NLMSG_HDRLEN)?;
-    let mut at = NLMSG_HDRLEN + 4;
-    while let Some(head) = msg.get(at..at + 4) {
-        let nla_len = u16::from_ne_bytes([head[0], head[1]]) as usize;
-        let nla_type = u16::from_ne_bytes([head[2], head[3]]) & 0x3fff;
-        if nla_len < 4 {
-            return None;
-        }
-        if nla_type == 1 {
-            let value = msg.get(at + 4..at + nla_len)?;
-            let name = value.split(|b| *b == 0).next()?;
-            return Some((family, String::from_utf8_lossy(name).into_owned()));
-        }
-        at += (nla_len + 3) & !3;
-    }
-    None
+    let (_, value) = nfnl::attributes(msg, nfnl::NFGENMSG_LEN).find(|(t, _)| *t == 1)?;
+    let name = value.split(|b| *b == 0).next()?;
+    Some((family, String::from_utf8_lossy(name).into_owned()))
 }
 
 const NFT_EVENTS: [&str; 7] = [
