@@ -273,7 +273,12 @@ fn status_text(st: &Status) -> String {
             };
             row(&mut s, "firewall", state);
             for r in &v.firewall_repaired {
-                let _ = writeln!(s, "  repaired: {r}");
+                let below = if r.misplaced {
+                    " (below a rule that drops the traffic: it does nothing there)"
+                } else {
+                    ""
+                };
+                let _ = writeln!(s, "  repaired: {r}{below}");
             }
             for r in &v.firewall_blocking {
                 let _ = writeln!(s, "  needed:   {r}");

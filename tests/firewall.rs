@@ -188,6 +188,47 @@ fn kill_switch_with_policy_drop_legacy_backend() {
     );
 }
 
+/// A kill switch of explicit DROP rules at the end of INPUT and OUTPUT (as VPN kill-switch
+/// scripts add them).
+const DROP_LAST: [&str; 6] = [
+    "-A INPUT -i lo -j ACCEPT",
+    "-A INPUT -i tun0 -j ACCEPT",
+    "-A INPUT -j DROP",
+    "-A OUTPUT -o lo -j ACCEPT",
+    "-A OUTPUT -o tun0 -j ACCEPT",
+    "-A OUTPUT -j DROP",
+];
+
+#[test]
+fn a_reconnect_that_puts_its_drop_above_dockroutes_accept() {
+    if !privileged() {
+        return;
+    }
+    // On reconnect the client takes its rules out and inserts them again at the top: its DROP
+    // now comes before dockroute's ACCEPT, which no longer does anything there. `up` moves
+    // dockroute's rules back above it (not a second copy), and `down` leaves the client's rules
+    // as they were.
+    scenario(
+        &IPTABLES,
+        &|lab| {
+            for rule in DROP_LAST {
+                fw(lab, "iptables", rule);
+            }
+        },
+        Some(&|lab| {
+            for rule in DROP_LAST {
+                fw(lab, "iptables", &rule.replacen("-A", "-D", 1));
+            }
+            for rule in DROP_LAST.iter().rev() {
+                let (chain, rest) = rule[3..].split_once(' ').unwrap();
+                fw(lab, "iptables", &format!("-I {chain} 1 {rest}"));
+            }
+        }),
+        4,
+        None,
+    );
+}
+
 #[test]
 fn firewall_off_leaves_the_block_alone() {
     if !privileged() {

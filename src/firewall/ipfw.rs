@@ -120,6 +120,7 @@ pub fn repair(number: u32, direction: Direction, net: Ipv4Net, ifname: &str) -> 
         verdict: VERDICT.into(),
         handle: Some(number.into()),
         table_handle: None,
+        misplaced: false,
     }
 }
 

@@ -136,24 +136,27 @@ pub fn parse(text: &str) -> Vec<Chain> {
 }
 
 /// The repairs one iptables backend's filter table needs (`label` names the backend).
-pub fn plan(label: &str, chains: &[Chain], scope: &Scope) -> Vec<Repair> {
+pub fn plan(label: &str, chains: &[Chain], scope: &Scope) -> walk::Plan {
     let entries = [("OUTPUT", Direction::Out), ("INPUT", Direction::In)];
     walk::plan(label, "filter", chains, &entries, scope)
 }
 
 /// dockroute's rules in one backend's filter table, with the words to delete each
-/// ([`walk::ours`]: its tag and exactly its shape).
-pub fn owned(label: &str, chains: &[Chain]) -> Vec<(Repair, Vec<String>)> {
-    chains
-        .iter()
-        .flat_map(|c| c.rules.iter().filter(|r| walk::ours(r)))
-        .map(|r| {
-            (
-                walk::owned_repair(label, "filter", &r.chain, r),
-                r.words.clone(),
-            )
-        })
-        .collect()
+/// ([`walk::ours`]: its tag and exactly its shape); those at the places in `misplaced` marked so.
+pub fn owned(
+    label: &str,
+    chains: &[Chain],
+    misplaced: &[(String, usize)],
+) -> Vec<(Repair, Vec<String>)> {
+    let mut out = Vec::new();
+    for c in chains {
+        for (i, r) in c.rules.iter().enumerate().filter(|(_, r)| walk::ours(r)) {
+            let mut repair = walk::owned_repair(label, "filter", &r.chain, r);
+            repair.misplaced = misplaced.contains(&(c.name.clone(), i));
+            out.push((repair, r.words.clone()));
+        }
+    }
+    out
 }
 
 /// Rules that carry dockroute's tag but not its shape: someone else's, left alone.
@@ -220,6 +223,7 @@ mod tests {
 
     fn spots(text: &str) -> Vec<String> {
         plan("iptables", &parse(text), &scope())
+            .repairs
             .iter()
             .map(|r| format!("{} {:?} {} {}", r.chain, r.direction, r.net, r.verdict))
             .collect()
@@ -288,7 +292,7 @@ mod tests {
             "{ANYCONNECT}-A ciscovpn -d 172.17.0.0/16 -o vboxnet0 -m comment --comment dockroute -j RETURN\n"
         );
         assert_eq!(spots(&with_ours).len(), 4);
-        let owned = owned("iptables", &parse(&with_ours));
+        let owned = owned("iptables", &parse(&with_ours), &[]);
         assert_eq!(owned.len(), 1);
         assert_eq!(owned[0].0.direction, Direction::Out);
         assert_eq!(owned[0].0.net.to_string(), "172.17.0.0/16");
@@ -327,7 +331,7 @@ mod tests {
             -A OUTPUT ! -o vboxnet0 -d 172.17.0.0/16 -m comment --comment dockroute -j ACCEPT\n\
             -A OUTPUT -o vboxnet0 -d 172.17.0.0/16 -m comment --comment dockroute -j ACCEPT\n";
         let chains = parse(text);
-        let owned = owned("iptables", &chains);
+        let owned = owned("iptables", &chains, &[]);
         assert_eq!(owned.len(), 1);
         assert_eq!(owned[0].0.chain, "OUTPUT");
         let foreign = foreign("iptables", &chains);
@@ -342,7 +346,7 @@ mod tests {
 
     #[test]
     fn insert_args_are_narrow() {
-        let r = &plan("iptables", &parse(ANYCONNECT), &scope())[2];
+        let r = &plan("iptables", &parse(ANYCONNECT), &scope()).repairs[2];
         assert_eq!(
             insert_args(r).join(" "),
             "-w -t filter -I ciscovpn 1 -i vboxnet0 -s 172.17.0.0/16 -m comment --comment dockroute -j RETURN"

@@ -105,6 +105,10 @@ pub struct Repair {
     /// nftables: the kernel's handle of the table the rule was seen in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table_handle: Option<u64>,
+    /// One of dockroute's rules that sits below a rule that drops the traffic it is for
+    /// ([`walk::Plan::misplaced`]): it counts as missing, and is deleted and inserted again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub misplaced: bool,
 }
 
 impl fmt::Display for Repair {
@@ -517,9 +521,12 @@ fn netfilter(scope: Option<&Scope>, reading: &Reading, mut memo: Option<&mut Mem
 #[cfg(not(target_os = "macos"))]
 /// What one iptables backend's filter table needs and holds.
 fn judge_iptables(label: &str, chains: &[walk::Chain], scope: Option<&Scope>) -> memo::Judged {
+    let plan = scope.map_or_else(walk::Plan::default, |scope| {
+        iptables::plan(label, chains, scope)
+    });
     memo::Judged {
-        desired: scope.map_or_else(Vec::new, |scope| iptables::plan(label, chains, scope)),
-        owned: iptables::owned(label, chains),
+        owned: iptables::owned(label, chains, &plan.misplaced),
+        desired: plan.repairs,
         foreign: iptables::foreign(label, chains),
         warnings: Vec::new(),
     }
@@ -554,7 +561,8 @@ pub fn diff(desired: &[Repair], owned: &[(Repair, Vec<String>)]) -> Vec<FwChange
     let mut matched = vec![false; desired.len()];
     let mut changes = Vec::new();
     for (rule, words) in owned {
-        match (0..desired.len()).find(|&i| !matched[i] && same(&desired[i], rule)) {
+        let found = (0..desired.len()).find(|&i| !matched[i] && same(&desired[i], rule));
+        match found.filter(|_| !rule.misplaced) {
             Some(i) => matched[i] = true,
             None => changes.push(FwChange::Delete {
                 rule: rule.clone(),
@@ -840,6 +848,7 @@ mod tests {
             verdict: "RETURN".into(),
             handle: None,
             table_handle: None,
+            misplaced: false,
         }
     }
 

@@ -245,16 +245,21 @@ pub fn observe(rs: &Ruleset, scope: Option<&Scope>) -> (Vec<Repair>, Vec<Repair>
     let mut foreign = Vec::new();
     for t in &rs.tables {
         let table = format!("{} {}", t.family, t.name);
+        let mut misplaced = Vec::new();
         if let Some(scope) = scope {
             let entries: Vec<(&str, Direction)> =
                 t.entries.iter().map(|(c, d)| (c.as_str(), *d)).collect();
-            desired.extend(walk::plan(BACKEND, &table, &t.chains, &entries, scope));
+            let plan = walk::plan(BACKEND, &table, &t.chains, &entries, scope);
+            desired.extend(plan.repairs);
+            misplaced = plan.misplaced;
         }
         for c in &t.chains {
-            for r in c.rules.iter().filter(|r| r.comment.as_deref() == Some(TAG)) {
+            let tagged = c.rules.iter().enumerate();
+            for (i, r) in tagged.filter(|(_, r)| r.comment.as_deref() == Some(TAG)) {
                 if walk::ours(r) {
                     let mut repair = walk::owned_repair(BACKEND, &table, &c.name, r);
                     repair.table_handle = t.handle;
+                    repair.misplaced = misplaced.contains(&(c.name.clone(), i));
                     owned.push(repair);
                 } else {
                     foreign.push(Foreign {

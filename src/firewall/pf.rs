@@ -111,6 +111,7 @@ fn repair(direction: Direction, net: Ipv4Net, ifname: &str) -> Repair {
         verdict: VERDICT.into(),
         handle: None,
         table_handle: None,
+        misplaced: false,
     }
 }
 

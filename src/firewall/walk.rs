@@ -97,6 +97,11 @@ const MAX_DEPTH: usize = 16;
 /// every level of jumps).
 type Walked = std::collections::HashMap<(String, usize), Flow>;
 
+/// A place where the walk found traffic dropped: the chain, the direction, the verdict a repair
+/// there takes, and the index of the rule that drops it (`None`: the chain's policy). A repair
+/// works only above that rule.
+type Spot = (String, Direction, &'static str, Option<usize>);
+
 /// One walk from an entry chain in one direction: the chains it reads, what it has walked so
 /// far, and where it found spots to repair.
 struct Walk<'a> {
@@ -104,7 +109,7 @@ struct Walk<'a> {
     dir: Direction,
     scope: &'a Scope,
     walked: Walked,
-    out: &'a mut Vec<(String, Direction, &'static str)>,
+    out: &'a mut Vec<Spot>,
 }
 
 impl Walk<'_> {
@@ -124,7 +129,7 @@ impl Walk<'_> {
             return Flow::Continue;
         };
         let builtin = chain.policy.is_some();
-        for r in &chain.rules {
+        for (i, r) in chain.rules.iter().enumerate() {
             if ours(r) {
                 continue; // judge the firewall as if dockroute's own rules were not there
             }
@@ -135,7 +140,7 @@ impl Walk<'_> {
             match r.target.as_deref() {
                 Some("DROP" | "REJECT") => {
                     let verdict = if builtin { "ACCEPT" } else { "RETURN" };
-                    self.out.push((chain.name.clone(), dir, verdict));
+                    self.out.push((chain.name.clone(), dir, verdict, Some(i)));
                     if !builtin {
                         return Flow::Continue; // our RETURN hands the packet back to the caller
                     }
@@ -153,10 +158,20 @@ impl Walk<'_> {
             }
         }
         if builtin && matches!(chain.policy.as_deref(), Some("DROP" | "REJECT")) {
-            self.out.push((chain.name.clone(), dir, "ACCEPT"));
+            self.out.push((chain.name.clone(), dir, "ACCEPT", None));
         }
         Flow::Continue
     }
+}
+
+/// What one table needs: the repairs, and where dockroute's rules are.
+#[derive(Debug, Default, PartialEq)]
+pub struct Plan {
+    pub repairs: Vec<Repair>,
+    /// dockroute's rules (chain, index in it) that sit below the rule they are meant to get
+    /// ahead of: someone inserted a drop above them (a VPN reconnecting puts its rules first).
+    /// They do nothing there; they are deleted and inserted again at the top.
+    pub misplaced: Vec<(String, usize)>,
 }
 
 /// The repairs for `chains` (one table), walking from each entry chain in its direction.
@@ -166,7 +181,7 @@ pub fn plan(
     chains: &[Chain],
     entries: &[(&str, Direction)],
     scope: &Scope,
-) -> Vec<Repair> {
+) -> Plan {
     let mut spots = Vec::new();
     for (chain, dir) in entries {
         Walk {
@@ -178,8 +193,16 @@ pub fn plan(
         }
         .walk(chain, 0);
     }
-    let mut out: Vec<Repair> = Vec::new();
-    for (chain, dir, verdict) in spots {
+    let mut out = Plan::default();
+    for (chain, dir, verdict, before) in spots {
+        if let (Some(before), Some(c)) = (before, chains.iter().find(|c| c.name == chain)) {
+            for (i, r) in c.rules.iter().enumerate().skip(before + 1) {
+                let spot = (chain.clone(), i);
+                if ours(r) && rule_direction(r) == Some(dir) && !out.misplaced.contains(&spot) {
+                    out.misplaced.push(spot);
+                }
+            }
+        }
         for net in &scope.nets {
             let r = Repair {
                 backend: backend.to_string(),
@@ -191,13 +214,23 @@ pub fn plan(
                 verdict: verdict.to_string(),
                 handle: None,
                 table_handle: None,
+                misplaced: false,
             };
-            if !out.contains(&r) {
-                out.push(r);
+            if !out.repairs.contains(&r) {
+                out.repairs.push(r);
             }
         }
     }
     out
+}
+
+/// The direction one of dockroute's rules ([`ours`]) is for.
+fn rule_direction(r: &Rule) -> Option<Direction> {
+    match (&r.oif, &r.iif) {
+        (Some(_), None) => Some(Direction::Out),
+        (None, Some(_)) => Some(Direction::In),
+        _ => None,
+    }
 }
 
 /// Whether `r` is one of dockroute's rules: its tag, and exactly the shape dockroute inserts (an
@@ -233,6 +266,7 @@ pub fn owned_repair(backend: &str, table: &str, chain: &str, r: &Rule) -> Repair
         verdict: r.target.clone().unwrap_or_default(),
         handle: r.handle,
         table_handle: None,
+        misplaced: false,
     }
 }
 
@@ -284,10 +318,64 @@ mod tests {
         let planned = rx
             .recv_timeout(std::time::Duration::from_secs(10))
             .expect("the walk did not finish within 10 s");
-        let spots: Vec<String> = planned.iter().map(|r| r.to_string()).collect();
+        let spots: Vec<String> = planned.repairs.iter().map(|r| r.to_string()).collect();
         assert_eq!(
             spots,
             ["iptables -t filter c11 -o vboxnet0 -d 172.17.0.0/16 -j RETURN (comment dockroute)"]
+        );
+    }
+
+    #[test]
+    fn dockroutes_rule_below_a_drop_is_misplaced_and_above_it_is_not() {
+        let scope = crate::firewall::test_scope();
+        let entries = [("OUTPUT", Direction::Out), ("INPUT", Direction::In)];
+        let ours_out =
+            "-A OUTPUT -d 172.17.0.0/16 -o vboxnet0 -m comment --comment dockroute -j ACCEPT\n";
+        let ours_in =
+            "-A INPUT -s 172.17.0.0/16 -i vboxnet0 -m comment --comment dockroute -j ACCEPT\n";
+        let drops = "-A OUTPUT -o vboxnet0 -j DROP\n-A INPUT -j DROP\n";
+        let below = crate::firewall::iptables::parse(&format!(
+            "-P INPUT ACCEPT\n-P OUTPUT ACCEPT\n{drops}{ours_out}{ours_in}"
+        ));
+        let p = plan("iptables", "filter", &below, &entries, &scope);
+        assert_eq!(
+            p.misplaced,
+            [("OUTPUT".to_string(), 1), ("INPUT".to_string(), 1)]
+        );
+        let above = crate::firewall::iptables::parse(&format!(
+            "-P INPUT ACCEPT\n-P OUTPUT ACCEPT\n{ours_out}{ours_in}{drops}"
+        ));
+        let p = plan("iptables", "filter", &above, &entries, &scope);
+        assert!(p.misplaced.is_empty(), "{:?}", p.misplaced);
+        // under a policy drop with nothing else, a rule anywhere in the chain works
+        let policy = crate::firewall::iptables::parse(&format!(
+            "-P INPUT DROP\n-P OUTPUT DROP\n-A OUTPUT -o lo -j ACCEPT\n{ours_out}"
+        ));
+        let p = plan("iptables", "filter", &policy, &entries, &scope);
+        assert!(p.misplaced.is_empty(), "{:?}", p.misplaced);
+    }
+
+    #[test]
+    fn a_misplaced_rule_is_deleted_and_inserted_again() {
+        let scope = crate::firewall::test_scope();
+        let text = "-P OUTPUT ACCEPT\n-A OUTPUT -o vboxnet0 -j DROP\n\
+            -A OUTPUT -d 172.17.0.0/16 -o vboxnet0 -m comment --comment dockroute -j ACCEPT\n";
+        let chains = crate::firewall::iptables::parse(text);
+        let p = crate::firewall::iptables::plan("iptables", &chains, &scope);
+        let owned = crate::firewall::iptables::owned("iptables", &chains, &p.misplaced);
+        let changes: Vec<String> = crate::firewall::diff(&p.repairs, &owned)
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert!(
+            changes[0]
+                .starts_with("- firewall iptables -t filter OUTPUT -o vboxnet0 -d 172.17.0.0/16"),
+            "{changes:?}"
+        );
+        assert!(
+            changes.iter().skip(1).any(|c| c
+                .starts_with("+ firewall iptables -t filter OUTPUT -o vboxnet0 -d 172.17.0.0/16")),
+            "{changes:?}"
         );
     }
 }
