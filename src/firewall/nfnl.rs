@@ -17,6 +17,12 @@ pub const NFT_MSG_GETGEN: u16 = (NFTABLES << 8) | 16;
 const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 1;
 const NFTA_GEN_ID: u16 = 1;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_DUMP: u16 = 0x300;
+/// NFT_MSG_GETTABLE and its answer NFT_MSG_NEWTABLE.
+const NFT_MSG_GETTABLE: u16 = (NFTABLES << 8) | 1;
+const NFT_MSG_NEWTABLE: u16 = NFTABLES << 8;
+const NFTA_TABLE_NAME: u16 = 1;
 
 /// The messages of one netlink datagram: (nlmsg_type, the message from its header on, cut at
 /// the datagram's end). Stops at a length shorter than a header (it would never advance).
@@ -91,6 +97,74 @@ pub fn gen_reply(datagram: &[u8], seq: u32) -> Option<Result<u32, i32>> {
         }
     }
     None
+}
+
+/// A dump request for every nftables table, with sequence number `seq`.
+pub fn gettable_request(seq: u32) -> [u8; NLMSG_HDRLEN + NFGENMSG_LEN] {
+    let mut req = getgen_request(seq);
+    req[4..6].copy_from_slice(&NFT_MSG_GETTABLE.to_ne_bytes());
+    req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    req
+}
+
+/// One datagram of the answer to [`gettable_request`]: the (NFPROTO_* family, name) of each
+/// table in it are added to `out`; `Some(Ok)` at its end, `Some(Err(errno))` when the kernel
+/// refused it, `None` when more datagrams follow.
+pub fn tables_reply(datagram: &[u8], out: &mut Vec<(u8, String)>) -> Option<Result<(), i32>> {
+    for (kind, msg) in messages(datagram) {
+        match kind {
+            NLMSG_DONE => return Some(Ok(())),
+            NLMSG_ERROR => {
+                let code = msg
+                    .get(16..20)
+                    .map_or(0, |c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
+                return Some(if code == 0 { Ok(()) } else { Err(-code) });
+            }
+            NFT_MSG_NEWTABLE => {
+                let Some(&family) = msg.get(NLMSG_HDRLEN) else {
+                    continue;
+                };
+                if let Some((_, name)) =
+                    attributes(msg, NFGENMSG_LEN).find(|(t, _)| *t == NFTA_TABLE_NAME)
+                {
+                    let name = name.split(|b| *b == 0).next().unwrap_or_default();
+                    out.push((family, String::from_utf8_lossy(name).into_owned()));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The nftables tables in this network namespace, as (NFPROTO_* family, name), through one
+/// netlink dump (NFT_MSG_GETTABLE). `nft list tables` reads the whole ruleset, iptables-nft's
+/// thousands of rules included; this reads the table list only.
+#[cfg(target_os = "linux")]
+pub fn tables() -> std::io::Result<Vec<(u8, String)>> {
+    use rtnetlink::sys::{Socket, SocketAddr};
+    use std::io::Error;
+    let mut socket = Socket::new(NETLINK_NETFILTER)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let req = gettable_request(1);
+    if socket.send(&req, 0)? != req.len() {
+        return Err(Error::other("short send"));
+    }
+    let mut out = Vec::new();
+    let mut buf = Vec::with_capacity(32 * 1024);
+    loop {
+        buf.clear();
+        let n = socket.recv(&mut buf, nix::libc::MSG_TRUNC)?;
+        if n > buf.len() {
+            return Err(Error::other(format!("a reply of {n} bytes did not fit")));
+        }
+        match tables_reply(&buf, &mut out) {
+            Some(Ok(())) => return Ok(out),
+            Some(Err(errno)) => return Err(Error::from_raw_os_error(errno)),
+            None => {}
+        }
+    }
 }
 
 /// The nftables generation id of this network namespace, through one GETGEN request. The kernel
@@ -261,6 +335,91 @@ mod tests {
             moved,
             [true, false, false, true, false, true],
             "generation ids {ids:?}"
+        );
+    }
+
+    #[test]
+    fn the_table_list_reads_each_table_and_ends_at_done_or_an_error() {
+        let req = gettable_request(7);
+        assert_eq!(u16::from_ne_bytes([req[4], req[5]]), (10 << 8) | 1);
+        assert_eq!(u16::from_ne_bytes([req[6], req[7]]), 0x301);
+        let table = |family: u8, name: &[u8]| {
+            let mut body = vec![family, 0, 0, 0];
+            let len = 4 + name.len();
+            body.extend_from_slice(&(len as u16).to_ne_bytes());
+            body.extend_from_slice(&1u16.to_ne_bytes()); // NFTA_TABLE_NAME
+            body.extend_from_slice(name);
+            body.resize(body.len().next_multiple_of(4), 0);
+            message(10 << 8, 7, &body)
+        };
+        let mut first = table(1, b"vpn\0");
+        first.extend(table(2, b"filter\0"));
+        let mut out = Vec::new();
+        assert_eq!(tables_reply(&first, &mut out), None, "more follows");
+        assert_eq!(
+            tables_reply(&message(3, 7, &[0; 4]), &mut out),
+            Some(Ok(()))
+        );
+        assert_eq!(out, [(1, "vpn".to_string()), (2, "filter".to_string())]);
+        let refused = message(2, 7, &(-1i32).to_ne_bytes());
+        assert_eq!(tables_reply(&refused, &mut out), Some(Err(1)));
+        // a table message cut short names nothing, and breaks nothing
+        let mut cut = table(1, b"vpn\0");
+        cut.truncate(18);
+        cut[0..4].copy_from_slice(&18u32.to_ne_bytes());
+        let mut none = Vec::new();
+        assert_eq!(tables_reply(&cut, &mut none), None);
+        assert!(none.is_empty());
+    }
+
+    /// Privileged (root; in CI it must not skip): in a network namespace of its own (unshare on
+    /// a dedicated thread; the programs it runs inherit it), the netlink table list names every
+    /// table nft made, in every family, and iptables-nft's.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn tables_lists_every_table_of_this_namespace() {
+        if !nix::unistd::geteuid().is_root() {
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "a privileged test in CI without root"
+            );
+            return;
+        }
+        let found = std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            assert_eq!(tables().unwrap(), []);
+            let mut nft = std::process::Command::new("nft")
+                .args(["-f", "-"])
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .expect("nft");
+            use std::io::Write;
+            nft.stdin
+                .take()
+                .unwrap()
+                .write_all(b"table inet vpn {}\ntable ip nordvpn {}\ntable ip6 six {}\n")
+                .unwrap();
+            assert!(nft.wait().unwrap().success());
+            let ipt = std::process::Command::new("iptables-nft")
+                .args(["-w", "-A", "OUTPUT", "-j", "ACCEPT"])
+                .status()
+                .expect("iptables-nft");
+            assert!(ipt.success());
+            tables().unwrap()
+        })
+        .join()
+        .unwrap();
+        let mut found = found;
+        found.sort();
+        assert_eq!(
+            found,
+            [
+                (1, "vpn".to_string()),
+                (2, "filter".to_string()),
+                (2, "nordvpn".to_string()),
+                (10, "six".to_string())
+            ]
         );
     }
 }

@@ -413,7 +413,7 @@ pub fn ruleset(tables: &Tables) -> Result<Ruleset, FirewallError> {
 /// The ip and inet nftables tables (`family name`), or `None` when netlink cannot say.
 #[cfg(target_os = "linux")]
 fn table_names() -> Option<Vec<String>> {
-    match crate::net::rtnl::nft_tables() {
+    match super::nfnl::tables() {
         Ok(t) => Some(
             t.into_iter()
                 .filter_map(|(family, name)| match family {
