@@ -95,10 +95,7 @@ pub fn shape(body: &str) -> Option<(Direction, Ipv4Net, &str)> {
         ["allow", "ip", "from", net, "to", "any", "via", ifname] => (Direction::In, *net, *ifname),
         _ => return None,
     };
-    let net: Ipv4Net = net
-        .parse()
-        .or_else(|_| net.parse::<std::net::Ipv4Addr>().map(Ipv4Net::from))
-        .ok()?;
+    let net = super::listed_net(net)?;
     crate::validate::interface(ifname).ok()?;
     Some((direction, net, ifname))
 }

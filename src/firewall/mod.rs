@@ -544,6 +544,13 @@ impl Observed {
     }
 }
 
+/// A network as pfctl and ipfw list it: `NET/LEN`, or a bare address for a host (a /32).
+fn listed_net(text: &str) -> Option<Ipv4Net> {
+    text.parse()
+        .or_else(|_| text.parse::<std::net::Ipv4Addr>().map(Ipv4Net::from))
+        .ok()
+}
+
 pub(crate) fn same(a: &Repair, b: &Repair) -> bool {
     a.backend == b.backend
         && a.table == b.table

@@ -210,11 +210,7 @@ pub fn owned_rule(rule: &str) -> Option<Repair> {
         ("in", net, "any") => (Direction::In, net),
         _ => return None,
     };
-    // pfctl prints a host as a bare address
-    let net: Ipv4Net = net
-        .parse()
-        .or_else(|_| net.parse::<std::net::Ipv4Addr>().map(Ipv4Net::from))
-        .ok()?;
+    let net = super::listed_net(net)?;
     crate::validate::interface(ifname).ok()?;
     Some(repair(direction, net, ifname))
 }
