@@ -753,6 +753,25 @@ fn watch_with_iptables(lab: &Lab, program: &std::path::Path, args: &[&str]) -> W
     Watch::collect(c.spawn().expect("spawning dockroute watch"))
 }
 
+/// An `iptables` for watch that runs the shell line `first`, then the real one (a copy of the
+/// multi-call binary, in the lab's directory).
+fn iptables_wrapper(lab: &Lab, first: &str) -> std::path::PathBuf {
+    let dir = lab.dir.path();
+    let real = dir.join("iptables");
+    copy_exe(
+        &std::fs::canonicalize("/usr/sbin/iptables").unwrap(),
+        &real,
+        0o755,
+    );
+    let wrapper = dir.join("iptables-wrapper");
+    write_script(
+        &wrapper,
+        &format!("{first}\nexec '{}' \"$@\"", real.display()),
+        0o755,
+    );
+    wrapper
+}
+
 #[test]
 fn a_vpn_nftables_table_heals_from_its_own_events_without_reading_iptables() {
     if !privileged() {
@@ -762,23 +781,13 @@ fn a_vpn_nftables_table_heals_from_its_own_events_without_reading_iptables() {
     lab.add_tunnel("tun0", "10.66.0.2/24");
     // iptables that works until the test breaks it (a copy of the multi-call binary behind a
     // wrapper): a reconcile that reads iptables fails from then on
-    let dir = lab.dir.path();
-    let real = dir.join("iptables");
-    copy_exe(
-        &std::fs::canonicalize("/usr/sbin/iptables").unwrap(),
-        &real,
-        0o755,
-    );
-    let broken = dir.join("broken");
-    let wrapper = dir.join("iptables-wrapper");
-    write_script(
-        &wrapper,
+    let broken = lab.dir.path().join("broken");
+    let wrapper = iptables_wrapper(
+        &lab,
         &format!(
-            "if [ -e '{}' ]; then echo 'iptables: broken by the test' >&2; exit 4; fi\nexec '{}' \"$@\"",
-            broken.display(),
-            real.display()
+            "if [ -e '{}' ]; then echo 'iptables: broken by the test' >&2; exit 4; fi",
+            broken.display()
         ),
-        0o755,
     );
     let w = watch_with_iptables(&lab, &wrapper, &["--vm-ip", VM_IP]);
     started(&lab, &w);
@@ -820,24 +829,8 @@ fn a_full_re_read_reuses_the_iptables_nft_reading_until_nftables_changes() {
     let lab = Lab::new();
     lab.add_tunnel("tun0", "10.66.0.2/24");
     // iptables behind a wrapper that notes each run (a copy of the multi-call binary runs it)
-    let dir = lab.dir.path();
-    let real = dir.join("iptables");
-    copy_exe(
-        &std::fs::canonicalize("/usr/sbin/iptables").unwrap(),
-        &real,
-        0o755,
-    );
-    let runs = dir.join("iptables-runs");
-    let wrapper = dir.join("iptables-wrapper");
-    write_script(
-        &wrapper,
-        &format!(
-            "echo \"$*\" >> '{}'\nexec '{}' \"$@\"",
-            runs.display(),
-            real.display()
-        ),
-        0o755,
-    );
+    let runs = lab.dir.path().join("iptables-runs");
+    let wrapper = iptables_wrapper(&lab, &format!("echo \"$*\" >> '{}'", runs.display()));
     let listings = || {
         std::fs::read_to_string(&runs)
             .unwrap_or_default()
