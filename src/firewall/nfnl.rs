@@ -291,6 +291,26 @@ mod tests {
         assert_eq!(found, [(1, &b"vpn\0"[..])]);
     }
 
+    /// Run `f` on a thread of its own in a network namespace of its own (the programs it runs
+    /// inherit it); `None` without root, which in CI (CI=true) fails instead: there the
+    /// privileged tests must run.
+    #[cfg(target_os = "linux")]
+    fn in_own_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        if !nix::unistd::geteuid().is_root() {
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "a privileged test in CI without root"
+            );
+            return None;
+        }
+        let run = std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            f()
+        });
+        Some(run.join().unwrap())
+    }
+
     /// Privileged (root; in CI it must not skip): in a network namespace of its own (unshare on
     /// a dedicated thread; the programs it runs inherit it), the id moves with every change
     /// iptables-nft and nft commit, and not with their reads (`iptables -S`, `nft list`), which
@@ -298,16 +318,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn the_generation_moves_with_each_change_and_not_with_reads() {
-        if !nix::unistd::geteuid().is_root() {
-            assert_ne!(
-                std::env::var("CI").as_deref(),
-                Ok("true"),
-                "a privileged test in CI without root"
-            );
-            return;
-        }
-        let ids = std::thread::spawn(|| {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+        let Some(ids) = in_own_netns(|| {
             let run = |program: &str, args: &[&str]| {
                 let st = std::process::Command::new(program)
                     .args(args)
@@ -327,9 +338,9 @@ mod tests {
                 run("nft", &["list", "table", "inet", "vpn"]),
                 run("iptables-nft", &["-w", "-P", "OUTPUT", "DROP"]),
             ]
-        })
-        .join()
-        .unwrap();
+        }) else {
+            return;
+        };
         let moved: Vec<bool> = ids.windows(2).map(|w| w[0] != w[1]).collect();
         assert_eq!(
             moved,
@@ -378,16 +389,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn tables_lists_every_table_of_this_namespace() {
-        if !nix::unistd::geteuid().is_root() {
-            assert_ne!(
-                std::env::var("CI").as_deref(),
-                Ok("true"),
-                "a privileged test in CI without root"
-            );
-            return;
-        }
-        let found = std::thread::spawn(|| {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+        let Some(found) = in_own_netns(|| {
             assert_eq!(tables().unwrap(), []);
             let mut nft = std::process::Command::new("nft")
                 .args(["-f", "-"])
@@ -407,9 +409,9 @@ mod tests {
                 .expect("iptables-nft");
             assert!(ipt.success());
             tables().unwrap()
-        })
-        .join()
-        .unwrap();
+        }) else {
+            return;
+        };
         let mut found = found;
         found.sort();
         assert_eq!(
