@@ -564,17 +564,31 @@ pub(crate) fn same(a: &Repair, b: &Repair) -> bool {
 }
 
 /// Delete what is owned but not desired (and duplicates), insert what is desired but missing.
+/// A misplaced rule ([`Repair::misplaced`]) counts as missing; it is deleted, unless a rule that
+/// is kept has the same words: iptables deletes the first rule with the given words, which
+/// would be that one.
 pub fn diff(desired: &[Repair], owned: &[(Repair, Vec<String>)]) -> Vec<FwChange> {
     let mut matched = vec![false; desired.len()];
+    let mut kept = vec![false; owned.len()];
+    for ((rule, _), kept) in owned.iter().zip(&mut kept) {
+        if rule.misplaced {
+            continue;
+        }
+        if let Some(i) = (0..desired.len()).find(|&i| !matched[i] && same(&desired[i], rule)) {
+            matched[i] = true;
+            *kept = true;
+        }
+    }
     let mut changes = Vec::new();
-    for (rule, words) in owned {
-        let found = (0..desired.len()).find(|&i| !matched[i] && same(&desired[i], rule));
-        match found.filter(|_| !rule.misplaced) {
-            Some(i) => matched[i] = true,
-            None => changes.push(FwChange::Delete {
+    for ((rule, words), _) in owned.iter().zip(&kept).filter(|(_, k)| !**k) {
+        let shadows_a_kept_rule = rule.misplaced
+            && !words.is_empty()
+            && owned.iter().zip(&kept).any(|((_, w), k)| *k && w == words);
+        if !shadows_a_kept_rule {
+            changes.push(FwChange::Delete {
                 rule: rule.clone(),
                 words: words.clone(),
-            }),
+            });
         }
     }
     changes.extend(

@@ -378,4 +378,49 @@ mod tests {
             "{changes:?}"
         );
     }
+
+    #[test]
+    fn a_misplaced_copy_of_a_rule_kept_above_the_drop_is_left() {
+        // iptables deletes the first rule with the given words: deleting the lower copy by its
+        // words would take the upper one, which works, and leave the one that does not
+        let scope = crate::firewall::test_scope();
+        let ours =
+            "-A OUTPUT -d 172.17.0.0/16 -o vboxnet0 -m comment --comment dockroute -j ACCEPT\n";
+        let text = format!("-P OUTPUT ACCEPT\n{ours}-A OUTPUT -o vboxnet0 -j DROP\n{ours}");
+        let chains = crate::firewall::iptables::parse(&text);
+        let p = crate::firewall::iptables::plan("iptables", &chains, &scope);
+        assert_eq!(p.misplaced, [("OUTPUT".to_string(), 2)]);
+        let owned = crate::firewall::iptables::owned("iptables", &chains, &p.misplaced);
+        let changes = crate::firewall::diff(&p.repairs, &owned);
+        assert!(
+            !changes
+                .iter()
+                .any(|c| matches!(c, crate::firewall::FwChange::Delete { .. })),
+            "{changes:?}"
+        );
+    }
+
+    #[test]
+    fn misplaced_copies_go_when_no_kept_rule_shares_their_words() {
+        // M is kept; D (other words, same rule) is a duplicate; X (D's words) sits below the
+        // drop. D and X go, each deleted by their words (the first such rule each time).
+        let scope = crate::firewall::test_scope();
+        let text = "-P OUTPUT ACCEPT\n\
+            -A OUTPUT -d 172.17.0.0/16 -o vboxnet0 -m comment --comment dockroute -j ACCEPT\n\
+            -A OUTPUT -o vboxnet0 -d 172.17.0.0/16 -m comment --comment dockroute -j ACCEPT\n\
+            -A OUTPUT -o vboxnet0 -j DROP\n\
+            -A OUTPUT -o vboxnet0 -d 172.17.0.0/16 -m comment --comment dockroute -j ACCEPT\n";
+        let chains = crate::firewall::iptables::parse(text);
+        let p = crate::firewall::iptables::plan("iptables", &chains, &scope);
+        let owned = crate::firewall::iptables::owned("iptables", &chains, &p.misplaced);
+        let deleted: Vec<String> = crate::firewall::diff(&p.repairs, &owned)
+            .into_iter()
+            .filter_map(|c| match c {
+                crate::firewall::FwChange::Delete { words, .. } => Some(words.join(" ")),
+                _ => None,
+            })
+            .collect();
+        let w2 = "OUTPUT -o vboxnet0 -d 172.17.0.0/16 -m comment --comment dockroute -j ACCEPT";
+        assert_eq!(deleted, [w2, w2]);
+    }
 }
