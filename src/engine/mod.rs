@@ -14,10 +14,12 @@ use crate::settings::Settings;
 use serde::Serialize;
 
 mod apply;
+mod owned;
 mod probe;
 mod status;
 
-use apply::{Applied, apply_checked, send, undo_all};
+use apply::{send, undo_all};
+use owned::{apply_routes, observe_owned};
 use probe::check_routes;
 pub use probe::{Degraded, Probe, why_not_via_vm};
 pub use status::{Conflict, DnsStatus, NameCheck, Status, VpnStatus, status};
@@ -226,55 +228,48 @@ async fn planned<N: Net>(
     }
 }
 
-/// dockroute's entries as `up` plans from them.
-struct Seen {
-    owned: Vec<crate::net::Entry>,
-    /// Wanted routes that the last `up` recorded in the table that was not read: `up` makes
-    /// sure of them ([`Net::ensure`]).
-    checks: Vec<crate::net::RouteSpec>,
-    /// The table whose dockroute routes were not read ([`crate::net::OwnedView::unread`]).
-    unread: Option<u32>,
+/// What `up` does about the firewalls this time.
+#[derive(Default)]
+struct FirewallPlan {
+    changes: Vec<FwChange>,
+    /// Whether rules of dockroute's were there before.
+    owned_before: bool,
+    warnings: Vec<String>,
+    /// What the firewalls need (`None`: not read).
+    desired: Option<Vec<firewall::Repair>>,
+    pf_enabled: Option<bool>,
+    /// A dry run: why the firewalls could not be read.
+    unread: Option<String>,
 }
 
-/// dockroute's own entries. Where the platform leaves a table unread because finding them there
-/// means walking everybody's routes (Linux: main, with a VPN's thousands), its entries there are
-/// taken from the record of the last `up`: a wanted one is made sure of by adding it in ways the
-/// kernel refuses when it is there ([`Net::ensure`]), and one no longer wanted is removed by its
-/// exact shape, which touches nothing else. An add whose place something
-/// unrecorded holds makes `up` read that table after all. A dry run changes nothing, so it
-/// reads everything.
-async fn observe_owned<N: Net>(
-    net: &mut N,
-    desired: &[crate::net::Entry],
-    previous: Option<&Record>,
+/// Read the firewalls `reading` names for `target` and plan their repairs. A dry run shows
+/// what it can: a firewall it cannot read (that takes root) is left out, and it says why.
+fn firewall_plan(
+    target: &Target,
+    reading: &firewall::Reading,
+    held: &firewall::Held,
+    memo: Option<&mut firewall::Memo>,
     dry_run: bool,
-) -> Result<Seen, NetError> {
-    let view = if dry_run {
-        crate::net::OwnedView {
-            entries: net.owned().await?,
-            unread: None,
-        }
-    } else {
-        net.owned_cheaply().await?
-    };
-    let mut seen = Seen {
-        owned: view.entries,
-        checks: Vec::new(),
-        unread: view.unread,
-    };
-    if let (Some(table), Some(record)) = (view.unread, previous) {
-        for e in &record.entries {
-            if let crate::net::Entry::Route(r) = e
-                && r.table == table
-            {
-                seen.owned.push(e.clone());
-                if desired.contains(e) {
-                    seen.checks.push(r.clone());
-                }
-            }
-        }
+) -> Result<FirewallPlan, EngineError> {
+    let scope = firewall::Scope::for_target(target);
+    let seen = firewall::observe_held(Some(&scope), reading, held, memo);
+    let mut unread = None;
+    if dry_run && !seen.errors.is_empty() {
+        unread = Some(unread_note(&seen.errors));
+    } else if let Some(e) = seen.errors.into_iter().next() {
+        return Err(e.into());
     }
-    Ok(seen)
+    for w in &seen.warnings {
+        tracing::warn!("firewall: {w}");
+    }
+    Ok(FirewallPlan {
+        changes: firewall::diff(&seen.desired, &seen.owned),
+        owned_before: !seen.owned.is_empty(),
+        warnings: seen.warnings,
+        desired: Some(seen.desired),
+        pf_enabled: seen.pf_enabled,
+        unread,
+    })
 }
 
 /// Take dockroute's line for `d` out of resolv.conf if it is there. Returns whether it was.
@@ -353,31 +348,18 @@ pub async fn up_with<N: Net>(
         .as_ref()
         .and_then(|p| p.firewall_held.clone())
         .unwrap_or_default();
-    let mut firewall_unread = None;
-    let mut pf_enabled = None;
-    let (fw, fw_owned_before, mut firewall_warnings, fw_desired) = match settings.firewall {
-        FirewallMode::Auto => {
-            let scope = firewall::Scope::for_target(&target);
-            let seen = firewall::observe_held(Some(&scope), reading, &held_before, memo);
-            pf_enabled = seen.pf_enabled;
-            if dry_run && !seen.errors.is_empty() {
-                // A dry run shows what it can: the firewall is left out, and says why.
-                firewall_unread = Some(unread_note(&seen.errors));
-            } else if let Some(e) = seen.errors.into_iter().next() {
-                return Err(e.into());
-            }
-            for w in &seen.warnings {
-                tracing::warn!("firewall: {w}");
-            }
-            (
-                firewall::diff(&seen.desired, &seen.owned),
-                !seen.owned.is_empty(),
-                seen.warnings,
-                Some(seen.desired),
-            )
-        }
-        FirewallMode::Off => (Vec::new(), false, Vec::new(), None),
+    let fw = match settings.firewall {
+        FirewallMode::Auto => firewall_plan(&target, reading, &held_before, memo, dry_run)?,
+        FirewallMode::Off => FirewallPlan::default(),
     };
+    let FirewallPlan {
+        changes: fw,
+        owned_before: fw_owned_before,
+        warnings: mut firewall_warnings,
+        desired: fw_desired,
+        pf_enabled,
+        unread: firewall_unread,
+    } = fw;
     if dry_run {
         let dns = match want_dns {
             Some(state) => Some(DnsOutcome {
@@ -393,22 +375,7 @@ pub async fn up_with<N: Net>(
         });
     }
 
-    let changes = match apply_checked(net, &changes, &seen.checks, seen.unread, hooks).await? {
-        Applied::Done(changes) => changes,
-        Applied::Unseen => {
-            tracing::debug!("a route of dockroute's shape without a record: reading every table");
-            let changes = plan::diff(&desired, &net.owned().await?);
-            match apply_checked(net, &changes, &[], None, hooks).await? {
-                Applied::Done(changes) => changes,
-                Applied::Unseen => {
-                    return Err(NetError::Conflict(
-                        "a route dockroute cannot see is in the way".into(),
-                    )
-                    .into());
-                }
-            }
-        }
-    };
+    let changes = apply_routes(net, &desired, &seen, &changes, hooks).await?;
     if let Err(err) = firewall::apply(&fw) {
         let undo_failed = undo_all(net, &changes).await;
         return Err(EngineError::FirewallApply {
