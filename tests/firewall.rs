@@ -296,3 +296,47 @@ fn nftables_route_type_output_chain() {
         Some("nordvpn allowlist add subnet 172.17.0.0/16"),
     );
 }
+
+/// nftables: the VPN inserts a drop at the top of its chains, above dockroute's accepts. `up`
+/// moves them back above it (deleted by handle, inserted at the top), and `down` leaves the VPN's
+/// table as the VPN made it.
+#[test]
+fn nftables_drop_inserted_above_dockroutes_accept() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    lab.add_tunnel("tun0", "10.66.0.2/24");
+    nft_load(&lab, "vpn.nft", MULLVAD_LIKE);
+    up(&lab);
+    assert!(lab.reaches_container());
+    assert_eq!(NFTABLES.tagged(&lab), 4);
+    nft_load(
+        &lab,
+        "drop.nft",
+        "insert rule inet vpn output oifname \"vboxnet0\" drop\n\
+         insert rule inet vpn input iifname \"vboxnet0\" drop\n",
+    );
+    assert!(!lab.reaches_container(), "the inserted drop does not block");
+    let theirs: Vec<String> = NFTABLES
+        .list(&lab)
+        .lines()
+        .filter(|l| !l.contains(NFTABLES.tag))
+        .map(str::to_string)
+        .collect();
+    let moved = lab
+        .dockroute(&["--json", "up", "--vm-ip", VM_IP])
+        .ok()
+        .json();
+    assert_eq!(moved["firewall"].as_array().unwrap().len(), 8, "{moved}");
+    assert!(lab.reaches_container(), "still blocked after up");
+    assert_eq!(NFTABLES.tagged(&lab), 4, "duplicated rules");
+    let again = lab
+        .dockroute(&["--json", "up", "--vm-ip", VM_IP])
+        .ok()
+        .json();
+    assert_eq!(again["firewall"], serde_json::json!([]), "{again}");
+    lab.dockroute(&["down"]).ok();
+    let left: Vec<String> = NFTABLES.list(&lab).lines().map(str::to_string).collect();
+    assert_eq!(left, theirs, "the VPN's table changed");
+}
