@@ -272,6 +272,32 @@ fn firewall_plan(
     })
 }
 
+/// Why the VM's DNS server counts as silent, if it does: only resolv-conf asks (see
+/// [`DnsGate`]); `up` asks it now, `watch` goes by its own probes when it has them.
+fn silence(want: Option<&DnsState>, gate: DnsGate) -> Option<String> {
+    match (want, gate) {
+        (Some(d), _) if d.backend != Backend::ResolvConf => None,
+        (Some(d), DnsGate::Refuse | DnsGate::Withhold(None)) => {
+            match dns::probe::ask(
+                d.nameserver,
+                &d.domain,
+                dns::probe::TRIES,
+                dns::probe::TIMEOUT,
+            ) {
+                Ok(a) => {
+                    tracing::debug!("DNS: {} {a}", d.nameserver);
+                    None
+                }
+                Err(e) => Some(e.to_string()),
+            }
+        }
+        (Some(_), DnsGate::Withhold(Some(answers))) => {
+            (!answers).then(|| "watch's last probes got no answer".to_string())
+        }
+        (None, _) => None,
+    }
+}
+
 /// Take dockroute's line for `d` out of resolv.conf if it is there. Returns whether it was.
 fn withdraw(d: &DnsState) -> bool {
     let set = std::fs::read_to_string(&d.path)
@@ -387,27 +413,7 @@ pub async fn up_with<N: Net>(
     // resolv-conf names the server first for every lookup: it must answer. It is reached
     // through the routes and firewall repairs just put in place, so it is asked now (before them
     // the query would fail, or leave by the default route), and they are undone if it is silent.
-    let silent = match (&want_dns, gate) {
-        (Some(d), _) if d.backend != Backend::ResolvConf => None,
-        (Some(d), DnsGate::Refuse | DnsGate::Withhold(None)) => {
-            match dns::probe::ask(
-                d.nameserver,
-                &d.domain,
-                dns::probe::TRIES,
-                dns::probe::TIMEOUT,
-            ) {
-                Ok(a) => {
-                    tracing::debug!("DNS: {} {a}", d.nameserver);
-                    None
-                }
-                Err(e) => Some(e.to_string()),
-            }
-        }
-        (Some(_), DnsGate::Withhold(Some(answers))) => {
-            (!answers).then(|| "watch's last probes got no answer".to_string())
-        }
-        (None, _) => None,
-    };
+    let silent = silence(want_dns.as_ref(), gate);
     let answers = want_dns
         .as_ref()
         .filter(|d| d.backend == Backend::ResolvConf)
