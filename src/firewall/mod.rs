@@ -601,43 +601,31 @@ pub fn diff(desired: &[Repair], owned: &[(Repair, Vec<String>)]) -> Vec<FwChange
     changes
 }
 
+/// A pf or ipfw change: applied on macOS only (a record written on a Mac, read elsewhere, names
+/// rules no firewall here holds).
 #[cfg(target_os = "macos")]
-fn pf_apply(c: &FwChange) -> Result<(), FirewallError> {
-    pf::run::apply(c)
+fn macos_apply(c: &FwChange, backend: &str) -> Result<(), FirewallError> {
+    if backend == pf::BACKEND {
+        pf::run::apply(c)
+    } else {
+        ipfw::run::apply(c)
+    }
 }
 
 #[cfg(not(target_os = "macos"))]
-fn pf_apply(_c: &FwChange) -> Result<(), FirewallError> {
+fn macos_apply(_c: &FwChange, backend: &str) -> Result<(), FirewallError> {
     Err(FirewallError::Parse {
-        program: "pfctl".into(),
-        msg: "pf rules are only applied on macOS".into(),
-    })
-}
-
-#[cfg(target_os = "macos")]
-fn ipfw_apply(c: &FwChange) -> Result<(), FirewallError> {
-    ipfw::run::apply(c)
-}
-
-#[cfg(not(target_os = "macos"))]
-fn ipfw_apply(_c: &FwChange) -> Result<(), FirewallError> {
-    Err(FirewallError::Parse {
-        program: "ipfw".into(),
-        msg: "ipfw rules are only applied on macOS".into(),
+        program: backend.into(),
+        msg: format!("{backend} rules are only applied on macOS"),
     })
 }
 
 fn apply_one(c: &FwChange) -> Result<(), FirewallError> {
     match c {
         FwChange::Insert { rule } | FwChange::Delete { rule, .. }
-            if rule.backend == pf::BACKEND =>
+            if rule.backend == pf::BACKEND || rule.backend == ipfw::BACKEND =>
         {
-            pf_apply(c)
-        }
-        FwChange::Insert { rule } | FwChange::Delete { rule, .. }
-            if rule.backend == ipfw::BACKEND =>
-        {
-            ipfw_apply(c)
+            macos_apply(c, &rule.backend)
         }
         FwChange::Insert { rule } if rule.backend == nft::BACKEND => {
             nft::run(vec![nft::insert_cmd(rule)])
