@@ -198,7 +198,7 @@ pub fn plan(
         if let (Some(before), Some(c)) = (before, chains.iter().find(|c| c.name == chain)) {
             for (i, r) in c.rules.iter().enumerate().skip(before + 1) {
                 let spot = (chain.clone(), i);
-                if ours(r) && rule_direction(r) == Some(dir) && !out.misplaced.contains(&spot) {
+                if ours(r) && facing(r).0 == dir && !out.misplaced.contains(&spot) {
                     out.misplaced.push(spot);
                 }
             }
@@ -224,12 +224,13 @@ pub fn plan(
     out
 }
 
-/// The direction one of dockroute's rules ([`ours`]) is for.
-fn rule_direction(r: &Rule) -> Option<Direction> {
+/// Which way one of dockroute's rules ([`ours`]) faces: out (`-o IF -d NET`) or in
+/// (`-i IF -s NET`), with its link and network.
+fn facing(r: &Rule) -> (Direction, &str, Option<Ipv4Net>) {
     match (&r.oif, &r.iif) {
-        (Some(_), None) => Some(Direction::Out),
-        (None, Some(_)) => Some(Direction::In),
-        _ => None,
+        (Some((false, o)), _) => (Direction::Out, o, r.dst.map(|(_, n)| n)),
+        (_, Some((false, i))) => (Direction::In, i, r.src.map(|(_, n)| n)),
+        _ => (Direction::Out, "", None),
     }
 }
 
@@ -251,18 +252,14 @@ pub fn ours(r: &Rule) -> bool {
 
 /// The repair one of dockroute's rules ([`ours`]) stands for.
 pub fn owned_repair(backend: &str, table: &str, chain: &str, r: &Rule) -> Repair {
-    let (direction, iface, peer) = match (&r.oif, &r.iif) {
-        (Some((false, o)), _) => (Direction::Out, o.clone(), r.dst),
-        (_, Some((false, i))) => (Direction::In, i.clone(), r.src),
-        _ => (Direction::Out, String::new(), None),
-    };
+    let (direction, iface, net) = facing(r);
     Repair {
         backend: backend.to_string(),
         table: table.to_string(),
         chain: chain.to_string(),
         direction,
-        net: peer.map(|(_, n)| n).unwrap_or_default(),
-        ifname: iface,
+        net: net.unwrap_or_default(),
+        ifname: iface.to_string(),
         verdict: r.target.clone().unwrap_or_default(),
         handle: r.handle,
         table_handle: None,
