@@ -301,6 +301,18 @@ fn read_sources(
     Ok(woken)
 }
 
+/// What one reconcile hands the next, for the life of the process.
+#[derive(Default)]
+struct Carried {
+    /// The last reconcile's error, if it failed (logged once, until it heals).
+    last_error: Option<String>,
+    /// Reconciles so far.
+    count: u64,
+    /// What the last full firewall read found in nftables (iptables-nft's rules included), while
+    /// nftables' generation id stays the same (firewall::memo).
+    memo: Memo,
+}
+
 /// One reconcile: `up`'s, exactly (engine::up), on a fresh netlink socket so no cache outlives
 /// it; only the firewall reading in `memo` does, for as long as nftables' generation id says
 /// nothing changed there. Each change it makes is logged inside a span naming the events that
@@ -309,11 +321,14 @@ fn reconcile(
     settings: &Settings,
     causes: &Causes,
     fw: &FwTouched,
-    last_error: &mut Option<String>,
-    count: &mut u64,
+    carried: &mut Carried,
     prober: &mut Option<Prober>,
-    memo: &mut Memo,
 ) -> Verdict {
+    let Carried {
+        last_error,
+        count,
+        memo,
+    } = carried;
     let span = tracing::info_span!("reconcile", cause = %causes);
     let _in = span.enter();
     *count += 1;
@@ -433,23 +448,11 @@ pub fn run(
     }
     let mut causes = Causes::default();
     causes.add("start");
-    let mut last_error = None;
-    let mut count = 0u64;
+    let mut carried = Carried::default();
     let probe_timing = dns_health::Timing::default();
     let mut prober = Prober::for_settings(&settings, probe_timing, Instant::now());
     let mut fw = FwTouched::default();
-    // What the last full firewall read found in nftables (iptables-nft's rules included), while
-    // nftables' generation id stays the same (firewall::memo).
-    let mut memo = Memo::default();
-    let v = reconcile(
-        &settings,
-        &causes,
-        &fw,
-        &mut last_error,
-        &mut count,
-        &mut prober,
-        &mut memo,
-    );
+    let v = reconcile(&settings, &causes, &fw, &mut carried, &mut prober);
     causes = Causes::default();
     let mut pacer = Pacer::new(timing, Instant::now());
     pacer.ran(Instant::now(), v);
@@ -483,15 +486,7 @@ pub fn run(
     loop {
         let now = Instant::now();
         if now >= pacer.due() {
-            let v = reconcile(
-                &settings,
-                &causes,
-                &fw,
-                &mut last_error,
-                &mut count,
-                &mut prober,
-                &mut memo,
-            );
+            let v = reconcile(&settings, &causes, &fw, &mut carried, &mut prober);
             causes = Causes::default();
             fw = FwTouched::default();
             pacer.ran(Instant::now(), v);
@@ -518,7 +513,7 @@ pub fn run(
         }
         let woken = read_sources(&mut sources, &ready, &mut causes, &mut fw)?;
         if let Some(sig) = woken.exit {
-            return super::end(sig, count, opts, &settings);
+            return super::end(sig, carried.count, opts, &settings);
         }
         if let Some(why) = woken.reload {
             match load() {
