@@ -652,6 +652,13 @@ impl Outcome {
         let bad = &self.not_via_vm;
         (!bad.is_empty()).then(|| Degraded(bad.clone()))
     }
+
+    /// Nothing was (or, in a dry run, would be) changed: no route, rule, firewall or DNS change.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+            && self.firewall.is_empty()
+            && !self.dns.as_ref().is_some_and(|d| d.changed)
+    }
 }
 
 #[cfg(test)]
