@@ -302,6 +302,8 @@ mod tests {
             vm_ip: "192.168.99.100".parse().unwrap(),
             vm_ip_source: VmIpSource::Flag,
             subnets: vec!["172.17.0.0/16".parse().unwrap()],
+            vm_lladdr: None,
+            others: vec![],
         };
         let entries = crate::plan::desired(&target);
         Record::new(target, entries, None)

@@ -509,6 +509,7 @@ impl Settings {
                 docker_host,
                 subnets,
                 wait,
+                pinned: None,
             },
             domain,
             nameserver,

@@ -251,7 +251,7 @@ fn firewall_plan(
     memo: Option<&mut firewall::Memo>,
     dry_run: bool,
 ) -> Result<FirewallPlan, EngineError> {
-    let scope = firewall::Scope::for_target(target);
+    let scope = firewall::Scope::for_target(target)?;
     let seen = firewall::observe_held(Some(&scope), reading, held, memo);
     let mut unread = None;
     if dry_run && !seen.errors.is_empty() {
@@ -352,7 +352,14 @@ pub async fn up_with<N: Net>(
     memo: Option<&mut firewall::Memo>,
 ) -> Result<Outcome, EngineError> {
     // Discovery and the DNS check only read and validate; the lock covers observe → record.
-    let target = discover::discover(net, &settings.request).await?;
+    // The VM the last `up` found on its own stays the VM ([`discover::Pin`]).
+    let mut request = settings.request.clone();
+    request.pinned = store
+        .load()
+        .ok()
+        .flatten()
+        .and_then(|r| discover::Pin::of(&r.target));
+    let target = discover::discover(net, &request).await?;
     let want_dns = wanted_dns(settings, &target);
     warn_unused(settings, &target, want_dns.as_ref());
     if let Some(d) = &want_dns {

@@ -259,7 +259,17 @@ pub async fn status<N: Net>(
             format!("{t}: tagged like dockroute's but not its shape; dockroute leaves it alone")
         })
         .collect();
-    let scope = target.as_ref().map(firewall::Scope::for_target);
+    if let Some(t) = &target {
+        warnings.extend(t.others.iter().map(|o| {
+            format!(
+                "{o} also answers on a host-only link: not the recorded VM {}, left alone",
+                t.vm_ip
+            )
+        }));
+    }
+    let scope = target
+        .as_ref()
+        .and_then(|t| firewall::Scope::for_target(t).ok());
     let vpn_status = vpn_status(&links, &snap, scope.as_ref(), &held);
     let link = target
         .as_ref()

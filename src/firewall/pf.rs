@@ -511,6 +511,36 @@ block drop quick on vboxnet0 inet from any to 172.17.0.0/16
   [ Evaluations: 0         Packets: 0         Bytes: 0           States: 0     ]
 ";
 
+    /// The anchor pf would load for a target on `ifname` with host address `host`.
+    fn anchor_for(ifname: &str, host: &str) -> Result<String, String> {
+        let t = crate::discover::Target {
+            ifname: ifname.into(),
+            ifindex: 21,
+            host_addr: host.parse().unwrap(),
+            vm_ip: "10.0.0.7".parse().unwrap(),
+            vm_ip_source: crate::discover::VmIpSource::DockerHost,
+            subnets: vec!["172.17.0.0/16".parse().unwrap()],
+            vm_lladdr: None,
+            others: vec![],
+        };
+        let scope = Scope::for_target(&t).map_err(|e| e.to_string())?;
+        render(&desired(&scope))
+    }
+
+    #[test]
+    fn no_pass_rules_for_a_wide_network_or_on_a_tunnel() {
+        let ok = anchor_for("bridge100", "10.0.0.1/24").unwrap();
+        assert!(ok.contains("pass out quick on bridge100 inet from any to 10.0.0.0/24"));
+        assert_eq!(ok.lines().filter(|l| l.starts_with("pass ")).count(), 4);
+        let e = anchor_for("bridge100", "10.0.0.1/8").unwrap_err();
+        assert!(e.contains("no ACCEPT rules for 10.0.0.0/8"), "{e}");
+        assert!(anchor_for("bridge100", "10.0.0.1/16").is_ok());
+        for tunnel in ["utun3", "ppp0", "tun0", "wg0"] {
+            let e = anchor_for(tunnel, "10.0.0.1/24").unwrap_err();
+            assert!(e.contains("looks like a VPN tunnel"), "{tunnel}: {e}");
+        }
+    }
+
     #[test]
     fn reads_the_listing_with_counters_and_tells_ours_apart() {
         let l = parse_listing(LISTING);

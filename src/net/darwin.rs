@@ -328,6 +328,7 @@ pub fn neighbours(msgs: &[Message]) -> Vec<Neighbour> {
                     live: l.addr.len() == 6
                         && l.addr.iter().any(|b| *b != 0)
                         && r.flags & rtf::REJECT == 0,
+                    lladdr: super::lladdr_text(&l.addr),
                 })
             }
             _ => None,
@@ -719,12 +720,14 @@ mod tests {
                 Neighbour {
                     ifindex: 7,
                     ip: "192.168.99.100".parse().unwrap(),
-                    live: true
+                    live: true,
+                    lladdr: Some("08:00:27:aa:bb:cc".into()),
                 },
                 Neighbour {
                     ifindex: 7,
                     ip: "192.168.99.101".parse().unwrap(),
-                    live: false
+                    live: false,
+                    lladdr: None,
                 },
             ]
         );

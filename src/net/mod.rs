@@ -123,6 +123,18 @@ pub struct Neighbour {
     pub ip: Ipv4Addr,
     /// Reachable, stale, delay, probe or permanent: an entry a host really answered for.
     pub live: bool,
+    /// The link-layer address the entry holds (`aa:bb:cc:dd:ee:ff`), if any.
+    pub lladdr: Option<String>,
+}
+
+/// A link-layer address as `ip neigh` prints it; `None` when it is empty or all zeros (an entry
+/// nobody answered for).
+pub fn lladdr_text(bytes: &[u8]) -> Option<String> {
+    if bytes.is_empty() || bytes.iter().all(|b| *b == 0) {
+        return None;
+    }
+    let parts: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Some(parts.join(":"))
 }
 
 /// A route that is not dockroute's, as far as status needs to describe it.
