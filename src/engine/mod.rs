@@ -67,6 +67,20 @@ pub enum EngineError {
         done: usize,
         undo_failed: Vec<String>,
     },
+    #[error(
+        "DNS: {server} is not the VM's DNS server for .{domain}: {why}; dockroute does not name it first in {path}{}; rolled back the {done} route change(s) of this run{}. Point --nameserver at the VM's own DNS server (the one that answers .{domain} and nothing else), or use `--dns off`",
+        if *.withdrew { format!("; took dockroute's line out of {}", .path.display()) } else { String::new() },
+        undo_note(.undo_failed)
+    )]
+    DnsNotTheVms {
+        server: std::net::SocketAddrV4,
+        domain: String,
+        path: std::path::PathBuf,
+        why: String,
+        withdrew: bool,
+        done: usize,
+        undo_failed: Vec<String>,
+    },
     #[error("{} of {total} removal(s) failed: {}", .failed.len(), .failed.join("; "))]
     Remove { total: usize, failed: Vec<String> },
 }
@@ -272,6 +286,12 @@ fn firewall_plan(
     })
 }
 
+/// Whether the VM's DNS server for `d` is asked now (resolv-conf only; `watch` goes by its own
+/// probes when it has them).
+fn asks_now(d: &DnsState, gate: DnsGate) -> bool {
+    d.backend == Backend::ResolvConf && matches!(gate, DnsGate::Refuse | DnsGate::Withhold(None))
+}
+
 /// Why the VM's DNS server counts as silent, if it does: only resolv-conf asks (see
 /// [`DnsGate`]); `up` asks it now, `watch` goes by its own probes when it has them.
 fn silence(want: Option<&DnsState>, gate: DnsGate) -> Option<String> {
@@ -435,6 +455,24 @@ pub async fn up_with<N: Net>(
         let undo_failed = undo_all(net, &changes).await;
         return Err(EngineError::DnsSilent {
             server: d.nameserver,
+            path: d.path.clone(),
+            why,
+            withdrew: withdraw(d),
+            done: changes.len(),
+            undo_failed,
+        });
+    }
+    // A server that answers names outside the domain (every name) is not the VM's: it would
+    // answer the host's every lookup.
+    if silent.is_none()
+        && let Some(d) = want_dns.as_ref().filter(|d| asks_now(d, gate))
+        && let Some(why) = dns::probe::answers_outside(d.nameserver, &d.domain, dns::probe::TIMEOUT)
+    {
+        firewall::undo(&fw);
+        let undo_failed = undo_all(net, &changes).await;
+        return Err(EngineError::DnsNotTheVms {
+            server: d.nameserver,
+            domain: d.domain.clone(),
             path: d.path.clone(),
             why,
             withdrew: withdraw(d),
