@@ -315,9 +315,9 @@ fn the_vm_found_in_the_neighbour_table_is_kept_and_another_is_reported_not_adopt
 }
 
 /// Replace the VM's DNS server with one that answers every name with an address.
-fn wildcard_dns(lab: &Lab) {
+fn wildcard_dns(lab: &Lab) -> std::process::Child {
     lab.stop_vm_dns();
-    Command::new("setsid")
+    let child = Command::new("setsid")
         .args(["ip", "netns", "exec", &lab.vm(), "dnsmasq"])
         .args([
             "--keep-in-foreground",
@@ -342,7 +342,7 @@ fn wildcard_dns(lab: &Lab) {
             .output()
             .unwrap();
         if String::from_utf8_lossy(&ss.stdout).contains("53") {
-            return;
+            return child;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -355,7 +355,7 @@ fn a_dns_server_that_answers_every_name_is_not_the_vms() {
         return;
     }
     let lab = Lab::new();
-    wildcard_dns(&lab);
+    let mut dns = wildcard_dns(&lab);
     let resolv = std::fs::read(lab.resolv_conf()).unwrap();
     let before = state(&lab);
     let run = lab.dockroute(&["up", "--vm-ip", VM_IP, "--dns", "resolv-conf"]);
@@ -367,4 +367,6 @@ fn a_dns_server_that_answers_every_name_is_not_the_vms() {
     );
     assert_eq!(std::fs::read(lab.resolv_conf()).unwrap(), resolv);
     assert_eq!(lab.getent("www.example.com"), None);
+    let _ = dns.kill();
+    let _ = dns.wait();
 }
