@@ -314,39 +314,53 @@ fn the_vm_found_in_the_neighbour_table_is_kept_and_another_is_reported_not_adopt
     assert!(!lab.state_dir().join("state.json").exists());
 }
 
-/// Replace the VM's DNS server with one that answers every name with an address.
-fn wildcard_dns(lab: &Lab) -> std::process::Child {
-    lab.stop_vm_dns();
-    let child = Command::new("setsid")
-        .args(["ip", "netns", "exec", &lab.vm(), "dnsmasq"])
-        .args([
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--user=root",
-            "--bind-interfaces",
-            "--listen-address=172.17.0.1",
-            "--port=53",
-            "--address=/#/172.17.0.9",
-            "--pid-file=",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("dnsmasq");
-    for _ in 0..300 {
-        let ss = Command::new("ip")
-            .args(["netns", "exec", &lab.vm(), "ss", "-Hlun", "sport = :53"])
-            .output()
-            .unwrap();
-        if String::from_utf8_lossy(&ss.stdout).contains("53") {
-            return child;
+/// A DNS server in the VM that answers every name with an address, in place of the lab's;
+/// killed and waited for on drop.
+struct WildcardDns(std::process::Child);
+
+impl WildcardDns {
+    fn start(lab: &Lab) -> WildcardDns {
+        lab.stop_vm_dns();
+        let dns = WildcardDns(
+            Command::new("setsid")
+                .args(["ip", "netns", "exec", &lab.vm(), "dnsmasq"])
+                .args([
+                    "--keep-in-foreground",
+                    "--conf-file=/dev/null",
+                    "--no-resolv",
+                    "--no-hosts",
+                    "--user=root",
+                    "--bind-interfaces",
+                    "--listen-address=172.17.0.1",
+                    "--port=53",
+                    "--address=/#/172.17.0.9",
+                    "--pid-file=",
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("dnsmasq"),
+        );
+        for _ in 0..300 {
+            let ss = Command::new("ip")
+                .args(["netns", "exec", &lab.vm(), "ss", "-Hlun", "sport = :53"])
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&ss.stdout).contains("53") {
+                return dns;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
-        std::thread::sleep(Duration::from_millis(10));
+        panic!("dnsmasq did not start");
     }
-    panic!("dnsmasq did not start");
+}
+
+impl Drop for WildcardDns {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]
@@ -355,7 +369,7 @@ fn a_dns_server_that_answers_every_name_is_not_the_vms() {
         return;
     }
     let lab = Lab::new();
-    let mut dns = wildcard_dns(&lab);
+    let _dns = WildcardDns::start(&lab);
     let resolv = std::fs::read(lab.resolv_conf()).unwrap();
     let before = state(&lab);
     let run = lab.dockroute(&["up", "--vm-ip", VM_IP, "--dns", "resolv-conf"]);
@@ -367,6 +381,4 @@ fn a_dns_server_that_answers_every_name_is_not_the_vms() {
     );
     assert_eq!(std::fs::read(lab.resolv_conf()).unwrap(), resolv);
     assert_eq!(lab.getent("www.example.com"), None);
-    let _ = dns.kill();
-    let _ = dns.wait();
 }
