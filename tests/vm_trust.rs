@@ -382,3 +382,33 @@ fn a_dns_server_that_answers_every_name_is_not_the_vms() {
     assert_eq!(std::fs::read(lab.resolv_conf()).unwrap(), resolv);
     assert_eq!(lab.getent("www.example.com"), None);
 }
+
+#[test]
+fn watch_keeps_the_vm_from_the_neighbour_table_when_another_host_answers() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    touch(&lab, VM_IP);
+    let w = Watch::start(&lab, &["--dns", "off"], &[]);
+    w.wait_log("watching (");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lab.reaches_container() {
+        assert!(Instant::now() < deadline, "never set up:\n{}", w.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // the VM goes quiet and another host answers on the link
+    let _rogue = Rogue::new(&lab);
+    lab.ip(&format!("neigh del {VM_IP} dev vboxnet0"));
+    touch(&lab, "192.168.99.200");
+    w.wait_log("192.168.99.200");
+    w.wait_log("also answers on a host-only link");
+    assert!(
+        vm_route(&lab).contains(&format!("via {VM_IP}")),
+        "{}\n{}",
+        vm_route(&lab),
+        w.log()
+    );
+    assert!(!vm_route(&lab).contains("192.168.99.200"));
+    assert!(lab.reaches_container());
+}
