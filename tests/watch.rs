@@ -254,14 +254,6 @@ fn waits_for_the_link_and_follows_it_being_deleted_and_recreated() {
     );
 }
 
-/// Make the host learn `ip` as a neighbour on vboxnet0 (an ARP exchange, as any traffic does).
-fn touch(lab: &Lab, ip: &'static str) {
-    lab.in_host(move || {
-        let addr: std::net::SocketAddr = format!("{ip}:1").parse().unwrap();
-        let _ = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300));
-    });
-}
-
 #[test]
 fn follows_the_vm_ip_when_it_comes_from_the_neighbour_table() {
     if !privileged() {
@@ -919,4 +911,51 @@ fn a_full_re_read_reuses_the_iptables_nft_reading_until_nftables_changes() {
         "reused a stale reading:\n{}",
         w.log()
     );
+}
+
+#[test]
+fn watch_refuses_a_machine_config_rewritten_to_a_lan_address() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    lan_link(&lab);
+    let store = machine(&lab, VM_IP);
+    let w = Watch::start_env(
+        &lab,
+        &["--machine", "default", "--dns", "off"],
+        &[("MACHINE_STORAGE_PATH", store.to_str().unwrap())],
+    );
+    started(&lab, &w);
+    let before = state(&lab);
+    // the user rewrites config.json while watch runs
+    machine(&lab, "10.77.0.50");
+    w.wait_log("is on wlan0, which is not a host-only link");
+    assert_eq!(state(&lab), before, "{}", w.log());
+    assert!(lab.reaches_container());
+}
+
+#[test]
+fn watch_keeps_the_vm_from_the_neighbour_table_when_another_host_answers() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    touch(&lab, VM_IP);
+    let w = Watch::start(&lab, &["--dns", "off"]);
+    started(&lab, &w);
+    // the VM goes quiet and another host answers on the link
+    let _rogue = Rogue::new(&lab);
+    lab.ip(&format!("neigh del {VM_IP} dev vboxnet0"));
+    touch(&lab, "192.168.99.200");
+    w.wait_log("192.168.99.200");
+    w.wait_log("also answers on a host-only link");
+    assert!(
+        vm_route(&lab).contains(&format!("via {VM_IP}")),
+        "{}\n{}",
+        vm_route(&lab),
+        w.log()
+    );
+    assert!(!vm_route(&lab).contains("192.168.99.200"));
+    assert!(lab.reaches_container());
 }

@@ -429,13 +429,18 @@ mod tests {
         }
     }
 
+    /// A UDP socket on loopback (never anything outside this host), and its address.
+    fn loopback_server() -> (UdpSocket, SocketAddrV4) {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        match server.local_addr().unwrap() {
+            std::net::SocketAddr::V4(a) => (server, a),
+            _ => unreachable!(),
+        }
+    }
+
     /// A server on loopback that answers the next query with `rcode` and `records` answers.
     fn one_reply(rcode: u8, records: u8) -> (SocketAddrV4, std::thread::JoinHandle<Vec<u8>>) {
-        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let addr = match server.local_addr().unwrap() {
-            std::net::SocketAddr::V4(a) => a,
-            _ => unreachable!(),
-        };
+        let (server, addr) = loopback_server();
         let t = std::thread::spawn(move || {
             let mut buf = [0u8; 512];
             let (n, from) = server.recv_from(&mut buf).unwrap();
@@ -477,11 +482,7 @@ mod tests {
     #[test]
     fn a_local_server_answers_and_a_closed_port_or_silence_does_not() {
         // loopback only: a server on 127.0.0.1 that answers REFUSED, one that never answers
-        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let addr = match server.local_addr().unwrap() {
-            std::net::SocketAddr::V4(a) => a,
-            _ => unreachable!(),
-        };
+        let (server, addr) = loopback_server();
         let t = std::thread::spawn(move || {
             let mut buf = [0u8; 512];
             let (n, from) = server.recv_from(&mut buf).unwrap();
