@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::docker_lab::{DockerLab, PAGE, VM_IF, leftovers, machine_firewall};
+use common::docker_lab::{DockerLab, PAGE, Untouched, VM_IF, leftovers};
 use common::{VM_IP, privileged};
 
 // The engine serves no DNS on its bridge (Docker's resolver lives inside user networks'
@@ -22,7 +22,7 @@ fn fresh_vm_forward_drop_blocks_routed_containers_until_docker_user_accepts() {
     if !privileged() {
         return;
     }
-    let machine = machine_firewall();
+    let machine = Untouched::now();
     let lab = DockerLab::new();
     assert_eq!(lab.forward_policy(), "DROP", "dockerd did not set DROP");
     lab.network_create("usernet", "172.30.0.0/16");
@@ -66,14 +66,9 @@ fn fresh_vm_forward_drop_blocks_routed_containers_until_docker_user_accepts() {
         assert_eq!(lab.http_from_host(ip).as_deref(), Some(PAGE), "{ip}");
     }
 
-    lab.dockroute(&["down"]).ok();
-    assert_eq!(lab.host_state(), before, "down left the host changed");
+    lab.down_restores(&before);
     assert_eq!(lab.http_from_host(ip), None, "reachable after down");
-    assert_eq!(
-        machine_firewall(),
-        machine,
-        "the machine's own firewall changed"
-    );
+    machine.check();
 }
 
 /// Forwarding already on when dockerd starts: the FORWARD policy stays ACCEPT and the routed
@@ -84,9 +79,14 @@ fn docker28_raw_drop_blocks_routed_container() {
     if !privileged() {
         return;
     }
-    let machine = machine_firewall();
+    let machine = Untouched::now();
     let lab = DockerLab::with_forwarding();
     assert_eq!(lab.forward_policy(), "ACCEPT");
+    assert_eq!(
+        lab.ping_over_tcp().as_deref(),
+        Some("OK"),
+        "the engine's TCP endpoint"
+    );
     lab.run("web", None, &[]);
     let ip = lab.container_ip("web");
     let before = lab.host_state();
@@ -130,13 +130,8 @@ fn docker28_raw_drop_blocks_routed_container() {
         "{ip} in the VM"
     );
 
-    lab.dockroute(&["down"]).ok();
-    assert_eq!(lab.host_state(), before, "down left the host changed");
-    assert_eq!(
-        machine_firewall(),
-        machine,
-        "the machine's own firewall changed"
-    );
+    lab.down_restores(&before);
+    machine.check();
 }
 
 /// A test that panics with a running engine and containers leaves nothing: no namespace, no
@@ -147,7 +142,7 @@ fn docker_lab_is_removed_when_a_test_panics() {
     if !privileged() {
         return;
     }
-    let machine = machine_firewall();
+    let machine = Untouched::now();
     let (tx, rx) = std::sync::mpsc::channel();
     let died = std::thread::spawn(move || {
         let lab = DockerLab::new();
@@ -173,9 +168,5 @@ fn docker_lab_is_removed_when_a_test_panics() {
     assert!(died.is_err(), "the test thread did not panic");
     let prefix = rx.recv().expect("the lab was built");
     assert_eq!(leftovers(&prefix), Vec::<String>::new());
-    assert_eq!(
-        machine_firewall(),
-        machine,
-        "the machine's own firewall changed"
-    );
+    machine.check();
 }

@@ -199,10 +199,24 @@ impl DockerLab {
         )
     }
 
+    /// `dockroute down`, which must succeed and leave [`DockerLab::host_state`] as `before`.
+    pub fn down_restores(&self, before: &str) {
+        self.dockroute(&["down"]).ok();
+        assert_eq!(self.host_state(), before, "down left the host changed");
+    }
+
     /// A real HTTP exchange with IP:80 from the host namespace: the page, or None when the
     /// connection fails or times out.
     pub fn http_from_host(&self, ip: Ipv4Addr) -> Option<String> {
         in_netns(&self.host(), move || http_get(ip))
+    }
+
+    /// The engine's `/_ping` over its TCP endpoint, asked from the host namespace.
+    pub fn ping_over_tcp(&self) -> Option<String> {
+        in_netns(&self.host(), || {
+            let addr: SocketAddr = format!("{VM_IP}:2375").parse().ok()?;
+            request(addr, "/_ping")
+        })
     }
 
     /// The same from inside the VM (not routed: the container itself answers).
@@ -211,12 +225,17 @@ impl DockerLab {
     }
 }
 
-/// `GET /` on IP:80 (connect timeout 800 ms, read timeout 2 s); the body.
+/// `GET /` on IP:80; the body.
 pub fn http_get(ip: Ipv4Addr) -> Option<String> {
-    let addr = SocketAddr::from((ip, 80));
+    request(SocketAddr::from((ip, 80)), "/")
+}
+
+/// `GET PATH` over HTTP/1.0 (connect timeout 800 ms, read timeout 2 s); the body.
+fn request(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(800)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .ok()?;
     let mut reply = String::new();
     s.read_to_string(&mut reply).ok()?;
     let (head, body) = reply.split_once("\r\n\r\n")?;
@@ -229,20 +248,44 @@ fn without_comments(text: &str) -> String {
         .collect()
 }
 
-/// This machine's own firewall (iptables, iptables-legacy, nftables), read from the test's own
-/// namespace: no lab may change it.
-pub fn machine_firewall() -> String {
+/// This machine's own network and firewall, read from the test's own namespace: its link
+/// names, routes and rules, iptables, iptables-legacy and nftables. No lab may change them.
+pub fn machine_state() -> String {
     let run = |program: &str, args: &[&str]| {
         let mut c = Command::new(program);
         c.args(args);
         without_comments(&stdout_of(c, program))
     };
+    let links: Vec<String> = run("ip", &["-o", "link", "show"])
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1).map(str::to_string))
+        .collect();
     format!(
-        "{}--- legacy ---\n{}--- nft ---\n{}",
+        "{}\n--- routes ---\n{}--- rules ---\n{}--- iptables ---\n{}--- legacy ---\n{}--- nft ---\n{}",
+        links.join(" "),
+        run("ip", &["route", "show", "table", "all"]),
+        run("ip", &["rule", "show"]),
         run("iptables-save", &[]),
         run("iptables-legacy-save", &[]),
         run("nft", &["list", "ruleset"]),
     )
+}
+
+/// This machine's own state ([`machine_state`]) when a test began, checked when it ends.
+pub struct Untouched(String);
+
+impl Untouched {
+    pub fn now() -> Untouched {
+        Untouched(machine_state())
+    }
+
+    pub fn check(&self) {
+        assert_eq!(
+            machine_state(),
+            self.0,
+            "the machine's own network or firewall changed"
+        );
+    }
 }
 
 /// What a lab with this prefix could leave behind: its namespaces, its engine's files, its
