@@ -248,8 +248,9 @@ fn without_comments(text: &str) -> String {
         .collect()
 }
 
-/// This machine's own network and firewall, read from the test's own namespace: its link
-/// names, routes and rules, iptables, iptables-legacy and nftables. No lab may change them.
+/// This machine's own network and firewall, read from the test's own namespaces: its link
+/// names, routes and rules, iptables, iptables-legacy and nftables, and which of the engine's
+/// usual directories exist. No lab may change them.
 pub fn machine_state() -> String {
     let run = |program: &str, args: &[&str]| {
         let mut c = Command::new(program);
@@ -260,9 +261,21 @@ pub fn machine_state() -> String {
         .lines()
         .filter_map(|l| l.split(": ").nth(1).map(str::to_string))
         .collect();
+    // where an engine running in the machine's own mount namespace would write
+    let engine_dirs: Vec<&str> = [
+        "/etc/docker",
+        "/run/docker",
+        "/run/containerd",
+        "/var/lib/docker",
+        "/var/lib/containerd",
+    ]
+    .into_iter()
+    .filter(|p| std::fs::symlink_metadata(p).is_ok())
+    .collect();
     format!(
-        "{}\n--- routes ---\n{}--- rules ---\n{}--- iptables ---\n{}--- legacy ---\n{}--- nft ---\n{}",
+        "{}\n{}\n--- routes ---\n{}--- rules ---\n{}--- iptables ---\n{}--- legacy ---\n{}--- nft ---\n{}",
         links.join(" "),
+        engine_dirs.join(" "),
         run("ip", &["route", "show", "table", "all"]),
         run("ip", &["rule", "show"]),
         run("iptables-save", &[]),
