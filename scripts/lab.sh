@@ -106,7 +106,7 @@ create() {
 
 destroy() {
     local p=$1 ns pids
-    [ ! -d "$DOCKER_LABS/$p" ] || docker_stop "$p"
+    docker_stop "$p" # a real engine (docker-create), or what one left behind
     for ns in "$p-c1" "$p-vm" "$p-host"; do
         [ -e "/run/netns/$ns" ] || continue
         pids=$(ip netns pids "$ns" 2>/dev/null || true)
@@ -154,7 +154,7 @@ docker_fetch() { # -> the extracted root (one fetch at a time: tests run in para
 # until it answers /_ping on its socket DOCKER_LABS/PREFIX/docker.sock. It also listens on
 # tcp://VM_IP:2375 without TLS (the VM's side of the host-only link, inside the lab only). Its
 # firewall is Docker's default (--iptables), IPv6 rules off; its cgroups live under
-# /lab-PREFIX in every hierarchy (removed by docker_stop).
+# /dockroute-lab-PREFIX in every hierarchy (removed by docker_stop).
 docker_start() {
     local p=$1 d="$DOCKER_LABS/$1" root
     root=$(docker_fetch)
@@ -196,7 +196,7 @@ docker_inner() { # PREFIX DIR ROOT: runs in the VM's namespace, in a mount names
     export PATH="$root/usr/bin:$root/usr/sbin:$root/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     exec dockerd --data-root="$d/data" --exec-root=/run/docker --pidfile="$d/docker.pid" \
         -H "unix://$d/docker.sock" -H "tcp://$VM_IP:2375" --tls=false --storage-driver=vfs \
-        --ip6tables=false --cgroup-parent="/lab-$p" --init --shutdown-timeout=2
+        --ip6tables=false --cgroup-parent="/dockroute-lab-$p" --init --shutdown-timeout=2
 }
 
 # `docker ARGS` against the lab's engine, with the CLI of the extracted package.
@@ -244,11 +244,11 @@ docker_stop_engine() { # SIGTERM dockerd by its pid and wait for it (then KILL)
 # Every process in the lab's cgroups (the containers, which live in network namespaces of their
 # own), then the cgroup directories, deepest first.
 docker_cgroups() { # PREFIX
-    find /sys/fs/cgroup -maxdepth 2 -type d -name "lab-$1" 2>/dev/null
+    find /sys/fs/cgroup -maxdepth 2 -type d -name "dockroute-lab-$1" 2>/dev/null
 }
 
 docker_stop() {
-    local p=$1 d="$DOCKER_LABS/$1" ids cg pids
+    local p=$1 d="$DOCKER_LABS/$1" ids cg pids left
     if [ -S "$d/docker.sock" ]; then
         ids=$(timeout 20 "$here/lab.sh" _cli "$p" ps -aq 2>/dev/null || true)
         # shellcheck disable=SC2086
@@ -264,8 +264,13 @@ docker_stop() {
         # shellcheck disable=SC2086
         [ -z "$pids" ] || kill -KILL $pids 2>/dev/null || true
     done
-    for cg in $(docker_cgroups "$p"); do
-        find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null || true
+    for _ in $(seq 1 300); do # a killed process leaves its cgroup a moment after the signal
+        left=0
+        for cg in $(docker_cgroups "$p"); do
+            find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null || left=1
+        done
+        [ "$left" = 1 ] || break
+        sleep 0.01
     done
     rm -rf "$d"
     rmdir "$DOCKER_LABS" 2>/dev/null || true

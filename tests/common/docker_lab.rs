@@ -156,6 +156,31 @@ impl DockerLab {
         );
     }
 
+    /// SIGKILL dockerd (a crash: its containers keep running, nothing is cleaned up).
+    pub fn kill_dockerd(&self) {
+        let pid =
+            std::fs::read_to_string(self.dir().join("docker.pid")).expect("dockerd's pid file");
+        let pid: i32 = pid.trim().parse().expect("a pid");
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        assert_eq!(comm.trim(), "dockerd", "pid {pid} is not the lab's dockerd");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill dockerd");
+    }
+
+    /// Drop the lab and check that nothing of it is left.
+    pub fn remove(self) {
+        let prefix = self.prefix.clone();
+        drop(self);
+        assert_eq!(
+            leftovers(&prefix),
+            Vec::<String>::new(),
+            "the lab left things behind"
+        );
+    }
+
     /// `iptables ARGS` inside the VM's network namespace (no shell); its stdout.
     pub fn vm_iptables(&self, args: &[&str]) -> String {
         let mut c = Command::new("ip");
@@ -316,7 +341,7 @@ pub fn leftovers(prefix: &str) -> Vec<String> {
         found.push(dir);
     }
     // cgroup v2 at /sys/fs/cgroup, v1 one hierarchy per directory under it
-    let cgroup = format!("lab-{prefix}");
+    let cgroup = format!("dockroute-lab-{prefix}");
     let mut roots = vec![PathBuf::from("/sys/fs/cgroup")];
     if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
         roots.extend(rd.flatten().map(|e| e.path()));
