@@ -272,8 +272,10 @@ docker_stop() {
         [ "$left" = 1 ] || break
         sleep 0.01
     done
-    rm -rf "$d"
-    rmdir "$DOCKER_LABS" 2>/dev/null || true
+    if [ -d "$d" ]; then
+        rm -rf "$d"
+        rmdir "$DOCKER_LABS" 2>/dev/null || true # the last lab's (docker-create retries its mkdir)
+    fi
 }
 
 [ "$(id -u)" = 0 ] || die "needs root (network namespaces)"
@@ -292,7 +294,7 @@ docker-create | docker-restart)
         BARE=1
         create "$2"
         ip netns exec "$2-vm" sysctl -qw net.ipv4.ip_forward="$fwd"
-        mkdir -p "$DOCKER_LABS/$2"
+        mkdir -p "$DOCKER_LABS/$2" 2>/dev/null || mkdir -p "$DOCKER_LABS/$2"
         chmod 700 "$DOCKER_LABS" "$DOCKER_LABS/$2"
         docker_start "$2" || { destroy "$2"; exit 1; }
         docker_image "$2" || { destroy "$2"; exit 1; }
