@@ -44,6 +44,7 @@ impl DockerLab {
     /// A fresh VM: forwarding off when dockerd starts, so dockerd turns it on and sets the
     /// FORWARD policy to DROP.
     pub fn new() -> DockerLab {
+        sweep_stale();
         DockerLab {
             lab: Lab::created_by("docker-create", &[]),
         }
@@ -51,6 +52,7 @@ impl DockerLab {
 
     /// A VM whose forwarding was on before dockerd started: the FORWARD policy stays ACCEPT.
     pub fn with_forwarding() -> DockerLab {
+        sweep_stale();
         DockerLab {
             lab: Lab::created_by("docker-create", &["--forwarding"]),
         }
@@ -323,6 +325,28 @@ impl Untouched {
             self.0,
             "the machine's own network or firewall changed"
         );
+    }
+}
+
+/// Engines of earlier test runs that were killed (SIGKILL, a timeout) before their labs were
+/// dropped: a lab's prefix is `drt<pid>x<n>`, and one whose test process is gone is destroyed.
+fn sweep_stale() {
+    let Ok(rd) = std::fs::read_dir(DOCKER_LABS) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("drt")
+            .and_then(|r| r.split_once('x'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let _ = Command::new(LAB).args(["destroy", &name]).status();
     }
 }
 
