@@ -351,7 +351,9 @@ impl Net for System {
             }
             let buf = match read_msg(fd) {
                 Ok(b) => b,
-                // the socket's buffer overflowed: events were lost, so look again
+                // Never on xnu, which drops a message that does not fit the receive buffer
+                // without setting an error (`raw_input`); the callers' backstop reconcile is what
+                // recovers from lost events. Kept for a kernel that does report the overflow.
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Ok(true),
                 Err(e) => return Err(NetError::os("reading routing events", e)),
             };
