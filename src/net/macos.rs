@@ -285,8 +285,10 @@ impl Net for System {
         Ok(snap)
     }
 
-    async fn held(&mut self, prefixes: &[Ipv4Net]) -> Result<Vec<Held>, NetError> {
-        darwin::held(self, prefixes)
+    async fn held(&mut self, subnets: &[Ipv4Net]) -> Result<Vec<Held>, NetError> {
+        let names = self.names();
+        let all = darwin::routes(&route_dump(af::NET_RT_DUMP, 0)?);
+        Ok(darwin::held(&all, subnets, &names))
     }
 
     async fn lookup(&mut self, dst: Ipv4Addr) -> Result<Lookup, NetError> {
