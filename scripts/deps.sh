@@ -42,6 +42,8 @@ if [ "$what" = test ] || [ "$what" = all ]; then
     have setpriv || want util-linux
     have nsenter || want util-linux
     have dpkg-deb || want dpkg
+    # CI lints every script
+    have shellcheck || want shellcheck
     # the file-safety tests put an ACL on a private /etc/resolv.conf
     have setfacl || want acl
     # the DNS tests' private systemd-resolved (scripts/resolved-lab.sh) needs a bus and systemd's library

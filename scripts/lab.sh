@@ -40,8 +40,7 @@ check_prefix() {
 }
 
 wait_up() { # ns link
-    local i
-    for i in $(seq 1 200); do
+    for _ in $(seq 1 200); do
         if ip -n "$1" -o link show "$2" | grep -q 'state UP'; then return 0; fi
         sleep 0.01
     done
@@ -93,8 +92,7 @@ create() {
         --no-hosts --user=root --bind-interfaces --listen-address="$BRIDGE_IP" --port=53 \
         --local=/docker/ --host-record="redis.docker,$CTR_IP" --pid-file= \
         </dev/null >/dev/null 2>&1 &
-    local i
-    for i in $(seq 1 300); do
+    for _ in $(seq 1 300); do
         if ip netns exec "$c" ss -Hltn "sport = :6379" | grep -q 6379 &&
             ip netns exec "$v" ss -Hlun "sport = :53" | grep -q 53; then
             return 0

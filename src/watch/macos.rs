@@ -354,7 +354,10 @@ impl Sources {
                 match e.raw_os_error() {
                     Some(libc::EAGAIN) => return Ok(()),
                     Some(libc::EINTR) => continue,
-                    // the socket's buffer overflowed: events were lost, so look again
+                    // Kept for other BSDs; it never fires on xnu: `raw_input` drops a message
+                    // that does not fit the receive buffer (sbappendaddr fails) without setting
+                    // so_error, so a reader never learns that events were lost. What catches a
+                    // lost event there is the backstop reconcile (every 60 s).
                     Some(libc::ENOBUFS) => causes.add("routing events lost (overrun)"),
                     _ => return Err(WatchError::os("reading routing events", e)),
                 }
