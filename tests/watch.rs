@@ -636,6 +636,81 @@ fn follows_the_vm_ip_when_docker_machine_records_a_new_one() {
     heals(&lab, "docker-machine recording a new IP");
 }
 
+/// A user touching or rewriting docker-machine's config.json every 12 ms, without changing what it
+/// says, makes `watch` read it at most about once a second and reconcile not at all; a real change
+/// at the end of the storm is still read (the trailing edge) and applied.
+#[test]
+fn a_storm_of_touches_on_the_machine_config_reloads_once_a_second_and_reconciles_only_a_change() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let store = lab.dir.path().join("machine");
+    let config = store.join("machines/dev/config.json");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    let body = |ip: &str| format!("{{\"Driver\": {{\"IPAddress\": \"{ip}\"}}}}");
+    std::fs::write(&config, body(VM_IP)).unwrap();
+    let w = Watch::start_env(
+        &lab,
+        &["--machine", "dev"],
+        &[("MACHINE_STORAGE_PATH", store.to_str().unwrap())],
+    );
+    started(&lab, &w);
+    let before = w.settles(Duration::from_millis(300));
+    let reloads_before = w.count("settings re-read");
+    let storm = Duration::from_secs(3);
+    let start = Instant::now();
+    let mut writes = 0;
+    while start.elapsed() < storm {
+        if writes % 2 == 0 {
+            // rewritten in place, the same content
+            std::fs::write(&config, body(VM_IP)).unwrap();
+        } else {
+            // replaced by rename, the same content
+            let tmp = config.with_extension("tmp");
+            std::fs::write(&tmp, body(VM_IP)).unwrap();
+            std::fs::rename(&tmp, &config).unwrap();
+        }
+        writes += 1;
+        std::thread::sleep(Duration::from_millis(12));
+    }
+    let took = start.elapsed();
+    // the last change of the storm is a real one: the VM moved
+    let vm = format!("{}-vm", lab.prefix);
+    ip_in(&vm, &format!("addr del {VM_IP}/24 dev eth0"));
+    ip_in(&vm, "addr add 192.168.99.101/24 dev eth0");
+    std::fs::write(&config, body("192.168.99.101")).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || lab
+            .ip("route show table 5017")
+            .contains("via 192.168.99.101")),
+        "the change at the end of the storm was not applied:\n{}",
+        w.log()
+    );
+    heals(&lab, "docker-machine recording a new IP after a storm");
+    let after = w.settles(Duration::from_millis(300));
+    let reloads = w.count("settings re-read") - reloads_before;
+    let unchanged = w.count("unchanged, nothing to do");
+    eprintln!(
+        "{writes} writes in {took:?}: {reloads} reloads ({unchanged} unchanged), {} reconciles",
+        after - before
+    );
+    // at most one a second of the storm, the first at once, and the change at its end
+    assert!(
+        reloads as f64 <= took.as_secs_f64().ceil() + 2.0,
+        "{reloads} reloads for {writes} writes:\n{}",
+        w.log()
+    );
+    assert!(unchanged >= 1, "{}", w.log());
+    // the touches caused no reconcile: only the real change did (and its echo)
+    let reconciles = after - before;
+    assert!(
+        (1..=3).contains(&reconciles),
+        "{reconciles} reconciles:\n{}",
+        w.log()
+    );
+}
+
 fn has_marker(lab: &Lab) -> bool {
     std::fs::read_to_string(lab.resolv_conf())
         .unwrap()

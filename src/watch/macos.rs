@@ -15,7 +15,7 @@
 
 use super::pace::{Pacer, Timing, Verdict};
 use super::rtsock::{self, Interest};
-use super::{Causes, Options, WatchError};
+use super::{Causes, Options, Reloader, WatchError};
 use crate::discover::external_vm_ip;
 use crate::engine::{self, DnsGate, Hooks};
 use crate::net::System;
@@ -390,7 +390,10 @@ impl Sources {
 #[derive(Default)]
 struct Woken {
     exit: Option<Signal>,
-    reload: Option<&'static str>,
+    /// SIGHUP: read the settings again now.
+    sighup: bool,
+    /// A watched file changed: read the settings again when the reload pace allows.
+    file_changed: bool,
 }
 
 fn read_sources(
@@ -403,7 +406,7 @@ fn read_sources(
     for (tag, ident) in fired {
         if *tag == TAG_SIGNAL {
             match Signal::try_from(*ident as i32) {
-                Ok(Signal::SIGHUP) => woken.reload = Some("SIGHUP"),
+                Ok(Signal::SIGHUP) => woken.sighup = true,
                 Ok(sig) => woken.exit = Some(sig),
                 Err(_) => {}
             }
@@ -415,9 +418,7 @@ fn read_sources(
     if has(TAG_STORE) {
         s.drain_store(causes);
     }
-    if has(TAG_FILE) && s.files.changed(&s.kq) {
-        woken.reload.get_or_insert("config file changed");
-    }
+    woken.file_changed = has(TAG_FILE) && s.files.changed(&s.kq);
     Ok(woken)
 }
 
@@ -475,10 +476,10 @@ fn reconcile(
 /// SIGTERM or SIGINT. `load` reads the settings again on SIGHUP or a config change; settings
 /// that fail to load keep the previous ones.
 pub fn run(
-    mut load: impl FnMut() -> Result<Settings, SettingsError>,
+    load: impl FnMut() -> Result<Settings, SettingsError>,
     opts: Options,
 ) -> Result<(), WatchError> {
-    let mut settings = load()?;
+    let (mut reloader, mut settings) = Reloader::start(load)?;
     // Subscribe before the first look, so that no change between the look and the wait is lost.
     let mut sources = Sources::open(&settings)?;
     let mut timing = Timing::default();
@@ -514,21 +515,19 @@ pub fn run(
             pacer.ran(Instant::now(), v);
             continue;
         }
-        let fired = sources.kq.wait(pacer.due())?;
+        let until = match reloader.due(Instant::now()) {
+            Some(r) => pacer.due().min(r),
+            None => pacer.due(),
+        };
+        let fired = sources.kq.wait(until)?;
         let before = causes.clone();
         let woken = read_sources(&mut sources, &fired, &mut causes)?;
         if let Some(sig) = woken.exit {
             return super::end(sig, count, opts, &settings);
         }
-        if let Some(why) = woken.reload {
-            match load() {
-                Ok(s) => {
-                    tracing::info!("{why}: settings re-read from {}", s.config_path.display());
-                    settings = s;
-                    sources.retarget(&settings);
-                }
-                Err(e) => tracing::warn!("{why}: keeping the previous settings: {e}"),
-            }
+        if let Some((why, s)) = reloader.woken(woken.file_changed, woken.sighup, Instant::now()) {
+            settings = s;
+            sources.retarget(&settings);
             causes.add(why);
         }
         if causes != before {

@@ -139,6 +139,105 @@ fn judge(
     }
 }
 
+/// What a reload found, to tell a change from a file that was only touched: the settings and,
+/// when the VM's IP comes from `--machine`, what docker-machine's config.json says (each
+/// reconcile reads it again, so a new IP there is a new target).
+#[derive(Debug, PartialEq, Eq)]
+struct Found {
+    settings: crate::settings::Settings,
+    machine: Option<Result<std::net::Ipv4Addr, String>>,
+}
+
+impl Found {
+    fn of(settings: crate::settings::Settings) -> Found {
+        let machine = match (&settings.request.vm_ip, &settings.request.machine) {
+            (None, Some(name)) => Some(
+                crate::machine::machine_config_path(name)
+                    .and_then(|p| crate::machine::read_machine_ip(name, &p)),
+            ),
+            _ => None,
+        };
+        Found { settings, machine }
+    }
+}
+
+/// Reading the settings again: for SIGHUP at once, for a changed file at most once per
+/// [`pace::RELOAD_GAP`] (the last change of a burst is read when the gap ends); new settings
+/// only when they differ from the last ones read, so a file touched without a change costs one
+/// read a second and no reconcile.
+pub struct Reloader<F> {
+    load: F,
+    pace: pace::ReloadPace,
+    last: Found,
+}
+
+impl<F: FnMut() -> Result<crate::settings::Settings, SettingsError>> Reloader<F> {
+    /// The first reading of the settings.
+    pub fn start(mut load: F) -> Result<(Reloader<F>, crate::settings::Settings), WatchError> {
+        let settings = load()?;
+        let reloader = Reloader {
+            load,
+            pace: pace::ReloadPace::new(pace::RELOAD_GAP),
+            last: Found::of(settings.clone()),
+        };
+        Ok((reloader, settings))
+    }
+
+    /// After the loop woke (a watched file changed, SIGHUP came, or neither: a reload may be
+    /// due anyway): the new settings and what caused them, when there is something to do.
+    pub fn woken(
+        &mut self,
+        file_changed: bool,
+        sighup: bool,
+        now: std::time::Instant,
+    ) -> Option<(&'static str, crate::settings::Settings)> {
+        if file_changed {
+            self.pace.changed();
+        }
+        let why = if sighup {
+            "SIGHUP"
+        } else {
+            "config file changed"
+        };
+        self.reload(why, sighup, now).map(|s| (why, s))
+    }
+
+    /// When the reload a file change asks for is due, if one is pending.
+    pub fn due(&self, now: std::time::Instant) -> Option<std::time::Instant> {
+        self.pace.due(now)
+    }
+
+    /// Read the settings again if a file change is due, or now for `forced` (SIGHUP, which
+    /// also reconciles when nothing changed). The new settings, when there is something to do.
+    fn reload(
+        &mut self,
+        why: &str,
+        forced: bool,
+        now: std::time::Instant,
+    ) -> Option<crate::settings::Settings> {
+        if !forced && self.due(now).is_none_or(|d| d > now) {
+            return None;
+        }
+        self.pace.reloaded(now);
+        let settings = match (self.load)() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("{why}: keeping the previous settings: {e}");
+                return None;
+            }
+        };
+        let path = settings.config_path.display().to_string();
+        let found = Found::of(settings.clone());
+        if found == self.last && !forced {
+            tracing::debug!("{why}: settings re-read from {path}: unchanged, nothing to do");
+            return None;
+        }
+        tracing::info!("{why}: settings re-read from {path}");
+        self.last = found;
+        Some(settings)
+    }
+}
+
 /// What `watch` does besides reconciling.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Options {
