@@ -711,6 +711,42 @@ fn a_storm_of_touches_on_the_machine_config_reloads_once_a_second_and_reconciles
     );
 }
 
+/// A FIFO or a link put in config.json's place neither blocks `watch` nor steers it: it is
+/// refused (logged), the daemon keeps going, and a real config.json later is followed.
+#[test]
+fn a_fifo_or_a_link_as_the_machine_config_neither_blocks_nor_misleads_watch() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let store = lab.dir.path().join("machine");
+    let config = store.join("machines/dev/config.json");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    nix::unistd::mkfifo(&config, nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
+    let w = Watch::start_env(
+        &lab,
+        &["--machine", "dev"],
+        &[("MACHINE_STORAGE_PATH", store.to_str().unwrap())],
+    );
+    w.wait_log("watching (");
+    w.wait_log("not a regular file");
+    // a link to a file naming the VM is not followed either
+    let elsewhere = lab.dir.path().join("elsewhere.json");
+    std::fs::write(
+        &elsewhere,
+        format!("{{\"Driver\": {{\"IPAddress\": \"{VM_IP}\"}}}}"),
+    )
+    .unwrap();
+    std::fs::remove_file(&config).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &config).unwrap();
+    w.wait_log("symbolic link");
+    assert_eq!(lab.tagged(), 0, "{}", w.log());
+    // a real one is followed
+    std::fs::remove_file(&config).unwrap();
+    std::fs::copy(&elsewhere, &config).unwrap();
+    heals(&lab, "a real config.json");
+}
+
 fn has_marker(lab: &Lab) -> bool {
     std::fs::read_to_string(lab.resolv_conf())
         .unwrap()

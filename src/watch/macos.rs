@@ -225,11 +225,16 @@ fn watched_files(settings: &Settings) -> Vec<PathBuf> {
     out
 }
 
+/// O_EVTONLY: open only for the events (no read access checked, no unmount held up).
+fn evtonly() -> nix::fcntl::OFlag {
+    nix::fcntl::OFlag::from_bits_retain(libc::O_EVTONLY)
+}
+
 /// What tells a file's new content from its old (editors replace files by rename).
 type Stamp = Option<(u64, u64, i64, i64, u64, i64, i64)>;
 
 fn stamp(p: &Path) -> Stamp {
-    let m = std::fs::metadata(p).ok()?;
+    let m = std::fs::symlink_metadata(p).ok()?;
     Some((
         m.dev(),
         m.ino(),
@@ -242,7 +247,9 @@ fn stamp(p: &Path) -> Stamp {
 }
 
 /// EVFILT_VNODE on each watched file and its directory (opened with O_EVTONLY, which does not
-/// keep a volume from unmounting); closing a descriptor removes its events from the kqueue.
+/// keep a volume from unmounting, and O_NONBLOCK | O_NOFOLLOW: a FIFO or a link put in the
+/// file's place is not opened, see [`super::open_to_watch`]); closing a descriptor removes its
+/// events from the kqueue.
 struct FileWatch {
     files: Vec<PathBuf>,
     stamps: Vec<Stamp>,
@@ -257,19 +264,13 @@ impl FileWatch {
                 Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
                 _ => PathBuf::from("."),
             };
-            for p in [f.as_path(), dir.as_path()] {
-                let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
+            for (p, is_dir) in [(f.as_path(), false), (dir.as_path(), true)] {
+                // Never following a link, never waiting on a FIFO: only a regular file or a
+                // directory. A file or default config directory that does not exist (or is
+                // something else): its directory's events (or SIGHUP) tell when it comes.
+                let Some(fd) = super::open_to_watch(p, evtonly(), is_dir) else {
                     continue;
                 };
-                // SAFETY: a NUL-terminated path.
-                let fd = unsafe { libc::open(c.as_ptr(), libc::O_EVTONLY | libc::O_CLOEXEC) };
-                if fd < 0 {
-                    // a file or default config directory that does not exist: its directory's
-                    // events (or SIGHUP) tell when it comes
-                    continue;
-                }
-                // SAFETY: a fresh descriptor nobody else owns.
-                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
                 let what = libc::NOTE_WRITE
                     | libc::NOTE_EXTEND
                     | libc::NOTE_ATTRIB

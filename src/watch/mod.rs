@@ -255,6 +255,35 @@ pub fn run(
     Err(WatchError::Unsupported)
 }
 
+/// Open `path` only to be told when it changes (`access`: O_EVTONLY on macOS): a regular file
+/// (`dir` false) whose last component is not followed if it is a symbolic link, or a directory.
+/// Never an open that waits (a FIFO put where the file was) or acts (a device): anything else
+/// is left unopened, and the directory's events still say when it is replaced.
+pub fn open_to_watch(
+    path: &std::path::Path,
+    access: nix::fcntl::OFlag,
+    dir: bool,
+) -> Option<std::os::fd::OwnedFd> {
+    use nix::fcntl::OFlag;
+    let flags = access
+        | OFlag::O_NONBLOCK
+        | OFlag::O_NOCTTY
+        | OFlag::O_CLOEXEC
+        | if dir {
+            OFlag::O_DIRECTORY
+        } else {
+            OFlag::O_NOFOLLOW
+        };
+    if !dir && !std::fs::symlink_metadata(path).ok()?.is_file() {
+        return None;
+    }
+    let fd = nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty()).ok()?;
+    let file = std::fs::File::from(fd);
+    // what was opened, not what was looked at before (it may have been replaced in between)
+    let meta = file.metadata().ok()?;
+    (if dir { meta.is_dir() } else { meta.is_file() }).then(|| file.into())
+}
+
 /// The events since the last reconcile, counted by kind, for its log line.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Causes(BTreeMap<&'static str, usize>);
@@ -432,6 +461,7 @@ const NFT_EVENTS: [&str; 7] = [
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn msg(kind: u16, payload: usize) -> Vec<u8> {
         let len = (NLMSG_HDRLEN + payload) as u32;
@@ -518,6 +548,26 @@ mod tests {
         odd.add_datagram(&msg(rule_added, 4)); // no table name
         assert!(odd.unknown);
         assert_eq!(odd.reading(&Causes::default(), true), Reading::All);
+    }
+
+    #[test]
+    fn only_a_regular_file_or_a_directory_is_opened_to_watch_and_never_a_fifo() {
+        use nix::fcntl::OFlag;
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("config.json");
+        std::fs::write(&file, "{}").unwrap();
+        assert!(open_to_watch(&file, OFlag::O_RDONLY, false).is_some());
+        assert!(open_to_watch(d.path(), OFlag::O_RDONLY, true).is_some());
+        assert!(open_to_watch(&file, OFlag::O_RDONLY, true).is_none());
+        let fifo = d.path().join("fifo.json");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // without a writer, an open that waits would never return
+        assert!(open_to_watch(&fifo, OFlag::O_RDONLY, false).is_none());
+        assert!(open_to_watch(&fifo, OFlag::O_RDONLY, true).is_none());
+        let link = d.path().join("link.json");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert!(open_to_watch(&link, OFlag::O_RDONLY, false).is_none());
+        assert!(open_to_watch(Path::new("/dev/null"), OFlag::O_RDONLY, false).is_none());
     }
 
     #[test]
