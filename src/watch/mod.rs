@@ -227,7 +227,14 @@ impl<F: FnMut() -> Result<crate::settings::Settings, SettingsError>> Reloader<F>
             }
         };
         let path = settings.config_path.display().to_string();
-        let found = Found::of(settings.clone());
+        let mut found = Found::of(settings.clone());
+        if let Some(Err(e)) = &found.machine {
+            // Caught half-written (a file rewritten in place is empty for a moment) or gone: a
+            // reconcile now would fail on the same read and leave the setup as it is; the next
+            // change of the file (or the backstop) looks again.
+            tracing::debug!("{why}: {e}: keeping the current setup");
+            found.machine = self.last.machine.clone();
+        }
         if found == self.last && !forced {
             tracing::debug!("{why}: settings re-read from {path}: unchanged, nothing to do");
             return None;
