@@ -456,7 +456,7 @@ pub async fn up_with<N: Net>(
         || fw_owned_before
         || !held.is_empty();
     record.firewall_held = held.clone().nonempty();
-    record.flags = Some(settings.request.flags.clone());
+    record.flags = Some(settings.request.flags.used_by(&target));
     if previous.as_ref() != Some(&record)
         && let Err(e) = store.save(&record)
     {
