@@ -63,7 +63,7 @@ impl fmt::Display for VmIpSource {
 }
 
 /// What discovery is asked to find, from settings.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Request {
     /// The settings flags this `up` was given (or re-applied), for the record.
     pub flags: crate::options::UpFlags,

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/dockroute";
 const RECORD: &str = "state.json";
 const LOCK: &str = "lock";
+/// The record names the VM, its link and the flags `up` was given: root's business only.
+const RECORD_MODE: u32 = 0o600;
 const VERSION: u32 = 1;
 /// How long `up` and `down` wait for another run's lock by default.
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -27,6 +29,20 @@ fn read_holder(file: &File) -> Option<u32> {
     let mut buf = [0u8; 16];
     let n = file.read_at(&mut buf, 0).ok()?;
     std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()
+}
+
+/// A record an older version wrote readable by everyone becomes [`RECORD_MODE`] the first time
+/// its owner (root) reads it, not only when it next changes.
+fn make_private(file: &File, path: &Path) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Ok(meta) = file.metadata() else { return };
+    if meta.mode() & 0o077 == 0 || meta.uid() != nix::unistd::geteuid().as_raw() {
+        return;
+    }
+    match file.set_permissions(std::fs::Permissions::from_mode(RECORD_MODE)) {
+        Ok(()) => tracing::debug!("{}: now readable by root only", path.display()),
+        Err(e) => tracing::warn!("{}: cannot make it private: {e}", path.display()),
+    }
 }
 
 /// What dockroute installed, as of its last successful `up`.
@@ -247,11 +263,18 @@ impl Store {
             crate::trust::check_dir(&self.dir).map_err(self.untrusted())?;
         }
         let path = self.dir.join(RECORD);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
+        let mut file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(&path)
+        {
+            Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err(&path)(e)),
         };
+        make_private(&file, &path);
+        let mut text = String::new();
+        io::Read::read_to_string(&mut file, &mut text).map_err(io_err(&path))?;
         serde_json::from_str(&text)
             .map(Some)
             .map_err(|e| RecordError::Corrupt {
@@ -274,7 +297,7 @@ impl Store {
             reason: e.to_string(),
         })?;
         body.push(b'\n');
-        crate::fsutil::write_atomic(&path, &body, 0o644, false).map_err(io_err(&path))
+        crate::fsutil::write_atomic(&path, &body, RECORD_MODE, false).map_err(io_err(&path))
     }
 
     /// Remove the record (a missing one is fine).
@@ -307,6 +330,20 @@ mod tests {
         };
         let entries = crate::plan::desired(&target);
         Record::new(target, entries, None)
+    }
+
+    #[test]
+    fn the_record_is_private_and_an_older_public_one_becomes_private_when_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("state"));
+        let _lock = store.lock().unwrap();
+        store.save(&record()).unwrap();
+        let path = store.dir().join(RECORD);
+        let mode = || std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(), 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(store.load().unwrap(), Some(record()));
+        assert_eq!(mode(), 0o600);
     }
 
     #[test]

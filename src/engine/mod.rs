@@ -226,18 +226,17 @@ fn same_place(a: &DnsState, b: &DnsState) -> bool {
     a.backend == b.backend && a.domain == b.domain && a.path == b.path && a.ifindex == b.ifindex
 }
 
-/// The entries `up` wants for `target` on this platform, and the subnets routed as their halves
-/// (with one table, a prefix that someone else's route holds is routed as its two halves).
-async fn planned<N: Net>(
-    net: &mut N,
-    target: &Target,
-) -> Result<(Vec<crate::net::Entry>, Vec<plan::single::Split>), EngineError> {
+/// The entries `up` wants for `target` on this platform, with (one table) the subnets routed as
+/// several prefixes to outdo others' routes inside them, and the routes left to others.
+async fn planned<N: Net>(net: &mut N, target: &Target) -> Result<plan::single::Plan, EngineError> {
     match net.layout() {
-        plan::Layout::PolicyTable => Ok((plan::desired(target), Vec::new())),
+        plan::Layout::PolicyTable => Ok(plan::single::Plan {
+            entries: plan::desired(target),
+            ..Default::default()
+        }),
         plan::Layout::SingleTable => {
-            let held = net.held(&plan::single::candidates(target)).await?;
-            let p = plan::single::desired(target, &held).map_err(NetError::Conflict)?;
-            Ok((p.entries, p.splits))
+            let held = net.held(&target.subnets).await?;
+            Ok(plan::single::desired(target, &held).map_err(NetError::Conflict)?)
         }
     }
 }
@@ -389,10 +388,14 @@ pub async fn up_with<N: Net>(
     if let (Some(d), false) = (&want_dns, dry_run) {
         dns::sweep(d.backend, &d.path);
     }
-    let (desired, splits) = planned(net, &target).await?;
-    for split in &splits {
+    let planned = planned(net, &target).await?;
+    for split in &planned.splits {
         tracing::warn!("{split}");
     }
+    for c in &planned.conceded {
+        tracing::warn!("{c}");
+    }
+    let desired = planned.entries;
     let previous = store.load().ok().flatten();
     let seen = observe_owned(net, &desired, previous.as_ref(), dry_run).await?;
     let changes = plan::diff(&desired, &seen.owned);
@@ -498,7 +501,7 @@ pub async fn up_with<N: Net>(
         || fw_owned_before
         || !held.is_empty();
     record.firewall_held = held.clone().nonempty();
-    record.flags = Some(settings.request.flags.clone());
+    record.flags = Some(settings.request.flags.used_by(&target));
     if previous.as_ref() != Some(&record)
         && let Err(e) = store.save(&record)
     {
@@ -1047,9 +1050,10 @@ mod tests {
             Ok(self
                 .routes
                 .iter()
-                .filter(|r| !r.2 && prefixes.contains(&r.0))
+                .filter(|r| !r.2 && prefixes.iter().any(|p| p.contains(&r.0)))
                 .map(|r| crate::net::Held {
                     prefix: r.0,
+                    ifindex: 12,
                     by: format!("{} via {} dev utun3", r.0, r.1),
                 })
                 .collect())
@@ -1088,6 +1092,54 @@ mod tests {
         async fn next_event(&mut self, _deadline: Instant) -> Result<bool, NetError> {
             Ok(false)
         }
+    }
+
+    #[test]
+    fn one_table_outdoes_a_vpn_route_inside_a_subnet_and_status_looks_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let mut k = OneTable { routes: vec![] };
+        futures_lite::future::block_on(async {
+            let first = up_test(&mut k, &store, false).await;
+            assert_eq!(first.changes.len(), 1);
+            // a VPN connects and routes one /24 of the subnet into its tunnel
+            let vpn: Ipv4Net = "172.17.5.0/24".parse().unwrap();
+            k.routes.push((vpn, "10.8.0.1".parse().unwrap(), false));
+            let again = up_test(&mut k, &store, false).await;
+            let ours: Vec<Ipv4Net> = k.routes.iter().filter(|r| r.2).map(|r| r.0).collect();
+            assert_eq!(ours.len(), 10, "{ours:?}");
+            assert!(!ours.contains(&"172.17.0.0/16".parse().unwrap()));
+            // every address of the VPN's /24 has a longer route of dockroute's
+            for a in ["172.17.5.1", "172.17.5.250"] {
+                let a: Ipv4Addr = a.parse().unwrap();
+                let best = k
+                    .routes
+                    .iter()
+                    .filter(|r| r.0.contains(&a))
+                    .max_by_key(|r| r.0.prefix_len());
+                assert!(best.unwrap().2, "{a} goes to the VPN: {:?}", again.changes);
+            }
+            assert!(
+                k.routes
+                    .contains(&(vpn, "10.8.0.1".parse().unwrap(), false)),
+                "the VPN's route stays"
+            );
+            let st = status(&mut k, &settings(), &store, None).await.unwrap();
+            assert!(st.in_sync);
+            assert!(
+                report::status(&st).contains("split: 172.17.0.0/16 is held by another route (172.17.5.0/24 via 10.8.0.1 dev utun3)"),
+                "{}",
+                report::status(&st)
+            );
+            // the probe looks up an address inside the VPN's route, not only the subnet's first
+            assert!(
+                st.probes
+                    .iter()
+                    .any(|p| p.address == Ipv4Addr::new(172, 17, 5, 1) && p.network == vpn),
+                "{:?}",
+                st.probes
+            );
+        });
     }
 
     #[test]

@@ -97,8 +97,8 @@ pub struct Status {
     pub installed: Vec<crate::net::Entry>,
     /// Whether the installed entries are exactly what `up` would install now.
     pub in_sync: bool,
-    /// Subnets routed as their two halves, because another route holds the exact prefix (one
-    /// routing table: macOS).
+    /// Subnets routed as several prefixes, because other routes hold the subnet or parts of it
+    /// (one routing table: macOS).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub split: Vec<plan::single::Split>,
     /// Routes and rules tagged like dockroute's but not of its shape: never removed.
@@ -286,9 +286,10 @@ pub async fn status<N: Net>(
             current.ifindex = l.index;
         }
         match planned(net, &current).await {
-            Ok((want, splits)) => {
-                in_sync = plan::diff(&want, &snap.owned).is_empty();
-                split = splits;
+            Ok(p) => {
+                in_sync = plan::diff(&p.entries, &snap.owned).is_empty();
+                split = p.splits;
+                warnings.extend(p.conceded.iter().map(|c| c.to_string()));
             }
             Err(EngineError::Net(NetError::Conflict(e))) => warnings.push(e),
             Err(e) => return Err(e),

@@ -245,11 +245,13 @@ impl Layout {
     };
 }
 
-/// A prefix that a route which is not dockroute's holds exactly, with a description of that
-/// route (on macOS, where there is one table and an add of the same prefix fails).
+/// A route which is not dockroute's, in the table dockroute adds to (on macOS, where there is
+/// one table: the longest prefix wins, and an add of the same prefix fails): its prefix, the
+/// interface it is bound to, and a description of it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Held {
     pub prefix: Ipv4Net,
+    pub ifindex: u32,
     pub by: String,
 }
 
@@ -293,10 +295,11 @@ pub trait Net {
             unread: None,
         })
     }
-    /// Which of `prefixes` a route that is not dockroute's holds exactly, in the table
-    /// dockroute adds its routes to. Only a single-table platform (macOS) needs to know: on
-    /// Linux dockroute's own table holds nobody else's routes.
-    async fn held(&mut self, _prefixes: &[Ipv4Net]) -> Result<Vec<Held>, NetError> {
+    /// The routes that are not dockroute's, in the table dockroute adds its routes to, whose
+    /// prefix equals or lies inside one of `subnets` and which carry ordinary traffic (not
+    /// scoped to an interface, not the kernel's cache entries). Only a single-table platform
+    /// (macOS) needs to know: on Linux dockroute's own table holds nobody else's routes.
+    async fn held(&mut self, _subnets: &[Ipv4Net]) -> Result<Vec<Held>, NetError> {
         Ok(Vec::new())
     }
     /// The route the kernel picks for `dst`.

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod docker_lab;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
@@ -90,6 +92,11 @@ pub struct Lab {
 
 impl Lab {
     pub fn new() -> Lab {
+        Lab::created_by("create", &[])
+    }
+
+    /// The lab `scripts/lab.sh COMMAND PREFIX ARGS` builds (removed by `destroy` on drop).
+    pub fn created_by(command: &str, args: &[&str]) -> Lab {
         let prefix = format!(
             "drt{}x{}",
             std::process::id(),
@@ -100,12 +107,13 @@ impl Lab {
         std::fs::write(dir.path().join("config.toml"), "").unwrap();
         let lab = Lab { prefix, dir };
         let out = Command::new(LAB)
-            .args(["create", &lab.prefix])
+            .args([command, &lab.prefix])
+            .args(args)
             .output()
             .expect("running scripts/lab.sh");
         assert!(
             out.status.success(),
-            "lab.sh create failed: {}",
+            "lab.sh {command} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         // Every dockroute run sees this file as /etc/resolv.conf, never the machine's.
@@ -296,20 +304,25 @@ impl Lab {
 
     /// Run `f` on a thread inside the host namespace.
     pub fn in_host<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.host());
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).expect("open netns");
-            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("namespace thread")
+        in_netns(&self.host(), f)
     }
 
     /// A real TCP exchange with the container's echo service, from the host namespace.
     pub fn reaches_container(&self) -> bool {
         self.in_host(|| echo(CONTAINER))
     }
+}
+
+/// Run `f` on a thread inside the named network namespace.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).expect("open netns");
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("namespace thread")
 }
 
 /// `ip -n NS ARGS`, ARGS split on whitespace (no shell); panics on failure.
