@@ -364,7 +364,8 @@ pub struct DownArgs {
     /// Print the changes and apply none
     #[arg(long)]
     pub dry_run: bool,
-    /// Directory of the resolver file to remove (as given to `up`; default /etc/resolver)
+    /// Not needed: `down` removes the resolver file in the directory the last `up` wrote it to
+    /// (accepted for older scripts)
     #[arg(long, value_name = "DIR")]
     pub resolver_dir: Option<PathBuf>,
 }

@@ -322,9 +322,9 @@ pub async fn status<N: Net>(
     })
 }
 
-/// The DNS setting the record names, looked at where the settings point.
+/// The DNS setting the record names, looked at where `down` would undo it.
 async fn recorded_dns(recorded: &DnsState, settings: &Settings) -> DnsStatus {
-    match dns::at_settings(recorded, &settings.resolv_conf, &settings.resolver_dir) {
+    match dns::to_undo(recorded, &settings.resolv_conf, &settings.resolver_dir) {
         Ok(state) => {
             let (in_place, detail) = dns::observe(&state).await;
             DnsStatus {
