@@ -151,6 +151,70 @@ fn dry_run_without_root_shows_what_it_can() {
     assert_eq!(lab.snapshot(), before);
 }
 
+/// Issue 16, point 10: `down --dry-run` works without root, as `up --dry-run` does: it shows what
+/// it would remove; without a record it says the firewall was not checked (reading it needs
+/// root), exit 0.
+#[test]
+fn down_dry_run_without_root_shows_what_it_can() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let run = lab.as_nobody(&["down", "--dry-run"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("nothing to change")
+            && run.stdout.contains("firewall: not checked")
+            && run.stdout.contains("root"),
+        "{}",
+        run.stdout
+    );
+    up(&lab);
+    let after_up = lab.snapshot();
+    let run = lab.as_nobody(&["down", "--dry-run"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    // the record says dockroute put nothing in the firewall: it is not read at all
+    assert!(
+        run.stdout.contains("down --dry-run: would apply")
+            && run.stdout.contains("dns: would remove")
+            && !run.stdout.contains("firewall"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(lab.snapshot(), after_up);
+}
+
+/// Issue 16, point 10: with no VM anywhere, `status` says there is nothing to check the firewall
+/// for (not that nothing blocks the VM), and `status --json` says why it is degraded; with a VM
+/// reached, `degraded` is null.
+#[test]
+fn status_without_a_vm_says_so_and_json_says_degraded() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    up(&lab);
+    let st = lab.dockroute(&["--json", "status"]).ok().json();
+    assert!(st["degraded"].is_null(), "{st}");
+    lab.dockroute(&["down"]).ok();
+    lab.ip("link del vboxnet0");
+    let run = lab.dockroute(&["status"]);
+    assert_eq!(run.code, 3, "{}{}", run.stdout, run.stderr);
+    assert!(
+        !run.stdout.contains("nothing blocks the VM")
+            && run.stdout.contains("there is no VM to check it for"),
+        "{}",
+        run.stdout
+    );
+    let json = lab.dockroute(&["--json", "status"]);
+    assert_eq!(json.code, 3);
+    let degraded = json.json()["degraded"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(degraded.starts_with("no VM"), "{}", json.stdout);
+}
+
 /// `dockroute install --hooks --root ROOT` with the lab's config and state dir in its environment
 /// (as the hooks will have them), through a root-only copy of the binary.
 fn install_hooks(lab: &Lab, root: &std::path::Path) -> Run {

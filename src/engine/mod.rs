@@ -573,20 +573,15 @@ pub async fn down<N: Net>(
             }
             None => None,
         };
-        if let Some(e) = fw_seen.errors.into_iter().next() {
-            return Err(e.into());
-        }
         if let Some(t) = held.pf_token {
             tracing::info!("would release the pf enable reference (token {t})");
         }
-        return Ok(Outcome::unprobed(
-            target,
-            changes,
-            fw,
-            firewall_warnings,
-            dns,
-            dry_run,
-        ));
+        // A firewall that cannot be read (without root) is left out and said so, as in `up`.
+        let firewall_unread = (!fw_seen.errors.is_empty()).then(|| unread_note(&fw_seen.errors));
+        return Ok(Outcome {
+            firewall_unread,
+            ..Outcome::unprobed(target, changes, fw, firewall_warnings, dns, dry_run)
+        });
     }
     let mut failed: Vec<String> = fw_seen.errors.iter().map(|e| e.to_string()).collect();
     failed.extend(firewall::apply_all(&fw).iter().map(|e| e.to_string()));
