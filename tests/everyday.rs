@@ -406,8 +406,9 @@ fn silent_ignores_become_warnings() {
     assert_eq!(st.code, 3);
     assert!(st.stderr.contains("link vboxnet0 is down"), "{}", st.stderr);
 
-    // --wait says what it waits for, once, and when it found it
-    let child = lab.spawn(&["up", "--vm-ip", VM_IP, "--wait", "10"], &[]);
+    // --wait says what it waits for, once, and when it found it (news, not a warning: issue
+    // 16, point 10)
+    let child = lab.spawn(&["up", "--vm-ip", VM_IP, "--wait", "10", "-v"], &[]);
     std::thread::sleep(std::time::Duration::from_millis(700));
     lab.ip("link set vboxnet0 up");
     let out = child.wait_with_output().unwrap();
@@ -415,5 +416,9 @@ fn silent_ignores_become_warnings() {
     assert!(out.status.success(), "{err}");
     assert_eq!(err.matches("waiting up to 10s").count(), 1, "{err}");
     assert!(err.contains("link vboxnet0 is down"), "{err}");
-    assert!(err.contains("found after"), "{err}");
+    let found: Vec<&str> = err.lines().filter(|l| l.contains("found after")).collect();
+    assert!(
+        found.len() == 1 && found[0].contains(" INFO ") && !found[0].contains("WARN"),
+        "{err}"
+    );
 }
