@@ -417,31 +417,6 @@ mod tests {
         Cli::command().debug_assert();
     }
 
-    /// Issue 16, point 10: `completions` and `manpage` take no global option (a usage error),
-    /// though the environment's settings stay fine for them.
-    #[test]
-    fn completions_and_manpage_refuse_global_options() {
-        for args in [
-            &["completions", "--json", "bash"][..],
-            &["--state-dir", "/tmp/x", "completions", "bash"],
-            &["manpage", "--config", "/tmp/c"],
-            &["-v", "manpage"],
-            &["manpage", "--lock-timeout", "3"],
-        ] {
-            let argv = std::iter::once("dockroute").chain(args.iter().copied());
-            let e = parse(argv).unwrap_err();
-            assert_eq!(
-                e.kind(),
-                clap::error::ErrorKind::ArgumentConflict,
-                "{args:?}"
-            );
-            assert!(e.to_string().contains("does not apply to"), "{e}");
-        }
-        assert!(parse(["dockroute", "completions", "bash"]).is_ok());
-        assert!(parse(["dockroute", "manpage"]).is_ok());
-        assert!(parse(["dockroute", "--json", "status"]).is_ok());
-    }
-
     #[test]
     fn globals_go_before_or_after_the_subcommand() {
         let a = Cli::try_parse_from(["dockroute", "--json", "status"]).unwrap();

@@ -231,6 +231,8 @@ fn completions_and_manpage_refuse_global_options_and_name_what_is_missing() {
         &["--state-dir", "/tmp/x", "completions", "bash"],
         &["manpage", "--config", "/tmp/c"],
         &["-q", "manpage"],
+        &["manpage", "-v"],
+        &["completions", "zsh", "--lock-timeout", "3"],
     ] {
         let (code, stdout, stderr) = run(dockroute(args));
         assert_eq!(code, USAGE, "{args:?}: {stdout}{stderr}");
@@ -239,6 +241,10 @@ fn completions_and_manpage_refuse_global_options_and_name_what_is_missing() {
             "{args:?}: {stdout}{stderr}"
         );
     }
+    // the environment's settings are set for every command: fine here (DOCKROUTE_STATE_DIR is)
+    let mut with_env = dockroute(&["completions", "bash"]);
+    with_env.env("DOCKROUTE_CONFIG", "/nonexistent-dockroute-test-config");
+    assert_eq!(run(with_env).0, 0);
     let (code, _, stderr) = run(dockroute(&["completions"]));
     assert_eq!(code, USAGE);
     assert_eq!(
