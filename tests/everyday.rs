@@ -152,8 +152,8 @@ fn dry_run_without_root_shows_what_it_can() {
 }
 
 /// Issue 16, point 10: `down --dry-run` works without root, as `up --dry-run` does: it shows what
-/// it would remove; without a record it says the firewall was not checked (reading it needs
-/// root), exit 0.
+/// it would remove; where no record says dockroute put nothing in the firewall, it says the
+/// firewall was not checked (reading it needs root), exit 0.
 #[test]
 fn down_dry_run_without_root_shows_what_it_can() {
     if !privileged() {
@@ -173,11 +173,10 @@ fn down_dry_run_without_root_shows_what_it_can() {
     let after_up = lab.snapshot();
     let run = lab.as_nobody(&["down", "--dry-run"]);
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
-    // the record says dockroute put nothing in the firewall: it is not read at all
+    // the routes are found by their tag (the record may be root's alone to read)
     assert!(
-        run.stdout.contains("down --dry-run: would apply")
-            && run.stdout.contains("dns: would remove")
-            && !run.stdout.contains("firewall"),
+        run.stdout
+            .contains("down --dry-run: would apply 5 change(s)"),
         "{}",
         run.stdout
     );
