@@ -680,7 +680,7 @@ pub async fn discover<N: Net>(net: &mut N, req: &Request) -> Result<Target, Disc
         match chosen {
             Ok(t) => {
                 if waited {
-                    tracing::warn!(
+                    tracing::info!(
                         "found after {:.1}s: {} on {}",
                         start.elapsed().as_secs_f64(),
                         t.vm_ip,

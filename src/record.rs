@@ -24,11 +24,19 @@ const VERSION: u32 = 1;
 /// How long `up` and `down` wait for another run's lock by default.
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The pid the lock's holder wrote into the lock file, if it did yet.
+/// The pid the lock's holder wrote into the lock file, if it did yet. A pid of a process that no
+/// longer runs is none: the lock file keeps the pid of the last dockroute that held it, and
+/// something else (a backup tool, `flock(1)`) may hold the lock now.
 fn read_holder(file: &File) -> Option<u32> {
     let mut buf = [0u8; 16];
     let n = file.read_at(&mut buf, 0).ok()?;
-    std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()
+    let pid: u32 = std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()?;
+    let running = i32::try_from(pid).is_ok_and(|p| {
+        p > 0
+            && nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None)
+                != Err(nix::errno::Errno::ESRCH)
+    });
+    running.then_some(pid)
 }
 
 /// A record an older version wrote readable by everyone becomes [`RECORD_MODE`] the first time
@@ -96,7 +104,7 @@ pub enum RecordError {
     #[error("record {path} is unreadable ({reason}); `dockroute down` still finds tagged routes")]
     Corrupt { path: PathBuf, reason: String },
     #[error(
-        "gave up after {waited:?}: another dockroute (pid {}) holds the lock {path}; wait for it to finish or stop it", holder_pid(.holder)
+        "gave up after {waited:?}: {} holds the lock {path}; wait for it to finish or stop it", holder_text(.holder)
     )]
     Locked {
         path: PathBuf,
@@ -105,8 +113,12 @@ pub enum RecordError {
     },
 }
 
-fn holder_pid(holder: &Option<u32>) -> String {
-    holder.map_or_else(|| "unknown".into(), |p| p.to_string())
+/// Who holds the lock: the dockroute that wrote its pid, or a process that did not say.
+fn holder_text(holder: &Option<u32>) -> String {
+    holder.map_or_else(
+        || "another process (not a running dockroute that named itself in the lock file)".into(),
+        |p| format!("another dockroute (pid {p})"),
+    )
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RecordError + '_ {
@@ -232,8 +244,8 @@ impl Store {
             // Said once, as soon as the holder has written its pid (it does right after locking).
             if !told && (holder.is_some() || start.elapsed() >= HOLDER_GRACE) {
                 tracing::warn!(
-                    "waiting for another dockroute (pid {}) to finish (at most {:?})",
-                    holder_pid(&holder),
+                    "waiting for {} to finish (at most {:?})",
+                    holder_text(&holder),
                     self.lock_timeout
                 );
                 told = true;
@@ -469,6 +481,26 @@ mod tests {
             "{e}"
         );
         assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(5));
+    }
+
+    /// Issue 16, point 10: the pid left in the lock file by a dockroute that has ended is not
+    /// named when something else holds the lock.
+    #[test]
+    fn a_lock_held_by_something_else_names_no_stale_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path()).with_lock_timeout(Duration::ZERO);
+        drop(store.lock().unwrap());
+        let mut ended = std::process::Command::new("/bin/true").spawn().unwrap();
+        let stale = ended.id();
+        ended.wait().unwrap();
+        std::fs::write(dir.path().join(LOCK), format!("{stale:<10}\n")).unwrap();
+        let other = File::open(dir.path().join(LOCK)).unwrap();
+        other.lock().unwrap();
+        let e = store.lock().unwrap_err().to_string();
+        assert!(
+            !e.contains(&stale.to_string()) && e.contains("another process"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -183,19 +183,34 @@ fn a_forged_record_never_makes_root_rewrite_or_remove_another_file() {
     unchanged();
     assert_eq!(std::fs::read(lab.resolv_conf()).unwrap(), resolv_before);
 
-    // a resolver file elsewhere: down refuses and says how to undo it there
+    // a resolver file in a directory a user can change: down refuses and says why
+    let victims = resolver.parent().unwrap();
+    std::os::unix::fs::chown(victims, Some(65534), None).unwrap();
     up(&lab);
-    forge(&lab, "resolver-dir", resolver.parent().unwrap(), "victim");
+    forge(&lab, "resolver-dir", victims, "victim");
     let run = lab.dockroute(&["down"]);
     assert_ne!(run.code, 0);
-    assert!(run.stderr.contains("--resolver-dir"), "{}", run.stderr);
+    assert!(run.stderr.contains("is not safe"), "{}", run.stderr);
     unchanged();
     // ... and `up` replacing that previous setting leaves it alone as well
     lab.dockroute(&["up", "--vm-ip", VM_IP, "--dns", "resolv-conf"])
         .ok();
     unchanged();
+    std::os::unix::fs::chown(victims, Some(0), None).unwrap();
 
-    // a domain that climbs out of the settings' resolver dir
+    // a recorded directory that is not a plain absolute path
+    let climbing = lab.dir.path().join("resolver/../victims");
+    forge(&lab, "resolver-dir", &climbing, "victim");
+    let run = lab.dockroute(&["down"]);
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("not an absolute path of plain names"),
+        "{}",
+        run.stderr
+    );
+    unchanged();
+
+    // a domain that climbs out of the recorded resolver dir
     let dir = lab.dir.path().join("resolver");
     std::fs::create_dir(&dir).unwrap();
     forge(&lab, "resolver-dir", &dir, "../victims/victim");

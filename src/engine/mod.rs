@@ -509,9 +509,9 @@ pub async fn up_with<N: Net>(
         firewall::release_new(&held, &held_before);
         return Err(e.into());
     }
-    // Undone where the settings point, never at a path from the record.
+    // resolv.conf is undone where the settings point; a resolver file where `up` wrote it.
     let previous_dns = previous.as_ref().and_then(|r| r.dns.as_ref());
-    match previous_dns.map(|d| dns::at_settings(d, &settings.resolv_conf, &settings.resolver_dir)) {
+    match previous_dns.map(|d| dns::to_undo(d, &settings.resolv_conf, &settings.resolver_dir)) {
         Some(Ok(old)) if want_dns.as_ref().is_none_or(|w| !same_place(&old, w)) => {
             if let Err(e) = dns::revert(&old).await {
                 tracing::warn!("could not undo the previous DNS setting ({old}): {e}");
@@ -603,11 +603,11 @@ pub async fn down<N: Net>(
         tracing::warn!("firewall: {w}");
     }
     let firewall_warnings = fw_seen.warnings;
-    // Undone where the settings point, never at a path from the record.
+    // resolv.conf is undone where the settings point; a resolver file where `up` wrote it.
     let dns_state = record
         .as_ref()
         .and_then(|r| r.dns.as_ref())
-        .map(|d| dns::at_settings(d, &settings.resolv_conf, &settings.resolver_dir));
+        .map(|d| dns::to_undo(d, &settings.resolv_conf, &settings.resolver_dir));
     let target = record.map(|r| r.target);
     if dry_run {
         let dns = match dns_state {
@@ -621,20 +621,15 @@ pub async fn down<N: Net>(
             }
             None => None,
         };
-        if let Some(e) = fw_seen.errors.into_iter().next() {
-            return Err(e.into());
-        }
         if let Some(t) = held.pf_token {
             tracing::info!("would release the pf enable reference (token {t})");
         }
-        return Ok(Outcome::unprobed(
-            target,
-            changes,
-            fw,
-            firewall_warnings,
-            dns,
-            dry_run,
-        ));
+        // A firewall that cannot be read (without root) is left out and said so, as in `up`.
+        let firewall_unread = (!fw_seen.errors.is_empty()).then(|| unread_note(&fw_seen.errors));
+        return Ok(Outcome {
+            firewall_unread,
+            ..Outcome::unprobed(target, changes, fw, firewall_warnings, dns, dry_run)
+        });
     }
     let mut failed: Vec<String> = fw_seen.errors.iter().map(|e| e.to_string()).collect();
     failed.extend(firewall::apply_all(&fw).iter().map(|e| e.to_string()));

@@ -113,6 +113,8 @@ pub struct Status {
     pub name_check: Option<NameCheck>,
     /// What looks like a VPN, what its firewall blocks, and what dockroute repaired.
     pub vpn: VpnStatus,
+    /// What keeps containers from being reached (`status` then exits with 3), or null.
+    pub degraded: Option<String>,
     /// Every route and rule not dockroute's (to name what wins over it).
     #[serde(skip)]
     pub foreign_routes: Vec<ForeignRoute>,
@@ -312,7 +314,7 @@ pub async fn status<N: Net>(
             ));
         }
     }
-    Ok(Status {
+    let mut st = Status {
         target_from,
         target,
         discovery_error,
@@ -330,12 +332,15 @@ pub async fn status<N: Net>(
         vpn: vpn_status,
         foreign_routes: snap.foreign_routes,
         foreign_rules: snap.foreign_rules,
-    })
+        degraded: None,
+    };
+    st.degraded = st.degraded().map(|d| d.0.join("; "));
+    Ok(st)
 }
 
-/// The DNS setting the record names, looked at where the settings point.
+/// The DNS setting the record names, looked at where `down` would undo it.
 async fn recorded_dns(recorded: &DnsState, settings: &Settings) -> DnsStatus {
-    match dns::at_settings(recorded, &settings.resolv_conf, &settings.resolver_dir) {
+    match dns::to_undo(recorded, &settings.resolv_conf, &settings.resolver_dir) {
         Ok(state) => {
             let (in_place, detail) = dns::observe(&state).await;
             DnsStatus {

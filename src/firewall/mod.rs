@@ -134,6 +134,9 @@ impl fmt::Display for Repair {
             let text = pf::rule_text(self).unwrap_or_else(|e| e.escape_debug().to_string());
             return write!(f, "pf -a {} {text}", self.table);
         }
+        if self.backend == nft::BACKEND {
+            return write!(f, "nft {}", nft::rule_text(self));
+        }
         if self.backend == ipfw::BACKEND {
             let n = self
                 .handle
@@ -171,6 +174,16 @@ pub struct Foreign {
 
 impl fmt::Display for Foreign {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.backend == nft::BACKEND {
+            // nft names a rule's place as `rule FAMILY TABLE CHAIN`
+            return write!(
+                f,
+                "nft rule {} {}: {}",
+                self.table.escape_debug(),
+                self.chain.escape_debug(),
+                self.rule.escape_debug()
+            );
+        }
         write!(
             f,
             "{} -t {} {}: {}",
