@@ -140,6 +140,25 @@ mod tests {
             .lines()
             .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
             .unwrap();
+        // nothing under /run is writable (iptables-legacy's lock is made before the start and
+        // opened read-only); IP traffic only to private networks, loopback and link-local
+        let writable = u
+            .lines()
+            .filter_map(|l| l.strip_prefix("ReadWritePaths="))
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            writable
+                .split(' ')
+                .all(|p| !p.trim_start_matches('-').starts_with("/run")),
+            "{writable}"
+        );
+        assert!(u.contains("\nExecStartPre=+/usr/bin/touch -- /run/xtables.lock\n"));
+        assert!(u.contains("\nIPAddressDeny=any\n"));
+        assert!(u.contains(
+            "\nIPAddressAllow=localhost link-local 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16\n"
+        ));
+        assert!(u.contains("\nUMask=0077\n"));
         assert!(caps.split(' ').any(|c| c == "CAP_NET_ADMIN"));
         assert!(!caps.contains("CAP_SYS_ADMIN"));
         assert!(!u.contains(super::super::BIN));
