@@ -358,28 +358,11 @@ fn legacy_repair_needs_only_an_existing_lock_under_a_read_only_run() {
     kill_switch("iptables-legacy")(&lab);
     assert!(!lab.reaches_container());
     let vpn_rules = IPTABLES_LEGACY.list(&lab);
-    let held = tempfile::tempdir().unwrap();
-    let held = held.path().to_str().unwrap();
     let lab = &lab;
     std::thread::scope(|scope| {
         scope
             .spawn(move || {
-                let mount = |args: &[&str]| {
-                    let st = std::process::Command::new("mount")
-                        .args(args)
-                        .status()
-                        .unwrap();
-                    assert!(st.success(), "mount {args:?}");
-                };
-                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
-                // private first: nothing below reaches the machine's mounts
-                mount(&["--make-rprivate", "/"]);
-                mount(&["--rbind", "/run/netns", held]);
-                mount(&["-t", "tmpfs", "-o", "mode=0755", "tmpfs", "/run"]);
-                for d in ["/run/netns", "/run/dbus"] {
-                    std::fs::create_dir(d).unwrap();
-                }
-                mount(&["--move", held, "/run/netns"]);
+                private_run();
                 mount(&["-o", "remount,ro", "/run"]);
                 let failed = lab.dockroute(&["up", "--vm-ip", VM_IP]);
                 assert_ne!(failed.code, 0, "{}", failed.stdout);

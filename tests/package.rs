@@ -51,11 +51,6 @@ impl Drop for Job {
     }
 }
 
-fn sh(program: &str, args: &[&str]) {
-    let st = Command::new(program).args(args).status().unwrap();
-    assert!(st.success(), "{program} {args:?}");
-}
-
 /// What `up` changes in the lab: routes and rules, the firewall, the DNS file.
 fn lab_state(lab: &Lab) -> String {
     format!(
@@ -95,23 +90,11 @@ fn apt_remove_stops_and_disables_the_job_and_undoes_up_and_purge_removes_the_sta
     let netns = format!("/run/netns/{}", lab.host());
     let resolv = std::fs::read_to_string(lab.resolv_conf()).unwrap();
     let lab = &lab;
-    let held = tempfile::tempdir().unwrap();
-    let held = held.path().to_str().unwrap();
     std::thread::scope(|scope| {
         scope
             .spawn(move || {
                 let ns = std::fs::File::open(&netns).unwrap();
-                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
-                // private first, so that no mount below reaches the machine; the lab's namespaces stay
-                // reachable under the new /run
-                sh("mount", &["--make-rprivate", "/"]);
-                sh("mount", &["--rbind", "/run/netns", held]);
-                sh(
-                    "mount",
-                    &["-t", "tmpfs", "-o", "mode=0755", "tmpfs", "/run"],
-                );
-                std::fs::create_dir("/run/netns").unwrap();
-                sh("mount", &["--move", held, "/run/netns"]);
+                private_run();
                 for dir in ["usr/bin", "etc", "var/lib"] {
                     let top = format!("/run/.overlay/{}", dir.replace('/', "-"));
                     for d in ["upper", "work"] {
@@ -123,10 +106,7 @@ fn apt_remove_stops_and_disables_the_job_and_undoes_up_and_purge_removes_the_sta
                     )
                     .unwrap();
                     let opts = format!("lowerdir=/{dir},upperdir={top}/upper,workdir={top}/work");
-                    sh(
-                        "mount",
-                        &["-t", "overlay", "overlay", "-o", &opts, &format!("/{dir}")],
-                    );
+                    mount(&["-t", "overlay", "overlay", "-o", &opts, &format!("/{dir}")]);
                 }
                 std::fs::create_dir_all("/run/systemd/system").unwrap();
                 nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
