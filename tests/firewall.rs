@@ -6,6 +6,7 @@
 
 mod common;
 use common::*;
+use std::os::unix::fs::PermissionsExt;
 
 /// How a test reads one firewall backend: its name in dockroute's output, the listing of its
 /// rules, and how dockroute's tag looks in that listing.
@@ -336,4 +337,55 @@ fn nftables_drop_inserted_above_dockroutes_accept() {
     lab.dockroute(&["down"]).ok();
     let left: Vec<String> = NFTABLES.list(&lab).lines().map(str::to_string).collect();
     assert_eq!(left, theirs, "the VPN's table changed");
+}
+
+/// The boot job's sandbox (systemd/dockroute.service) leaves /run read-only: iptables-legacy takes
+/// its lock by opening /run/xtables.lock read-only, which works once the file exists (the unit's
+/// `ExecStartPre=+` makes it). Here /run is a read-only tmpfs: without the lock file the legacy
+/// repair fails (why the unit makes it); with it, `up` repairs a legacy kill switch and `down`
+/// leaves the VPN's rules byte-identical.
+#[test]
+fn legacy_repair_needs_only_an_existing_lock_under_a_read_only_run() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    lab.add_tunnel("tun0", "10.66.0.2/24");
+    up(&lab);
+    kill_switch("iptables-legacy")(&lab);
+    assert!(!lab.reaches_container());
+    let vpn_rules = IPTABLES_LEGACY.list(&lab);
+    let lab = &lab;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                private_run();
+                mount(&["-o", "remount,ro", "/run"]);
+                let failed = lab.dockroute(&["up", "--vm-ip", VM_IP]);
+                assert_ne!(failed.code, 0, "{}", failed.stdout);
+                assert!(failed.stderr.contains("xtables.lock"), "{}", failed.stderr);
+                assert!(!lab.reaches_container());
+
+                mount(&["-o", "remount,rw", "/run"]);
+                // closed before the remount (a file open for writing keeps it read-write)
+                std::fs::write("/run/xtables.lock", "").unwrap();
+                std::fs::set_permissions(
+                    "/run/xtables.lock",
+                    std::fs::Permissions::from_mode(0o600),
+                )
+                .unwrap();
+                mount(&["-o", "remount,ro", "/run"]);
+                let fixed = up(lab);
+                assert!(
+                    fixed.stdout.contains("+ firewall iptables-legacy "),
+                    "{}",
+                    fixed.stdout
+                );
+                assert!(lab.reaches_container());
+                lab.dockroute(&["down"]).ok();
+                assert_eq!(IPTABLES_LEGACY.list(lab), vpn_rules);
+            })
+            .join()
+            .unwrap()
+    });
 }

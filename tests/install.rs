@@ -110,9 +110,12 @@ fn install_refuses_a_binary_a_user_could_replace_and_writes_nothing() {
         let out = run(&bin, &args);
         one_error_line(&out);
         assert!(out.stderr.contains("owned by uid 65534"), "{}", out.stderr);
+        // the advice names the binary that was refused (a build is in target/<triple>/release)
         assert!(
-            out.stderr
-                .contains("sudo install -m 755 target/release/dockroute /usr/local/bin/"),
+            out.stderr.contains(&format!(
+                "sudo install -m 755 {} /usr/local/bin/",
+                bin.display()
+            )),
             "{}",
             out.stderr
         );
@@ -165,8 +168,8 @@ fn install_root_writes_exactly_its_files_and_uninstall_removes_exactly_them() {
     .unwrap();
     let before = walk(root.path());
 
-    // --print writes nothing
-    run(&bin, &["install", "--print", "--hooks", "--root", r]).ok();
+    // --print writes nothing, so --root with it is refused (and nothing is written)
+    one_error_line(&run(&bin, &["install", "--print", "--hooks", "--root", r]));
     assert_eq!(walk(root.path()), before);
 
     let out = run(&bin, &["install", "--hooks", "--root", r]).ok();
@@ -450,4 +453,140 @@ fn uninstall_runs_down_and_removes_the_job_and_the_hooks() {
     assert!(!unit.exists() && !hook.exists());
     assert_eq!(lab.tagged(), 0, "uninstall did not run down");
     assert!(!lab.reaches_container());
+}
+
+/// `--root` must name an existing directory (a relative one is taken from the working
+/// directory); `--print` writes nothing, so `--root` with it is refused rather than ignored.
+#[test]
+fn install_root_must_exist_and_print_refuses_a_root() {
+    if !privileged() {
+        return;
+    }
+    let (_d, bin) = binary_copy(None);
+    let work = private_root(&["r"]);
+    let before = walk(work.path());
+    let in_work = |args: &[&str]| -> Run {
+        Run::from(
+            Command::new(&bin)
+                .args(args)
+                .current_dir(work.path())
+                .output()
+                .unwrap(),
+        )
+    };
+    for missing in ["missing", "missing/deeper"] {
+        for verb in ["install", "uninstall"] {
+            let out = in_work(&[verb, "--root", missing]);
+            one_error_line(&out);
+            assert!(
+                out.stderr.contains("no such directory")
+                    && out.stderr.contains("the install root must exist")
+                    && out
+                        .stderr
+                        .contains(&format!("mkdir -p {}", work.path().join(missing).display())),
+                "{}",
+                out.stderr
+            );
+        }
+    }
+    let out = in_work(&["install", "--root", "/nonexistent/dockroute-root"]);
+    one_error_line(&out);
+    assert!(out.stderr.contains("must exist"), "{}", out.stderr);
+    let out = in_work(&["install", "--print", "--root", "r"]);
+    one_error_line(&out);
+    assert!(out.stdout.is_empty());
+    assert!(out.stderr.contains("--root has no use"), "{}", out.stderr);
+    assert_eq!(walk(work.path()), before);
+
+    // a relative root that exists is the one below the working directory
+    in_work(&["install", "--root", "r"]).ok();
+    assert!(
+        work.path()
+            .join("r/etc/systemd/system/dockroute.service")
+            .is_file()
+    );
+    in_work(&["uninstall", "--root", "r"]).ok();
+    assert!(
+        !work
+            .path()
+            .join("r/etc/systemd/system/dockroute.service")
+            .exists()
+    );
+}
+
+/// `install --print` of a binary `install` would refuse warns on stderr and in each printed
+/// file, so neither `-q` nor a redirection hides it; the plist stays a plist.
+#[test]
+fn install_print_of_an_untrusted_binary_says_so_in_what_it_prints() {
+    if !privileged() {
+        return;
+    }
+    let (_d, bin) = binary_copy(Some(65534));
+    let out = run(&bin, &["install", "--print", "--hooks"]).ok();
+    assert!(out.stderr.contains("not safe to install"), "{}", out.stderr);
+    let quiet = run(&bin, &["-q", "install", "--print", "--hooks"]).ok();
+    assert_eq!(
+        quiet
+            .stdout
+            .matches("# WARNING: not safe to install")
+            .count(),
+        4,
+        "{}",
+        quiet.stdout
+    );
+    assert!(
+        quiet.stdout.contains("owned by uid 65534"),
+        "{}",
+        quiet.stdout
+    );
+    let unit = quiet.stdout.split("# ==> ").next().unwrap();
+    assert!(unit.starts_with("# dockroute: "), "{unit}");
+    let plist = run(&bin, &["-q", "install", "--print", "--init", "launchd"]).ok();
+    assert!(plist.stdout.contains("<!-- WARNING: not safe to install"));
+    plist::Value::from_reader_xml(plist.stdout.as_bytes()).unwrap();
+
+    // a binary only root can change: no warning
+    let (_d, bin) = binary_copy(None);
+    let out = run(&bin, &["install", "--print", "--hooks"]).ok();
+    assert!(!out.stdout.contains("WARNING") && !out.stderr.contains("not safe"));
+}
+
+/// `uninstall --root` with somebody else's file at a hook's place: left alone, with uninstall's
+/// own words (not install's "remove it first"); the other OS's job is not listed when absent.
+#[test]
+fn uninstall_root_leaves_a_foreign_hook_in_its_own_words() {
+    if !privileged() {
+        return;
+    }
+    let (_d, bin) = binary_copy(None);
+    let root = private_root(&["etc/NetworkManager/dispatcher.d"]);
+    let hook = root
+        .path()
+        .join("etc/NetworkManager/dispatcher.d/90-dockroute");
+    std::fs::write(&hook, "#!/bin/sh\nexit 0\n").unwrap();
+    let before = walk(root.path());
+    let out = run(
+        &bin,
+        &["uninstall", "--root", root.path().to_str().unwrap()],
+    )
+    .ok();
+    assert!(
+        out.stdout
+            .contains(&format!("left alone (not dockroute's): {}", hook.display())),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stderr.contains("remove it first"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("uninstall leaves it in place"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stdout.contains("plist"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("absent: ") && out.stdout.contains("dockroute.service"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(walk(root.path()), before);
 }

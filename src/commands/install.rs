@@ -15,11 +15,20 @@ pub fn install(cli: &Cli, a: &InstallArgs) -> anyhow::Result<()> {
     let bin = std::env::current_exe()
         .and_then(|p| p.canonicalize())
         .context("finding the dockroute binary")?;
-    let root = a.root.clone().unwrap_or_else(|| PathBuf::from("/"));
-    let targets = service::targets(init, a.hooks, &bin)?;
+    if a.print && a.root.is_some() {
+        bail!(
+            "--print writes nothing, so --root has no use with it: drop --root (the files are the same under any root)"
+        );
+    }
+    let root = install_root(a.root.as_deref())?;
+    let mut targets = service::targets(init, a.hooks, &bin)?;
     if a.print {
         if let Err(e) = service::check_binary(&bin) {
-            tracing::warn!("{e}");
+            // on stderr, and in each printed file, where `-q` or a redirection cannot hide it
+            tracing::warn!("the printed files are not safe to install: {e}");
+            for t in &mut targets {
+                t.body = warned(&t.body, &e.to_string());
+            }
         }
         if a.hooks {
             hooks_note(cli, &root, true);
@@ -59,6 +68,47 @@ pub fn install(cli: &Cli, a: &InstallArgs) -> anyhow::Result<()> {
         "the files are installed (dockroute install --print shows them)",
     )?;
     Ok(())
+}
+
+/// `--root DIR` made absolute (relative to the working directory); it must be an existing
+/// directory. Without it: `/`.
+fn install_root(root: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let Some(dir) = root else {
+        return Ok(PathBuf::from("/"));
+    };
+    let abs = std::path::absolute(dir)
+        .with_context(|| format!("--root {}: cannot make it absolute", dir.display()))?;
+    match std::fs::metadata(&abs) {
+        Ok(m) if m.is_dir() => Ok(abs),
+        Ok(_) => bail!("--root {}: not a directory", dir.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "--root {}: no such directory; the install root must exist (create it first: mkdir -p {})",
+            dir.display(),
+            abs.display()
+        ),
+        Err(e) => bail!("--root {}: {e}", dir.display()),
+    }
+}
+
+/// `body` with a warning comment after its header (`#` files) or before `<plist` (a plist).
+fn warned(body: &str, why: &str) -> String {
+    let mut out = String::new();
+    let mut done = false;
+    for line in body.split_inclusive('\n') {
+        if !done && line.starts_with("<plist") {
+            out += &format!(
+                "<!-- WARNING: not safe to install: {} -->\n",
+                why.replace("--", "- -")
+            );
+            done = true;
+        }
+        out += line;
+        if !done && line.starts_with(service::MARK) {
+            out += &format!("# WARNING: not safe to install: {why}\n");
+            done = true;
+        }
+    }
+    out
 }
 
 fn init_name(init: Init) -> &'static str {
@@ -154,7 +204,7 @@ impl InstallReport {
 /// `uninstall`: stop the job (a running `watch` would put back what `down` removes), `down`,
 /// then remove the job file and the hooks. With --root: files only.
 pub fn uninstall(cli: &Cli, a: &UninstallArgs) -> anyhow::Result<()> {
-    let root = a.root.clone().unwrap_or_else(|| PathBuf::from("/"));
+    let root = install_root(a.root.as_deref())?;
     let system = root == Path::new("/");
     if system && !nix::unistd::geteuid().is_root() {
         bail!("dockroute uninstall removes files from /etc and runs down: run it as root (sudo)");
@@ -165,7 +215,7 @@ pub fn uninstall(cli: &Cli, a: &UninstallArgs) -> anyhow::Result<()> {
     let mut down_err = None;
     if system {
         let manager = service::manager_running(init);
-        if manager && std::fs::symlink_metadata(init.place().path(&root)).is_ok() {
+        if manager && service::in_use(init, &root)? {
             ran.extend(service::deactivate(init)?);
         }
         match down::for_uninstall(cli) {

@@ -130,7 +130,8 @@ fn job_binary(bin: &Path) -> Result<&str, ServiceError> {
 pub fn check_binary(bin: &Path) -> Result<(), ServiceError> {
     crate::trust::check_file(bin).map_err(|e| {
         ServiceError::Refused(format!(
-            "refusing to install a job or hooks that run {} as root: {e}, so a user could replace it and run code as root; install dockroute where only root can change it (`sudo install -m 755 target/release/dockroute /usr/local/bin/` or `sudo cargo install --root /usr/local ...`) and run that copy's install",
+            "refusing to install a job or hooks that run {} as root: {e}, so a user could replace it and run code as root; install dockroute where only root can change it (`sudo install -m 755 {} /usr/local/bin/`) and run that copy's install (`sudo /usr/local/bin/dockroute install`)",
+            bin.display(),
             bin.display()
         ))
     })
@@ -158,6 +159,13 @@ pub fn places() -> Vec<Place> {
     let mut out = vec![systemd::PLACE, launchd::PLACE];
     out.extend(hooks::HOOKS.iter().map(|h| h.place()));
     out
+}
+
+/// Whether `p` is a boot job's place (not a hook's).
+fn is_job(p: &Place) -> bool {
+    [systemd::PLACE, launchd::PLACE]
+        .iter()
+        .any(|j| j.dir == p.dir && j.file == p.file)
 }
 
 /// Why an existing file at a target is left alone.
@@ -244,11 +252,23 @@ pub fn uninstall(root: &Path, places: &[Place]) -> Result<Vec<FileResult>, Servi
                     "removed"
                 }
                 m => {
-                    tracing::warn!("{}", refusal(&path, m == Marked::NotRegular));
+                    let what = if m == Marked::NotRegular {
+                        "is not a regular file"
+                    } else {
+                        "does not carry dockroute's header"
+                    };
+                    tracing::warn!(
+                        "{} {what}: it is not dockroute's, so uninstall leaves it in place",
+                        path.display()
+                    );
                     "left alone (not dockroute's)"
                 }
             },
         };
+        // the other OS's job is listed only when it is there (`install --init` put it there)
+        if action == "absent" && is_job(p) && p.dir != Init::native().place().dir {
+            continue;
+        }
         out.push(FileResult {
             client: p.client,
             path,
@@ -304,6 +324,18 @@ pub fn activate(init: Init, root: &Path, reinstall: bool) -> Result<Vec<String>,
         Init::Launchd => launchd::activate(&init.place().path(root), reinstall),
         #[allow(unreachable_patterns)]
         _ => Ok(Vec::new()),
+    }
+}
+
+/// Whether the service manager has the job enabled or running, so `uninstall` must stop it
+/// before `down` (a running `watch` would put back what `down` removes). systemd is asked about
+/// the unit by name, wherever its file lives (the Debian package's is in /lib/systemd/system);
+/// for launchd it is the job file `install` wrote.
+pub fn in_use(init: Init, root: &Path) -> Result<bool, ServiceError> {
+    match init {
+        #[cfg(target_os = "linux")]
+        Init::Systemd => systemd::in_use(),
+        _ => Ok(std::fs::symlink_metadata(init.place().path(root)).is_ok()),
     }
 }
 

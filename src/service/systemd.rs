@@ -54,6 +54,38 @@ pub fn activate(reinstall: bool) -> Result<Vec<String>, ServiceError> {
     Ok(steps)
 }
 
+/// Whether systemd has the unit enabled or running, wherever its file lives (/etc/systemd/system
+/// where `install` puts it, /lib/systemd/system where the Debian package does, a runtime or
+/// vendor directory): `systemctl is-enabled` and `systemctl is-active` answer for the unit by
+/// name. A unit systemd does not know is neither.
+#[cfg(target_os = "linux")]
+pub fn in_use() -> Result<bool, ServiceError> {
+    let ask = |verb: &str| -> Result<String, ServiceError> {
+        let args = [verb.to_string(), UNIT.to_string()];
+        crate::exec::output(SYSTEMCTL, &args, None)
+            .map(|o| o.stdout.trim().to_string())
+            .map_err(|e| ServiceError::Tool(format!("systemctl {verb} {UNIT}: {e}")))
+    };
+    Ok(enabled(&ask("is-enabled")?) || active(&ask("is-active")?))
+}
+
+/// `systemctl is-enabled`'s answers that start the unit at boot (or name it by a link).
+pub fn enabled(state: &str) -> bool {
+    matches!(
+        state,
+        "enabled" | "enabled-runtime" | "linked" | "linked-runtime" | "alias"
+    )
+}
+
+/// `systemctl is-active`'s answers for a unit that runs, is starting, stopping or waiting to
+/// restart.
+pub fn active(state: &str) -> bool {
+    matches!(
+        state,
+        "active" | "activating" | "deactivating" | "reloading" | "refreshing"
+    )
+}
+
 /// Stop and disable the unit (before its file is removed).
 #[cfg(target_os = "linux")]
 pub fn deactivate() -> Result<Vec<String>, ServiceError> {
@@ -108,6 +140,25 @@ mod tests {
             .lines()
             .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
             .unwrap();
+        // nothing under /run is writable (iptables-legacy's lock is made before the start and
+        // opened read-only); IP traffic only to private networks, loopback and link-local
+        let writable = u
+            .lines()
+            .filter_map(|l| l.strip_prefix("ReadWritePaths="))
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            writable
+                .split(' ')
+                .all(|p| !p.trim_start_matches('-').starts_with("/run")),
+            "{writable}"
+        );
+        assert!(u.contains("\nExecStartPre=+/usr/bin/touch -- /run/xtables.lock\n"));
+        assert!(u.contains("\nIPAddressDeny=any\n"));
+        assert!(u.contains(
+            "\nIPAddressAllow=localhost link-local 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16\n"
+        ));
+        assert!(u.contains("\nUMask=0077\n"));
         assert!(caps.split(' ').any(|c| c == "CAP_NET_ADMIN"));
         assert!(!caps.contains("CAP_SYS_ADMIN"));
         assert!(!u.contains(super::super::BIN));

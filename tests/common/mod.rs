@@ -738,3 +738,25 @@ pub fn touch(lab: &Lab, ip: &'static str) {
 pub fn vm_route(lab: &Lab) -> String {
     lab.ip("route show table 5017")
 }
+
+/// `mount ARGS`, which must succeed.
+pub fn mount(args: &[&str]) {
+    let st = Command::new("mount").args(args).status().expect("mount");
+    assert!(st.success(), "mount {args:?}");
+}
+
+/// Move the calling thread into a mount namespace of its own (private: nothing mounted in it
+/// reaches the machine) with a fresh tmpfs on /run that holds only the labs' namespaces
+/// (/run/netns) and an empty /run/dbus. What the thread starts afterwards shares it.
+pub fn private_run() {
+    let held = tempfile::tempdir().expect("tempdir");
+    let held = held.path().to_str().unwrap();
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("unshare mount ns");
+    mount(&["--make-rprivate", "/"]);
+    mount(&["--rbind", "/run/netns", held]);
+    mount(&["-t", "tmpfs", "-o", "mode=0755", "tmpfs", "/run"]);
+    for d in ["/run/netns", "/run/dbus"] {
+        std::fs::create_dir(d).unwrap();
+    }
+    mount(&["--move", held, "/run/netns"]);
+}
