@@ -65,7 +65,7 @@ pub fn machine_config_path(name: &str) -> Result<PathBuf, String> {
     Ok(store.join("machines").join(name).join("config.json"))
 }
 
-fn home_dir() -> Result<PathBuf, String> {
+pub(crate) fn home_dir() -> Result<PathBuf, String> {
     if let Ok(user) = std::env::var("SUDO_USER")
         && !user.is_empty()
     {
@@ -110,7 +110,7 @@ pub fn parse_sudo_ids(uid: Option<&str>, gid: Option<&str>) -> Result<Option<Rea
 }
 
 /// Who reads the store: as root run through sudo, the invoking user; otherwise this process.
-fn reader() -> Result<Option<Reader>, String> {
+pub(crate) fn reader() -> Result<Option<Reader>, String> {
     if !crate::trust::enforced() {
         return Ok(None);
     }

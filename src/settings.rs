@@ -3,6 +3,7 @@
 
 use crate::cli::UpArgs;
 use crate::discover::{Request, VmIpSource};
+use crate::docker::endpoint::{self as docker_endpoint, Explicit, Source as DockerSource};
 use crate::options::{DnsMode, FirewallMode, UpFlags};
 use crate::validate;
 use ipnet::Ipv4Net;
@@ -64,6 +65,8 @@ struct ConfigFile {
     dns: Option<DnsMode>,
     resolver_dir: Option<PathBuf>,
     firewall: Option<FirewallMode>,
+    /// The Docker engine: `tcp://IP[:PORT]`, `unix:///PATH` or `off`.
+    docker: Option<Spanned<String>>,
     /// A number of seconds; read as any value so that a string gets a message that says so.
     wait: Option<Spanned<toml::Value>>,
 }
@@ -115,6 +118,9 @@ impl UpFlags {
         }
         if cfg.firewall.is_none() {
             a.firewall = self.firewall;
+        }
+        if cfg.docker.is_none() {
+            a.docker = self.docker.clone();
         }
         Ok(a)
     }
@@ -207,6 +213,11 @@ pub struct Settings {
     /// tests never touch the machine's).
     pub resolv_conf: PathBuf,
     pub firewall: FirewallMode,
+    /// `--docker`, the config key `docker`, or the engine the last `up` recorded; `None`: the
+    /// other sources decide (docker::sources).
+    pub docker: Option<(DockerSource, Explicit)>,
+    /// Whether `up` asks the engine for its networks (`watch` asks once, then goes by the record).
+    pub docker_listing: crate::docker::Listing,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -463,6 +474,17 @@ impl Settings {
             }
             _ => None,
         };
+        let docker = match (&up.docker, &cfg.docker) {
+            (Some(d), _) if replayed.is_some() => Some((DockerSource::Recorded, d.clone())),
+            (Some(d), _) => Some((DockerSource::Flag, d.clone())),
+            (None, Some(d)) => Some((
+                DockerSource::Config {
+                    path: config_path.clone(),
+                },
+                src.check(d, docker_endpoint::parse_flag)?,
+            )),
+            _ => None,
+        };
         let dns = up.dns.or(cfg.dns).unwrap_or(DnsMode::Auto);
         let firewall = up.firewall.or(cfg.firewall).unwrap_or(FirewallMode::Auto);
         let resolver_dir = up
@@ -516,6 +538,8 @@ impl Settings {
             resolver_dir,
             resolv_conf: PathBuf::from(crate::dns::RESOLV_CONF),
             firewall,
+            docker,
+            docker_listing: crate::docker::Listing::Ask,
         })
     }
 

@@ -5,6 +5,7 @@
 
 use crate::discover::{self, DiscoverError, Target};
 use crate::dns::{self, Backend, DnsError, DnsState};
+use crate::docker;
 use crate::firewall::{self, FirewallError, FwChange};
 use crate::net::{Change, Net, NetError};
 use crate::options::FirewallMode;
@@ -134,6 +135,9 @@ pub struct Outcome {
     /// repair is not shown.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub firewall_unread: Option<String>,
+    /// `up`: the Docker engine asked, the networks routed and the ones skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub docker: Option<docker::Report>,
 }
 
 impl Outcome {
@@ -156,6 +160,7 @@ impl Outcome {
             not_via_vm: Vec::new(),
             probes: Vec::new(),
             firewall_unread: None,
+            docker: None,
         }
     }
 }
@@ -314,6 +319,42 @@ fn withdraw(d: &DnsState) -> bool {
     }
 }
 
+/// Docker's networks: ask the engine the settings lead to (once; one that cannot be reached is
+/// a warning) and add the subnets it may route to `target`'s.
+async fn with_docker<N: Net>(
+    net: &mut N,
+    settings: &Settings,
+    store: &Store,
+    target: &mut Target,
+) -> Result<Option<docker::Report>, EngineError> {
+    let choice = docker::sources::choose(
+        settings.docker.clone(),
+        settings.request.machine.as_deref(),
+        settings.request.docker_host.as_deref(),
+    );
+    let links = match choice {
+        docker::endpoint::Choice::At { .. } => net.links().await?,
+        _ => Vec::new(),
+    };
+    let host = docker::networks::Host::new(&links, target.host_net(), &target.subnets);
+    let recorded = match settings.docker_listing {
+        docker::Listing::Ask => None,
+        docker::Listing::Recorded => store.load().ok().flatten().and_then(|r| r.docker),
+    };
+    let report = match recorded {
+        Some(r) if r.engine == choice => r.again(&host),
+        _ => docker::list(choice, &host),
+    };
+    if let Some(w) = report.warning() {
+        tracing::warn!("{w}");
+    }
+    for s in &report.skipped {
+        tracing::info!("Docker: not routed: {s}");
+    }
+    target.subnets.extend(report.subnets());
+    Ok(Some(report))
+}
+
 /// `up`: discover, plan, observe, diff, apply routes (undoing a half-applied change), record,
 /// then DNS (undoing the routes of this run if DNS fails). A resolv-conf server that does not
 /// answer is refused ([`DnsGate::Refuse`]).
@@ -352,7 +393,8 @@ pub async fn up_with<N: Net>(
     memo: Option<&mut firewall::Memo>,
 ) -> Result<Outcome, EngineError> {
     // Discovery and the DNS check only read and validate; the lock covers observe → record.
-    let target = discover::discover(net, &settings.request).await?;
+    let mut target = discover::discover(net, &settings.request).await?;
+    let docker = with_docker(net, settings, store, &mut target).await?;
     let want_dns = wanted_dns(settings, &target);
     warn_unused(settings, &target, want_dns.as_ref());
     if let Some(d) = &want_dns {
@@ -397,6 +439,7 @@ pub async fn up_with<N: Net>(
         };
         return Ok(Outcome {
             firewall_unread,
+            docker,
             ..Outcome::unprobed(Some(target), changes, fw, firewall_warnings, dns, dry_run)
         });
     }
@@ -454,6 +497,17 @@ pub async fn up_with<N: Net>(
         || !held.is_empty();
     record.firewall_held = held.clone().nonempty();
     record.flags = Some(settings.request.flags.clone());
+    if let (Some(flags), Some(d)) = (record.flags.as_mut(), &docker) {
+        // the engine found is the one a bare `up` (the boot job's, a hook's) asks again
+        flags.docker = match &d.engine {
+            docker::endpoint::Choice::Off { .. } => Some(docker::endpoint::Explicit::Off),
+            docker::endpoint::Choice::At { endpoint, .. } => {
+                Some(docker::endpoint::Explicit::At(endpoint.clone()))
+            }
+            _ => flags.docker.take(),
+        };
+    }
+    record.docker = docker.clone();
     if previous.as_ref() != Some(&record)
         && let Err(e) = store.save(&record)
     {
@@ -521,6 +575,7 @@ pub async fn up_with<N: Net>(
     Ok(Outcome {
         not_via_vm,
         probes,
+        docker,
         ..Outcome::unprobed(Some(target), changes, fw, firewall_warnings, dns, dry_run)
     })
 }
@@ -817,6 +872,11 @@ mod tests {
             resolver_dir: "/etc/resolver".into(),
             resolv_conf: "/nonexistent/resolv.conf".into(),
             firewall: FirewallMode::Off,
+            docker: Some((
+                crate::docker::endpoint::Source::Flag,
+                crate::docker::endpoint::Explicit::Off,
+            )),
+            docker_listing: crate::docker::Listing::Ask,
         }
     }
 
