@@ -718,4 +718,24 @@ mod tests {
         let s = Settings::load(None, None, false, None, None).unwrap();
         assert_eq!(s.firewall, FirewallMode::Auto);
     }
+
+    #[test]
+    fn the_docker_key_names_the_engine_or_turns_it_off() {
+        let path = Path::new("/etc/dockroute/config.toml");
+        let s = Settings::parse_config(path, "docker = \"tcp://192.168.99.100:2375\"\n").unwrap();
+        let (source, explicit) = s.docker.unwrap();
+        assert_eq!(source, DockerSource::Config { path: path.into() });
+        assert_eq!(explicit.to_string(), "tcp://192.168.99.100:2375");
+        let s = Settings::parse_config(path, "docker = \"off\"\n").unwrap();
+        assert_eq!(s.docker.unwrap().1, Explicit::Off);
+        assert!(Settings::parse_config(path, "").unwrap().docker.is_none());
+        let e = Settings::parse_config(path, "\ndocker = \"ssh://me@vm\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/etc/dockroute/config.toml line 2: ")
+                && e.contains("not a Docker endpoint"),
+            "{e}"
+        );
+    }
 }

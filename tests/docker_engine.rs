@@ -417,3 +417,194 @@ fn an_unreachable_engine_leaves_up_routing_the_fixed_subnets_with_a_warning() {
     lab.dockroute(&["down"]).ok();
     assert_eq!(lab.snapshot(), before);
 }
+
+/// `openssl ARGS` in `dir`, which must succeed.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("running openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A key pair and a certificate signed by ca.pem in `dir`, named NAME-key.pem and NAME.pem.
+fn signed(dir: &Path, name: &str, ext: Option<&str>) {
+    let (key, csr, cert) = (
+        format!("{name}-key.pem"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+    let mut args = vec![
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca-key.pem",
+        "-CAcreateserial",
+        "-out",
+        &cert,
+        "-days",
+        "2",
+    ];
+    if let Some(e) = ext {
+        std::fs::write(dir.join("ext"), e).unwrap();
+        args.extend(["-extfile", "ext"]);
+    }
+    openssl(dir, &args);
+}
+
+/// Ends a spawned process when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_docker_machine_engine_is_asked_over_tls_with_the_machine_certificates() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let before = lab.snapshot();
+    // docker-machine's store: the machine's config and the client's TLS files
+    let store = lab.dir.path().join("machine");
+    let m = store.join("machines/dev");
+    std::fs::create_dir_all(&m).unwrap();
+    std::fs::write(
+        m.join("config.json"),
+        format!(r#"{{"Driver":{{"IPAddress":"{VM_IP}"}},"DriverName":"virtualbox"}}"#),
+    )
+    .unwrap();
+    openssl(
+        &m,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca-key.pem",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=ca",
+            "-days",
+            "2",
+        ],
+    );
+    signed(&m, "server", Some(&format!("subjectAltName=IP:{VM_IP}\n")));
+    signed(&m, "client", Some("extendedKeyUsage=clientAuth\n"));
+    std::fs::rename(m.join("client.pem"), m.join("cert.pem")).unwrap();
+    std::fs::rename(m.join("client-key.pem"), m.join("key.pem")).unwrap();
+    // the engine: openssl's TLS server in the VM, requiring a client certificate from the CA and
+    // answering GET /PATH with the file PATH
+    let www = lab.dir.path().join("www");
+    // bollard asks without a version prefix (/_ping, /version, /networks); both forms are served
+    for v in ["", "v1.53", "v1.41"] {
+        let d = www.join(v);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("_ping"), "OK").unwrap();
+        std::fs::write(
+            d.join("version"),
+            r#"{"Version":"20.10.24","ApiVersion":"1.41","MinAPIVersion":"1.12"}"#,
+        )
+        .unwrap();
+        std::fs::write(d.join("networks"), normal_networks()).unwrap();
+    }
+    let _engine = Killed(
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &vm(&lab),
+                "openssl",
+                "s_server",
+                "-quiet",
+                "-WWW",
+            ])
+            .args(["-accept", &format!("{VM_IP}:2376")])
+            .arg("-cert")
+            .arg(m.join("server.pem"))
+            .arg("-key")
+            .arg(m.join("server-key.pem"))
+            .arg("-CAfile")
+            .arg(m.join("ca.pem"))
+            .args(["-Verify", "1"])
+            .current_dir(&www)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let listening = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        in_lab_vm_listens(&lab, 2376)
+    });
+    assert!(listening, "openssl s_server did not start");
+
+    let run = lab
+        .dockroute_env(
+            &["--json", "up", "--machine", "dev"],
+            &[("MACHINE_STORAGE_PATH", &store)],
+        )
+        .ok();
+    let out = run.json();
+    assert_eq!(
+        out["docker"]["engine"]["source"]["type"], "machine",
+        "{out}"
+    );
+    assert_eq!(
+        out["docker"]["routed"][0]["subnet"], "172.18.0.0/16",
+        "{}",
+        run.stderr
+    );
+    let routes = lab.ip("route show table all");
+    assert!(
+        routes.contains("172.18.0.0/16 via 192.168.99.100"),
+        "{routes}"
+    );
+    lab.dockroute(&["down"]).ok();
+    assert_eq!(lab.snapshot(), before);
+}
+
+fn in_lab_vm_listens(lab: &Lab, port: u16) -> bool {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &vm(lab), "ss", "-Hltn"])
+        .arg(format!("sport = :{port}"))
+        .output()
+        .unwrap();
+    !out.stdout.is_empty()
+}
