@@ -99,9 +99,18 @@ impl Engine for Client {
 }
 
 fn engine_err(e: bollard::errors::Error) -> DockerError {
-    // One line, and nothing of the engine's that a terminal would act on.
-    let text: String = e
-        .to_string()
+    // With its causes (hyper's "error reading a body" hides why: the size cap, a reset), in one
+    // line, and nothing of the engine's that a terminal would act on.
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    let text: String = text
         .chars()
         .take(300)
         .map(|c| if c.is_control() { ' ' } else { c })
