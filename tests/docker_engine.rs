@@ -158,6 +158,11 @@ fn net(name: &str, n: u32, driver: &str, subnets: &[&str], internal: bool) -> St
     )
 }
 
+/// An engine with one bridge network.
+fn one(name: &str, subnet: &str) -> Answer {
+    Answer::Networks(list(&[net(name, 1, "bridge", &[subnet], false)]))
+}
+
 fn list(nets: &[String]) -> String {
     format!("[{}]", nets.join(","))
 }
@@ -328,33 +333,27 @@ fn a_hostile_or_broken_engine_gets_refusals_and_changes_nothing() {
     let cases: Vec<(&str, Answer, &str)> = vec![
         (
             "default route",
-            Answer::Networks(list(&[net("evil", 1, "bridge", &["0.0.0.0/0"], false)])),
+            one("evil", "0.0.0.0/0"),
             "the default route (0.0.0.0/0): refused",
         ),
         (
             "wider than /8",
-            Answer::Networks(list(&[net("wide", 1, "bridge", &["0.0.0.0/1"], false)])),
+            one("wide", "0.0.0.0/1"),
             "wider than /8: refused",
         ),
         (
             "the host's LAN",
-            Answer::Networks(list(&[net("lan", 1, "bridge", &["192.168.0.0/20"], false)])),
+            one("lan", "192.168.0.0/20"),
             "overlaps lan0's network 192.168.1.0/24",
         ),
         (
             "the host-only network",
-            Answer::Networks(list(&[net("ho", 1, "bridge", &["192.168.99.0/24"], false)])),
+            one("ho", "192.168.99.0/24"),
             "overlaps the host-only network 192.168.99.0/24",
         ),
         (
             "a name that writes to the terminal",
-            Answer::Networks(list(&[net(
-                "x\\u001b[2Ky",
-                1,
-                "bridge",
-                &["172.19.0.0/16"],
-                false,
-            )])),
+            one("x\\u001b[2Ky", "172.19.0.0/16"),
             "not a Docker network name",
         ),
         (
