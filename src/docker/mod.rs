@@ -253,4 +253,35 @@ mod tests {
         assert!(r.routed.is_empty());
         assert!(r.warning().unwrap().contains("was not reached"), "{r:?}");
     }
+
+    #[test]
+    fn watch_goes_by_the_recorded_networks_checked_again() {
+        let recorded = Report {
+            engine: Choice::Unset { tried: Vec::new() },
+            version: None,
+            unreached: None,
+            routed: vec![
+                Network {
+                    name: "app_default".into(),
+                    id: "a".repeat(64),
+                    subnet: "172.18.0.0/16".parse().unwrap(),
+                },
+                Network {
+                    name: "web".into(),
+                    id: "b".repeat(64),
+                    subnet: "10.20.0.0/16".parse().unwrap(),
+                },
+            ],
+            skipped: Vec::new(),
+        };
+        assert_eq!(recorded.again(&Host::default()).routed, recorded.routed);
+        // the host joined a network that overlaps one of them since: that one is withdrawn
+        let host = Host {
+            addrs: vec![("wlan0".into(), "10.20.5.7/24".parse().unwrap())],
+            ..Host::default()
+        };
+        let again = recorded.again(&host);
+        assert_eq!(again.routed, recorded.routed[..1]);
+        assert!(again.skipped[0].reason.contains("wlan0's network"));
+    }
 }
