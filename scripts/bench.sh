@@ -37,6 +37,14 @@ DOWN="$DR down"
 REPLACE="ip route replace 172.17.0.0/16 via 192.168.99.100 dev vboxnet0"
 DEL="ip route del 172.17.0.0/16"
 
+# Run one of the command lines above in the lab's host namespace, split at blanks as hyperfine -N
+# splits it (the paths in them hold no blanks: $WORK is mktemp's, $BIN the build's).
+lab() {
+    local -a cmd
+    read -r -a cmd <<<"$1"
+    "${H[@]}" "${cmd[@]}"
+}
+
 # sample NAME CMD PREPARE RUNS: time CMD RUNS times (inside "${H[@]}"), append the times in ms to
 # $WORK/NAME
 sample() {
@@ -65,10 +73,10 @@ PER=$(((RUNS + ROUNDS - 1) / ROUNDS))
 for _ in $(seq "$ROUNDS"); do
     sample up "$UP" "$DOWN" "$PER"
     sample down "$DOWN" "$UP" "$PER"
-    "${H[@]}" $UP >/dev/null
+    lab "$UP" >/dev/null
     sample up_again "$UP" "$UP" "$PER"
-    "${H[@]}" $DOWN >/dev/null
-    "${H[@]}" $REPLACE # so that the first "prepare" delete has something to delete
+    lab "$DOWN" >/dev/null
+    lab "$REPLACE" # so that the first "prepare" delete has something to delete
     sample replace "$REPLACE" "$DEL" "$PER"
     sample del "$DEL" "$REPLACE" "$PER" # the last timed run deleted the route
 done
@@ -85,9 +93,9 @@ RESOLVECTL=$PWD/target/test-deps/systemd-resolved/usr/bin/resolvectl
 UP_DNS="$DR up --vm-ip 192.168.99.100 --dns resolved --firewall off"
 UP_ALL="$DR up --vm-ip 192.168.99.100"
 up_dns=$(median "$UP_DNS" "$DOWN")
-"${H[@]}" $UP_DNS >/dev/null
+lab "$UP_DNS" >/dev/null
 up_dns_again=$(median "$UP_DNS" "$UP_DNS")
-"${H[@]}" $DOWN >/dev/null
+lab "$DOWN" >/dev/null
 up_all=$(median "$UP_ALL" "$DOWN")
 r_dns=$(median "$RESOLVECTL dns vboxnet0 172.17.0.1" "$RESOLVECTL revert vboxnet0")
 r_domain=$(median "$RESOLVECTL domain vboxnet0 ~docker" "$RESOLVECTL revert vboxnet0")

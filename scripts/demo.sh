@@ -66,9 +66,8 @@ step "dockroute status"
 dockroute status --check-name redis.docker
 
 step "a VPN connects: tunnel tun0 and a kill switch (INPUT/OUTPUT policy DROP, tunnel allowed)"
-host ip link add tun0 type veth peer name tun0p
+host ip tuntap add dev tun0 mode tun # a real tun device, as OpenVPN's (no one reads it here)
 host ip addr add 10.66.0.2/24 dev tun0
-host ip link set tun0p up
 host ip link set tun0 up
 for rule in "-A INPUT -i lo -j ACCEPT" "-A INPUT -i tun0 -j ACCEPT" "-A OUTPUT -o lo -j ACCEPT" \
     "-A OUTPUT -o tun0 -j ACCEPT" "-P INPUT DROP" "-P OUTPUT DROP"; do

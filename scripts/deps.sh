@@ -2,7 +2,8 @@
 # Install the Debian packages one script needs, and only those (as root; no sudo needed).
 # Idempotent, and quiet when everything is there already.
 #
-#   scripts/deps.sh demo    the demo: the namespace lab, its kill switch, the static build
+#   scripts/deps.sh demo    the demo: the namespace lab, its kill switch, the static build, and
+#                           the lab's Docker engine (downloaded and extracted, never installed)
 #   scripts/deps.sh test    the tests: the demo's, plus nftables, setpriv/nsenter and the DNS
 #                           tests' private systemd-resolved (bus and library)
 #   scripts/deps.sh bench   the benchmark: the demo's, plus hyperfine
@@ -41,6 +42,8 @@ if [ "$what" = test ] || [ "$what" = all ]; then
     have setpriv || want util-linux
     have nsenter || want util-linux
     have dpkg-deb || want dpkg
+    # CI lints every script
+    have shellcheck || want shellcheck
     # the file-safety tests put an ACL on a private /etc/resolv.conf
     have setfacl || want acl
     # the DNS tests' private systemd-resolved (scripts/resolved-lab.sh) needs a bus and systemd's library
@@ -61,6 +64,13 @@ if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+if [ "$what" = demo ] || [ "$what" = test ] || [ "$what" = all ]; then
+    # the lab's real Docker engine (docker.io, containerd, runc, tini, busybox-static):
+    # `apt-get download` and `dpkg-deb -x` into target/test-deps/docker, reused when there. Never
+    # `apt-get install`: the package would start the system's docker service in this machine's
+    # own namespace and change its firewall. scripts/lab.sh docker-fetch prints where it is.
+    "$(dirname "$0")/lab.sh" docker-fetch >/dev/null
 fi
 if ! have cargo; then
     echo "deps: cargo not found: install Rust 1.91 or newer (https://rustup.rs), then run again" >&2

@@ -11,8 +11,14 @@
 #   -i IF         the VM's link (default: every vboxnet* and bridge1NN)
 #
 # Run it with sudo to include pf's rules and counters (pfctl needs root).
+#
+# Written for macOS's /bin/bash 3.2 as much as for bash 5: no expansion of a possibly empty array
+# without a guard (an error under `set -u` before bash 4.4), no `declare -A`, `${v,,}` or
+# `mapfile`.
 set -u
-PATH=/usr/bin:/bin:/usr/sbin:/sbin
+# The system's tools first, so that nothing in the Homebrew directories stands in for them; those
+# come after, for dockroute itself.
+PATH=/usr/bin:/bin:/usr/sbin:/sbin:/usr/local/bin:/opt/homebrew/bin
 export PATH LC_ALL=C
 
 subnets=()
@@ -43,7 +49,7 @@ fi
 # Inputs go to programs as single arguments, never through a shell; still, refuse oddities so
 # the report stays readable.
 valid() { [[ $1 =~ ^[A-Za-z0-9._:/-]+$ ]]; }
-for v in "${subnets[@]}" "${conns[@]}" "$domain" ${name:+"$name"} ${iface:+"$iface"}; do
+for v in "${subnets[@]}" ${conns[@]+"${conns[@]}"} "$domain" ${name:+"$name"} ${iface:+"$iface"}; do
     if ! valid "$v"; then
         echo "error: invalid argument '$v'" >&2
         exit 2
@@ -60,12 +66,29 @@ run() {
     return 0
 }
 
+# dockroute, when installed. As root only a binary that root owns and nobody else may write
+# (Homebrew's directories belong to the user: running what is there as root would run whatever
+# the user put there).
+dockroute=$(command -v dockroute 2>/dev/null || true)
+skipped=
+if [ -n "$dockroute" ] && [ "$(id -u)" -eq 0 ] &&
+    [ -z "$(find -L "$dockroute" -prune -type f -user 0 ! -perm -020 ! -perm -002 2>/dev/null)" ]; then
+    skipped="(not running $dockroute as root: it is not a root-owned file that only root may write; run this script without sudo to include it)"
+    dockroute=
+fi
+
 echo "## dockroute macos-check ($(date -u '+%Y-%m-%d %H:%M:%SZ'))"
 
 section "system"
 run sw_vers
 run uname -m
-if command -v dockroute >/dev/null 2>&1; then run dockroute --version; fi
+if [ -n "$dockroute" ]; then
+    run "$dockroute" --version
+elif [ -n "$skipped" ]; then
+    echo "$skipped"
+else
+    echo "(dockroute: not found in $PATH)"
+fi
 end
 
 section "links"
@@ -157,8 +180,8 @@ if [ ${#conns[@]} -gt 0 ]; then
     end
 fi
 
-if command -v dockroute >/dev/null 2>&1; then
+if [ -n "$dockroute" ]; then
     section "dockroute status"
-    run dockroute status
+    run "$dockroute" status
     end
 fi

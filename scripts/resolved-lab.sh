@@ -63,8 +63,7 @@ inner() { # runs inside the private mount namespace
 EOF
     dbus-daemon --config-file="$work/bus.conf" --fork --nopidfile
     "$root/lib/systemd/systemd-resolved" >"$work/resolved.log" 2>&1 &
-    local i
-    for i in $(seq 1 500); do
+    for _ in $(seq 1 500); do
         if [ -s /run/systemd/resolve/stub-resolv.conf ] &&
             dbus-send --system --print-reply --dest=org.freedesktop.DBus /org/freedesktop/DBus \
                 org.freedesktop.DBus.NameHasOwner string:org.freedesktop.resolve1 2>/dev/null |
@@ -89,7 +88,7 @@ start)
     setsid ip netns exec "$2-host" unshare --mount --propagation private \
         "$here/resolved-lab.sh" _inner "$work" "$root" </dev/null >"$work/holder.log" 2>&1 &
     pid=$!
-    for i in $(seq 1 1000); do
+    for _ in $(seq 1 1000); do
         [ -e "$work/ready" ] && { echo "$pid"; exit 0; }
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.01

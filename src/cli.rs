@@ -3,7 +3,8 @@
 use crate::options::{DnsMode, FirewallMode, UpFlags};
 use crate::service::Init;
 use crate::validate;
-use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use ipnet::Ipv4Net;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
@@ -30,23 +31,29 @@ pub mod exit {
 }
 
 const ABOUT_AFTER: &str = "\
-Needs root: up and down (not with --dry-run), install (not with --print or --root), uninstall
-(not with --root). status, completions and manpage do not.
+Needs root: up and down (not with --dry-run), watch, install (not with --print or --root),
+uninstall (not with --root). status, completions and manpage do not.
 
 Logging: warnings on stderr; -v info, -vv debug, -q errors only; DOCKROUTE_LOG=LEVEL (error, warn,
 info, debug, trace) when neither flag is given.
 
-Exit status: 0 done; 1 failed (one `error:` line on stderr); 2 usage error, nothing run; 3
-degraded: up or status ran, but containers are not reached (one `degraded:` line on stderr says
-what is in the way); 4 done (up/down: changes applied and recorded) but the output could not be
-written to stdout. With
---json, errors are {\"error\": \"...\"} on stdout instead, stderr keeps the logs.
+Exit status:
+  0  done
+  1  failed: one `error:` line on stderr (with --json, {\"error\": \"...\"} on stdout instead;
+     stderr keeps the logs)
+  2  usage error: nothing was run
+  3  degraded: up or status ran, but the containers are not reached (one `degraded:` line on
+     stderr says what is in the way)
+  4  done (up, down: changes applied and recorded), but the output could not be written to stdout
 
 Examples:
   dockroute up --vm-ip 192.168.99.100       boot2docker / docker-machine default
   dockroute status --check-name redis.docker
   dockroute down
   dockroute completions bash > /usr/share/bash-completion/completions/dockroute";
+
+/// The heading of the options every command takes, shown after the command's own.
+const GLOBAL: &str = "Global options";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -59,25 +66,55 @@ Examples:
 pub struct Cli {
     /// Config file; a missing default file means built-in defaults [default:
     /// /etc/dockroute/config.toml]
-    #[arg(long, global = true, value_name = "FILE", env = "DOCKROUTE_CONFIG")]
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "FILE", env = "DOCKROUTE_CONFIG")]
     pub config: Option<PathBuf>,
     /// Ownership record and lock [default: /var/lib/dockroute]
-    #[arg(long, global = true, value_name = "DIR", env = "DOCKROUTE_STATE_DIR")]
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "DIR", env = "DOCKROUTE_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// Machine-readable output on stdout, errors included ({"error": "..."})
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     pub json: bool,
     /// More log output on stderr: -v info, -vv debug, -vvv trace (instead of DOCKROUTE_LOG)
-    #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "quiet")]
+    #[arg(short, long, global = true, help_heading = GLOBAL, action = ArgAction::Count, conflicts_with = "quiet")]
     pub verbose: u8,
     /// Log only errors on stderr (instead of DOCKROUTE_LOG)
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, help_heading = GLOBAL)]
     pub quiet: bool,
     /// Give up after SECS when another dockroute holds the lock (default 30)
-    #[arg(long, global = true, value_name = "SECS", value_parser = lock_timeout)]
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "SECS", value_parser = lock_timeout)]
     pub lock_timeout: Option<Duration>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Parse a command line, as clap does, and refuse a global option given to a command that has no
+/// use for it: `completions` and `manpage` print the same text whatever the settings. (From the
+/// environment, `DOCKROUTE_CONFIG` and `DOCKROUTE_STATE_DIR` are fine: they are set for every
+/// command.)
+pub fn parse<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let mut cmd = Cli::command();
+    let matches = cmd.try_get_matches_from_mut(args)?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    if let Some((name @ ("completions" | "manpage"), sub)) = matches.subcommand() {
+        let given = cmd.get_arguments().filter(|a| a.is_global_set()).find(|a| {
+            [&matches, sub]
+                .iter()
+                .any(|m| m.value_source(a.get_id().as_str()) == Some(ValueSource::CommandLine))
+        });
+        if let Some(flag) = given.and_then(|a| a.get_long()) {
+            return Err(cmd.error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!(
+                    "--{flag} does not apply to `{name}`, which prints the same text whatever the settings"
+                ),
+            ));
+        }
+    }
+    Ok(cli)
 }
 
 fn lock_timeout(s: &str) -> Result<Duration, String> {
@@ -369,7 +406,8 @@ pub struct DownArgs {
     /// Print the changes and apply none
     #[arg(long)]
     pub dry_run: bool,
-    /// Directory of the resolver file to remove (as given to `up`; default /etc/resolver)
+    /// Not needed: `down` removes the resolver file in the directory the last `up` wrote it to
+    /// (accepted for older scripts)
     #[arg(long, value_name = "DIR")]
     pub resolver_dir: Option<PathBuf>,
 }

@@ -82,7 +82,8 @@ pub(crate) fn home_dir() -> Result<PathBuf, String> {
 /// The most of a `config.json` that is read (docker-machine writes about 2 KiB).
 pub const MAX_CONFIG: u64 = 1 << 20;
 
-/// Whose rights a file is read with: the user who ran `sudo dockroute`.
+/// Whose rights a file is read with: the user who ran `sudo dockroute`, or the user who can
+/// change the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Reader {
     pub uid: u32,
@@ -109,13 +110,44 @@ pub fn parse_sudo_ids(uid: Option<&str>, gid: Option<&str>) -> Result<Option<Rea
     Ok((uid != 0).then_some(Reader { uid, gid }))
 }
 
-/// Who reads the store: as root run through sudo, the invoking user; otherwise this process.
-pub(crate) fn reader() -> Result<Option<Reader>, String> {
+/// nobody and nogroup: whose rights a store is read with that root owns but others can change.
+const NOBODY: Reader = Reader {
+    uid: 65534,
+    gid: 65534,
+};
+
+/// Who reads the store file at `path` when root runs dockroute without sudo (after `su`, in the
+/// boot job), from what the trust check of `path` found ([`crate::trust::check_file`]): a file
+/// only root can change or replace (it and every directory above it root's, writable by nobody
+/// else) is read as root (`None`); otherwise as the owner of the first component on the way
+/// that is not root's, since that user can put anything below it (a symbolic link to a file
+/// only root may read, say); and as nobody when root owns everything but someone else can
+/// write somewhere on the way (or the path cannot be examined). That user's primary group is
+/// not assumed (it would need an NSS lookup): a file readable only through a group is refused.
+pub fn store_reader(trusted: Result<(), crate::trust::Reason>) -> Option<Reader> {
+    match trusted {
+        Ok(()) => None,
+        Err(crate::trust::Reason::NotRootOwned(uid)) => Some(Reader {
+            uid,
+            gid: NOBODY.gid,
+        }),
+        Err(_) => Some(NOBODY),
+    }
+}
+
+/// Who reads the store file at `path`: as root run through sudo, the invoking user; as root
+/// otherwise, the user who can change the store ([`store_reader`]); not as root, this process.
+pub(crate) fn reader(path: &Path) -> Result<Option<Reader>, String> {
     if !crate::trust::enforced() {
         return Ok(None);
     }
     let var = |k| std::env::var(k).ok();
-    parse_sudo_ids(var("SUDO_UID").as_deref(), var("SUDO_GID").as_deref())
+    if let Some(r) = parse_sudo_ids(var("SUDO_UID").as_deref(), var("SUDO_GID").as_deref())? {
+        return Ok(Some(r));
+    }
+    Ok(store_reader(
+        crate::trust::check_file(path).map_err(|e| e.reason),
+    ))
 }
 
 /// Read at most [`MAX_CONFIG`] bytes of the regular file at `path`, never following a symbolic
@@ -231,7 +263,8 @@ mod creds {
     }
 }
 
-/// Read the VM IP of machine `name` from `path`, with the invoking user's rights under sudo.
+/// Read the VM IP of machine `name` from `path`, as root only when root alone can change it
+/// (see [`reader`]).
 pub fn read_machine_ip(name: &str, path: &Path) -> Result<Ipv4Addr, String> {
     let cannot = |e: String| {
         format!(
@@ -239,7 +272,7 @@ pub fn read_machine_ip(name: &str, path: &Path) -> Result<Ipv4Addr, String> {
             path.display()
         )
     };
-    let bytes = read_regular_file(path, reader()?).map_err(cannot)?;
+    let bytes = read_regular_file(path, reader(path)?).map_err(cannot)?;
     let text = String::from_utf8(bytes).map_err(|_| cannot("it is not UTF-8 text".into()))?;
     parse_machine_config(&text)
         .map_err(|e| format!("docker-machine '{name}': {}: {e}", path.display()))
@@ -330,6 +363,27 @@ mod tests {
         std::fs::write(&big, vec![b' '; MAX_CONFIG as usize + 1]).unwrap();
         let e = read_regular_file(&big, None).unwrap_err();
         assert!(e.contains("larger than 1024 KiB"), "{e}");
+    }
+
+    #[test]
+    fn a_store_root_does_not_hold_alone_is_read_as_whoever_can_change_it() {
+        use crate::trust::Reason;
+        assert_eq!(store_reader(Ok(())), None);
+        assert_eq!(
+            store_reader(Err(Reason::NotRootOwned(1000))),
+            Some(Reader {
+                uid: 1000,
+                gid: 65534
+            })
+        );
+        for r in [
+            Reason::Writable(0o777),
+            Reason::WrongType,
+            Reason::Unreadable,
+            Reason::TooManyLinks,
+        ] {
+            assert_eq!(store_reader(Err(r)), Some(NOBODY), "{r:?}");
+        }
     }
 
     #[test]

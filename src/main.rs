@@ -9,7 +9,6 @@
 mod commands;
 
 use anyhow::Context;
-use clap::Parser;
 use clap::error::ErrorKind;
 use commands::{OutputLost, emit};
 use dockroute::cli::{Cli, Command, exit};
@@ -89,7 +88,7 @@ fn cli() -> c_int {
     let args: Vec<OsString> = std::env::args_os().collect();
     // Known before parsing, so that a usage error can be JSON too.
     let json = wants_json(&args);
-    let cli = match Cli::try_parse_from(&args) {
+    let cli = match dockroute::cli::parse(&args) {
         Ok(cli) => cli,
         Err(e) => return clap_error(e, json),
     };
@@ -206,13 +205,18 @@ fn clap_error(e: clap::Error, json: bool) -> c_int {
 fn usage_error(rendered: &str) -> (String, Vec<String>) {
     let mut lines = rendered.lines();
     let first = lines.next().unwrap_or("invalid arguments");
-    let msg = first.strip_prefix("error: ").unwrap_or(first).to_string();
-    let help = lines
+    let mut msg = first.strip_prefix("error: ").unwrap_or(first).to_string();
+    let mut help: Vec<String> = lines
         .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .map(String::from)
         .collect();
+    // "the following required arguments were not provided:" goes on with what they are
+    if msg.ends_with(':') && !help.is_empty() {
+        msg = format!("{msg} {}", help.join(", "));
+        help.clear();
+    }
     (msg, help)
 }
 

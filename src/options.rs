@@ -61,6 +61,17 @@ impl UpFlags {
     pub fn is_empty(&self) -> bool {
         *self == UpFlags::default()
     }
+
+    /// The flags as the record keeps them: only what found `target`. `DOCKER_HOST` is the
+    /// environment's, not a flag, and often names something else (an `ssh://` build host, a unix
+    /// socket): it is kept only when the VM's IP came from it.
+    pub fn used_by(&self, target: &crate::discover::Target) -> UpFlags {
+        let mut flags = self.clone();
+        if target.vm_ip_source != crate::discover::VmIpSource::DockerHost {
+            flags.docker_host = None;
+        }
+        flags
+    }
 }
 
 impl std::fmt::Display for UpFlags {

@@ -91,6 +91,8 @@ mod tests {
                 "172.17.0.0/16".parse().unwrap(),
                 "172.18.0.0/16".parse().unwrap(),
             ],
+            vm_lladdr: None,
+            others: vec![],
         }
     }
 

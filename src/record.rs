@@ -18,15 +18,39 @@ use std::time::{Duration, Instant};
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/dockroute";
 const RECORD: &str = "state.json";
 const LOCK: &str = "lock";
+/// The record names the VM, its link and the flags `up` was given: root's business only.
+const RECORD_MODE: u32 = 0o600;
 const VERSION: u32 = 1;
 /// How long `up` and `down` wait for another run's lock by default.
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The pid the lock's holder wrote into the lock file, if it did yet.
+/// The pid the lock's holder wrote into the lock file, if it did yet. A pid of a process that no
+/// longer runs is none: the lock file keeps the pid of the last dockroute that held it, and
+/// something else (a backup tool, `flock(1)`) may hold the lock now.
 fn read_holder(file: &File) -> Option<u32> {
     let mut buf = [0u8; 16];
     let n = file.read_at(&mut buf, 0).ok()?;
-    std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()
+    let pid: u32 = std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()?;
+    let running = i32::try_from(pid).is_ok_and(|p| {
+        p > 0
+            && nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None)
+                != Err(nix::errno::Errno::ESRCH)
+    });
+    running.then_some(pid)
+}
+
+/// A record an older version wrote readable by everyone becomes [`RECORD_MODE`] the first time
+/// its owner (root) reads it, not only when it next changes.
+fn make_private(file: &File, path: &Path) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Ok(meta) = file.metadata() else { return };
+    if meta.mode() & 0o077 == 0 || meta.uid() != nix::unistd::geteuid().as_raw() {
+        return;
+    }
+    match file.set_permissions(std::fs::Permissions::from_mode(RECORD_MODE)) {
+        Ok(()) => tracing::debug!("{}: now readable by root only", path.display()),
+        Err(e) => tracing::warn!("{}: cannot make it private: {e}", path.display()),
+    }
 }
 
 /// What dockroute installed, as of its last successful `up`.
@@ -85,7 +109,7 @@ pub enum RecordError {
     #[error("record {path} is unreadable ({reason}); `dockroute down` still finds tagged routes")]
     Corrupt { path: PathBuf, reason: String },
     #[error(
-        "gave up after {waited:?}: another dockroute (pid {}) holds the lock {path}; wait for it to finish or stop it", holder_pid(.holder)
+        "gave up after {waited:?}: {} holds the lock {path}; wait for it to finish or stop it", holder_text(.holder)
     )]
     Locked {
         path: PathBuf,
@@ -94,8 +118,12 @@ pub enum RecordError {
     },
 }
 
-fn holder_pid(holder: &Option<u32>) -> String {
-    holder.map_or_else(|| "unknown".into(), |p| p.to_string())
+/// Who holds the lock: the dockroute that wrote its pid, or a process that did not say.
+fn holder_text(holder: &Option<u32>) -> String {
+    holder.map_or_else(
+        || "another process (not a running dockroute that named itself in the lock file)".into(),
+        |p| format!("another dockroute (pid {p})"),
+    )
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RecordError + '_ {
@@ -221,8 +249,8 @@ impl Store {
             // Said once, as soon as the holder has written its pid (it does right after locking).
             if !told && (holder.is_some() || start.elapsed() >= HOLDER_GRACE) {
                 tracing::warn!(
-                    "waiting for another dockroute (pid {}) to finish (at most {:?})",
-                    holder_pid(&holder),
+                    "waiting for {} to finish (at most {:?})",
+                    holder_text(&holder),
                     self.lock_timeout
                 );
                 told = true;
@@ -252,11 +280,18 @@ impl Store {
             crate::trust::check_dir(&self.dir).map_err(self.untrusted())?;
         }
         let path = self.dir.join(RECORD);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
+        let mut file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(&path)
+        {
+            Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err(&path)(e)),
         };
+        make_private(&file, &path);
+        let mut text = String::new();
+        io::Read::read_to_string(&mut file, &mut text).map_err(io_err(&path))?;
         serde_json::from_str(&text)
             .map(Some)
             .map_err(|e| RecordError::Corrupt {
@@ -279,7 +314,7 @@ impl Store {
             reason: e.to_string(),
         })?;
         body.push(b'\n');
-        crate::fsutil::write_atomic(&path, &body, 0o644, false).map_err(io_err(&path))
+        crate::fsutil::write_atomic(&path, &body, RECORD_MODE, false).map_err(io_err(&path))
     }
 
     /// Remove the record (a missing one is fine).
@@ -307,9 +342,25 @@ mod tests {
             vm_ip: "192.168.99.100".parse().unwrap(),
             vm_ip_source: VmIpSource::Flag,
             subnets: vec!["172.17.0.0/16".parse().unwrap()],
+            vm_lladdr: None,
+            others: vec![],
         };
         let entries = crate::plan::desired(&target);
         Record::new(target, entries, None)
+    }
+
+    #[test]
+    fn the_record_is_private_and_an_older_public_one_becomes_private_when_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("state"));
+        let _lock = store.lock().unwrap();
+        store.save(&record()).unwrap();
+        let path = store.dir().join(RECORD);
+        let mode = || std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(), 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(store.load().unwrap(), Some(record()));
+        assert_eq!(mode(), 0o600);
     }
 
     #[test]
@@ -435,6 +486,26 @@ mod tests {
             "{e}"
         );
         assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(5));
+    }
+
+    /// Issue 16, point 10: the pid left in the lock file by a dockroute that has ended is not
+    /// named when something else holds the lock.
+    #[test]
+    fn a_lock_held_by_something_else_names_no_stale_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path()).with_lock_timeout(Duration::ZERO);
+        drop(store.lock().unwrap());
+        let mut ended = std::process::Command::new("/bin/true").spawn().unwrap();
+        let stale = ended.id();
+        ended.wait().unwrap();
+        std::fs::write(dir.path().join(LOCK), format!("{stale:<10}\n")).unwrap();
+        let other = File::open(dir.path().join(LOCK)).unwrap();
+        other.lock().unwrap();
+        let e = store.lock().unwrap_err().to_string();
+        assert!(
+            !e.contains(&stale.to_string()) && e.contains("another process"),
+            "{e}"
+        );
     }
 
     #[test]

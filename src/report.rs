@@ -156,9 +156,22 @@ pub fn status(st: &Status) -> String {
 
 fn status_text(st: &Status) -> String {
     let mut s = String::new();
-    let row = |s: &mut String, k: &str, v: &str| {
-        let _ = writeln!(s, "{k:<12} {v}");
-    };
+    target_rows(&mut s, st);
+    installed_rows(&mut s, st);
+    dns_rows(&mut s, st);
+    vpn_rows(&mut s, st);
+    firewall_rows(&mut s, st);
+    conflict_rows(&mut s, st);
+    s
+}
+
+/// One `key  value` line of `status`.
+fn row(s: &mut String, k: &str, v: &str) {
+    let _ = writeln!(s, "{k:<12} {v}");
+}
+
+/// The VM: its link, its IP and where that came from, its subnets.
+fn target_rows(s: &mut String, st: &Status) {
     match &st.target {
         Some(t) => {
             let link = match &st.link {
@@ -177,17 +190,17 @@ fn status_text(st: &Status) -> String {
                 }
                 None => format!("{} (MISSING)", t.ifname),
             };
-            row(&mut s, "link", &link);
+            row(s, "link", &link);
             let from = match st.target_from {
                 Some("record") => format!("{}, recorded by the last up", t.vm_ip_source),
                 _ => t.vm_ip_source.to_string(),
             };
-            row(&mut s, "VM IP", &format!("{} (from {from})", t.vm_ip));
+            row(s, "VM IP", &format!("{} (from {from})", t.vm_ip));
             let subnets: Vec<String> = t.subnets.iter().map(|n| n.to_string()).collect();
-            row(&mut s, "subnets", &subnets.join(", "));
+            row(s, "subnets", &subnets.join(", "));
         }
         None => row(
-            &mut s,
+            s,
             "VM",
             &format!(
                 "not found: {}",
@@ -195,11 +208,15 @@ fn status_text(st: &Status) -> String {
             ),
         ),
     }
+}
+
+/// The record's state, and what is installed in the kernel.
+fn installed_rows(s: &mut String, st: &Status) {
     if let Some(e) = &st.record_error {
-        row(&mut s, "record", &format!("ERROR {e}"));
+        row(s, "record", &format!("ERROR {e}"));
     }
     if let Some(d) = &st.docker {
-        docker_text(&mut s, d, "docker");
+        docker_text(s, d, "docker");
     }
     let state = match (st.installed.is_empty(), st.in_sync) {
         (true, _) => "nothing (run dockroute up)".to_string(),
@@ -209,7 +226,7 @@ fn status_text(st: &Status) -> String {
             st.installed.len()
         ),
     };
-    row(&mut s, "installed", &state);
+    row(s, "installed", &state);
     for e in &st.installed {
         let _ = writeln!(s, "  {e}");
     }
@@ -218,7 +235,7 @@ fn status_text(st: &Status) -> String {
     }
     if !st.tagged_not_owned.is_empty() {
         row(
-            &mut s,
+            s,
             "tagged",
             &format!(
                 "WARNING: {} entries tagged like dockroute's but not its shape (left alone)",
@@ -241,6 +258,10 @@ fn status_text(st: &Status) -> String {
             );
         }
     }
+}
+
+/// Per-domain DNS, and `--check-name`'s answer.
+fn dns_rows(s: &mut String, st: &Status) {
     match &st.dns {
         Some(d) => {
             let state = if d.in_place {
@@ -248,7 +269,7 @@ fn status_text(st: &Status) -> String {
             } else {
                 "NOT IN PLACE (run dockroute up)"
             };
-            row(&mut s, "dns", &format!("{}: {state}", d.state));
+            row(s, "dns", &format!("{}: {state}", d.state));
             let _ = writeln!(s, "  {}", d.detail);
             match d.answers {
                 Some(true) => {
@@ -263,7 +284,7 @@ fn status_text(st: &Status) -> String {
                 None => {}
             }
         }
-        None => row(&mut s, "dns", "not set by dockroute"),
+        None => row(s, "dns", "not set by dockroute"),
     }
     if let Some(n) = &st.name_check {
         let answer = match &n.error {
@@ -273,18 +294,22 @@ fn status_text(st: &Status) -> String {
                 format!("{} -> {}", n.name, ips.join(", "))
             }
         };
-        row(&mut s, "name", &answer);
+        row(s, "name", &answer);
     }
+}
+
+/// Tunnel links, their routes, and the policy rules.
+fn vpn_rows(s: &mut String, st: &Status) {
     let v = &st.vpn;
     if v.links.is_empty() {
-        row(&mut s, "vpn", "no tunnel links");
+        row(s, "vpn", "no tunnel links");
     } else {
         let names: Vec<String> = v
             .links
             .iter()
             .map(|l| format!("{} ({})", l.name, l.client))
             .collect();
-        row(&mut s, "vpn", &names.join(", "));
+        row(s, "vpn", &names.join(", "));
         for r in &v.routes {
             let _ = writeln!(s, "  route {r}");
         }
@@ -292,13 +317,23 @@ fn status_text(st: &Status) -> String {
     for r in &v.rules {
         let _ = writeln!(s, "  rule {r}");
     }
+}
+
+/// What blocks the VM in the firewalls, and what dockroute repaired.
+fn firewall_rows(s: &mut String, st: &Status) {
+    let v = &st.vpn;
     if let Some(e) = &v.firewall_error {
-        row(&mut s, "firewall", &format!("not readable ({e})"));
+        row(s, "firewall", &format!("not readable ({e})"));
     }
     match &v.firewall_error {
         Some(_) if v.firewall_blocking.is_empty() && v.firewall_repaired.is_empty() => {}
         None if v.firewall_blocking.is_empty() && v.firewall_repaired.is_empty() => {
-            row(&mut s, "firewall", "nothing blocks the VM")
+            let state = if st.target.is_some() {
+                "nothing blocks the VM"
+            } else {
+                "not checked: there is no VM to check it for"
+            };
+            row(s, "firewall", state)
         }
         _ => {
             let state = if v.firewall_blocking.is_empty() {
@@ -306,7 +341,7 @@ fn status_text(st: &Status) -> String {
             } else {
                 "BLOCKS the VM (run dockroute up)"
             };
-            row(&mut s, "firewall", state);
+            row(s, "firewall", state);
             for r in &v.firewall_repaired {
                 let below = if r.misplaced {
                     " (below a rule that drops the traffic: it does nothing there)"
@@ -341,8 +376,12 @@ fn status_text(st: &Status) -> String {
     for h in &v.hints {
         let _ = writeln!(s, "  hint: {h}");
     }
+}
+
+/// Routes and rules not dockroute's that cover its networks.
+fn conflict_rows(s: &mut String, st: &Status) {
     if st.conflicts.is_empty() {
-        row(&mut s, "conflicts", "none");
+        row(s, "conflicts", "none");
     } else {
         let _ = writeln!(s, "conflicts");
         for c in &st.conflicts {
@@ -364,7 +403,6 @@ fn status_text(st: &Status) -> String {
             }
         }
     }
-    s
 }
 
 /// Any serializable report as pretty JSON with a trailing newline.

@@ -198,7 +198,7 @@ impl std::fmt::Display for HookSettings {
 }
 
 /// Everything a command needs, validated.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
     pub config_path: PathBuf,
     pub state_dir: PathBuf,
@@ -531,6 +531,7 @@ impl Settings {
                 docker_host,
                 subnets,
                 wait,
+                pinned: None,
             },
             domain,
             nameserver,

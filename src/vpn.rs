@@ -57,6 +57,13 @@ const TUNNEL_KINDS: &[(&str, &str)] = &[
     ("xfrm", "IPsec tunnel (xfrm)"),
 ];
 
+/// Whether `l` may be a tunnel, judged strictly: a tunnel kind, or a tunnel-like name whatever its
+/// kind (a link that could be the VPN's is never taken for the VM's).
+pub fn may_be_tunnel(l: &LinkInfo) -> bool {
+    let kind = l.kind.as_deref();
+    kind.is_some_and(|k| TUNNEL_KINDS.iter().any(|(t, _)| *t == k)) || classify(&l.name).is_some()
+}
+
 /// The links that are VPN tunnels, recognised by what they are: a tunnel kind (tun, wireguard,
 /// ...), whatever the name. A link whose kind the platform does not report is judged by its name
 /// (macOS's utun, older kernels). A link of another kind (veth, dummy, bridge, ...) with a

@@ -182,7 +182,75 @@ fn help_shows_defaults_root_and_examples() {
         assert!(up.contains(d), "{d}: {up}");
     }
     let (_, top, _) = run(dockroute(&["--help"]));
-    assert!(top.contains("Exit status: 0 done"), "{top}");
+    assert!(top.contains("Exit status:\n  0  done\n"), "{top}");
+}
+
+/// Issue 16, point 10: `--help` names every command that needs root (watch too), keeps each
+/// exit status's sentence whole, and shows a command's own options before the global ones.
+#[test]
+fn help_lists_root_commands_exit_statuses_and_own_options_first() {
+    let (_, top, _) = run(dockroute(&["--help"]));
+    let root = top.split("Needs root:").nth(1).unwrap_or_default();
+    let root = root.split(" do not.").next().unwrap_or_default();
+    assert!(root.contains("watch"), "{top}");
+    let exit = top.split("Exit status:").nth(1).unwrap_or_default();
+    let exit = exit.split("\n\n").next().unwrap_or_default();
+    for status in 0..=4 {
+        assert!(exit.contains(&format!("\n  {status}  ")), "{exit}");
+    }
+    // no line ends half-way through a sentence with a lone word
+    assert!(!exit.lines().any(|l| l.trim() == "With"), "{exit}");
+    for cmd in ["up", "down", "status", "watch"] {
+        let (_, help, _) = run(dockroute(&[cmd, "--help"]));
+        let own = help.find("\nOptions:\n").unwrap();
+        let global = help.find("\nGlobal options:\n").unwrap();
+        assert!(own < global, "{cmd}: {help}");
+        let own_part = &help[own..global];
+        for g in [
+            "--config",
+            "--state-dir",
+            "--json",
+            "--verbose",
+            "--quiet",
+            "--lock-timeout",
+        ] {
+            assert!(
+                !own_part.contains(g),
+                "{cmd}: {g} among its own options: {help}"
+            );
+        }
+    }
+}
+
+/// Issue 16, point 10: `completions` and `manpage` refuse global options (usage error, exit 2),
+/// and `completions` without a shell says which argument is missing in one line.
+#[test]
+fn completions_and_manpage_refuse_global_options_and_name_what_is_missing() {
+    for args in [
+        &["completions", "--json", "bash"][..],
+        &["--state-dir", "/tmp/x", "completions", "bash"],
+        &["manpage", "--config", "/tmp/c"],
+        &["-q", "manpage"],
+        &["manpage", "-v"],
+        &["completions", "zsh", "--lock-timeout", "3"],
+    ] {
+        let (code, stdout, stderr) = run(dockroute(args));
+        assert_eq!(code, USAGE, "{args:?}: {stdout}{stderr}");
+        assert!(
+            stderr.contains("does not apply to") || stdout.contains("does not apply to"),
+            "{args:?}: {stdout}{stderr}"
+        );
+    }
+    // the environment's settings are set for every command: fine here (DOCKROUTE_STATE_DIR is)
+    let mut with_env = dockroute(&["completions", "bash"]);
+    with_env.env("DOCKROUTE_CONFIG", "/nonexistent-dockroute-test-config");
+    assert_eq!(run(with_env).0, 0);
+    let (code, _, stderr) = run(dockroute(&["completions"]));
+    assert_eq!(code, USAGE);
+    assert_eq!(
+        stderr.trim_end(),
+        "error: the following required arguments were not provided: <SHELL>"
+    );
 }
 
 #[test]

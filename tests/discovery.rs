@@ -9,6 +9,16 @@ fn source(lab: &Lab) -> serde_json::Value {
     lab.dockroute(&["--json", "status"]).ok().json()["target"]["vm_ip_source"].clone()
 }
 
+/// The host talks to the VM once (as the docker CLI would): the kernel learns its neighbour.
+fn learn_the_vm(lab: &Lab) {
+    lab.in_host(|| {
+        let _ = std::net::TcpStream::connect_timeout(
+            &"192.168.99.100:2376".parse().unwrap(),
+            Duration::from_secs(1),
+        );
+    });
+}
+
 #[test]
 fn the_single_live_neighbour_on_the_host_only_link_is_the_vm() {
     if !privileged() {
@@ -18,13 +28,7 @@ fn the_single_live_neighbour_on_the_host_only_link_is_the_vm() {
     let err = lab.dockroute(&["up"]);
     assert_ne!(err.code, 0);
     assert!(err.stderr.contains("no live neighbour"), "{}", err.stderr);
-    // The host talks to the VM once (as the docker CLI would): the kernel learns its neighbour.
-    lab.in_host(|| {
-        let _ = std::net::TcpStream::connect_timeout(
-            &"192.168.99.100:2376".parse().unwrap(),
-            Duration::from_secs(1),
-        );
-    });
+    learn_the_vm(&lab);
     let out = lab.dockroute(&["up"]).ok();
     assert!(
         out.stdout
@@ -57,6 +61,46 @@ fn docker_host_names_the_vm() {
         "{}",
         run.stderr
     );
+}
+
+/// The record (state.json) is root's only, and holds a DOCKER_HOST only when that named the VM:
+/// one that points elsewhere (an ssh:// build host) is not written down, one that named the VM
+/// still replays for a bare `up`.
+#[test]
+fn the_record_is_private_and_keeps_only_a_docker_host_that_was_used() {
+    if !privileged() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let lab = Lab::new();
+    let record = lab.state_dir().join("state.json");
+    let elsewhere = "ssh://alice@build.corp.internal:2222";
+    // the VM comes from the neighbour table; DOCKER_HOST names another machine
+    learn_the_vm(&lab);
+    lab.dockroute_env(&["up"], &[("DOCKER_HOST", &elsewhere)])
+        .ok();
+    assert_eq!(source(&lab)["type"], "neighbour");
+    let text = std::fs::read_to_string(&record).unwrap();
+    assert!(!text.contains("build.corp.internal"), "{text}");
+    let mode = std::fs::metadata(&record).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "state.json mode {mode:o}");
+    lab.dockroute(&["down"]).ok();
+
+    // a DOCKER_HOST that named the VM is recorded, and a bare `up` without it does the same
+    let lab = Lab::new();
+    lab.dockroute_env(&["up"], &[("DOCKER_HOST", &"tcp://192.168.99.100:2376")])
+        .ok();
+    let text = std::fs::read_to_string(lab.state_dir().join("state.json")).unwrap();
+    assert!(text.contains("tcp://192.168.99.100:2376"), "{text}");
+    let out = lab.dockroute(&["up"]).ok();
+    assert!(
+        out.stdout
+            .contains("last up's settings (DOCKER_HOST=tcp://192.168.99.100:2376)"),
+        "{}",
+        out.stdout
+    );
+    assert!(lab.reaches_container());
+    assert_eq!(source(&lab)["type"], "docker-host");
 }
 
 #[test]

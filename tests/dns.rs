@@ -235,16 +235,8 @@ fn resolver_dir_backend_writes_only_its_file() {
         std::fs::read_to_string(dir.join("docker")).unwrap(),
         "# managed by dockroute: `dockroute down` removes this file\nnameserver 172.17.0.1\n"
     );
-    // down undoes DNS where the settings point, never at a path from the record
-    let run = lab.dockroute(&["down"]);
-    assert_ne!(run.code, 0);
-    assert!(
-        run.stderr.contains("dockroute down --resolver-dir"),
-        "{}",
-        run.stderr
-    );
-    assert!(dir.join("docker").exists());
-    lab.dockroute(&["down", "--resolver-dir", &dir_arg]).ok();
+    // a plain down removes the file where up wrote it
+    lab.dockroute(&["down"]).ok();
     assert!(!dir.join("docker").exists());
     assert_eq!(
         std::fs::read_to_string(dir.join("corp.example")).unwrap(),
@@ -255,6 +247,73 @@ fn resolver_dir_backend_writes_only_its_file() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(names, ["corp.example"]);
+}
+
+/// Every entry under `dir`: its path, mode, owner and content (a directory's content is empty).
+fn tree(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u32, u32, Vec<u8>)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let m = std::fs::symlink_metadata(&d).unwrap();
+        let content = if m.is_file() {
+            std::fs::read(&d).unwrap()
+        } else {
+            Vec::new()
+        };
+        out.push((d.clone(), m.mode(), m.uid(), content));
+        if m.is_dir() {
+            todo.extend(std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Issue 16, point 9: after `up --dns resolver-dir --resolver-dir DIR`, a plain `down` removes the
+/// file `up` wrote there and leaves DIR as it was before `up`; but not when the directory (or one
+/// above it) has meanwhile become a user's: then it refuses, saying why, and removes nothing.
+#[test]
+fn a_plain_down_removes_the_resolver_file_where_up_wrote_it_while_root_still_owns_the_way() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let before = lab.snapshot();
+    let parent = lab.dir.path().join("etc");
+    let dir = parent.join("resolver");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("corp.example"), "nameserver 10.0.0.53\n").unwrap();
+    let dir_before = tree(&parent);
+    let dir_arg = dir.to_str().unwrap();
+
+    lab.dockroute(&up_resolver_dir(dir_arg)).ok();
+    assert!(dir.join("docker").exists());
+    let run = lab.dockroute(&["down"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(tree(&parent), dir_before);
+    assert_eq!(lab.snapshot(), before);
+
+    // the directory, or one above it, became a user's after `up`
+    for (changed, what) in [(&dir, "the directory"), (&parent, "a directory above it")] {
+        lab.dockroute(&up_resolver_dir(dir_arg)).ok();
+        let written = tree(&parent);
+        std::os::unix::fs::chown(changed, Some(65534), None).unwrap();
+        let run = lab.dockroute(&["down"]);
+        assert_ne!(run.code, 0, "{what}");
+        assert!(
+            run.stderr
+                .contains(&format!("resolver directory {dir_arg} is not safe"))
+                && run.stderr.contains("owned by uid 65534"),
+            "{what}: {}",
+            run.stderr
+        );
+        std::os::unix::fs::chown(changed, Some(0), None).unwrap();
+        assert_eq!(tree(&parent), written, "{what}: something was removed");
+        // root owns the way again: the next down finishes
+        lab.dockroute(&["down"]).ok();
+        assert_eq!(tree(&parent), dir_before, "{what}");
+    }
 }
 
 #[test]

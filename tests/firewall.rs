@@ -10,26 +10,22 @@ use common::*;
 /// How a test reads one firewall backend: its name in dockroute's output, the listing of its
 /// rules, and how dockroute's tag looks in that listing.
 struct Backend {
-    name: &'static str,
     program: &'static str,
     list_args: &'static str,
     tag: &'static str,
 }
 
 const IPTABLES: Backend = Backend {
-    name: "iptables",
     program: "iptables",
     list_args: "-S",
     tag: "--comment dockroute",
 };
 const IPTABLES_LEGACY: Backend = Backend {
-    name: "iptables-legacy",
     program: "iptables-legacy",
     list_args: "-S",
     tag: "--comment dockroute",
 };
 const NFTABLES: Backend = Backend {
-    name: "nftables",
     program: "nft",
     list_args: "list ruleset",
     tag: "comment \"dockroute\"",
@@ -91,7 +87,8 @@ fn scenario(
     check_status(&lab, expected_rules, 0, hint);
 
     let fixed = up(&lab);
-    let added = format!("+ firewall {} ", b.name);
+    // each backend's repair in its own program's notation (issue 16, point 10: nft's for nftables)
+    let added = format!("+ firewall {} ", b.program);
     assert!(fixed.stdout.contains(&added), "{}", fixed.stdout);
     assert!(lab.reaches_container(), "still blocked after up");
     assert_eq!(b.tagged(&lab), expected_rules);

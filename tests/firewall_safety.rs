@@ -246,7 +246,7 @@ fn tagged_rules_of_another_shape_are_never_deleted_and_status_warns() {
         text.contains("WARNING: a rule commented \"dockroute\" that dockroute did not make is left alone: iptables -t filter INPUT: -A INPUT -p tcp -m tcp --dport 22"),
         "{text}"
     );
-    assert!(text.contains("nftables -t inet admin output"), "{text}");
+    assert!(text.contains("nft rule inet admin output"), "{text}");
 
     lab.dockroute(&["down"]).ok();
     let after = fw(&lab, "iptables", "-S");

@@ -183,19 +183,34 @@ fn a_forged_record_never_makes_root_rewrite_or_remove_another_file() {
     unchanged();
     assert_eq!(std::fs::read(lab.resolv_conf()).unwrap(), resolv_before);
 
-    // a resolver file elsewhere: down refuses and says how to undo it there
+    // a resolver file in a directory a user can change: down refuses and says why
+    let victims = resolver.parent().unwrap();
+    std::os::unix::fs::chown(victims, Some(65534), None).unwrap();
     up(&lab);
-    forge(&lab, "resolver-dir", resolver.parent().unwrap(), "victim");
+    forge(&lab, "resolver-dir", victims, "victim");
     let run = lab.dockroute(&["down"]);
     assert_ne!(run.code, 0);
-    assert!(run.stderr.contains("--resolver-dir"), "{}", run.stderr);
+    assert!(run.stderr.contains("is not safe"), "{}", run.stderr);
     unchanged();
     // ... and `up` replacing that previous setting leaves it alone as well
     lab.dockroute(&["up", "--vm-ip", VM_IP, "--dns", "resolv-conf"])
         .ok();
     unchanged();
+    std::os::unix::fs::chown(victims, Some(0), None).unwrap();
 
-    // a domain that climbs out of the settings' resolver dir
+    // a recorded directory that is not a plain absolute path
+    let climbing = lab.dir.path().join("resolver/../victims");
+    forge(&lab, "resolver-dir", &climbing, "victim");
+    let run = lab.dockroute(&["down"]);
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("not an absolute path of plain names"),
+        "{}",
+        run.stderr
+    );
+    unchanged();
+
+    // a domain that climbs out of the recorded resolver dir
     let dir = lab.dir.path().join("resolver");
     std::fs::create_dir(&dir).unwrap();
     forge(&lab, "resolver-dir", &dir, "../victims/victim");
@@ -308,4 +323,89 @@ fn errors_about_a_config_file_others_cannot_read_never_quote_it() {
         &lab.dockroute(&["up", "--vm-ip", VM_IP]),
         "owned by uid 65534",
     );
+}
+
+/// `dockroute ARGS` that must end on its own within 20 s (a FIFO must never make it wait).
+fn ends(lab: &Lab, args: &[&str], env: &[(&str, &dyn AsRef<std::ffi::OsStr>)]) -> Run {
+    let mut c = lab.command(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let mut child = c
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("dockroute {args:?} did not end");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Run::from(child.wait_with_output().unwrap())
+}
+
+/// Without sudo (after `su`, in the boot job) root reads a docker-machine store that someone else
+/// can change with that user's rights: a link in it to a file only root may read is not read
+/// (and nothing of that file shows), the user's own config.json still is; a FIFO or a link as
+/// config.json is refused at once.
+#[test]
+fn a_users_machine_store_is_read_with_that_users_rights_even_without_sudo() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    // root's secret, in a directory only root may enter
+    let secret = lab.dir.path().join("secret");
+    std::fs::create_dir(&secret).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(
+        secret.join("config.json"),
+        r#"{"Driver":{"IPAddress":"hunter2-secret"}}"#,
+    )
+    .unwrap();
+    // nobody's store: the machine `dev` is a link to root's directory
+    let store = lab.dir.path().join("machine");
+    std::fs::create_dir_all(store.join("machines")).unwrap();
+    for d in [&store, &store.join("machines")] {
+        std::os::unix::fs::chown(d, Some(65534), Some(65534)).unwrap();
+    }
+    std::os::unix::fs::symlink(&secret, store.join("machines/dev")).unwrap();
+    let env: [(&str, &dyn AsRef<std::ffi::OsStr>); 1] = [("MACHINE_STORAGE_PATH", &store)];
+    let before = lab.snapshot();
+    let run = ends(&lab, &["up", "--machine", "dev"], &env);
+    refused(&run, "docker-machine 'dev': cannot read");
+    assert!(run.stderr.contains("Permission denied"), "{}", run.stderr);
+    assert!(!run.stderr.contains("hunter2"), "{}", run.stderr);
+    assert_eq!(lab.snapshot(), before);
+
+    // the user's own config.json, readable by that user only, is read
+    let own = store.join("machines/own");
+    std::fs::create_dir(&own).unwrap();
+    let config = own.join("config.json");
+    std::fs::write(&config, r#"{"Driver":{"IPAddress":"192.168.99.100"}}"#).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    for p in [&own, &config] {
+        std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
+    }
+    let run = ends(&lab, &["up", "--dry-run", "--machine", "own"], &env).ok();
+    assert!(
+        run.stdout.contains("docker-machine 'own'"),
+        "{}",
+        run.stdout
+    );
+
+    // a FIFO or a link in config.json's place: refused at once, nothing read through it
+    std::fs::remove_file(&config).unwrap();
+    nix::unistd::mkfifo(&config, nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
+    let run = ends(&lab, &["up", "--machine", "own"], &env);
+    refused(&run, "not a regular file");
+    std::fs::remove_file(&config).unwrap();
+    std::os::unix::fs::symlink(secret.join("config.json"), &config).unwrap();
+    let run = ends(&lab, &["up", "--machine", "own"], &env);
+    refused(&run, "symbolic link");
+    assert!(!run.stderr.contains("hunter2"), "{}", run.stderr);
+    assert_eq!(lab.snapshot(), before);
 }

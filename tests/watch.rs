@@ -254,14 +254,6 @@ fn waits_for_the_link_and_follows_it_being_deleted_and_recreated() {
     );
 }
 
-/// Make the host learn `ip` as a neighbour on vboxnet0 (an ARP exchange, as any traffic does).
-fn touch(lab: &Lab, ip: &'static str) {
-    lab.in_host(move || {
-        let addr: std::net::SocketAddr = format!("{ip}:1").parse().unwrap();
-        let _ = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300));
-    });
-}
-
 #[test]
 fn follows_the_vm_ip_when_it_comes_from_the_neighbour_table() {
     if !privileged() {
@@ -600,32 +592,49 @@ fn refusals_change_nothing() {
     assert_eq!(lab.snapshot(), before);
 }
 
-#[test]
-fn follows_the_vm_ip_when_docker_machine_records_a_new_one() {
-    if !privileged() {
-        return;
+/// A docker-machine store in the lab dir with one machine, `dev`, whose config.json is not
+/// written yet.
+struct Machine {
+    store: std::path::PathBuf,
+    config: std::path::PathBuf,
+}
+
+impl Machine {
+    fn new(lab: &Lab) -> Machine {
+        let store = lab.dir.path().join("machine");
+        let config = store.join("machines/dev/config.json");
+        std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+        Machine { store, config }
     }
-    let lab = Lab::new();
-    let store = lab.dir.path().join("machine");
-    let config = store.join("machines/dev/config.json");
-    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
-    let record = |ip: &str| {
-        // written as docker-machine does: a new file renamed over the old one
-        let tmp = config.with_extension("tmp");
-        std::fs::write(&tmp, format!("{{\"Driver\": {{\"IPAddress\": \"{ip}\"}}}}")).unwrap();
-        std::fs::rename(&tmp, &config).unwrap();
-    };
-    record(VM_IP);
-    let w = Watch::start_env(
-        &lab,
-        &["--machine", "dev"],
-        &[("MACHINE_STORAGE_PATH", store.to_str().unwrap())],
-    );
-    started(&lab, &w);
+
+    /// config.json as docker-machine writes it, naming `ip`.
+    fn body(ip: &str) -> String {
+        format!("{{\"Driver\": {{\"IPAddress\": \"{ip}\"}}}}")
+    }
+
+    /// Record `ip` as docker-machine does: a new file renamed over the old one.
+    fn record(&self, ip: &str) {
+        let tmp = self.config.with_extension("tmp");
+        std::fs::write(&tmp, Machine::body(ip)).unwrap();
+        std::fs::rename(&tmp, &self.config).unwrap();
+    }
+
+    /// `watch --machine dev` with this store.
+    fn watch(&self, lab: &Lab) -> Watch {
+        Watch::start_env(
+            lab,
+            &["--machine", "dev"],
+            &[("MACHINE_STORAGE_PATH", self.store.to_str().unwrap())],
+        )
+    }
+}
+
+/// The VM moves to 192.168.99.101 and docker-machine records it: the routes follow.
+fn vm_moves(lab: &Lab, m: &Machine, w: &Watch) {
     let vm = format!("{}-vm", lab.prefix);
     ip_in(&vm, &format!("addr del {VM_IP}/24 dev eth0"));
     ip_in(&vm, "addr add 192.168.99.101/24 dev eth0");
-    record("192.168.99.101");
+    m.record("192.168.99.101");
     assert!(
         eventually(Duration::from_secs(5), || lab
             .ip("route show table 5017")
@@ -633,7 +642,103 @@ fn follows_the_vm_ip_when_docker_machine_records_a_new_one() {
         "the route did not move:\n{}",
         w.log()
     );
-    heals(&lab, "docker-machine recording a new IP");
+    heals(lab, "docker-machine recording a new IP");
+}
+
+#[test]
+fn follows_the_vm_ip_when_docker_machine_records_a_new_one() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let m = Machine::new(&lab);
+    m.record(VM_IP);
+    let w = m.watch(&lab);
+    started(&lab, &w);
+    vm_moves(&lab, &m, &w);
+}
+
+/// A user touching or rewriting docker-machine's config.json every 12 ms, without changing what it
+/// says, makes `watch` read it at most about once a second and reconcile not at all; a real change
+/// at the end of the storm is still read (the trailing edge) and applied.
+#[test]
+fn a_storm_of_touches_on_the_machine_config_reloads_once_a_second_and_reconciles_only_a_change() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let m = Machine::new(&lab);
+    let config = &m.config;
+    std::fs::write(config, Machine::body(VM_IP)).unwrap();
+    let w = m.watch(&lab);
+    started(&lab, &w);
+    let before = w.settles(Duration::from_millis(300));
+    let reloads_before = w.count("settings re-read");
+    let storm = Duration::from_secs(3);
+    let start = Instant::now();
+    let mut writes = 0;
+    while start.elapsed() < storm {
+        if writes % 2 == 0 {
+            // rewritten in place, the same content
+            std::fs::write(config, Machine::body(VM_IP)).unwrap();
+        } else {
+            // replaced by rename, the same content
+            m.record(VM_IP);
+        }
+        writes += 1;
+        std::thread::sleep(Duration::from_millis(12));
+    }
+    let took = start.elapsed();
+    // the last change of the storm is a real one: the VM moved
+    vm_moves(&lab, &m, &w);
+    let after = w.settles(Duration::from_millis(300));
+    let reloads = w.count("settings re-read") - reloads_before;
+    let unchanged = w.count("unchanged, nothing to do");
+    eprintln!(
+        "{writes} writes in {took:?}: {reloads} reloads ({unchanged} unchanged), {} reconciles",
+        after - before
+    );
+    // at most one a second of the storm, the first at once, and the change at its end
+    assert!(
+        reloads as f64 <= took.as_secs_f64().ceil() + 2.0,
+        "{reloads} reloads for {writes} writes:\n{}",
+        w.log()
+    );
+    assert!(unchanged >= 1, "{}", w.log());
+    // the touches caused no reconcile: only the real change did (and its echo)
+    let reconciles = after - before;
+    assert!(
+        (1..=3).contains(&reconciles),
+        "{reconciles} reconciles:\n{}",
+        w.log()
+    );
+}
+
+/// A FIFO or a link put in config.json's place neither blocks `watch` nor steers it: it is
+/// refused (logged), the daemon keeps going, and a real config.json later is followed.
+#[test]
+fn a_fifo_or_a_link_as_the_machine_config_neither_blocks_nor_misleads_watch() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let m = Machine::new(&lab);
+    let config = &m.config;
+    nix::unistd::mkfifo(config, nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
+    let w = m.watch(&lab);
+    w.wait_log("watching (");
+    w.wait_log("not a regular file");
+    // a link to a file naming the VM is not followed either
+    let elsewhere = lab.dir.path().join("elsewhere.json");
+    std::fs::write(&elsewhere, Machine::body(VM_IP)).unwrap();
+    std::fs::remove_file(config).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, config).unwrap();
+    w.wait_log("symbolic link");
+    assert_eq!(lab.tagged(), 0, "{}", w.log());
+    // a real one is followed
+    std::fs::remove_file(config).unwrap();
+    std::fs::copy(&elsewhere, config).unwrap();
+    heals(&lab, "a real config.json");
 }
 
 fn has_marker(lab: &Lab) -> bool {
@@ -919,4 +1024,51 @@ fn a_full_re_read_reuses_the_iptables_nft_reading_until_nftables_changes() {
         "reused a stale reading:\n{}",
         w.log()
     );
+}
+
+#[test]
+fn watch_refuses_a_machine_config_rewritten_to_a_lan_address() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    lan_link(&lab);
+    let store = machine(&lab, VM_IP);
+    let w = Watch::start_env(
+        &lab,
+        &["--machine", "default", "--dns", "off"],
+        &[("MACHINE_STORAGE_PATH", store.to_str().unwrap())],
+    );
+    started(&lab, &w);
+    let before = state(&lab);
+    // the user rewrites config.json while watch runs
+    machine(&lab, "10.77.0.50");
+    w.wait_log("is on wlan0, which is not a host-only link");
+    assert_eq!(state(&lab), before, "{}", w.log());
+    assert!(lab.reaches_container());
+}
+
+#[test]
+fn watch_keeps_the_vm_from_the_neighbour_table_when_another_host_answers() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    touch(&lab, VM_IP);
+    let w = Watch::start(&lab, &["--dns", "off"]);
+    started(&lab, &w);
+    // the VM goes quiet and another host answers on the link
+    let _rogue = Rogue::new(&lab);
+    lab.ip(&format!("neigh del {VM_IP} dev vboxnet0"));
+    touch(&lab, "192.168.99.200");
+    w.wait_log("192.168.99.200");
+    w.wait_log("also answers on a host-only link");
+    assert!(
+        vm_route(&lab).contains(&format!("via {VM_IP}")),
+        "{}\n{}",
+        vm_route(&lab),
+        w.log()
+    );
+    assert!(!vm_route(&lab).contains("192.168.99.200"));
+    assert!(lab.reaches_container());
 }

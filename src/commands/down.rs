@@ -8,8 +8,8 @@ use dockroute::report;
 
 pub fn run(cli: &Cli, a: &DownArgs) -> anyhow::Result<()> {
     let mut settings = load_settings(cli, None)?;
-    // `down` takes only the place DNS was set at from its flags (the resolver dir); it replays
-    // no recorded `up` settings.
+    // `down` replays no recorded `up` settings; it removes a resolver file in the directory
+    // the record names (`--resolver-dir` is only compared with it).
     if let Some(dir) = &a.resolver_dir {
         settings.resolver_dir = dir.clone();
     }

@@ -95,9 +95,9 @@ pub enum DnsError {
     )]
     NotResolverDir { dir: PathBuf, file: PathBuf },
     #[error(
-        "the last `up` wrote its resolver file in {recorded}, but the settings name {here}: dockroute removes files only where the settings point; run `dockroute down --resolver-dir {recorded}` (or set resolver_dir in the config)"
+        "the record names the resolver directory \"{0}\", which is not an absolute path of plain names: leaving it alone"
     )]
-    ElsewhereInRecord { recorded: String, here: PathBuf },
+    BadRecordedDir(String),
     #[error("domain '{0}' cannot name a resolver file (no '/', no leading '.')")]
     BadResolverFileName(String),
 }
@@ -154,44 +154,62 @@ pub fn choose(mode: DnsMode) -> Option<Backend> {
     }
 }
 
-/// A recorded setting re-pointed at the places the current settings name: `settings.resolv_conf`
-/// for resolv-conf, `settings.resolver_dir` for resolver-dir (the record's domain names the file
-/// there, and must be a plain resolver file name). A path in the record is never used, so a
-/// forged record cannot make root rewrite or remove a file of its choice. A resolver dir other
-/// than the settings' is an error that says how to undo it there.
-pub fn at_settings(
+/// Where a recorded setting is undone. resolv-conf: at `settings.resolv_conf` (a path in the
+/// record is never used for it). resolver-dir: in the directory the record names, the one `up`
+/// wrote its file in, wherever that was: the record lives in the state directory, which as
+/// root only root can change (checked when it is read), and the directory it names is checked
+/// again when the file is removed (only root may be able to change it, all the way up). The
+/// record's directory must be an absolute path without `.` or `..`, and its domain must name a
+/// plain resolver file there (checked on removal).
+pub fn to_undo(
     recorded: &DnsState,
     resolv_conf: &Path,
     resolver_dir: &Path,
 ) -> Result<DnsState, DnsError> {
-    let here = DnsState {
-        path: match recorded.backend {
-            Backend::Resolved => PathBuf::new(),
-            Backend::ResolvConf => resolv_conf.to_path_buf(),
-            Backend::ResolverDir => resolver_dir.to_path_buf(),
-        },
-        ..recorded.clone()
+    let path = match recorded.backend {
+        Backend::Resolved => PathBuf::new(),
+        Backend::ResolvConf => {
+            if recorded.path != resolv_conf {
+                tracing::warn!(
+                    "the record names {}; only {} (from the settings) is looked at",
+                    recorded.path.display().to_string().escape_debug(),
+                    resolv_conf.display()
+                );
+            }
+            resolv_conf.to_path_buf()
+        }
+        Backend::ResolverDir => {
+            if !plain_absolute(&recorded.path) {
+                return Err(DnsError::BadRecordedDir(
+                    recorded
+                        .path
+                        .display()
+                        .to_string()
+                        .escape_debug()
+                        .to_string(),
+                ));
+            }
+            if recorded.path != resolver_dir {
+                tracing::info!(
+                    "the last `up` wrote its resolver file in {} (the settings name {}): it is undone there",
+                    recorded.path.display(),
+                    resolver_dir.display()
+                );
+            }
+            recorded.path.clone()
+        }
     };
-    if here.path == recorded.path {
-        return Ok(here);
-    }
-    let recorded_path = recorded
-        .path
-        .display()
-        .to_string()
-        .escape_debug()
-        .to_string();
-    if recorded.backend == Backend::ResolverDir {
-        return Err(DnsError::ElsewhereInRecord {
-            recorded: recorded_path,
-            here: here.path,
-        });
-    }
-    tracing::warn!(
-        "the record names {recorded_path}; only {} (from the settings) is looked at",
-        here.path.display()
-    );
-    Ok(here)
+    Ok(DnsState {
+        path,
+        ..recorded.clone()
+    })
+}
+
+/// An absolute path of plain names (no `.`, `..`, or empty components).
+fn plain_absolute(path: &Path) -> bool {
+    use std::path::Component;
+    let mut parts = path.components();
+    parts.next() == Some(Component::RootDir) && parts.all(|c| matches!(c, Component::Normal(_)))
 }
 
 /// Remove temporary files a killed run left where this backend writes: the resolver directory,

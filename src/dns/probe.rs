@@ -4,6 +4,10 @@
 //! behind a resolv.conf that names the server first: silence (the VM is gone) and an ICMP
 //! unreachable (the VM is up but nothing listens on the port).
 //!
+//! Answering is not enough to be trusted with every lookup: [`answers_outside`] asks for the
+//! address of a name outside the domain that exists nowhere, and a server that answers it with an
+//! address (a wildcard server, another host's) is not the VM's DNS server.
+//!
 //! The encoder and the reply checker are pure; [`ask`] is the blocking probe (`up`, `status`) and
 //! [`Pending`] the non-blocking one (`watch`, which polls its socket).
 
@@ -19,6 +23,7 @@ pub const TRIES: u32 = 2;
 
 const HEADER: usize = 12;
 const QTYPE_SOA: u16 = 6;
+const QTYPE_A: u16 = 1;
 const QCLASS_IN: u16 = 1;
 /// A reply is at most this long over UDP without EDNS (a bigger datagram is cut; the header and
 /// question, all that is checked, come first).
@@ -40,6 +45,8 @@ pub enum ProbeError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Answer {
     pub rcode: u8,
+    /// How many records the answer section holds.
+    pub records: u16,
     pub took: Duration,
 }
 
@@ -80,6 +87,11 @@ pub fn random_id() -> u16 {
 
 /// The query: header (id, recursion desired, one question), then `domain` SOA IN.
 pub fn query(id: u16, domain: &str) -> Result<Vec<u8>, ProbeError> {
+    query_type(id, domain, QTYPE_SOA)
+}
+
+/// A query for `name`'s records of type `qtype` (class IN).
+fn query_type(id: u16, domain: &str, qtype: u16) -> Result<Vec<u8>, ProbeError> {
     let bad = || ProbeError::BadName(domain.escape_debug().to_string());
     let name = domain.strip_suffix('.').unwrap_or(domain);
     let mut q = Vec::with_capacity(HEADER + name.len() + 6);
@@ -104,7 +116,7 @@ pub fn query(id: u16, domain: &str) -> Result<Vec<u8>, ProbeError> {
     if q.len() - HEADER > 255 {
         return Err(bad());
     }
-    q.extend_from_slice(&QTYPE_SOA.to_be_bytes());
+    q.extend_from_slice(&qtype.to_be_bytes());
     q.extend_from_slice(&QCLASS_IN.to_be_bytes());
     Ok(q)
 }
@@ -176,9 +188,13 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// Send one query to `server`, from a fresh socket (a new random source port).
+    /// Send one query (the SOA of `domain`) to `server`, from a fresh socket (a new random source
+    /// port).
     pub fn send(server: SocketAddrV4, domain: &str) -> Result<Pending, ProbeError> {
-        let query = query(random_id(), domain)?;
+        Pending::send_query(server, query(random_id(), domain)?)
+    }
+
+    fn send_query(server: SocketAddrV4, query: Vec<u8>) -> Result<Pending, ProbeError> {
         let socket = UdpSocket::bind("0.0.0.0:0").map_err(io_err("opening a UDP socket"))?;
         socket
             .connect(server)
@@ -210,6 +226,7 @@ impl Pending {
                     if let Some(rcode) = check_reply(&self.query, &buf[..n]) {
                         return Some(Ok(Answer {
                             rcode,
+                            records: u16::from_be_bytes([buf[6], buf[7]]),
                             took: self.sent.elapsed(),
                         }));
                     }
@@ -272,6 +289,48 @@ pub fn ask(
         }
     }
     Err(last)
+}
+
+/// A name outside `domain` that exists nowhere: a random label under `.invalid` (RFC 6761: never
+/// delegated, every resolver answers NXDOMAIN), or under `.test` for a domain inside `.invalid`.
+pub fn outside_name(domain: &str) -> String {
+    let d = domain.trim_end_matches('.').to_ascii_lowercase();
+    let tld = if d == "invalid" || d.ends_with(".invalid") {
+        "test"
+    } else {
+        "invalid"
+    };
+    format!("dockroute-{:04x}{:04x}.{tld}", random_id(), random_id())
+}
+
+/// Whether an answer to the address query for a name that exists nowhere says the server answers
+/// every name: NOERROR with records. NXDOMAIN, REFUSED, SERVFAIL and NOERROR without records
+/// (a server that forwards, refuses, or knows only its domain) do not.
+pub fn answers_anything(a: &Answer) -> bool {
+    a.rcode == 0 && a.records > 0
+}
+
+/// Whether `server` answers a name outside `domain` that exists nowhere with an address: then it
+/// is not the VM's DNS server for `domain` (a wildcard server, another host's) and must not be
+/// named first for every lookup. `Some(why)` if it does; silence or an error says nothing.
+pub fn answers_outside(server: SocketAddrV4, domain: &str, timeout: Duration) -> Option<String> {
+    let name = outside_name(domain);
+    let answer = query_type(random_id(), &name, QTYPE_A)
+        .and_then(|q| Pending::send_query(server, q))
+        .and_then(|p| p.wait(timeout));
+    match answer {
+        Ok(a) if answers_anything(&a) => Some(format!(
+            "it answers NOERROR with an address for {name}, a name outside .{domain} that exists nowhere"
+        )),
+        Ok(a) => {
+            tracing::debug!("DNS: {server} {a} for {name}, outside .{domain}");
+            None
+        }
+        Err(e) => {
+            tracing::debug!("DNS: {server} about {name}: {e}");
+            None
+        }
+    }
 }
 
 #[cfg(test)]
@@ -350,6 +409,71 @@ mod tests {
     }
 
     #[test]
+    fn the_outside_name_is_outside_the_domain_and_exists_nowhere() {
+        let n = outside_name("docker");
+        assert!(
+            n.starts_with("dockroute-") && n.ends_with(".invalid"),
+            "{n}"
+        );
+        assert!(query_type(1, &n, QTYPE_A).is_ok());
+        assert_ne!(outside_name("docker"), outside_name("docker"));
+        assert!(outside_name("dev.invalid").ends_with(".test"));
+        let a = |rcode, records| Answer {
+            rcode,
+            records,
+            took: Duration::ZERO,
+        };
+        assert!(answers_anything(&a(0, 1)));
+        for (rcode, records) in [(3, 0), (5, 0), (2, 0), (0, 0)] {
+            assert!(!answers_anything(&a(rcode, records)), "{rcode} {records}");
+        }
+    }
+
+    /// A UDP socket on loopback (never anything outside this host), and its address.
+    fn loopback_server() -> (UdpSocket, SocketAddrV4) {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        match server.local_addr().unwrap() {
+            std::net::SocketAddr::V4(a) => (server, a),
+            _ => unreachable!(),
+        }
+    }
+
+    /// A server on loopback that answers the next query with `rcode` and `records` answers.
+    fn one_reply(rcode: u8, records: u8) -> (SocketAddrV4, std::thread::JoinHandle<Vec<u8>>) {
+        let (server, addr) = loopback_server();
+        let t = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            let (n, from) = server.recv_from(&mut buf).unwrap();
+            let mut r = buf[..n].to_vec();
+            r[2] |= 0x80;
+            r[3] = 0x80 | rcode;
+            r[7] = records;
+            for _ in 0..records {
+                r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 6, 6, 6, 6]);
+            }
+            server.send_to(&r, from).unwrap();
+            buf[..n].to_vec()
+        });
+        (addr, t)
+    }
+
+    #[test]
+    fn a_server_that_answers_a_name_that_exists_nowhere_is_caught() {
+        let (addr, t) = one_reply(0, 1);
+        let why = answers_outside(addr, "docker", TIMEOUT).unwrap();
+        assert!(why.contains("outside .docker"), "{why}");
+        let asked = t.join().unwrap();
+        // an A query for a name under .invalid
+        assert_eq!(&asked[asked.len() - 4..], &[0, 1, 0, 1]);
+        assert!(String::from_utf8_lossy(&asked).contains("invalid"));
+        for (rcode, records) in [(3, 0), (5, 0), (0, 0)] {
+            let (addr, t) = one_reply(rcode, records);
+            assert_eq!(answers_outside(addr, "docker", TIMEOUT), None);
+            t.join().unwrap();
+        }
+    }
+
+    #[test]
     fn ids_vary() {
         let ids: std::collections::HashSet<u16> = (0..64).map(|_| random_id()).collect();
         assert!(ids.len() > 32, "{ids:?}");
@@ -358,11 +482,7 @@ mod tests {
     #[test]
     fn a_local_server_answers_and_a_closed_port_or_silence_does_not() {
         // loopback only: a server on 127.0.0.1 that answers REFUSED, one that never answers
-        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let addr = match server.local_addr().unwrap() {
-            std::net::SocketAddr::V4(a) => a,
-            _ => unreachable!(),
-        };
+        let (server, addr) = loopback_server();
         let t = std::thread::spawn(move || {
             let mut buf = [0u8; 512];
             let (n, from) = server.recv_from(&mut buf).unwrap();

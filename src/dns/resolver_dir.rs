@@ -68,7 +68,9 @@ fn existing(dir: &Path, domain: &str) -> Result<Existing, DnsError> {
     }
 }
 
-/// The keywords of resolver(5) files (and resolv.conf's `options`, `sortlist`).
+/// The keywords of resolver(5) files (and resolv.conf's `options`, `sortlist`), plus the two
+/// that configd's reader of /etc/resolver (`dnsinfo_flatfile.c`) also accepts though resolver(5)
+/// does not list them: `flags` (`scoped`, `a`, `aaaa`) and `interface` (a link's name).
 const KEYWORDS: &[&str] = &[
     "nameserver",
     "port",
@@ -78,6 +80,8 @@ const KEYWORDS: &[&str] = &[
     "timeout",
     "options",
     "sortlist",
+    "flags",
+    "interface",
 ];
 /// A resolver file is small; anything larger is not one.
 const MAX_RESOLVER_FILE: u64 = 64 * 1024;
@@ -283,6 +287,10 @@ mod tests {
         }
         assert!(is_resolver_file(b"nameserver 1.2.3.4\r\noptions ndots:1\n"));
         assert!(!is_resolver_file(b"nameserver 1.2.3.4\n/bin/sh\n"));
+        // configd's undocumented keywords, as a VPN client may write them
+        assert!(is_resolver_file(
+            b"nameserver 10.8.0.53\nflags scoped aaaa\ninterface utun3\n"
+        ));
         assert!(!is_resolver_file(&[0xff, 0xfe]));
     }
 

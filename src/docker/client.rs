@@ -28,14 +28,11 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(
-        endpoint: &Endpoint,
-        reader: Option<crate::machine::Reader>,
-    ) -> Result<Client, DockerError> {
+    pub fn new(endpoint: &Endpoint) -> Result<Client, DockerError> {
         let tls = match endpoint {
             Endpoint::Tcp {
                 tls: Some(files), ..
-            } => Some(Arc::new(tls::config(files, reader)?)),
+            } => Some(Arc::new(tls::config(files)?)),
             _ => None,
         };
         let endpoint = Arc::new(endpoint.clone());

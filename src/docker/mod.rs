@@ -169,14 +169,13 @@ pub fn list(choice: Choice, host: &Host) -> Report {
         Choice::Off { .. } | Choice::Unset { .. } => return report,
     };
     let host = host.clone();
-    let reader = crate::machine::reader().ok().flatten();
     let asked = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| DockerError::Runtime(e.to_string()))?;
         rt.block_on(async {
-            let mut client = client::Client::new(&endpoint, reader)?;
+            let mut client = client::Client::new(&endpoint)?;
             tokio::time::timeout(TIMEOUT, ask(&mut client, &host))
                 .await
                 .map_err(|_| DockerError::Timeout(TIMEOUT))?

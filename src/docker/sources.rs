@@ -73,7 +73,7 @@ fn read(path: &Path) -> Result<Option<Vec<u8>>, String> {
     if std::fs::symlink_metadata(path).is_err() {
         return Ok(None);
     }
-    machine::read_regular_file(path, machine::reader()?)
+    machine::read_regular_file(path, machine::reader(path)?)
         .map(Some)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
@@ -104,9 +104,9 @@ fn from_context() -> Answer {
     Some((source, found))
 }
 
-/// A socket the invoking user (or root) owns, not reached through a symbolic link.
-fn user_socket(path: &Path) -> bool {
-    let uid = machine::reader().ok().flatten().map_or(0, |r| r.uid);
+/// A socket the owner of the home directory (`uid`) or root owns, not reached through a symbolic
+/// link.
+fn user_socket(path: &Path, uid: u32) -> bool {
     std::fs::symlink_metadata(path)
         .is_ok_and(|m| m.file_type().is_socket() && (m.uid() == uid || m.uid() == 0))
 }
@@ -128,10 +128,11 @@ fn entries(dir: &Path, first: &str) -> Vec<String> {
 
 fn from_sockets() -> Answer {
     let home = machine::home_dir().ok()?;
+    let uid = std::fs::metadata(&home).ok()?.uid();
     let colima = home.join(".colima");
     for profile in entries(&colima, "default") {
         let sock = colima.join(&profile).join("docker.sock");
-        if user_socket(&sock) {
+        if user_socket(&sock, uid) {
             return Some((
                 Source::Colima { profile },
                 Ok(Endpoint::Unix { path: sock }),
@@ -141,7 +142,7 @@ fn from_sockets() -> Answer {
     let lima = home.join(".lima");
     for instance in entries(&lima, "docker") {
         let sock = lima.join(&instance).join("sock/docker.sock");
-        if user_socket(&sock) {
+        if user_socket(&sock, uid) {
             return Some((Source::Lima { instance }, Ok(Endpoint::Unix { path: sock })));
         }
     }

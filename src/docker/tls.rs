@@ -1,7 +1,7 @@
 //! TLS to a Docker engine: rustls with ring, trusting only the CA file of the endpoint's source
-//! and proving the client with the certificate and key next to it. The files are read with the
-//! invoking user's rights, at most 1 MiB, never through a symbolic link
-//! ([`crate::machine::read_regular_file`]).
+//! and proving the client with the certificate and key next to it. The files are read like
+//! docker-machine's store: with the rights of the user who can change them, at most 1 MiB, never
+//! through a symbolic link ([`crate::machine::read_regular_file`]).
 
 use super::DockerError;
 use super::endpoint::TlsFiles;
@@ -15,12 +15,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 pub type Config = rustls::ClientConfig;
 
 /// The client configuration for `files`.
-pub fn config(
-    files: &TlsFiles,
-    reader: Option<crate::machine::Reader>,
-) -> Result<Config, DockerError> {
+pub fn config(files: &TlsFiles) -> Result<Config, DockerError> {
     let read = |p: &Path| {
-        crate::machine::read_regular_file(p, reader)
+        crate::machine::reader(p)
+            .and_then(|reader| crate::machine::read_regular_file(p, reader))
             .map_err(|e| DockerError::Tls(format!("cannot read {}: {e}", p.display())))
     };
     let bad =

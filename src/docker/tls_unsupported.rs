@@ -10,10 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 /// Never made: [`config`] always refuses.
 pub enum Config {}
 
-pub fn config(
-    _files: &TlsFiles,
-    _reader: Option<crate::machine::Reader>,
-) -> Result<Config, DockerError> {
+pub fn config(_files: &TlsFiles) -> Result<Config, DockerError> {
     Err(DockerError::Tls(
         "this build of dockroute has no TLS client on this system yet; give the engine's plain port with --docker tcp://IP:2375 or a unix socket".into(),
     ))

@@ -68,6 +68,20 @@ pub enum EngineError {
         done: usize,
         undo_failed: Vec<String>,
     },
+    #[error(
+        "DNS: {server} is not the VM's DNS server for .{domain}: {why}; dockroute does not name it first in {path}{}; rolled back the {done} route change(s) of this run{}. Point --nameserver at the VM's own DNS server (the one that answers .{domain} and nothing else), or use `--dns off`",
+        if *.withdrew { format!("; took dockroute's line out of {}", .path.display()) } else { String::new() },
+        undo_note(.undo_failed)
+    )]
+    DnsNotTheVms {
+        server: std::net::SocketAddrV4,
+        domain: String,
+        path: std::path::PathBuf,
+        why: String,
+        withdrew: bool,
+        done: usize,
+        undo_failed: Vec<String>,
+    },
     #[error("{} of {total} removal(s) failed: {}", .failed.len(), .failed.join("; "))]
     Remove { total: usize, failed: Vec<String> },
 }
@@ -217,18 +231,17 @@ fn same_place(a: &DnsState, b: &DnsState) -> bool {
     a.backend == b.backend && a.domain == b.domain && a.path == b.path && a.ifindex == b.ifindex
 }
 
-/// The entries `up` wants for `target` on this platform, and the subnets routed as their halves
-/// (with one table, a prefix that someone else's route holds is routed as its two halves).
-async fn planned<N: Net>(
-    net: &mut N,
-    target: &Target,
-) -> Result<(Vec<crate::net::Entry>, Vec<plan::single::Split>), EngineError> {
+/// The entries `up` wants for `target` on this platform, with (one table) the subnets routed as
+/// several prefixes to outdo others' routes inside them, and the routes left to others.
+async fn planned<N: Net>(net: &mut N, target: &Target) -> Result<plan::single::Plan, EngineError> {
     match net.layout() {
-        plan::Layout::PolicyTable => Ok((plan::desired(target), Vec::new())),
+        plan::Layout::PolicyTable => Ok(plan::single::Plan {
+            entries: plan::desired(target),
+            ..Default::default()
+        }),
         plan::Layout::SingleTable => {
-            let held = net.held(&plan::single::candidates(target)).await?;
-            let p = plan::single::desired(target, &held).map_err(NetError::Conflict)?;
-            Ok((p.entries, p.splits))
+            let held = net.held(&target.subnets).await?;
+            Ok(plan::single::desired(target, &held).map_err(NetError::Conflict)?)
         }
     }
 }
@@ -256,7 +269,7 @@ fn firewall_plan(
     memo: Option<&mut firewall::Memo>,
     dry_run: bool,
 ) -> Result<FirewallPlan, EngineError> {
-    let scope = firewall::Scope::for_target(target);
+    let scope = firewall::Scope::for_target(target)?;
     let seen = firewall::observe_held(Some(&scope), reading, held, memo);
     let mut unread = None;
     if dry_run && !seen.errors.is_empty() {
@@ -275,6 +288,12 @@ fn firewall_plan(
         pf_enabled: seen.pf_enabled,
         unread,
     })
+}
+
+/// Whether the VM's DNS server for `d` is asked now (resolv-conf only; `watch` goes by its own
+/// probes when it has them).
+fn asks_now(d: &DnsState, gate: DnsGate) -> bool {
+    d.backend == Backend::ResolvConf && matches!(gate, DnsGate::Refuse | DnsGate::Withhold(None))
 }
 
 /// Why the VM's DNS server counts as silent, if it does: only resolv-conf asks (see
@@ -393,7 +412,14 @@ pub async fn up_with<N: Net>(
     memo: Option<&mut firewall::Memo>,
 ) -> Result<Outcome, EngineError> {
     // Discovery and the DNS check only read and validate; the lock covers observe → record.
-    let mut target = discover::discover(net, &settings.request).await?;
+    // The VM the last `up` found on its own stays the VM ([`discover::Pin`]).
+    let mut request = settings.request.clone();
+    request.pinned = store
+        .load()
+        .ok()
+        .flatten()
+        .and_then(|r| discover::Pin::of(&r.target));
+    let mut target = discover::discover(net, &request).await?;
     let docker = with_docker(net, settings, store, &mut target).await?;
     let want_dns = wanted_dns(settings, &target);
     warn_unused(settings, &target, want_dns.as_ref());
@@ -404,10 +430,14 @@ pub async fn up_with<N: Net>(
     if let (Some(d), false) = (&want_dns, dry_run) {
         dns::sweep(d.backend, &d.path);
     }
-    let (desired, splits) = planned(net, &target).await?;
-    for split in &splits {
+    let planned = planned(net, &target).await?;
+    for split in &planned.splits {
         tracing::warn!("{split}");
     }
+    for c in &planned.conceded {
+        tracing::warn!("{c}");
+    }
+    let desired = planned.entries;
     let previous = store.load().ok().flatten();
     let seen = observe_owned(net, &desired, previous.as_ref(), dry_run).await?;
     let changes = plan::diff(&desired, &seen.owned);
@@ -478,6 +508,24 @@ pub async fn up_with<N: Net>(
             undo_failed,
         });
     }
+    // A server that answers names outside the domain (every name) is not the VM's: it would
+    // answer the host's every lookup.
+    if silent.is_none()
+        && let Some(d) = want_dns.as_ref().filter(|d| asks_now(d, gate))
+        && let Some(why) = dns::probe::answers_outside(d.nameserver, &d.domain, dns::probe::TIMEOUT)
+    {
+        firewall::undo(&fw);
+        let undo_failed = undo_all(net, &changes).await;
+        return Err(EngineError::DnsNotTheVms {
+            server: d.nameserver,
+            domain: d.domain.clone(),
+            path: d.path.clone(),
+            why,
+            withdrew: withdraw(d),
+            done: changes.len(),
+            undo_failed,
+        });
+    }
     // Firewalls not read this time (watch's routes-only reconcile) hold what they held.
     let held = match &fw_desired {
         Some(d) => {
@@ -496,7 +544,7 @@ pub async fn up_with<N: Net>(
         || fw_owned_before
         || !held.is_empty();
     record.firewall_held = held.clone().nonempty();
-    record.flags = Some(settings.request.flags.clone());
+    record.flags = Some(settings.request.flags.used_by(&target));
     if let (Some(flags), Some(d)) = (record.flags.as_mut(), &docker) {
         // the engine found is the one a bare `up` (the boot job's, a hook's) asks again
         flags.docker = match &d.engine {
@@ -515,9 +563,9 @@ pub async fn up_with<N: Net>(
         firewall::release_new(&held, &held_before);
         return Err(e.into());
     }
-    // Undone where the settings point, never at a path from the record.
+    // resolv.conf is undone where the settings point; a resolver file where `up` wrote it.
     let previous_dns = previous.as_ref().and_then(|r| r.dns.as_ref());
-    match previous_dns.map(|d| dns::at_settings(d, &settings.resolv_conf, &settings.resolver_dir)) {
+    match previous_dns.map(|d| dns::to_undo(d, &settings.resolv_conf, &settings.resolver_dir)) {
         Some(Ok(old)) if want_dns.as_ref().is_none_or(|w| !same_place(&old, w)) => {
             if let Err(e) = dns::revert(&old).await {
                 tracing::warn!("could not undo the previous DNS setting ({old}): {e}");
@@ -610,11 +658,11 @@ pub async fn down<N: Net>(
         tracing::warn!("firewall: {w}");
     }
     let firewall_warnings = fw_seen.warnings;
-    // Undone where the settings point, never at a path from the record.
+    // resolv.conf is undone where the settings point; a resolver file where `up` wrote it.
     let dns_state = record
         .as_ref()
         .and_then(|r| r.dns.as_ref())
-        .map(|d| dns::at_settings(d, &settings.resolv_conf, &settings.resolver_dir));
+        .map(|d| dns::to_undo(d, &settings.resolv_conf, &settings.resolver_dir));
     let target = record.map(|r| r.target);
     if dry_run {
         let dns = match dns_state {
@@ -628,20 +676,15 @@ pub async fn down<N: Net>(
             }
             None => None,
         };
-        if let Some(e) = fw_seen.errors.into_iter().next() {
-            return Err(e.into());
-        }
         if let Some(t) = held.pf_token {
             tracing::info!("would release the pf enable reference (token {t})");
         }
-        return Ok(Outcome::unprobed(
-            target,
-            changes,
-            fw,
-            firewall_warnings,
-            dns,
-            dry_run,
-        ));
+        // A firewall that cannot be read (without root) is left out and said so, as in `up`.
+        let firewall_unread = (!fw_seen.errors.is_empty()).then(|| unread_note(&fw_seen.errors));
+        return Ok(Outcome {
+            firewall_unread,
+            ..Outcome::unprobed(target, changes, fw, firewall_warnings, dns, dry_run)
+        });
     }
     let mut failed: Vec<String> = fw_seen.errors.iter().map(|e| e.to_string()).collect();
     failed.extend(firewall::apply_all(&fw).iter().map(|e| e.to_string()));
@@ -1062,9 +1105,10 @@ mod tests {
             Ok(self
                 .routes
                 .iter()
-                .filter(|r| !r.2 && prefixes.contains(&r.0))
+                .filter(|r| !r.2 && prefixes.iter().any(|p| p.contains(&r.0)))
                 .map(|r| crate::net::Held {
                     prefix: r.0,
+                    ifindex: 12,
                     by: format!("{} via {} dev utun3", r.0, r.1),
                 })
                 .collect())
@@ -1103,6 +1147,54 @@ mod tests {
         async fn next_event(&mut self, _deadline: Instant) -> Result<bool, NetError> {
             Ok(false)
         }
+    }
+
+    #[test]
+    fn one_table_outdoes_a_vpn_route_inside_a_subnet_and_status_looks_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let mut k = OneTable { routes: vec![] };
+        futures_lite::future::block_on(async {
+            let first = up_test(&mut k, &store, false).await;
+            assert_eq!(first.changes.len(), 1);
+            // a VPN connects and routes one /24 of the subnet into its tunnel
+            let vpn: Ipv4Net = "172.17.5.0/24".parse().unwrap();
+            k.routes.push((vpn, "10.8.0.1".parse().unwrap(), false));
+            let again = up_test(&mut k, &store, false).await;
+            let ours: Vec<Ipv4Net> = k.routes.iter().filter(|r| r.2).map(|r| r.0).collect();
+            assert_eq!(ours.len(), 10, "{ours:?}");
+            assert!(!ours.contains(&"172.17.0.0/16".parse().unwrap()));
+            // every address of the VPN's /24 has a longer route of dockroute's
+            for a in ["172.17.5.1", "172.17.5.250"] {
+                let a: Ipv4Addr = a.parse().unwrap();
+                let best = k
+                    .routes
+                    .iter()
+                    .filter(|r| r.0.contains(&a))
+                    .max_by_key(|r| r.0.prefix_len());
+                assert!(best.unwrap().2, "{a} goes to the VPN: {:?}", again.changes);
+            }
+            assert!(
+                k.routes
+                    .contains(&(vpn, "10.8.0.1".parse().unwrap(), false)),
+                "the VPN's route stays"
+            );
+            let st = status(&mut k, &settings(), &store, None).await.unwrap();
+            assert!(st.in_sync);
+            assert!(
+                report::status(&st).contains("split: 172.17.0.0/16 is held by another route (172.17.5.0/24 via 10.8.0.1 dev utun3)"),
+                "{}",
+                report::status(&st)
+            );
+            // the probe looks up an address inside the VPN's route, not only the subnet's first
+            assert!(
+                st.probes
+                    .iter()
+                    .any(|p| p.address == Ipv4Addr::new(172, 17, 5, 1) && p.network == vpn),
+                "{:?}",
+                st.probes
+            );
+        });
     }
 
     #[test]

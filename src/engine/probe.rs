@@ -39,6 +39,9 @@ pub(super) async fn check_routes<N: Net>(
     Ok((probes, bad))
 }
 
+/// How many of others' routes inside the subnets `probe` looks up an address of.
+const MAX_INSIDE_PROBES: usize = 8;
+
 pub(super) async fn probe<N: Net>(net: &mut N, t: &Target) -> Result<Vec<Probe>, NetError> {
     let host_net = t.host_net();
     let mut targets: Vec<(Ipv4Net, Ipv4Addr)> = t
@@ -46,6 +49,20 @@ pub(super) async fn probe<N: Net>(net: &mut N, t: &Target) -> Result<Vec<Probe>,
         .iter()
         .map(|s| (*s, s.hosts().next().unwrap_or(s.network())))
         .collect();
+    // With one table (macOS) others' routes inside a subnet win there unless dockroute outdoes
+    // them: look up an address in each of those too (the first few).
+    for h in net
+        .held(&t.subnets)
+        .await?
+        .iter()
+        .filter(|h| h.ifindex != t.ifindex && !t.subnets.contains(&h.prefix))
+        .take(MAX_INSIDE_PROBES)
+    {
+        let a = h.prefix.hosts().next().unwrap_or(h.prefix.network());
+        if !targets.iter().any(|(_, x)| *x == a) {
+            targets.push((h.prefix, a));
+        }
+    }
     targets.push((host_net, t.vm_ip));
     let mut probes = Vec::new();
     for (network, address) in targets {

@@ -97,8 +97,8 @@ pub struct Status {
     pub installed: Vec<crate::net::Entry>,
     /// Whether the installed entries are exactly what `up` would install now.
     pub in_sync: bool,
-    /// Subnets routed as their two halves, because another route holds the exact prefix (one
-    /// routing table: macOS).
+    /// Subnets routed as several prefixes, because other routes hold the subnet or parts of it
+    /// (one routing table: macOS).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub split: Vec<plan::single::Split>,
     /// Routes and rules tagged like dockroute's but not of its shape: never removed.
@@ -113,6 +113,8 @@ pub struct Status {
     pub name_check: Option<NameCheck>,
     /// What looks like a VPN, what its firewall blocks, and what dockroute repaired.
     pub vpn: VpnStatus,
+    /// What keeps containers from being reached (`status` then exits with 3), or null.
+    pub degraded: Option<String>,
     /// Every route and rule not dockroute's (to name what wins over it).
     #[serde(skip)]
     pub foreign_routes: Vec<ForeignRoute>,
@@ -263,7 +265,17 @@ pub async fn status<N: Net>(
             format!("{t}: tagged like dockroute's but not its shape; dockroute leaves it alone")
         })
         .collect();
-    let scope = target.as_ref().map(firewall::Scope::for_target);
+    if let Some(t) = &target {
+        warnings.extend(t.others.iter().map(|o| {
+            format!(
+                "{o} also answers on a host-only link: not the recorded VM {}, left alone",
+                t.vm_ip
+            )
+        }));
+    }
+    let scope = target
+        .as_ref()
+        .and_then(|t| firewall::Scope::for_target(t).ok());
     let vpn_status = vpn_status(&links, &snap, scope.as_ref(), &held);
     let link = target
         .as_ref()
@@ -280,9 +292,10 @@ pub async fn status<N: Net>(
             current.ifindex = l.index;
         }
         match planned(net, &current).await {
-            Ok((want, splits)) => {
-                in_sync = plan::diff(&want, &snap.owned).is_empty();
-                split = splits;
+            Ok(p) => {
+                in_sync = plan::diff(&p.entries, &snap.owned).is_empty();
+                split = p.splits;
+                warnings.extend(p.conceded.iter().map(|c| c.to_string()));
             }
             Err(EngineError::Net(NetError::Conflict(e))) => warnings.push(e),
             Err(e) => return Err(e),
@@ -305,7 +318,7 @@ pub async fn status<N: Net>(
             ));
         }
     }
-    Ok(Status {
+    let mut st = Status {
         target_from,
         target,
         discovery_error,
@@ -324,12 +337,15 @@ pub async fn status<N: Net>(
         foreign_routes: snap.foreign_routes,
         foreign_rules: snap.foreign_rules,
         docker,
-    })
+        degraded: None,
+    };
+    st.degraded = st.degraded().map(|d| d.0.join("; "));
+    Ok(st)
 }
 
-/// The DNS setting the record names, looked at where the settings point.
+/// The DNS setting the record names, looked at where `down` would undo it.
 async fn recorded_dns(recorded: &DnsState, settings: &Settings) -> DnsStatus {
-    match dns::at_settings(recorded, &settings.resolv_conf, &settings.resolver_dir) {
+    match dns::to_undo(recorded, &settings.resolv_conf, &settings.resolver_dir) {
         Ok(state) => {
             let (in_place, detail) = dns::observe(&state).await;
             DnsStatus {

@@ -70,12 +70,29 @@ pub(crate) fn test_scope() -> Scope {
 }
 
 impl Scope {
-    /// Everything between the host and the target's VM.
-    pub fn for_target(t: &crate::discover::Target) -> Scope {
-        Scope {
+    /// Everything between the host and the target's VM: never on a link that may be a tunnel,
+    /// nor for a host-only network wider than [`crate::discover::WIDEST_HOST_NET`] (discovery
+    /// refuses both already; this holds for every backend, pf included, whatever the target
+    /// came from).
+    pub fn for_target(t: &crate::discover::Target) -> Result<Scope, FirewallError> {
+        let net = t.host_net();
+        if net.prefix_len() < crate::discover::WIDEST_HOST_NET {
+            return Err(FirewallError::Refused(format!(
+                "no ACCEPT rules for {net} on {}: wider than a /{}",
+                t.ifname,
+                crate::discover::WIDEST_HOST_NET
+            )));
+        }
+        if crate::vpn::classify(&t.ifname).is_some() {
+            return Err(FirewallError::Refused(format!(
+                "no ACCEPT rules on {}: it looks like a VPN tunnel, not a VM's host-only link",
+                t.ifname
+            )));
+        }
+        Ok(Scope {
             ifname: t.ifname.clone(),
             nets: t.networks(),
-        }
+        })
     }
 }
 
@@ -117,6 +134,9 @@ impl fmt::Display for Repair {
             let text = pf::rule_text(self).unwrap_or_else(|e| e.escape_debug().to_string());
             return write!(f, "pf -a {} {text}", self.table);
         }
+        if self.backend == nft::BACKEND {
+            return write!(f, "nft {}", nft::rule_text(self));
+        }
         if self.backend == ipfw::BACKEND {
             let n = self
                 .handle
@@ -154,6 +174,16 @@ pub struct Foreign {
 
 impl fmt::Display for Foreign {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.backend == nft::BACKEND {
+            // nft names a rule's place as `rule FAMILY TABLE CHAIN`
+            return write!(
+                f,
+                "nft rule {} {}: {}",
+                self.table.escape_debug(),
+                self.chain.escape_debug(),
+                self.rule.escape_debug()
+            );
+        }
         write!(
             f,
             "{} -t {} {}: {}",
@@ -194,6 +224,9 @@ pub enum FirewallError {
     Exec(#[from] ExecError),
     #[error("{program}: unreadable output: {msg}")]
     Parse { program: String, msg: String },
+    /// Rules dockroute will not insert, whatever asked for them.
+    #[error("firewall: {0}")]
+    Refused(String),
 }
 
 fn run(program: &str, args: &[String]) -> Result<String, FirewallError> {

@@ -282,6 +282,33 @@ fn split_table(table: &str) -> (NfFamily, String) {
     }
 }
 
+/// `r` in nft's own syntax, as `nft -a list ruleset` would show it with its place in front:
+/// `rule inet mullvad input iifname "vboxnet0" ip saddr 192.168.99.0/24 accept comment
+/// "dockroute" # handle 12` (the handle when known).
+pub fn rule_text(r: &Repair) -> String {
+    let (key, field) = match r.direction {
+        Direction::Out => ("oifname", "daddr"),
+        Direction::In => ("iifname", "saddr"),
+    };
+    let verdict = if r.verdict == "RETURN" {
+        "return"
+    } else {
+        "accept"
+    };
+    let mut text = format!(
+        "rule {} {} {key} \"{}\" ip {field} {} {verdict} comment \"{}\"",
+        r.table.escape_debug(),
+        r.chain.escape_debug(),
+        r.ifname.escape_debug(),
+        r.net,
+        super::TAG
+    );
+    if let Some(h) = r.handle {
+        text += &format!(" # handle {h}");
+    }
+    text
+}
+
 /// The nftables command that inserts `r` at the top of its chain.
 pub fn insert_cmd(r: &Repair) -> NfCmd<'static> {
     let (family, table) = split_table(&r.table);
@@ -529,8 +556,8 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "nftables -t inet vpn output -o vboxnet0 -d 172.17.0.0/16 -j ACCEPT (comment dockroute)",
-                "nftables -t inet vpn input -i vboxnet0 -s 172.17.0.0/16 -j ACCEPT (comment dockroute)",
+                "nft rule inet vpn output oifname \"vboxnet0\" ip daddr 172.17.0.0/16 accept comment \"dockroute\"",
+                "nft rule inet vpn input iifname \"vboxnet0\" ip saddr 172.17.0.0/16 accept comment \"dockroute\"",
             ]
         );
         // the iptables-nft table is not judged here, and dockroute's rule is found with its handle
@@ -538,6 +565,10 @@ mod tests {
         assert_eq!(owned[0].handle, Some(9));
         assert_eq!(owned[0].table_handle, Some(1));
         assert_eq!(owned[0].chain, "output");
+        assert_eq!(
+            owned[0].to_string(),
+            "nft rule inet vpn output oifname \"vboxnet0\" ip daddr 172.17.0.0/16 accept comment \"dockroute\" # handle 9"
+        );
     }
 
     /// MULLVAD with one more rule after its last one, in its output chain.

@@ -6,8 +6,13 @@
 //! `250.ApplicationFirewall`, before `300.NetworkLinkConditioner`). A `quick` rule that matches
 //! there ends the evaluation, so the pass wins over a VPN's block that comes later. The rules
 //! also carry `tag cisco_anyconnect_vpn_pass`: Cisco AnyConnect's pf rule is
-//! `block log quick inet all ! tagged cisco_anyconnect_vpn_pass`, which a tagged packet does not
-//! match wherever that rule sits.
+//! `block log quick inet all ! tagged cisco_anyconnect_vpn_pass`. pf sets a tag only when it
+//! evaluates the rule that carries it (the tag of the last matching rule; a `quick` match ends
+//! the evaluation), so the tag lets a packet past that block only when dockroute's anchor is
+//! evaluated before the block rule, or the packet belongs to a state that one of dockroute's
+//! rules created (a state keeps its rule's tag). A block rule that pf evaluates earlier (in the
+//! main ruleset before `anchor "com.apple/*"`, or in an anchor sorted before `250.dockroute`)
+//! stops the first packet of a connection whatever dockroute's rules say.
 //!
 //! What dockroute does with pf: loads this one anchor with `pfctl -a ANCHOR -f -` (the main
 //! ruleset and every other anchor are never flushed or reloaded), and on `down` flushes the
@@ -317,13 +322,20 @@ pub fn parse_token(stdout: &str, stderr: &str) -> Option<u64> {
     found.filter(|t| *t != 0)
 }
 
-/// Whether `pfctl -X TOKEN` failed because pf does not know the token (DIOCSTOPREF's EINVAL,
-/// "token mismatch"): pf was stopped since (`pfctl -d` invalidates every token), or rebooted.
+/// Whether `pfctl -X TOKEN` failed because pf does not know the token, so that nothing is held:
+/// DIOCSTOPREF's EINVAL ("token mismatch": pf restarted since, or rebooted), and its ENOENT,
+/// which xnu's `pfioctl` returns before looking at the token at all when pf is not running (a
+/// `pfctl -d` by anyone stopped pf and invalidated every token). pfctl prints the ioctl's name
+/// with strerror (`DIOCSTOPREF: No such file or directory`), or "pf not enabled" as its `-d`
+/// does for the same errno.
 pub fn token_unknown(failure: &str) -> bool {
     let f = failure.to_ascii_lowercase();
-    (f.contains("diocstopref") && f.contains("invalid argument"))
+    (f.contains("diocstopref")
+        && (f.contains("invalid argument") || f.contains("no such file or directory")))
         || f.contains("token mismatch")
         || f.contains("token not found")
+        // pfctl's own words for ENOENT from DIOCSTOP (`pfctl -d`), should its -X say the same
+        || f.contains("pf not enabled")
 }
 
 /// What `up` does about dockroute's enable reference.
@@ -511,6 +523,36 @@ block drop quick on vboxnet0 inet from any to 172.17.0.0/16
   [ Evaluations: 0         Packets: 0         Bytes: 0           States: 0     ]
 ";
 
+    /// The anchor pf would load for a target on `ifname` with host address `host`.
+    fn anchor_for(ifname: &str, host: &str) -> Result<String, String> {
+        let t = crate::discover::Target {
+            ifname: ifname.into(),
+            ifindex: 21,
+            host_addr: host.parse().unwrap(),
+            vm_ip: "10.0.0.7".parse().unwrap(),
+            vm_ip_source: crate::discover::VmIpSource::DockerHost,
+            subnets: vec!["172.17.0.0/16".parse().unwrap()],
+            vm_lladdr: None,
+            others: vec![],
+        };
+        let scope = Scope::for_target(&t).map_err(|e| e.to_string())?;
+        render(&desired(&scope))
+    }
+
+    #[test]
+    fn no_pass_rules_for_a_wide_network_or_on_a_tunnel() {
+        let ok = anchor_for("bridge100", "10.0.0.1/24").unwrap();
+        assert!(ok.contains("pass out quick on bridge100 inet from any to 10.0.0.0/24"));
+        assert_eq!(ok.lines().filter(|l| l.starts_with("pass ")).count(), 4);
+        let e = anchor_for("bridge100", "10.0.0.1/8").unwrap_err();
+        assert!(e.contains("no ACCEPT rules for 10.0.0.0/8"), "{e}");
+        assert!(anchor_for("bridge100", "10.0.0.1/16").is_ok());
+        for tunnel in ["utun3", "ppp0", "tun0", "wg0"] {
+            let e = anchor_for(tunnel, "10.0.0.1/24").unwrap_err();
+            assert!(e.contains("looks like a VPN tunnel"), "{tunnel}: {e}");
+        }
+    }
+
     #[test]
     fn reads_the_listing_with_counters_and_tells_ours_apart() {
         let l = parse_listing(LISTING);
@@ -655,6 +697,13 @@ block drop quick on vboxnet0 inet from any to 172.17.0.0/16
     fn an_unknown_token_counts_as_released_other_failures_do_not() {
         assert!(token_unknown("pfctl: DIOCSTOPREF: Invalid argument"));
         assert!(token_unknown("pfctl: token mismatch"));
+        // pf disabled since the token was taken: DIOCSTOPREF fails with ENOENT
+        assert!(token_unknown(
+            "pfctl: DIOCSTOPREF: No such file or directory"
+        ));
+        assert!(token_unknown("pfctl: pf not enabled"));
+        // a missing /dev/pf is not a released token
+        assert!(!token_unknown("pfctl: /dev/pf: No such file or directory"));
         assert!(!token_unknown("pfctl: DIOCSTOPREF: Permission denied"));
         assert!(!token_unknown("pfctl: /dev/pf: Operation not permitted"));
         assert!(!token_unknown(""));

@@ -11,8 +11,9 @@
 //! The kernel's RTM_DELETE removes whatever route has the prefix, whoever's it is, so a removal
 //! first reads the route back (RTM_GET with the mask: an exact match) and deletes it only when
 //! its flags carry the mark and its gateway is the one dockroute set. RTM_ADD of a prefix that
-//! already has a route fails with EEXIST whatever the gateway: [`crate::plan::single`] then uses
-//! the prefix's two halves, which win by longest-prefix match.
+//! already has a route fails with EEXIST whatever the gateway, and a longer prefix of someone
+//! else's inside a subnet wins over dockroute's route: [`held`] reads such routes from a dump,
+//! and [`crate::plan::single`] routes around them with longer prefixes still.
 
 use super::rtmsg::errno;
 use super::rtmsg::{self, LinkAddr, Message, RtMsg, Sockaddr, rtax, rtf, rtm};
@@ -328,6 +329,7 @@ pub fn neighbours(msgs: &[Message]) -> Vec<Neighbour> {
                     live: l.addr.len() == 6
                         && l.addr.iter().any(|b| *b != 0)
                         && r.flags & rtf::REJECT == 0,
+                    lladdr: super::lladdr_text(&l.addr),
                 })
             }
             _ => None,
@@ -425,20 +427,33 @@ pub fn get_exact<R: Requester>(k: &mut R, dst: Ipv4Net) -> Result<Option<KRoute>
     }
 }
 
-/// Which of `prefixes` a route that is not dockroute's holds exactly.
-pub fn held<R: Requester>(k: &mut R, prefixes: &[Ipv4Net]) -> Result<Vec<Held>, NetError> {
-    let mut out = Vec::new();
-    for p in prefixes {
-        if let Some(r) = get_exact(k, *p)?
-            && !r.is_ours()
-        {
-            out.push(Held {
-                prefix: *p,
-                by: r.to_string(),
-            });
-        }
-    }
-    Ok(out)
+/// Of the routes of a dump ([`routes`]), those of others that take traffic for part or all of
+/// one of `subnets` from dockroute: a prefix equal to or inside a subnet (a shorter one never
+/// beats dockroute's), not dockroute's, and not scoped. A scoped route (RTF_IFSCOPE, as VPN
+/// clients and configd add them for a utun) is keyed by its interface and only carries traffic
+/// bound to that interface; it neither beats an unscoped route nor blocks adding one of the same
+/// prefix. `names` maps interface indexes to names (a dump carries none).
+pub fn held(routes: &[KRoute], subnets: &[Ipv4Net], names: &HashMap<u32, String>) -> Vec<Held> {
+    routes
+        .iter()
+        .filter(|r| {
+            !r.is_ours()
+                && !r.is_cache()
+                && r.flags & rtf::IFSCOPE == 0
+                && subnets.iter().any(|s| s.contains(&r.dst))
+        })
+        .map(|r| {
+            let mut named = r.clone();
+            if named.ifname.is_none() {
+                named.ifname = names.get(&u32::from(r.index)).cloned();
+            }
+            Held {
+                prefix: r.dst,
+                ifindex: u32::from(r.index),
+                by: named.to_string(),
+            }
+        })
+        .collect()
 }
 
 /// The route the kernel picks for `dst`; `names` maps interface indexes to names for answers
@@ -719,15 +734,87 @@ mod tests {
                 Neighbour {
                     ifindex: 7,
                     ip: "192.168.99.100".parse().unwrap(),
-                    live: true
+                    live: true,
+                    lladdr: Some("08:00:27:aa:bb:cc".into()),
                 },
                 Neighbour {
                     ifindex: 7,
                     ip: "192.168.99.101".parse().unwrap(),
-                    live: false
+                    live: false,
+                    lladdr: None,
                 },
             ]
         );
+    }
+
+    #[test]
+    fn held_reads_others_routes_inside_the_subnets_from_a_dump_and_skips_scoped_ones() {
+        let vpn_flags = rtf::UP | rtf::GATEWAY | rtf::STATIC;
+        let msgs = [
+            // a VPN's scoped route for the whole subnet (RTF_IFSCOPE, rtm_index = utun3): it
+            // only carries traffic bound to utun3, and does not block an unscoped add
+            reply(
+                "172.17.0.0/16",
+                inet("10.8.0.1"),
+                vpn_flags | rtf::IFSCOPE,
+                12,
+                "",
+            ),
+            // the VPN's unscoped route for one /24 inside it: wins over a /16 of dockroute's
+            reply("172.17.5.0/24", inet("10.8.0.1"), vpn_flags, 12, ""),
+            // dockroute's own route
+            reply("172.17.0.0/16", inet("192.168.99.100"), ADD_FLAGS, 7, ""),
+            // a shorter prefix covering the subnet: never wins
+            reply("172.16.0.0/12", inet("10.8.0.1"), vpn_flags, 12, ""),
+            // elsewhere
+            reply("10.0.0.0/8", inet("10.8.0.1"), vpn_flags, 12, ""),
+            // a host route a VPN added for one container address
+            reply(
+                "172.17.0.9/32",
+                inet("10.8.0.1"),
+                vpn_flags | rtf::HOST,
+                12,
+                "",
+            ),
+            // a clone the kernel made (cache): not a route anyone added
+            reply(
+                "172.17.0.2/32",
+                inet("192.168.99.100"),
+                rtf::UP | rtf::GATEWAY | rtf::HOST | rtf::WASCLONED,
+                7,
+                "",
+            ),
+        ];
+        let mut buf = Vec::new();
+        for m in &msgs {
+            buf.extend(m.encode());
+        }
+        let all = routes(&rtmsg::split(&buf).unwrap());
+        let names = HashMap::from([(12, "utun3".to_string())]);
+        let h = held(&all, &[net("172.17.0.0/16")], &names);
+        let seen: Vec<(String, u32, String)> = h
+            .iter()
+            .map(|h| (h.prefix.to_string(), h.ifindex, h.by.clone()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (
+                    "172.17.5.0/24".to_string(),
+                    12,
+                    "172.17.5.0/24 via 10.8.0.1 dev utun3 flags UGS".to_string()
+                ),
+                (
+                    "172.17.0.9/32".to_string(),
+                    12,
+                    "172.17.0.9/32 via 10.8.0.1 dev utun3 flags UGHS".to_string()
+                ),
+            ]
+        );
+        // with the scoped route alone, nothing is held: no needless split
+        let scoped = routes(&rtmsg::split(&msgs[0].encode()).unwrap());
+        assert_eq!(scoped.len(), 1);
+        assert_eq!(held(&scoped, &[net("172.17.0.0/16")], &names), vec![]);
     }
 
     #[test]
@@ -844,6 +931,21 @@ mod tests {
                 seq: 0,
                 requests: Vec::new(),
             }
+        }
+
+        /// The table as a sysctl NET_RT_DUMP returns it, read back with [`routes`].
+        fn dump(&self) -> Vec<KRoute> {
+            let mut buf = Vec::new();
+            for r in &self.routes {
+                let mut a: rtmsg::Addrs = Default::default();
+                a[rtax::DST] = Some(Sockaddr::Inet(r.0.network()));
+                a[rtax::GATEWAY] = Some(Sockaddr::Inet(r.1));
+                a[rtax::NETMASK] = Some(Sockaddr::Mask(r.0.netmask()));
+                let mut m = RtMsg::request(rtm::GET, r.2 | rtf::DONE, 0, a);
+                m.index = r.3;
+                buf.extend(m.encode());
+            }
+            routes(&rtmsg::split(&buf).unwrap())
         }
 
         fn has(&self, dst: &str, gw: &str) -> bool {
@@ -1003,17 +1105,11 @@ mod tests {
         );
 
         // held() sees it; the halves go in and win by longest prefix; the VPN's route stays
-        let h = held(
-            &mut k,
-            &[
-                net("172.17.0.0/16"),
-                net("172.17.0.0/17"),
-                net("172.17.128.0/17"),
-            ],
-        )
-        .unwrap();
+        let utun = HashMap::from([(12, "utun3".to_string())]);
+        let h = held(&k.dump(), &[net("172.17.0.0/16")], &utun);
         assert_eq!(h.len(), 1);
         assert_eq!(h[0].prefix, net("172.17.0.0/16"));
+        assert_eq!(h[0].by, "172.17.0.0/16 via 10.8.0.1 dev utun3 flags UGS");
         for half in ["172.17.0.0/17", "172.17.128.0/17"] {
             add(&mut k, &spec(half), &links).unwrap();
         }
@@ -1028,7 +1124,7 @@ mod tests {
         }
         assert!(k.has("172.17.0.0/16", "10.8.0.1"));
         // held() ignores dockroute's own halves
-        assert_eq!(held(&mut k, &[net("172.17.0.0/17")]).unwrap(), vec![]);
+        assert_eq!(held(&k.dump(), &[net("172.17.0.0/17")], &names), vec![]);
         // a route at our prefix with our mark but another gateway is not deleted either
         k.routes.retain(|r| r.0 != net("172.17.0.0/17"));
         k.routes.push((

@@ -637,6 +637,10 @@ impl Net for System {
                 _ => None,
             });
             let Some(ip) = ip else { continue };
+            let lladdr = n.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::LinkLayerAddress(b) => super::lladdr_text(b),
+                _ => None,
+            });
             let live = matches!(
                 n.header.state,
                 NeighbourState::Reachable
@@ -649,6 +653,7 @@ impl Net for System {
                 ifindex: n.header.ifindex,
                 ip,
                 live,
+                lladdr,
             });
         }
         Ok(out)

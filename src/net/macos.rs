@@ -285,8 +285,10 @@ impl Net for System {
         Ok(snap)
     }
 
-    async fn held(&mut self, prefixes: &[Ipv4Net]) -> Result<Vec<Held>, NetError> {
-        darwin::held(self, prefixes)
+    async fn held(&mut self, subnets: &[Ipv4Net]) -> Result<Vec<Held>, NetError> {
+        let names = self.names();
+        let all = darwin::routes(&route_dump(af::NET_RT_DUMP, 0)?);
+        Ok(darwin::held(&all, subnets, &names))
     }
 
     async fn lookup(&mut self, dst: Ipv4Addr) -> Result<Lookup, NetError> {
@@ -351,7 +353,9 @@ impl Net for System {
             }
             let buf = match read_msg(fd) {
                 Ok(b) => b,
-                // the socket's buffer overflowed: events were lost, so look again
+                // Never on xnu, which drops a message that does not fit the receive buffer
+                // without setting an error (`raw_input`); the callers' backstop reconcile is what
+                // recovers from lost events. Kept for a kernel that does report the overflow.
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Ok(true),
                 Err(e) => return Err(NetError::os("reading routing events", e)),
             };

@@ -123,6 +123,18 @@ pub struct Neighbour {
     pub ip: Ipv4Addr,
     /// Reachable, stale, delay, probe or permanent: an entry a host really answered for.
     pub live: bool,
+    /// The link-layer address the entry holds (`aa:bb:cc:dd:ee:ff`), if any.
+    pub lladdr: Option<String>,
+}
+
+/// A link-layer address as `ip neigh` prints it; `None` when it is empty or all zeros (an entry
+/// nobody answered for).
+pub fn lladdr_text(bytes: &[u8]) -> Option<String> {
+    if bytes.is_empty() || bytes.iter().all(|b| *b == 0) {
+        return None;
+    }
+    let parts: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Some(parts.join(":"))
 }
 
 /// A route that is not dockroute's, as far as status needs to describe it.
@@ -233,11 +245,13 @@ impl Layout {
     };
 }
 
-/// A prefix that a route which is not dockroute's holds exactly, with a description of that
-/// route (on macOS, where there is one table and an add of the same prefix fails).
+/// A route which is not dockroute's, in the table dockroute adds to (on macOS, where there is
+/// one table: the longest prefix wins, and an add of the same prefix fails): its prefix, the
+/// interface it is bound to, and a description of it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Held {
     pub prefix: Ipv4Net,
+    pub ifindex: u32,
     pub by: String,
 }
 
@@ -281,10 +295,11 @@ pub trait Net {
             unread: None,
         })
     }
-    /// Which of `prefixes` a route that is not dockroute's holds exactly, in the table
-    /// dockroute adds its routes to. Only a single-table platform (macOS) needs to know: on
-    /// Linux dockroute's own table holds nobody else's routes.
-    async fn held(&mut self, _prefixes: &[Ipv4Net]) -> Result<Vec<Held>, NetError> {
+    /// The routes that are not dockroute's, in the table dockroute adds its routes to, whose
+    /// prefix equals or lies inside one of `subnets` and which carry ordinary traffic (not
+    /// scoped to an interface, not the kernel's cache entries). Only a single-table platform
+    /// (macOS) needs to know: on Linux dockroute's own table holds nobody else's routes.
+    async fn held(&mut self, _subnets: &[Ipv4Net]) -> Result<Vec<Held>, NetError> {
         Ok(Vec::new())
     }
     /// The route the kernel picks for `dst`.

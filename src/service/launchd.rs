@@ -6,6 +6,7 @@
 
 use super::{Place, ServiceError};
 use std::path::Path;
+use std::time::Duration;
 
 pub const LABEL: &str = "io.github.dockroute";
 const TEMPLATE: &str = include_str!("../../launchd/io.github.dockroute.plist");
@@ -62,16 +63,54 @@ pub fn is_ours(content: &str) -> bool {
 #[cfg(target_os = "macos")]
 const LAUNCHCTL: &str = "launchctl";
 
-/// `launchctl bootstrap system` the installed job (a re-install first boots out the old one).
+/// How often and how long to ask whether a booted-out job is gone. `launchctl bootout` returns
+/// before launchd has finished: it sends the job SIGTERM and, after the job's ExitTimeOut (20 s
+/// unless the plist sets one), SIGKILL; a `bootstrap` of the label meanwhile fails with
+/// "Bootstrap failed: 5: Input/output error", and a `down` meanwhile races the old `watch`.
+pub const GONE_POLL: Duration = Duration::from_millis(200);
+pub const GONE_TRIES: u32 = 125; // 25 s: ExitTimeOut and some
+
+/// Ask `loaded` until it says no, calling `pause` between two asks, at most `tries` times after
+/// the first. Whether the job is gone.
+pub fn wait_gone(mut loaded: impl FnMut() -> bool, mut pause: impl FnMut(), tries: u32) -> bool {
+    for _ in 0..tries {
+        if !loaded() {
+            return true;
+        }
+        pause();
+    }
+    !loaded()
+}
+
+/// `launchctl bootout system/LABEL`, then wait until launchd no longer lists the job
+/// (`launchctl print system/LABEL` fails: 113, "Could not find service"). `Ok(None)`: the job
+/// was not loaded.
+#[cfg(target_os = "macos")]
+fn bootout() -> Result<Option<String>, ServiceError> {
+    let target = format!("system/{LABEL}");
+    // not loaded (3: "No such process") is fine
+    let Ok(step) = super::run_tool(LAUNCHCTL, &["bootout", &target]) else {
+        return Ok(None);
+    };
+    let print = ["print".to_string(), target.clone()];
+    let loaded = || crate::exec::output(LAUNCHCTL, &print, None).is_ok_and(|o| o.code == Some(0));
+    if !wait_gone(loaded, || std::thread::sleep(GONE_POLL), GONE_TRIES) {
+        return Err(ServiceError::Tool(format!(
+            "{step}: launchd still lists {target} after {} s",
+            (GONE_POLL * GONE_TRIES).as_secs()
+        )));
+    }
+    Ok(Some(step))
+}
+
+/// `launchctl bootstrap system` the installed job (a re-install first boots out the old one and
+/// waits until it is gone).
 #[cfg(target_os = "macos")]
 pub fn activate(path: &Path, reinstall: bool) -> Result<Vec<String>, ServiceError> {
     let target = format!("system/{LABEL}");
     let mut steps = Vec::new();
     if reinstall {
-        // not loaded is fine
-        if let Ok(s) = super::run_tool(LAUNCHCTL, &["bootout", &target]) {
-            steps.push(s);
-        }
+        steps.extend(bootout()?);
     }
     steps.push(super::run_tool(LAUNCHCTL, &["enable", &target])?);
     let p = path
@@ -81,16 +120,11 @@ pub fn activate(path: &Path, reinstall: bool) -> Result<Vec<String>, ServiceErro
     Ok(steps)
 }
 
-/// `launchctl bootout` the job (before its file is removed). A job that is not loaded is fine.
+/// `launchctl bootout` the job (before its file is removed and `down` runs) and wait until it
+/// is gone. A job that is not loaded is fine.
 #[cfg(target_os = "macos")]
 pub fn deactivate() -> Result<Vec<String>, ServiceError> {
-    match super::run_tool(LAUNCHCTL, &["bootout", &format!("system/{LABEL}")]) {
-        Ok(s) => Ok(vec![s]),
-        Err(e) => {
-            tracing::warn!("{e}");
-            Ok(Vec::new())
-        }
-    }
+    Ok(bootout()?.into_iter().collect())
 }
 
 /// What to run by hand when dockroute did not tell launchd.
@@ -124,7 +158,31 @@ mod tests {
         assert_eq!(d["KeepAlive"].as_boolean(), Some(true));
         assert_eq!(d["StandardOutPath"].as_string(), Some(LOG));
         assert_eq!(d["StandardErrorPath"].as_string(), Some(LOG));
+        // launchd's default process type: Background would throttle the watcher
+        assert!(!d.contains_key("ProcessType"), "{xml}");
         assert!(render(Path::new("dockroute")).is_err());
         assert_eq!(format!("{}.plist", LABEL), PLACE.file);
+    }
+
+    #[test]
+    fn a_reinstall_waits_until_the_old_job_is_gone() {
+        // launchd lists the booted-out job for three more asks, then lets go
+        let mut asks = 0;
+        let mut pauses = 0;
+        let gone = wait_gone(
+            || {
+                asks += 1;
+                asks <= 3
+            },
+            || pauses += 1,
+            GONE_TRIES,
+        );
+        assert!(gone);
+        assert_eq!((asks, pauses), (4, 3));
+        // a job that never goes: bounded, and reported
+        let mut pauses = 0;
+        assert!(!wait_gone(|| true, || pauses += 1, 5));
+        assert_eq!(pauses, 5);
+        assert!(GONE_POLL * GONE_TRIES > Duration::from_secs(20));
     }
 }

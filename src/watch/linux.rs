@@ -9,7 +9,9 @@
 
 use super::dns_health::{self, Prober};
 use super::pace::{Pacer, Timing, Verdict};
-use super::{Causes, FwTouched, Options, WatchError, message_types, nft_event, rtnl_event};
+use super::{
+    Causes, FwTouched, Options, Reloader, WatchError, message_types, nft_event, rtnl_event,
+};
 use crate::discover::external_vm_ip;
 use crate::engine::{self, DnsGate, Hooks};
 use crate::firewall::Memo;
@@ -187,7 +189,10 @@ fn open_nft(settings: &Settings) -> Option<Subscription> {
 #[derive(Default)]
 struct Woken {
     exit: Option<Signal>,
-    reload: Option<&'static str>,
+    /// SIGHUP: read the settings again now.
+    sighup: bool,
+    /// A watched file changed: read the settings again when the reload pace allows.
+    file_changed: bool,
 }
 
 fn poll_fds<'a>(s: &'a Sources, extra: Option<BorrowedFd<'a>>) -> Vec<PollFd<'a>> {
@@ -243,7 +248,7 @@ fn read_sources(
     if is(0) {
         while let Ok(Some(info)) = s.signals.read_signal() {
             match Signal::try_from(info.ssi_signo as i32) {
-                Ok(Signal::SIGHUP) => woken.reload = Some("SIGHUP"),
+                Ok(Signal::SIGHUP) => woken.sighup = true,
                 Ok(sig) => woken.exit = Some(sig),
                 Err(_) => {}
             }
@@ -265,9 +270,7 @@ fn read_sources(
             causes.add("rtnetlink events lost (overrun)");
         }
     }
-    if is(2) && s.files.changed() {
-        woken.reload.get_or_insert("config file changed");
-    }
+    woken.file_changed = is(2) && s.files.changed();
     let mut i = 3;
     if let Some(n) = s.nft.as_mut() {
         if is(i) {
@@ -436,10 +439,10 @@ fn signals() -> Result<SignalFd, WatchError> {
 /// SIGINT. `load` reads the settings (config file and flags) again on SIGHUP or a config change;
 /// settings that fail to load keep the previous ones.
 pub fn run(
-    mut load: impl FnMut() -> Result<Settings, SettingsError>,
+    load: impl FnMut() -> Result<Settings, SettingsError>,
     opts: Options,
 ) -> Result<(), WatchError> {
-    let mut settings = load()?;
+    let (mut reloader, mut settings) = Reloader::start(load)?;
     let signals = signals()?;
     // Subscribe before the first look, so that no change between the look and the wait is lost.
     let mut sources = Sources::open(&settings, signals)?;
@@ -498,10 +501,13 @@ pub fn run(
             }
             continue;
         }
-        let until = match &prober {
+        let mut until = match &prober {
             Some(p) => pacer.due().min(p.due()),
             None => pacer.due(),
         };
+        if let Some(r) = reloader.due(now) {
+            until = until.min(r);
+        }
         let ready = sleep(&sources, prober.as_ref().and_then(Prober::fd), until)?;
         let before = causes.clone();
         if let Some(p) = prober.as_mut() {
@@ -516,17 +522,11 @@ pub fn run(
         if let Some(sig) = woken.exit {
             return super::end(sig, carried.count, opts, &settings);
         }
-        if let Some(why) = woken.reload {
-            match load() {
-                Ok(s) => {
-                    tracing::info!("{why}: settings re-read from {}", s.config_path.display());
-                    settings = s;
-                    sources.retarget(&settings);
-                    if !prober.as_ref().is_some_and(|p| p.fits(&settings)) {
-                        prober = Prober::for_settings(&settings, probe_timing, Instant::now());
-                    }
-                }
-                Err(e) => tracing::warn!("{why}: keeping the previous settings: {e}"),
+        if let Some((why, s)) = reloader.woken(woken.file_changed, woken.sighup, Instant::now()) {
+            settings = s;
+            sources.retarget(&settings);
+            if !prober.as_ref().is_some_and(|p| p.fits(&settings)) {
+                prober = Prober::for_settings(&settings, probe_timing, Instant::now());
             }
             causes.add(why);
         }

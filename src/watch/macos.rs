@@ -15,7 +15,7 @@
 
 use super::pace::{Pacer, Timing, Verdict};
 use super::rtsock::{self, Interest};
-use super::{Causes, Options, WatchError};
+use super::{Causes, Options, Reloader, WatchError};
 use crate::discover::external_vm_ip;
 use crate::engine::{self, DnsGate, Hooks};
 use crate::net::System;
@@ -225,11 +225,16 @@ fn watched_files(settings: &Settings) -> Vec<PathBuf> {
     out
 }
 
+/// O_EVTONLY: open only for the events (no read access checked, no unmount held up).
+fn evtonly() -> nix::fcntl::OFlag {
+    nix::fcntl::OFlag::from_bits_retain(libc::O_EVTONLY)
+}
+
 /// What tells a file's new content from its old (editors replace files by rename).
 type Stamp = Option<(u64, u64, i64, i64, u64, i64, i64)>;
 
 fn stamp(p: &Path) -> Stamp {
-    let m = std::fs::metadata(p).ok()?;
+    let m = std::fs::symlink_metadata(p).ok()?;
     Some((
         m.dev(),
         m.ino(),
@@ -242,7 +247,9 @@ fn stamp(p: &Path) -> Stamp {
 }
 
 /// EVFILT_VNODE on each watched file and its directory (opened with O_EVTONLY, which does not
-/// keep a volume from unmounting); closing a descriptor removes its events from the kqueue.
+/// keep a volume from unmounting, and O_NONBLOCK | O_NOFOLLOW: a FIFO or a link put in the
+/// file's place is not opened, see [`super::open_to_watch`]); closing a descriptor removes its
+/// events from the kqueue.
 struct FileWatch {
     files: Vec<PathBuf>,
     stamps: Vec<Stamp>,
@@ -257,19 +264,13 @@ impl FileWatch {
                 Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
                 _ => PathBuf::from("."),
             };
-            for p in [f.as_path(), dir.as_path()] {
-                let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
+            for (p, is_dir) in [(f.as_path(), false), (dir.as_path(), true)] {
+                // Never following a link, never waiting on a FIFO: only a regular file or a
+                // directory. A file or default config directory that does not exist (or is
+                // something else): its directory's events (or SIGHUP) tell when it comes.
+                let Some(fd) = super::open_to_watch(p, evtonly(), is_dir) else {
                     continue;
                 };
-                // SAFETY: a NUL-terminated path.
-                let fd = unsafe { libc::open(c.as_ptr(), libc::O_EVTONLY | libc::O_CLOEXEC) };
-                if fd < 0 {
-                    // a file or default config directory that does not exist: its directory's
-                    // events (or SIGHUP) tell when it comes
-                    continue;
-                }
-                // SAFETY: a fresh descriptor nobody else owns.
-                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
                 let what = libc::NOTE_WRITE
                     | libc::NOTE_EXTEND
                     | libc::NOTE_ATTRIB
@@ -354,7 +355,10 @@ impl Sources {
                 match e.raw_os_error() {
                     Some(libc::EAGAIN) => return Ok(()),
                     Some(libc::EINTR) => continue,
-                    // the socket's buffer overflowed: events were lost, so look again
+                    // Kept for other BSDs; it never fires on xnu: `raw_input` drops a message
+                    // that does not fit the receive buffer (sbappendaddr fails) without setting
+                    // so_error, so a reader never learns that events were lost. What catches a
+                    // lost event there is the backstop reconcile (every 60 s).
                     Some(libc::ENOBUFS) => causes.add("routing events lost (overrun)"),
                     _ => return Err(WatchError::os("reading routing events", e)),
                 }
@@ -390,7 +394,10 @@ impl Sources {
 #[derive(Default)]
 struct Woken {
     exit: Option<Signal>,
-    reload: Option<&'static str>,
+    /// SIGHUP: read the settings again now.
+    sighup: bool,
+    /// A watched file changed: read the settings again when the reload pace allows.
+    file_changed: bool,
 }
 
 fn read_sources(
@@ -403,7 +410,7 @@ fn read_sources(
     for (tag, ident) in fired {
         if *tag == TAG_SIGNAL {
             match Signal::try_from(*ident as i32) {
-                Ok(Signal::SIGHUP) => woken.reload = Some("SIGHUP"),
+                Ok(Signal::SIGHUP) => woken.sighup = true,
                 Ok(sig) => woken.exit = Some(sig),
                 Err(_) => {}
             }
@@ -415,9 +422,7 @@ fn read_sources(
     if has(TAG_STORE) {
         s.drain_store(causes);
     }
-    if has(TAG_FILE) && s.files.changed(&s.kq) {
-        woken.reload.get_or_insert("config file changed");
-    }
+    woken.file_changed = has(TAG_FILE) && s.files.changed(&s.kq);
     Ok(woken)
 }
 
@@ -476,10 +481,10 @@ fn reconcile(
 /// SIGTERM or SIGINT. `load` reads the settings again on SIGHUP or a config change; settings
 /// that fail to load keep the previous ones.
 pub fn run(
-    mut load: impl FnMut() -> Result<Settings, SettingsError>,
+    load: impl FnMut() -> Result<Settings, SettingsError>,
     opts: Options,
 ) -> Result<(), WatchError> {
-    let mut settings = load()?;
+    let (mut reloader, mut settings) = Reloader::start(load)?;
     // Subscribe before the first look, so that no change between the look and the wait is lost.
     let mut sources = Sources::open(&settings)?;
     let mut timing = Timing::default();
@@ -515,21 +520,19 @@ pub fn run(
             pacer.ran(Instant::now(), v);
             continue;
         }
-        let fired = sources.kq.wait(pacer.due())?;
+        let until = match reloader.due(Instant::now()) {
+            Some(r) => pacer.due().min(r),
+            None => pacer.due(),
+        };
+        let fired = sources.kq.wait(until)?;
         let before = causes.clone();
         let woken = read_sources(&mut sources, &fired, &mut causes)?;
         if let Some(sig) = woken.exit {
             return super::end(sig, count, opts, &settings);
         }
-        if let Some(why) = woken.reload {
-            match load() {
-                Ok(s) => {
-                    tracing::info!("{why}: settings re-read from {}", s.config_path.display());
-                    settings = s;
-                    sources.retarget(&settings);
-                }
-                Err(e) => tracing::warn!("{why}: keeping the previous settings: {e}"),
-            }
+        if let Some((why, s)) = reloader.woken(woken.file_changed, woken.sighup, Instant::now()) {
+            settings = s;
+            sources.retarget(&settings);
             causes.add(why);
         }
         if causes != before {

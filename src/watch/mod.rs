@@ -139,6 +139,112 @@ fn judge(
     }
 }
 
+/// What a reload found, to tell a change from a file that was only touched: the settings and,
+/// when the VM's IP comes from `--machine`, what docker-machine's config.json says (each
+/// reconcile reads it again, so a new IP there is a new target).
+#[derive(Debug, PartialEq, Eq)]
+struct Found {
+    settings: crate::settings::Settings,
+    machine: Option<Result<std::net::Ipv4Addr, String>>,
+}
+
+impl Found {
+    fn of(settings: crate::settings::Settings) -> Found {
+        let machine = match (&settings.request.vm_ip, &settings.request.machine) {
+            (None, Some(name)) => Some(
+                crate::machine::machine_config_path(name)
+                    .and_then(|p| crate::machine::read_machine_ip(name, &p)),
+            ),
+            _ => None,
+        };
+        Found { settings, machine }
+    }
+}
+
+/// Reading the settings again: for SIGHUP at once, for a changed file at most once per
+/// [`pace::RELOAD_GAP`] (the last change of a burst is read when the gap ends); new settings
+/// only when they differ from the last ones read, so a file touched without a change costs one
+/// read a second and no reconcile.
+pub struct Reloader<F> {
+    load: F,
+    pace: pace::ReloadPace,
+    last: Found,
+}
+
+impl<F: FnMut() -> Result<crate::settings::Settings, SettingsError>> Reloader<F> {
+    /// The first reading of the settings.
+    pub fn start(mut load: F) -> Result<(Reloader<F>, crate::settings::Settings), WatchError> {
+        let settings = load()?;
+        let reloader = Reloader {
+            load,
+            pace: pace::ReloadPace::new(pace::RELOAD_GAP),
+            last: Found::of(settings.clone()),
+        };
+        Ok((reloader, settings))
+    }
+
+    /// After the loop woke (a watched file changed, SIGHUP came, or neither: a reload may be
+    /// due anyway): the new settings and what caused them, when there is something to do.
+    pub fn woken(
+        &mut self,
+        file_changed: bool,
+        sighup: bool,
+        now: std::time::Instant,
+    ) -> Option<(&'static str, crate::settings::Settings)> {
+        if file_changed {
+            self.pace.changed();
+        }
+        let why = if sighup {
+            "SIGHUP"
+        } else {
+            "config file changed"
+        };
+        self.reload(why, sighup, now).map(|s| (why, s))
+    }
+
+    /// When the reload a file change asks for is due, if one is pending.
+    pub fn due(&self, now: std::time::Instant) -> Option<std::time::Instant> {
+        self.pace.due(now)
+    }
+
+    /// Read the settings again if a file change is due, or now for `forced` (SIGHUP, which
+    /// also reconciles when nothing changed). The new settings, when there is something to do.
+    fn reload(
+        &mut self,
+        why: &str,
+        forced: bool,
+        now: std::time::Instant,
+    ) -> Option<crate::settings::Settings> {
+        if !forced && self.due(now).is_none_or(|d| d > now) {
+            return None;
+        }
+        self.pace.reloaded(now);
+        let settings = match (self.load)() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("{why}: keeping the previous settings: {e}");
+                return None;
+            }
+        };
+        let path = settings.config_path.display().to_string();
+        let mut found = Found::of(settings.clone());
+        if let Some(Err(e)) = &found.machine {
+            // Caught half-written (a file rewritten in place is empty for a moment) or gone: a
+            // reconcile now would fail on the same read and leave the setup as it is; the next
+            // change of the file (or the backstop) looks again.
+            tracing::debug!("{why}: {e}: keeping the current setup");
+            found.machine = self.last.machine.clone();
+        }
+        if found == self.last && !forced {
+            tracing::debug!("{why}: settings re-read from {path}: unchanged, nothing to do");
+            return None;
+        }
+        tracing::info!("{why}: settings re-read from {path}");
+        self.last = found;
+        Some(settings)
+    }
+}
+
 /// What `watch` does besides reconciling.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Options {
@@ -154,6 +260,35 @@ pub fn run(
     _opts: Options,
 ) -> Result<(), WatchError> {
     Err(WatchError::Unsupported)
+}
+
+/// Open `path` only to be told when it changes (`access`: O_EVTONLY on macOS): a regular file
+/// (`dir` false) whose last component is not followed if it is a symbolic link, or a directory.
+/// Never an open that waits (a FIFO put where the file was) or acts (a device): anything else
+/// is left unopened, and the directory's events still say when it is replaced.
+pub fn open_to_watch(
+    path: &std::path::Path,
+    access: nix::fcntl::OFlag,
+    dir: bool,
+) -> Option<std::os::fd::OwnedFd> {
+    use nix::fcntl::OFlag;
+    let flags = access
+        | OFlag::O_NONBLOCK
+        | OFlag::O_NOCTTY
+        | OFlag::O_CLOEXEC
+        | if dir {
+            OFlag::O_DIRECTORY
+        } else {
+            OFlag::O_NOFOLLOW
+        };
+    if !dir && !std::fs::symlink_metadata(path).ok()?.is_file() {
+        return None;
+    }
+    let fd = nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty()).ok()?;
+    let file = std::fs::File::from(fd);
+    // what was opened, not what was looked at before (it may have been replaced in between)
+    let meta = file.metadata().ok()?;
+    (if dir { meta.is_dir() } else { meta.is_file() }).then(|| file.into())
 }
 
 /// The events since the last reconcile, counted by kind, for its log line.
@@ -344,6 +479,7 @@ pub(crate) fn docker_listing(count: u64, last_ok: bool) -> crate::docker::Listin
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn msg(kind: u16, payload: usize) -> Vec<u8> {
         let len = (NLMSG_HDRLEN + payload) as u32;
@@ -430,6 +566,26 @@ mod tests {
         odd.add_datagram(&msg(rule_added, 4)); // no table name
         assert!(odd.unknown);
         assert_eq!(odd.reading(&Causes::default(), true), Reading::All);
+    }
+
+    #[test]
+    fn only_a_regular_file_or_a_directory_is_opened_to_watch_and_never_a_fifo() {
+        use nix::fcntl::OFlag;
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("config.json");
+        std::fs::write(&file, "{}").unwrap();
+        assert!(open_to_watch(&file, OFlag::O_RDONLY, false).is_some());
+        assert!(open_to_watch(d.path(), OFlag::O_RDONLY, true).is_some());
+        assert!(open_to_watch(&file, OFlag::O_RDONLY, true).is_none());
+        let fifo = d.path().join("fifo.json");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // without a writer, an open that waits would never return
+        assert!(open_to_watch(&fifo, OFlag::O_RDONLY, false).is_none());
+        assert!(open_to_watch(&fifo, OFlag::O_RDONLY, true).is_none());
+        let link = d.path().join("link.json");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert!(open_to_watch(&link, OFlag::O_RDONLY, false).is_none());
+        assert!(open_to_watch(Path::new("/dev/null"), OFlag::O_RDONLY, false).is_none());
     }
 
     #[test]

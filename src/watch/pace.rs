@@ -129,6 +129,49 @@ impl Pacer {
     }
 }
 
+/// The least time between two reloads a changed file causes.
+pub const RELOAD_GAP: Duration = Duration::from_secs(1);
+
+/// When a changed config file (or docker-machine's config.json) is read again: at once when the
+/// last reload is at least `gap` ago, else when the gap ends, so that a file touched every few
+/// milliseconds is read at most once per gap, and the last change of a burst is still read
+/// (trailing edge). Pure, as [`Pacer`].
+#[derive(Debug)]
+pub struct ReloadPace {
+    gap: Duration,
+    last: Option<Instant>,
+    pending: bool,
+}
+
+impl ReloadPace {
+    pub fn new(gap: Duration) -> Self {
+        ReloadPace {
+            gap,
+            last: None,
+            pending: false,
+        }
+    }
+
+    /// A watched file changed.
+    pub fn changed(&mut self) {
+        self.pending = true;
+    }
+
+    /// When the pending reload is due (`None`: nothing changed since the last one).
+    pub fn due(&self, now: Instant) -> Option<Instant> {
+        self.pending.then(|| match self.last {
+            Some(last) => (last + self.gap).max(now),
+            None => now,
+        })
+    }
+
+    /// The settings were read again at `now` (for a file change or for SIGHUP).
+    pub fn reloaded(&mut self, now: Instant) {
+        self.pending = false;
+        self.last = Some(now);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,5 +264,37 @@ mod tests {
         }
         p.event(t0 + ms(20));
         assert_eq!(p.due(), t0 + ms(20));
+    }
+
+    #[test]
+    fn a_file_touched_every_12_ms_is_read_once_a_second_and_its_last_change_is_read() {
+        let t0 = Instant::now();
+        let mut r = ReloadPace::new(RELOAD_GAP);
+        assert_eq!(r.due(t0), None);
+        let mut reloads = Vec::new();
+        let mut now = t0;
+        // 10 s of a change every 12 ms; the loop reloads whenever one is due
+        while now < t0 + Duration::from_secs(10) {
+            r.changed();
+            if r.due(now).is_some_and(|d| d <= now) {
+                r.reloaded(now);
+                reloads.push(now);
+            }
+            now += ms(12);
+        }
+        assert!(reloads.len() <= 11, "{} reloads", reloads.len());
+        assert_eq!(reloads[0], t0, "the first change is read at once");
+        for w in reloads.windows(2) {
+            assert!(w[1] - w[0] >= RELOAD_GAP);
+        }
+        // the last change is still pending, and read when the gap ends
+        let last = *reloads.last().unwrap();
+        assert_eq!(r.due(now), Some((last + RELOAD_GAP).max(now)));
+        r.reloaded(now);
+        assert_eq!(r.due(now), None);
+        // after a quiet gap, a change is read at once again
+        let later = now + Duration::from_secs(5);
+        r.changed();
+        assert_eq!(r.due(later), Some(later));
     }
 }

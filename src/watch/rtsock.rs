@@ -8,8 +8,8 @@
 //!   went, or got or lost its address; a VPN's utun came up.
 //! - routes (RTM_ADD, RTM_DELETE, RTM_CHANGE that succeeded) whose destination lies inside one
 //!   of the subnets (the subnet itself, its halves, anything longer): dockroute's route deleted,
-//!   someone else's route for the subnet added (a VPN's utun route: dockroute then routes the
-//!   halves), or that route gone again (back to the whole subnet). A shorter prefix (a default
+//!   someone else's route for the subnet or a part of it added (a VPN's utun route: dockroute
+//!   then outdoes it with longer prefixes), or that route gone again (back to the whole subnet). A shorter prefix (a default
 //!   route, a VPN's 172.16.0.0/12) never beats dockroute's longer one, so it is no reason to look.
 //! - ARP entries (routes flagged RTF_LLINFO), only when the VM IP comes from the ARP table.
 //!

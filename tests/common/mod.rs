@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod docker_lab;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
@@ -90,6 +92,11 @@ pub struct Lab {
 
 impl Lab {
     pub fn new() -> Lab {
+        Lab::created_by("create", &[])
+    }
+
+    /// The lab `scripts/lab.sh COMMAND PREFIX ARGS` builds (removed by `destroy` on drop).
+    pub fn created_by(command: &str, args: &[&str]) -> Lab {
         let prefix = format!(
             "drt{}x{}",
             std::process::id(),
@@ -100,12 +107,13 @@ impl Lab {
         std::fs::write(dir.path().join("config.toml"), "").unwrap();
         let lab = Lab { prefix, dir };
         let out = Command::new(LAB)
-            .args(["create", &lab.prefix])
+            .args([command, &lab.prefix])
+            .args(args)
             .output()
             .expect("running scripts/lab.sh");
         assert!(
             out.status.success(),
-            "lab.sh create failed: {}",
+            "lab.sh {command} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         // Every dockroute run sees this file as /etc/resolv.conf, never the machine's.
@@ -296,20 +304,25 @@ impl Lab {
 
     /// Run `f` on a thread inside the host namespace.
     pub fn in_host<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.host());
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).expect("open netns");
-            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("namespace thread")
+        in_netns(&self.host(), f)
     }
 
     /// A real TCP exchange with the container's echo service, from the host namespace.
     pub fn reaches_container(&self) -> bool {
         self.in_host(|| echo(CONTAINER))
     }
+}
+
+/// Run `f` on a thread inside the named network namespace.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).expect("open netns");
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("namespace thread")
 }
 
 /// `ip -n NS ARGS`, ARGS split on whitespace (no shell); panics on failure.
@@ -633,4 +646,95 @@ impl Lab {
         let r = self.getent(name);
         (r, t.elapsed())
     }
+}
+
+/// A link that is not host-only, as a laptop's Wi-Fi would be: a veth called wlan0 on 10.77.0.0/24.
+pub fn lan_link(lab: &Lab) {
+    lab.ip("link add wlan0 type veth peer name wlan0p");
+    lab.ip("addr add 10.77.0.2/24 dev wlan0");
+    lab.ip("link set wlan0p up");
+    lab.ip("link set wlan0 up");
+}
+
+/// A docker-machine store under the lab's directory whose machine `default` has `ip`, written as
+/// docker-machine does (a new file renamed over the old one). Returns the store.
+pub fn machine(lab: &Lab, ip: &str) -> PathBuf {
+    let store = lab.dir.path().join("machine");
+    let config = store.join("machines/default/config.json");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    let tmp = config.with_extension("tmp");
+    std::fs::write(&tmp, format!("{{\"Driver\": {{\"IPAddress\": \"{ip}\"}}}}")).unwrap();
+    std::fs::rename(&tmp, &config).unwrap();
+    store
+}
+
+/// Routes, rules, the firewall and the record: what a refusal must leave byte-identical.
+pub fn state(lab: &Lab) -> String {
+    format!(
+        "{}\n--- nft ---\n{}\n--- record ---\n{}",
+        lab.snapshot(),
+        fw(lab, "nft", "list ruleset"),
+        lab.state_dir().join("state.json").exists()
+    )
+}
+
+/// A second "VM" on the host-only link: a namespace with a macvlan on the VM's side of the link
+/// (its own link-layer address) at 192.168.99.200, answering DNS for every name. Removed on drop.
+pub struct Rogue {
+    ns: String,
+}
+
+impl Rogue {
+    pub fn new(lab: &Lab) -> Rogue {
+        let ns = format!("{}-rogue", lab.prefix);
+        let rogue = Rogue { ns: ns.clone() };
+        stdout_of(
+            {
+                let mut c = Command::new("ip");
+                c.args(["netns", "add", &ns]);
+                c
+            },
+            "ip netns add",
+        );
+        ip_in(
+            &lab.vm(),
+            "link add rogue link eth0 type macvlan mode bridge",
+        );
+        ip_in(&lab.vm(), &format!("link set rogue netns {ns}"));
+        ip_in(&ns, "addr add 192.168.99.200/24 dev rogue");
+        ip_in(&ns, "link set rogue up");
+        ip_in(&ns, "link set lo up");
+        rogue
+    }
+}
+
+impl Drop for Rogue {
+    fn drop(&mut self) {
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.ns])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if let Ok(pid) = pid.parse() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+/// Make the host learn `ip` as a neighbour on vboxnet0 (an ARP exchange, as any traffic does).
+pub fn touch(lab: &Lab, ip: &'static str) {
+    lab.in_host(move || {
+        let addr: std::net::SocketAddr = format!("{ip}:1").parse().unwrap();
+        let _ = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300));
+    });
+}
+
+pub fn vm_route(lab: &Lab) -> String {
+    lab.ip("route show table 5017")
 }
