@@ -205,7 +205,22 @@ pub fn from_docker_host(
             "DOCKER_CERT_PATH is set without DOCKER_TLS_VERIFY: dockroute talks to an engine either with verified TLS or, on a plain port, without; set DOCKER_TLS_VERIFY=1".into(),
         );
     }
-    parse_url(host, tls).map_err(|e| format!("DOCKER_HOST {e}"))
+    // The value is not repeated: it may name another machine (an ssh:// build host), and the
+    // reason is recorded for `status`.
+    parse_url(host, tls).map_err(|e| {
+        let scheme: String = host
+            .split_once("://")
+            .map_or("", |(s, _)| s)
+            .chars()
+            .take(16)
+            .flat_map(char::escape_default)
+            .collect();
+        let shown = format!("'{}'", host.escape_default());
+        format!(
+            "DOCKER_HOST {}",
+            e.replacen(&shown, &format!("({scheme}://...)"), 1)
+        )
+    })
 }
 
 /// `currentContext` of `~/.docker/config.json`: `None` when unset or `default` (which means
@@ -449,11 +464,12 @@ mod tests {
                 .unwrap_err()
                 .contains("DOCKER_TLS_VERIFY")
         );
+        let e = from_docker_host("ssh://alice@build.corp:22", None, None, None).unwrap_err();
         assert!(
-            from_docker_host("ssh://vm", None, None, None)
-                .unwrap_err()
-                .starts_with("DOCKER_HOST ")
+            e.starts_with("DOCKER_HOST (ssh://...) is not a Docker endpoint"),
+            "{e}"
         );
+        assert!(!e.contains("build.corp"), "{e}");
     }
 
     #[test]

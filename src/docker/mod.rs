@@ -12,7 +12,7 @@ pub mod sources;
 #[cfg_attr(not(target_os = "linux"), path = "tls_unsupported.rs")]
 mod tls;
 
-use endpoint::{Choice, Endpoint};
+use endpoint::{Choice, Endpoint, Explicit};
 use ipnet::Ipv4Net;
 use networks::{Filtered, Host, Listed, Network, Skipped};
 use serde::{Deserialize, Serialize};
@@ -91,6 +91,21 @@ impl Report {
         match &self.engine {
             Choice::At { endpoint, .. } => Some(endpoint),
             _ => None,
+        }
+    }
+
+    /// What the record keeps for a bare `up` to ask the same engine (`given`: the `--docker`
+    /// flag of this run). A plain `DOCKER_HOST` the record keeps anyway (`docker_host_kept`)
+    /// leads there again by itself, and is not repeated.
+    pub fn to_replay(&self, given: Option<Explicit>, docker_host_kept: bool) -> Option<Explicit> {
+        match &self.engine {
+            Choice::Off { .. } => Some(Explicit::Off),
+            Choice::At {
+                source: endpoint::Source::DockerHost,
+                endpoint: Endpoint::Tcp { tls: None, .. },
+            } if docker_host_kept => None,
+            Choice::At { endpoint, .. } => Some(Explicit::At(endpoint.clone())),
+            Choice::Unset { .. } | Choice::Invalid { .. } => given,
         }
     }
 

@@ -547,13 +547,7 @@ pub async fn up_with<N: Net>(
     record.flags = Some(settings.request.flags.used_by(&target));
     if let (Some(flags), Some(d)) = (record.flags.as_mut(), &docker) {
         // the engine found is the one a bare `up` (the boot job's, a hook's) asks again
-        flags.docker = match &d.engine {
-            docker::endpoint::Choice::Off { .. } => Some(docker::endpoint::Explicit::Off),
-            docker::endpoint::Choice::At { endpoint, .. } => {
-                Some(docker::endpoint::Explicit::At(endpoint.clone()))
-            }
-            _ => flags.docker.take(),
-        };
+        flags.docker = d.to_replay(flags.docker.take(), flags.docker_host.is_some());
     }
     record.docker = docker.clone();
     if previous.as_ref() != Some(&record)
