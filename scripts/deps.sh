@@ -50,6 +50,8 @@ if [ "$what" = test ] || [ "$what" = all ]; then
     have dbus-daemon || want dbus-daemon
     have dbus-send || want dbus-bin
     ls /usr/lib/*/systemd/libsystemd-shared-*.so >/dev/null 2>&1 || want libsystemd-shared
+    # the Docker TLS test makes its certificates and its fake engine with openssl
+    have openssl || want openssl
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
     have hyperfine || want hyperfine

@@ -359,6 +359,10 @@ pub struct UpArgs {
     /// Whether to repair firewall rules that block the VM [default: auto]
     #[arg(long, value_enum, value_name = "MODE")]
     pub firewall: Option<FirewallMode>,
+    /// The Docker engine whose bridge networks are routed too: tcp://IP[:PORT], unix:///PATH,
+    /// or off [default: --machine's, DOCKER_HOST, the current Docker context, Colima or Lima]
+    #[arg(long, value_name = "URL", value_parser = crate::docker::endpoint::parse_flag)]
+    pub docker: Option<crate::docker::endpoint::Explicit>,
     /// Wait up to SECS (0 to 3600, fractions allowed) for the link and its address to appear
     /// [default: 0, no waiting]
     #[arg(long, value_name = "SECS", value_parser = validate::wait_secs, allow_negative_numbers = true)]
@@ -383,6 +387,7 @@ impl UpArgs {
             resolver_dir: self.resolver_dir.clone(),
             firewall: self.firewall,
             docker_host: None,
+            docker: self.docker.clone(),
         }
     }
 }

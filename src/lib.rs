@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod discover;
 pub mod dns;
+pub mod docker;
 pub mod engine;
 pub mod exec;
 pub mod firewall;

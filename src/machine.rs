@@ -65,7 +65,7 @@ pub fn machine_config_path(name: &str) -> Result<PathBuf, String> {
     Ok(store.join("machines").join(name).join("config.json"))
 }
 
-fn home_dir() -> Result<PathBuf, String> {
+pub(crate) fn home_dir() -> Result<PathBuf, String> {
     if let Ok(user) = std::env::var("SUDO_USER")
         && !user.is_empty()
     {
@@ -137,7 +137,7 @@ pub fn store_reader(trusted: Result<(), crate::trust::Reason>) -> Option<Reader>
 
 /// Who reads the store file at `path`: as root run through sudo, the invoking user; as root
 /// otherwise, the user who can change the store ([`store_reader`]); not as root, this process.
-fn reader(path: &Path) -> Result<Option<Reader>, String> {
+pub(crate) fn reader(path: &Path) -> Result<Option<Reader>, String> {
     if !crate::trust::enforced() {
         return Ok(None);
     }

@@ -50,6 +50,10 @@ pub struct UpFlags {
     pub firewall: Option<FirewallMode>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub docker_host: Option<String>,
+    /// `--docker`, or the engine the last `up` found (so the boot job and the hooks, which run
+    /// without the user's environment, ask the same one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub docker: Option<crate::docker::endpoint::Explicit>,
 }
 
 impl UpFlags {
@@ -93,6 +97,7 @@ impl std::fmt::Display for UpFlags {
             self.resolver_dir.as_ref().map(|p| p.display().to_string()),
         );
         add("firewall", self.firewall.and_then(value_name));
+        add("docker", self.docker.as_ref().map(|d| d.to_string()));
         if let Some(d) = &self.docker_host {
             parts.push(format!("DOCKER_HOST={d}"));
         }

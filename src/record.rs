@@ -75,6 +75,10 @@ pub struct Record {
     /// ipfw's rule numbers), so that `down` lets go of exactly that. Absent when nothing is held.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub firewall_held: Option<crate::firewall::Held>,
+    /// The Docker engine asked, the networks routed for it (name, id, subnet) and the ones
+    /// skipped with their reasons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<crate::docker::Report>,
 }
 
 impl Record {
@@ -87,6 +91,7 @@ impl Record {
             firewall: false,
             flags: None,
             firewall_held: None,
+            docker: None,
         }
     }
 }

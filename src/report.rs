@@ -108,6 +108,9 @@ fn outcome_text(verb: &str, o: &Outcome) -> String {
         };
         let _ = writeln!(s, "dns: {action} {}", d.state);
     }
+    if let Some(d) = &o.docker {
+        docker_text(&mut s, d, "docker:");
+    }
     if let Some(e) = &o.firewall_unread {
         let _ = writeln!(s, "firewall: not checked ({e})");
     }
@@ -115,6 +118,35 @@ fn outcome_text(verb: &str, o: &Outcome) -> String {
         let _ = writeln!(s, "firewall: WARNING {w}");
     }
     s
+}
+
+/// The Docker engine asked and what came of its networks, one row each, the first headed `head`.
+fn docker_text(s: &mut String, d: &crate::docker::Report, head: &str) {
+    use crate::docker::endpoint::Choice;
+    let engine = match &d.engine {
+        Choice::Off { source } => format!("off ({source})"),
+        Choice::Unset { tried } => format!("no engine found (tried {})", tried.join(", ")),
+        Choice::Invalid { source, .. } => format!("from {source}"),
+        Choice::At { source, endpoint } => format!("{endpoint} (from {source})"),
+    };
+    let version = match d.version.as_ref().and_then(|v| v.version.as_deref()) {
+        Some(v) => format!(", Docker {v}"),
+        None => String::new(),
+    };
+    let _ = writeln!(s, "{head:<12} {engine}{version}");
+    if let Some(why) = &d.unreached {
+        let _ = writeln!(
+            s,
+            "{:<12} WARNING not reached: {why}; only the fixed subnets are routed",
+            ""
+        );
+    }
+    for n in &d.routed {
+        let _ = writeln!(s, "{:<12} routed {n}", "");
+    }
+    for n in &d.skipped {
+        let _ = writeln!(s, "{:<12} skipped {n}", "");
+    }
 }
 
 /// `status`, for people (control characters escaped).
@@ -182,6 +214,9 @@ fn target_rows(s: &mut String, st: &Status) {
 fn installed_rows(s: &mut String, st: &Status) {
     if let Some(e) = &st.record_error {
         row(s, "record", &format!("ERROR {e}"));
+    }
+    if let Some(d) = &st.docker {
+        docker_text(s, d, "docker");
     }
     let state = match (st.installed.is_empty(), st.in_sync) {
         (true, _) => "nothing (run dockroute up)".to_string(),

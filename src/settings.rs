@@ -3,6 +3,7 @@
 
 use crate::cli::UpArgs;
 use crate::discover::{Request, VmIpSource};
+use crate::docker::endpoint::{self as docker_endpoint, Explicit, Source as DockerSource};
 use crate::options::{DnsMode, FirewallMode, UpFlags};
 use crate::validate;
 use ipnet::Ipv4Net;
@@ -64,6 +65,8 @@ struct ConfigFile {
     dns: Option<DnsMode>,
     resolver_dir: Option<PathBuf>,
     firewall: Option<FirewallMode>,
+    /// The Docker engine: `tcp://IP[:PORT]`, `unix:///PATH` or `off`.
+    docker: Option<Spanned<String>>,
     /// A number of seconds; read as any value so that a string gets a message that says so.
     wait: Option<Spanned<toml::Value>>,
 }
@@ -115,6 +118,9 @@ impl UpFlags {
         }
         if cfg.firewall.is_none() {
             a.firewall = self.firewall;
+        }
+        if cfg.docker.is_none() {
+            a.docker = self.docker.clone();
         }
         Ok(a)
     }
@@ -207,6 +213,11 @@ pub struct Settings {
     /// tests never touch the machine's).
     pub resolv_conf: PathBuf,
     pub firewall: FirewallMode,
+    /// `--docker`, the config key `docker`, or the engine the last `up` recorded; `None`: the
+    /// other sources decide (docker::sources).
+    pub docker: Option<(DockerSource, Explicit)>,
+    /// Whether `up` asks the engine for its networks (`watch` asks once, then goes by the record).
+    pub docker_listing: crate::docker::Listing,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -463,6 +474,17 @@ impl Settings {
             }
             _ => None,
         };
+        let docker = match (&up.docker, &cfg.docker) {
+            (Some(d), _) if replayed.is_some() => Some((DockerSource::Recorded, d.clone())),
+            (Some(d), _) => Some((DockerSource::Flag, d.clone())),
+            (None, Some(d)) => Some((
+                DockerSource::Config {
+                    path: config_path.clone(),
+                },
+                src.check(d, docker_endpoint::parse_flag)?,
+            )),
+            _ => None,
+        };
         let dns = up.dns.or(cfg.dns).unwrap_or(DnsMode::Auto);
         let firewall = up.firewall.or(cfg.firewall).unwrap_or(FirewallMode::Auto);
         let resolver_dir = up
@@ -517,6 +539,8 @@ impl Settings {
             resolver_dir,
             resolv_conf: PathBuf::from(crate::dns::RESOLV_CONF),
             firewall,
+            docker,
+            docker_listing: crate::docker::Listing::Ask,
         })
     }
 
@@ -694,5 +718,25 @@ mod tests {
         assert!(e.unwrap_err().to_string().contains("overlap"));
         let s = Settings::load(None, None, false, None, None).unwrap();
         assert_eq!(s.firewall, FirewallMode::Auto);
+    }
+
+    #[test]
+    fn the_docker_key_names_the_engine_or_turns_it_off() {
+        let path = Path::new("/etc/dockroute/config.toml");
+        let s = Settings::parse_config(path, "docker = \"tcp://192.168.99.100:2375\"\n").unwrap();
+        let (source, explicit) = s.docker.unwrap();
+        assert_eq!(source, DockerSource::Config { path: path.into() });
+        assert_eq!(explicit.to_string(), "tcp://192.168.99.100:2375");
+        let s = Settings::parse_config(path, "docker = \"off\"\n").unwrap();
+        assert_eq!(s.docker.unwrap().1, Explicit::Off);
+        assert!(Settings::parse_config(path, "").unwrap().docker.is_none());
+        let e = Settings::parse_config(path, "\ndocker = \"ssh://me@vm\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/etc/dockroute/config.toml line 2: ")
+                && e.contains("not a Docker endpoint"),
+            "{e}"
+        );
     }
 }

@@ -5,6 +5,7 @@
 
 use crate::discover::{self, DiscoverError, Target};
 use crate::dns::{self, Backend, DnsError, DnsState};
+use crate::docker;
 use crate::firewall::{self, FirewallError, FwChange};
 use crate::net::{Change, Net, NetError};
 use crate::options::FirewallMode;
@@ -148,6 +149,9 @@ pub struct Outcome {
     /// repair is not shown.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub firewall_unread: Option<String>,
+    /// `up`: the Docker engine asked, the networks routed and the ones skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub docker: Option<docker::Report>,
 }
 
 impl Outcome {
@@ -170,6 +174,7 @@ impl Outcome {
             not_via_vm: Vec::new(),
             probes: Vec::new(),
             firewall_unread: None,
+            docker: None,
         }
     }
 }
@@ -333,6 +338,42 @@ fn withdraw(d: &DnsState) -> bool {
     }
 }
 
+/// Docker's networks: ask the engine the settings lead to (once; one that cannot be reached is
+/// a warning) and add the subnets it may route to `target`'s.
+async fn with_docker<N: Net>(
+    net: &mut N,
+    settings: &Settings,
+    store: &Store,
+    target: &mut Target,
+) -> Result<Option<docker::Report>, EngineError> {
+    let choice = docker::sources::choose(
+        settings.docker.clone(),
+        settings.request.machine.as_deref(),
+        settings.request.docker_host.as_deref(),
+    );
+    let links = match choice {
+        docker::endpoint::Choice::At { .. } => net.links().await?,
+        _ => Vec::new(),
+    };
+    let host = docker::networks::Host::new(&links, target.host_net(), &target.subnets);
+    let recorded = match settings.docker_listing {
+        docker::Listing::Ask => None,
+        docker::Listing::Recorded => store.load().ok().flatten().and_then(|r| r.docker),
+    };
+    let report = match recorded {
+        Some(r) if r.engine == choice => r.again(&host),
+        _ => docker::list(choice, &host),
+    };
+    if let Some(w) = report.warning() {
+        tracing::warn!("{w}");
+    }
+    for s in &report.skipped {
+        tracing::info!("Docker: not routed: {s}");
+    }
+    target.subnets.extend(report.subnets());
+    Ok(Some(report))
+}
+
 /// `up`: discover, plan, observe, diff, apply routes (undoing a half-applied change), record,
 /// then DNS (undoing the routes of this run if DNS fails). A resolv-conf server that does not
 /// answer is refused ([`DnsGate::Refuse`]).
@@ -378,7 +419,8 @@ pub async fn up_with<N: Net>(
         .ok()
         .flatten()
         .and_then(|r| discover::Pin::of(&r.target));
-    let target = discover::discover(net, &request).await?;
+    let mut target = discover::discover(net, &request).await?;
+    let docker = with_docker(net, settings, store, &mut target).await?;
     let want_dns = wanted_dns(settings, &target);
     warn_unused(settings, &target, want_dns.as_ref());
     if let Some(d) = &want_dns {
@@ -427,6 +469,7 @@ pub async fn up_with<N: Net>(
         };
         return Ok(Outcome {
             firewall_unread,
+            docker,
             ..Outcome::unprobed(Some(target), changes, fw, firewall_warnings, dns, dry_run)
         });
     }
@@ -502,6 +545,11 @@ pub async fn up_with<N: Net>(
         || !held.is_empty();
     record.firewall_held = held.clone().nonempty();
     record.flags = Some(settings.request.flags.used_by(&target));
+    if let (Some(flags), Some(d)) = (record.flags.as_mut(), &docker) {
+        // the engine found is the one a bare `up` (the boot job's, a hook's) asks again
+        flags.docker = d.to_replay(flags.docker.take(), flags.docker_host.is_some());
+    }
+    record.docker = docker.clone();
     if previous.as_ref() != Some(&record)
         && let Err(e) = store.save(&record)
     {
@@ -569,6 +617,7 @@ pub async fn up_with<N: Net>(
     Ok(Outcome {
         not_via_vm,
         probes,
+        docker,
         ..Outcome::unprobed(Some(target), changes, fw, firewall_warnings, dns, dry_run)
     })
 }
@@ -860,6 +909,11 @@ mod tests {
             resolver_dir: "/etc/resolver".into(),
             resolv_conf: "/nonexistent/resolv.conf".into(),
             firewall: FirewallMode::Off,
+            docker: Some((
+                crate::docker::endpoint::Source::Flag,
+                crate::docker::endpoint::Explicit::Off,
+            )),
+            docker_listing: crate::docker::Listing::Ask,
         }
     }
 

@@ -120,6 +120,9 @@ pub struct Status {
     pub foreign_routes: Vec<ForeignRoute>,
     #[serde(skip)]
     pub foreign_rules: Vec<ForeignRule>,
+    /// The Docker engine the last `up` asked, the networks it routed and the ones it skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub docker: Option<crate::docker::Report>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -230,6 +233,7 @@ pub async fn status<N: Net>(
         .as_ref()
         .and_then(|r| r.firewall_held.clone())
         .unwrap_or_default();
+    let docker = record.as_ref().and_then(|r| r.docker.clone());
     let (target, target_from, discovery_error) = match record.map(|r| r.target) {
         Some(t) => (Some(t), Some("record"), None),
         None => {
@@ -332,6 +336,7 @@ pub async fn status<N: Net>(
         vpn: vpn_status,
         foreign_routes: snap.foreign_routes,
         foreign_rules: snap.foreign_rules,
+        docker,
         degraded: None,
     };
     st.degraded = st.degraded().map(|d| d.0.join("; "));

@@ -338,6 +338,7 @@ fn reconcile(
     let started = Instant::now();
     let mut s = settings.clone();
     s.request.wait = None; // watch itself waits, on events
+    s.docker_listing = super::docker_listing(*count, last_error.is_none());
     if causes.routes_only() && last_error.is_none() {
         // Routes and rules changed, nothing else, and the last reconcile succeeded: the firewall
         // and its repairs are as that one left them (nftables changes are events of their own,

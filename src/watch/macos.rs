@@ -447,6 +447,7 @@ fn reconcile(
     let started = Instant::now();
     let mut s = settings.clone();
     s.request.wait = None; // watch itself waits, on events
+    s.docker_listing = super::docker_listing(*count, last_error.is_none());
     let reads_pf =
         rtsock::reads_firewall(causes, last_error.is_some(), pf.last.elapsed(), pf.every);
     if !reads_pf {

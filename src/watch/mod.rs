@@ -465,6 +465,17 @@ const NFT_EVENTS: [&str; 7] = [
     "nft set changed",
 ];
 
+/// Whether reconcile number `count` asks the Docker engine: the first does (and one after a
+/// failed reconcile), the others go by the networks it recorded (kernel events say nothing about
+/// Docker's networks).
+pub(crate) fn docker_listing(count: u64, last_ok: bool) -> crate::docker::Listing {
+    if count > 1 && last_ok {
+        crate::docker::Listing::Recorded
+    } else {
+        crate::docker::Listing::Ask
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,216 @@
+//! The Docker Engine API client: bollard over a transport of dockroute's own, which opens one
+//! connection per request (a unix socket, TCP, or TCP with TLS: [`super::tls`]) and cuts
+//! it once the engine has sent more than [`MAX_RESPONSE`] bytes. The whole conversation is
+//! bounded in time by the caller ([`super::TIMEOUT`]). TLS files are read with the invoking
+//! user's rights, never following a link ([`crate::machine::read_regular_file`]).
+
+use super::endpoint::Endpoint;
+use super::networks::Listed;
+use super::tls;
+use super::{DockerError, Engine, EngineVersion};
+use bollard::{BollardRequest, Docker};
+use hyper_util::rt::TokioIo;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The most one answer of the engine may hold (a list of 1000 networks is about 1 MiB).
+pub const MAX_RESPONSE: u64 = 4 << 20;
+
+/// bollard's own per-request limit (whole seconds; the caller's deadline is the real bound).
+const REQUEST_SECS: u64 = 10;
+
+/// A bollard client for `endpoint`.
+pub struct Client {
+    docker: Docker,
+}
+
+impl Client {
+    pub fn new(endpoint: &Endpoint) -> Result<Client, DockerError> {
+        let tls = match endpoint {
+            Endpoint::Tcp {
+                tls: Some(files), ..
+            } => Some(Arc::new(tls::config(files)?)),
+            _ => None,
+        };
+        let endpoint = Arc::new(endpoint.clone());
+        let transport = move |req: BollardRequest| {
+            let endpoint = endpoint.clone();
+            let tls = tls.clone();
+            async move { send(&endpoint, tls, req).await }
+        };
+        let docker = Docker::connect_with_custom_transport(
+            transport,
+            Some("http://docker"),
+            REQUEST_SECS,
+            bollard::API_DEFAULT_VERSION,
+        )
+        .map_err(|e| DockerError::Engine(e.to_string()))?;
+        Ok(Client { docker })
+    }
+}
+
+impl Engine for Client {
+    async fn version(&mut self) -> Result<EngineVersion, DockerError> {
+        self.docker.ping().await.map_err(engine_err)?;
+        let v = self.docker.version().await.map_err(engine_err)?;
+        // Ask in the engine's API version when it is older than bollard's (Docker 20.10 is 1.41).
+        self.docker = self
+            .docker
+            .clone()
+            .negotiate_version()
+            .await
+            .map_err(engine_err)?;
+        Ok(EngineVersion {
+            version: v.version.as_deref().map(super::networks::shown),
+            api: v.api_version.as_deref().map(super::networks::shown),
+        })
+    }
+
+    async fn networks(&mut self) -> Result<Vec<Listed>, DockerError> {
+        let list = self
+            .docker
+            .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
+            .await
+            .map_err(engine_err)?;
+        Ok(list
+            .into_iter()
+            .map(|n| Listed {
+                name: n.name,
+                id: n.id,
+                driver: n.driver,
+                scope: n.scope,
+                internal: n.internal,
+                subnets: n
+                    .ipam
+                    .and_then(|i| i.config)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|c| c.subnet)
+                    .collect(),
+            })
+            .collect())
+    }
+}
+
+fn engine_err(e: bollard::errors::Error) -> DockerError {
+    // With its causes (hyper's "error reading a body" hides why: the size cap, a reset), in one
+    // line, and nothing of the engine's that a terminal would act on.
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    let text: String = text
+        .chars()
+        .take(300)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    DockerError::Engine(text)
+}
+
+/// One request on a connection of its own.
+async fn send(
+    endpoint: &Endpoint,
+    tls: Option<Arc<tls::Config>>,
+    mut req: BollardRequest,
+) -> Result<hyper::Response<hyper::body::Incoming>, bollard::errors::Error> {
+    // origin-form, as a server behind a socket expects it
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .parse()
+        .map_err(|e: hyper::http::uri::InvalidUri| io::Error::other(e.to_string()))?;
+    *req.uri_mut() = path;
+    req.headers_mut().insert(
+        hyper::header::HOST,
+        hyper::header::HeaderValue::from_static("docker"),
+    );
+    match endpoint {
+        Endpoint::Unix { path } => {
+            let s = tokio::net::UnixStream::connect(path).await?;
+            exchange(Capped::new(s), req).await
+        }
+        Endpoint::Tcp { addr, .. } => {
+            let s = tokio::net::TcpStream::connect(addr).await?;
+            match tls {
+                None => exchange(Capped::new(s), req).await,
+                Some(cfg) => {
+                    exchange(tls::connect(&cfg, addr.ip(), Capped::new(s)).await?, req).await
+                }
+            }
+        }
+    }
+}
+
+async fn exchange<S>(
+    stream: S,
+    req: BollardRequest,
+) -> Result<hyper::Response<hyper::body::Incoming>, bollard::errors::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("docker: connection: {e}");
+        }
+    });
+    Ok(sender.send_request(req).await?)
+}
+
+/// A stream that fails once more than [`MAX_RESPONSE`] bytes have been read from it.
+pub(super) struct Capped<S> {
+    inner: S,
+    read: u64,
+}
+
+impl<S> Capped<S> {
+    fn new(inner: S) -> Self {
+        Capped { inner, read: 0 }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Capped<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.read += (buf.filled().len() - before) as u64;
+        if self.read > MAX_RESPONSE {
+            return Poll::Ready(Err(io::Error::other(format!(
+                "the engine's answer is larger than {} MiB (refused)",
+                MAX_RESPONSE >> 20
+            ))));
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Capped<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,611 @@
+//! `up` routes the Docker engine's networks, against a fake engine: a small HTTP/1.1 server on a
+//! unix socket in the test's directory (no packet leaves the lab), answering /_ping, /version,
+//! /info and /networks with canned JSON, or answering badly (hostile, truncated, oversized,
+//! silent).
+#![cfg(target_os = "linux")]
+
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// How the fake engine answers /networks.
+#[derive(Clone)]
+enum Answer {
+    Networks(String),
+    /// A Content-Length longer than the body, then the connection closes.
+    Truncated,
+    /// A body far larger than dockroute accepts (64 MiB of a JSON array).
+    Oversized,
+    /// Reads the request and never answers.
+    Silent,
+}
+
+struct FakeEngine {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+}
+
+impl FakeEngine {
+    fn start(dir: &Path, answer: Answer) -> FakeEngine {
+        let path = dir.join(format!("docker-{}.sock", rand_suffix()));
+        let listener = UnixListener::bind(&path).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let answer = answer.clone();
+                std::thread::spawn(move || serve(conn, &answer));
+            }
+        });
+        FakeEngine { path, stop }
+    }
+
+    fn url(&self) -> String {
+        format!("unix://{}", self.path.display())
+    }
+}
+
+impl Drop for FakeEngine {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = UnixStream::connect(&self.path); // wake the accept loop
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::AtomicUsize;
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("{}", N.fetch_add(1, Ordering::SeqCst))
+}
+
+fn serve(conn: UnixStream, answer: &Answer) {
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut conn = conn;
+    loop {
+        let mut first = String::new();
+        if reader.read_line(&mut first).unwrap_or(0) == 0 {
+            return;
+        }
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
+        // /v1.41/networks -> /networks
+        let path = match path.strip_prefix("/v") {
+            Some(rest) => rest
+                .find('/')
+                .map_or(path.clone(), |i| rest[i..].to_string()),
+            None => path,
+        };
+        let path = path.split('?').next().unwrap_or("").to_string();
+        let (ctype, body) = match path.as_str() {
+            "/_ping" => ("text/plain", "OK".to_string()),
+            "/version" => (
+                "application/json",
+                r#"{"Version":"20.10.24","ApiVersion":"1.41","MinAPIVersion":"1.12","Os":"linux","Arch":"amd64"}"#.to_string(),
+            ),
+            "/info" => ("application/json", r#"{"ServerVersion":"20.10.24"}"#.into()),
+            "/networks" => match answer {
+                Answer::Networks(json) => ("application/json", json.clone()),
+                Answer::Truncated => {
+                    let body = r#"[{"Name":"app_default","Id":"#;
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n{body}"
+                    );
+                    return;
+                }
+                Answer::Oversized => {
+                    // valid JSON (an empty list padded with 64 MiB of blanks): only its size is wrong
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n[",
+                        (64 << 20) + 2
+                    );
+                    let chunk = vec![b' '; 1 << 16];
+                    for _ in 0..(64 << 4) {
+                        if conn.write_all(&chunk).is_err() {
+                            return;
+                        }
+                    }
+                    let _ = conn.write_all(b"]");
+                    continue;
+                }
+                Answer::Silent => {
+                    std::thread::sleep(std::time::Duration::from_secs(60));
+                    return;
+                }
+            },
+            _ => ("application/json", r#"{"message":"page not found"}"#.into()),
+        };
+        let status = if body.contains("page not found") {
+            "404 Not Found"
+        } else {
+            "200 OK"
+        };
+        let _ = write!(
+            conn,
+            "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nApi-Version: 1.41\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+    }
+}
+
+/// One network as GET /networks lists it.
+fn net(name: &str, n: u32, driver: &str, subnets: &[&str], internal: bool) -> String {
+    let config: Vec<String> = subnets
+        .iter()
+        .map(|s| format!(r#"{{"Subnet":"{s}"}}"#))
+        .collect();
+    format!(
+        r#"{{"Name":"{name}","Id":"{n:064x}","Created":"2026-12-01T10:00:00Z","Scope":"local","Driver":"{driver}","EnableIPv6":false,"IPAM":{{"Driver":"default","Options":null,"Config":[{}]}},"Internal":{internal},"Attachable":false,"Ingress":false,"ConfigFrom":{{"Network":""}},"ConfigOnly":false,"Containers":{{}},"Options":{{}},"Labels":{{}}}}"#,
+        config.join(",")
+    )
+}
+
+/// An engine with one bridge network.
+fn one(name: &str, subnet: &str) -> Answer {
+    Answer::Networks(list(&[net(name, 1, "bridge", &[subnet], false)]))
+}
+
+fn list(nets: &[String]) -> String {
+    format!("[{}]", nets.join(","))
+}
+
+/// An echo service on ADDR inside namespace NS (a thread of this process that entered it).
+fn echo_in(ns: &str, addr: &str) {
+    let path = format!("/run/netns/{ns}");
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let l = std::net::TcpListener::bind(addr).unwrap();
+        tx.send(()).unwrap();
+        for c in l.incoming() {
+            let Ok(c) = c else { continue };
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(c.try_clone().unwrap());
+                let mut c = c;
+                let mut line = String::new();
+                if r.read_line(&mut line).is_ok() {
+                    let _ = c.write_all(line.as_bytes());
+                }
+            });
+        }
+    });
+    rx.recv().unwrap();
+}
+
+fn vm(lab: &Lab) -> String {
+    format!("{}-vm", lab.prefix)
+}
+
+fn normal_networks() -> String {
+    list(&[
+        net("bridge", 1, "bridge", &["172.17.0.0/16"], false),
+        net(
+            "app_default",
+            2,
+            "bridge",
+            &["172.18.0.0/16", "fd00:1::/64"],
+            false,
+        ),
+        net("web", 3, "bridge", &["192.168.48.0/20"], false),
+        net("host", 4, "host", &[], false),
+        net("none", 5, "null", &[], false),
+        net("secret", 6, "bridge", &["172.30.0.0/16"], true),
+        net("mv", 7, "macvlan", &["10.9.0.0/24"], false),
+    ])
+}
+
+#[test]
+fn every_bridge_network_is_routed_and_down_removes_it() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    // a container on a compose network: an address on the VM's bridge with a TCP echo service
+    lab_ip_vm(&lab, "addr add 172.18.0.2/16 dev docker0");
+    echo_in(&vm(&lab), "172.18.0.2:7000");
+    let reaches = |lab: &Lab| lab.in_host(|| echo("172.18.0.2:7000"));
+    let before = lab.snapshot();
+    assert!(!reaches(&lab), "reachable before up?");
+
+    let engine = FakeEngine::start(lab.dir.path(), Answer::Networks(normal_networks()));
+    let run = lab
+        .dockroute(&["--json", "up", "--vm-ip", VM_IP, "--docker", &engine.url()])
+        .ok();
+    let out = run.json();
+    let routed: Vec<String> = out["docker"]["routed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            format!(
+                "{} {}",
+                n["name"].as_str().unwrap(),
+                n["subnet"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(routed, ["app_default 172.18.0.0/16", "web 192.168.48.0/20"]);
+    assert!(
+        reaches(&lab),
+        "the compose network's container is not reached"
+    );
+    let routes = lab.ip("route show table all");
+    assert!(
+        routes.contains("172.18.0.0/16 via 192.168.99.100"),
+        "{routes}"
+    );
+    assert!(
+        routes.contains("192.168.48.0/20 via 192.168.99.100"),
+        "{routes}"
+    );
+
+    // recorded per network, and status names the engine, what it routed and what it skipped
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(lab.state_dir().join("state.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["docker"]["routed"][0]["id"], format!("{:064x}", 2));
+    let status = lab.dockroute(&["status"]).stdout;
+    for want in [
+        "(from --docker), Docker 20.10.24",
+        "routed 172.18.0.0/16 app_default",
+        "skipped 172.17.0.0/16 bridge: routed already as a fixed subnet",
+        "skipped fd00:1::/64 app_default: IPv6",
+        "skipped host: driver host",
+        "skipped none: driver null",
+        "skipped secret: internal",
+        "skipped mv: driver macvlan",
+    ] {
+        assert!(status.contains(want), "{want:?} not in:\n{status}");
+    }
+
+    // up again: nothing to change; a bare up asks the recorded engine
+    let again = lab.dockroute(&["up"]).ok();
+    assert!(
+        again.stdout.contains("nothing to change"),
+        "{}",
+        again.stdout
+    );
+    assert!(
+        again.stdout.contains("the last up's engine (recorded)"),
+        "{}",
+        again.stdout
+    );
+
+    lab.dockroute(&["down"]).ok();
+    assert_eq!(
+        lab.snapshot(),
+        before,
+        "down did not restore the state byte for byte"
+    );
+    assert!(!reaches(&lab));
+}
+
+fn lab_ip_vm(lab: &Lab, args: &str) {
+    ip_in(&vm(lab), args);
+}
+
+#[test]
+fn a_hostile_or_broken_engine_gets_refusals_and_changes_nothing() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    // the host's LAN: a directly connected network of the host
+    lab.add_tunnel("lan0", "192.168.1.20/24");
+    let before = lab.snapshot();
+    lab.dockroute(&["up", "--vm-ip", VM_IP, "--docker", "off"])
+        .ok();
+    let fixed_only = lab.snapshot();
+    lab.dockroute(&["down"]).ok();
+    assert_eq!(lab.snapshot(), before);
+
+    // 10,000 short entries (about 1.6 MiB): refused for their number, not their size
+    let many: Vec<String> = (0..10_000u32)
+        .map(|i| {
+            format!(
+                r#"{{"Name":"n{i}","Id":"{:064x}","Scope":"local","Driver":"bridge","IPAM":{{"Config":[{{"Subnet":"10.{}.{}.0/24"}}]}}}}"#,
+                i + 1,
+                i / 256,
+                i % 256
+            )
+        })
+        .collect();
+    let cases: Vec<(&str, Answer, &str)> = vec![
+        (
+            "default route",
+            one("evil", "0.0.0.0/0"),
+            "the default route (0.0.0.0/0): refused",
+        ),
+        (
+            "wider than /8",
+            one("wide", "0.0.0.0/1"),
+            "wider than /8: refused",
+        ),
+        (
+            "the host's LAN",
+            one("lan", "192.168.0.0/20"),
+            "overlaps lan0's network 192.168.1.0/24",
+        ),
+        (
+            "the host-only network",
+            one("ho", "192.168.99.0/24"),
+            "overlaps the host-only network 192.168.99.0/24",
+        ),
+        (
+            "a name that writes to the terminal",
+            one("x\\u001b[2Ky", "172.19.0.0/16"),
+            "not a Docker network name",
+        ),
+        (
+            "10,000 networks",
+            Answer::Networks(list(&many)),
+            "more than the 1000",
+        ),
+        ("truncated JSON", Answer::Truncated, "not reached"),
+        ("oversized JSON", Answer::Oversized, "larger than 4 MiB"),
+        ("a silent engine", Answer::Silent, "did not answer within"),
+    ];
+    for (what, answer, says) in cases {
+        let engine = FakeEngine::start(lab.dir.path(), answer);
+        let run = lab.dockroute(&["up", "--vm-ip", VM_IP, "--docker", &engine.url()]);
+        assert_eq!(run.code, 0, "{what}: up failed: {}", run.stderr);
+        assert_eq!(
+            lab.snapshot(),
+            fixed_only,
+            "{what}: more than the fixed subnet was routed"
+        );
+        let told = format!("{}{}", run.stdout, run.stderr);
+        assert!(told.contains(says), "{what}: {says:?} not in:\n{told}");
+        assert!(
+            !told.contains('\x1b'),
+            "{what}: an escape reached the terminal"
+        );
+        let status = lab.dockroute(&["status"]).stdout;
+        assert!(
+            status.contains(says),
+            "{what}: status does not say {says:?}:\n{status}"
+        );
+        lab.dockroute(&["down"]).ok();
+        assert_eq!(lab.snapshot(), before, "{what}: down left something behind");
+        assert!(
+            !exists(&lab.state_dir().join("state.json")),
+            "{what}: record left"
+        );
+    }
+}
+
+#[test]
+fn an_unreachable_engine_leaves_up_routing_the_fixed_subnets_with_a_warning() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let before = lab.snapshot();
+    let sock = lab.dir.path().join("nobody-listens.sock");
+    let url = format!("unix://{}", sock.display());
+    let run = lab
+        .dockroute(&["up", "--vm-ip", VM_IP, "--docker", &url])
+        .ok();
+    assert!(
+        run.stderr.contains("was not reached")
+            && run.stderr.contains("routing the fixed subnets only"),
+        "{}",
+        run.stderr
+    );
+    assert!(lab.reaches_container(), "the fixed subnet is not routed");
+    let status = lab.dockroute(&["status"]).stdout;
+    assert!(status.contains("WARNING not reached"), "{status}");
+    lab.dockroute(&["down"]).ok();
+    assert_eq!(lab.snapshot(), before);
+}
+
+/// `openssl ARGS` in `dir`, which must succeed.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("running openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A key pair and a certificate signed by ca.pem in `dir`, named NAME-key.pem and NAME.pem.
+fn signed(dir: &Path, name: &str, ext: Option<&str>) {
+    let (key, csr, cert) = (
+        format!("{name}-key.pem"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+    let mut args = vec![
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca-key.pem",
+        "-CAcreateserial",
+        "-out",
+        &cert,
+        "-days",
+        "2",
+    ];
+    if let Some(e) = ext {
+        std::fs::write(dir.join("ext"), e).unwrap();
+        args.extend(["-extfile", "ext"]);
+    }
+    openssl(dir, &args);
+}
+
+/// Ends a spawned process when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_docker_machine_engine_is_asked_over_tls_with_the_machine_certificates() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let before = lab.snapshot();
+    // docker-machine's store: the machine's config and the client's TLS files
+    let store = lab.dir.path().join("machine");
+    let m = store.join("machines/dev");
+    std::fs::create_dir_all(&m).unwrap();
+    std::fs::write(
+        m.join("config.json"),
+        format!(r#"{{"Driver":{{"IPAddress":"{VM_IP}"}},"DriverName":"virtualbox"}}"#),
+    )
+    .unwrap();
+    openssl(
+        &m,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca-key.pem",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=ca",
+            "-days",
+            "2",
+        ],
+    );
+    signed(&m, "server", Some(&format!("subjectAltName=IP:{VM_IP}\n")));
+    signed(&m, "client", Some("extendedKeyUsage=clientAuth\n"));
+    std::fs::rename(m.join("client.pem"), m.join("cert.pem")).unwrap();
+    std::fs::rename(m.join("client-key.pem"), m.join("key.pem")).unwrap();
+    // the engine: openssl's TLS server in the VM, requiring a client certificate from the CA and
+    // answering GET /PATH with the file PATH
+    let www = lab.dir.path().join("www");
+    // bollard asks without a version prefix (/_ping, /version, /networks); both forms are served
+    for v in ["", "v1.53", "v1.41"] {
+        let d = www.join(v);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("_ping"), "OK").unwrap();
+        std::fs::write(
+            d.join("version"),
+            r#"{"Version":"20.10.24","ApiVersion":"1.41","MinAPIVersion":"1.12"}"#,
+        )
+        .unwrap();
+        std::fs::write(d.join("networks"), normal_networks()).unwrap();
+    }
+    let _engine = Killed(
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &vm(&lab),
+                "openssl",
+                "s_server",
+                "-quiet",
+                "-WWW",
+            ])
+            .args(["-accept", &format!("{VM_IP}:2376")])
+            .arg("-cert")
+            .arg(m.join("server.pem"))
+            .arg("-key")
+            .arg(m.join("server-key.pem"))
+            .arg("-CAfile")
+            .arg(m.join("ca.pem"))
+            .args(["-Verify", "1"])
+            .current_dir(&www)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let listening = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        in_lab_vm_listens(&lab, 2376)
+    });
+    assert!(listening, "openssl s_server did not start");
+
+    let run = lab
+        .dockroute_env(
+            &["--json", "up", "--machine", "dev"],
+            &[("MACHINE_STORAGE_PATH", &store)],
+        )
+        .ok();
+    let out = run.json();
+    assert_eq!(
+        out["docker"]["engine"]["source"]["type"], "machine",
+        "{out}"
+    );
+    assert_eq!(
+        out["docker"]["routed"][0]["subnet"], "172.18.0.0/16",
+        "{}",
+        run.stderr
+    );
+    let routes = lab.ip("route show table all");
+    assert!(
+        routes.contains("172.18.0.0/16 via 192.168.99.100"),
+        "{routes}"
+    );
+    lab.dockroute(&["down"]).ok();
+    assert_eq!(lab.snapshot(), before);
+}
+
+fn in_lab_vm_listens(lab: &Lab, port: u16) -> bool {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &vm(lab), "ss", "-Hltn"])
+        .arg(format!("sport = :{port}"))
+        .output()
+        .unwrap();
+    !out.stdout.is_empty()
+}
