@@ -3,8 +3,8 @@
 # Idempotent, and quiet when everything is there already.
 #
 #   scripts/deps.sh demo    the demo: the namespace lab, its kill switch, the static build
-#   scripts/deps.sh test    the tests: the demo's, plus nftables, setpriv/nsenter and the DNS
-#                           tests' private systemd-resolved (bus and library)
+#   scripts/deps.sh test    the tests: the demo's, plus nftables, setpriv/nsenter, the DNS
+#                           tests' private systemd-resolved (bus and library) and dig
 #   scripts/deps.sh bench   the benchmark: the demo's, plus hyperfine
 #   scripts/deps.sh         all of the above
 set -euo pipefail
@@ -47,6 +47,8 @@ if [ "$what" = test ] || [ "$what" = all ]; then
     have dbus-daemon || want dbus-daemon
     have dbus-send || want dbus-bin
     ls /usr/lib/*/systemd/libsystemd-shared-*.so >/dev/null 2>&1 || want libsystemd-shared
+    # the DNS responder's tests ask it with a real client
+    have dig || want bind9-dnsutils
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
     have hyperfine || want hyperfine
