@@ -31,19 +31,15 @@ fn in_private_net<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 fn container(name: &str, ip: [u8; 4], labels: &[(&str, &str)], aliases: &[&str]) -> Container {
-    Container {
-        id: format!("{name}-0123456789ab"),
-        name: format!("/{name}"),
-        labels: labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        networks: vec![Attachment {
-            network: "bridge".into(),
-            address: Some(Ipv4Addr::from(ip)),
-            aliases: aliases.iter().map(|s| s.to_string()).collect(),
-        }],
-    }
+    let mut c = Container::new(
+        name,
+        labels,
+        vec![Attachment::new("bridge", ip.into(), aliases)],
+    );
+    // as the engine reports them
+    c.id = format!("{name}-0123456789ab");
+    c.name = format!("/{name}");
+    c
 }
 
 fn containers() -> Vec<Container> {
@@ -55,11 +51,8 @@ fn containers() -> Vec<Container> {
     ];
     // one container on a routed and on an unrouted network
     let mut both = container("both", [172, 17, 0, 5], &[], &[]);
-    both.networks.push(Attachment {
-        network: "private".into(),
-        address: Some(Ipv4Addr::new(10, 9, 0, 5)),
-        aliases: vec![],
-    });
+    both.networks
+        .push(Attachment::new("private", Ipv4Addr::new(10, 9, 0, 5), &[]));
     all.push(both);
     // a name with more A records than a 512-byte answer holds
     for i in 0..40u8 {

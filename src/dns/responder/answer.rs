@@ -387,18 +387,12 @@ mod tests {
     use super::*;
 
     fn table() -> Table {
-        let c = |name: &str, ip: [u8; 4], labels: &[(&str, &str)]| Container {
-            id: name.into(),
-            name: name.into(),
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            networks: vec![Attachment {
-                network: "bridge".into(),
-                address: Some(Ipv4Addr::from(ip)),
-                aliases: vec![],
-            }],
+        let c = |name: &str, ip: [u8; 4], labels: &[(&str, &str)]| {
+            Container::new(
+                name,
+                labels,
+                vec![Attachment::new("bridge", ip.into(), &[])],
+            )
         };
         let mut containers = vec![
             c("redis", [172, 17, 0, 2], &[]),

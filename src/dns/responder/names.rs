@@ -46,6 +46,21 @@ pub struct Container {
     pub networks: Vec<Attachment>,
 }
 
+impl Container {
+    /// A container from plain values (the id is the name): for tests, fuzzing and examples.
+    pub fn new(name: &str, labels: &[(&str, &str)], networks: Vec<Attachment>) -> Container {
+        Container {
+            id: name.to_string(),
+            name: name.to_string(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            networks,
+        }
+    }
+}
+
 /// A container's place on one network.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Attachment {
@@ -55,6 +70,16 @@ pub struct Attachment {
     pub address: Option<Ipv4Addr>,
     /// Its aliases on that network; they name only this address.
     pub aliases: Vec<String>,
+}
+
+impl Attachment {
+    pub fn new(network: &str, address: Ipv4Addr, aliases: &[&str]) -> Attachment {
+        Attachment {
+            network: network.to_string(),
+            address: Some(address),
+            aliases: aliases.iter().map(|a| a.to_string()).collect(),
+        }
+    }
 }
 
 /// The domain the responder answers, fixed for its lifetime.
@@ -428,23 +453,7 @@ mod tests {
     }
 
     fn on(net: &str, ip: [u8; 4], aliases: &[&str]) -> Attachment {
-        Attachment {
-            network: net.into(),
-            address: Some(Ipv4Addr::from(ip)),
-            aliases: aliases.iter().map(|s| s.to_string()).collect(),
-        }
-    }
-
-    fn container(name: &str, labels: &[(&str, &str)], networks: Vec<Attachment>) -> Container {
-        Container {
-            id: format!("{name}-id"),
-            name: name.into(),
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            networks,
-        }
+        Attachment::new(net, Ipv4Addr::from(ip), aliases)
     }
 
     fn addrs(t: &Table, name: &str) -> Vec<String> {
@@ -461,17 +470,17 @@ mod tests {
         let b = Table::build(
             &zone(),
             &[
-                container(
+                Container::new(
                     "/shop-web-1",
                     &compose,
                     vec![on("bridge", [172, 17, 0, 2], &["frontend"])],
                 ),
-                container(
+                Container::new(
                     "shop-web-2",
                     &compose,
                     vec![on("bridge", [172, 17, 0, 3], &[])],
                 ),
-                container(
+                Container::new(
                     "Redis",
                     &[(LABEL_NAMES, " cache , cache.shop.docker,,db.internal")],
                     vec![on("bridge", [172, 17, 0, 4], &[])],
@@ -519,7 +528,7 @@ mod tests {
         let b = Table::build(
             &zone(),
             &[
-                container(
+                Container::new(
                     "both",
                     &[],
                     vec![
@@ -528,8 +537,8 @@ mod tests {
                         on("second", [172, 18, 0, 2], &["seen"]),
                     ],
                 ),
-                container("elsewhere", &[], vec![on("private", [10, 9, 0, 3], &[])]),
-                container("none", &[], vec![Attachment::default()]),
+                Container::new("elsewhere", &[], vec![on("private", [10, 9, 0, 3], &[])]),
+                Container::new("none", &[], vec![Attachment::default()]),
             ],
             &routed(),
         );
@@ -567,7 +576,7 @@ mod tests {
         let names = format!("ok,bad_underscore,-dash,{long},{deep},ns,é,a..b,x.ns");
         let b = Table::build(
             &zone(),
-            &[container(
+            &[Container::new(
                 "my_app",
                 &[
                     (LABEL_NAMES, &names),
@@ -615,7 +624,7 @@ mod tests {
         let many: Vec<String> = (0..200).map(|i| format!("n{i}")).collect();
         let b = Table::build(
             &zone(),
-            &[container(
+            &[Container::new(
                 "big",
                 &[(LABEL_NAMES, &many.join(","))],
                 vec![on("bridge", [172, 17, 0, 9], &[])],
@@ -636,7 +645,7 @@ mod tests {
 
         let replicas: Vec<Container> = (0..100u8)
             .map(|i| {
-                container(
+                Container::new(
                     &format!("r{i}"),
                     &[(LABEL_SERVICE, "web"), (LABEL_PROJECT, "p")],
                     vec![on("bridge", [172, 17, 1, i], &[])],
@@ -657,7 +666,7 @@ mod tests {
         let lots: Vec<Container> = (0..30_000u32)
             .map(|i| {
                 let [_, _, x, y] = i.to_be_bytes();
-                container(
+                Container::new(
                     &format!("c{i}"),
                     &[],
                     vec![on("bridge", [172, 17, x, y], &[])],
@@ -676,12 +685,12 @@ mod tests {
 
     #[test]
     fn same_input_same_table_in_any_order() {
-        let a = container(
+        let a = Container::new(
             "a",
             &[(LABEL_NAMES, "shared")],
             vec![on("b", [172, 17, 0, 2], &[])],
         );
-        let b = container(
+        let b = Container::new(
             "b",
             &[(LABEL_NAMES, "shared")],
             vec![on("b", [172, 17, 0, 3], &[])],

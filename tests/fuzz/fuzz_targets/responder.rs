@@ -27,17 +27,12 @@ fn table() -> &'static Table {
     T.get_or_init(|| {
         let zone = Zone::new("docker", Some(Ipv4Addr::new(127, 0, 0, 153))).unwrap();
         let containers: Vec<Container> = (0..50u8)
-            .map(|i| Container {
-                id: format!("id{i}"),
-                name: format!("c{i}"),
-                labels: [(LABEL_NAMES.to_string(), "many,x.y".to_string())]
-                    .into_iter()
-                    .collect(),
-                networks: vec![Attachment {
-                    network: "bridge".into(),
-                    address: Some(Ipv4Addr::new(172, 17, 0, i)),
-                    aliases: vec![],
-                }],
+            .map(|i| {
+                Container::new(
+                    &format!("c{i}"),
+                    &[(LABEL_NAMES, "many,x.y")],
+                    vec![Attachment::new("bridge", Ipv4Addr::new(172, 17, 0, i), &[])],
+                )
             })
             .collect();
         Table::build(&zone, &containers, &["172.17.0.0/16".parse().unwrap()]).table
