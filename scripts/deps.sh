@@ -4,8 +4,8 @@
 #
 #   scripts/deps.sh demo    the demo: the namespace lab, its kill switch, the static build, and
 #                           the lab's Docker engine (downloaded and extracted, never installed)
-#   scripts/deps.sh test    the tests: the demo's, plus nftables, setpriv/nsenter and the DNS
-#                           tests' private systemd-resolved (bus and library)
+#   scripts/deps.sh test    the tests: the demo's, plus nftables, setpriv/nsenter, the DNS
+#                           tests' private systemd-resolved (bus and library), dig and openssl
 #   scripts/deps.sh bench   the benchmark: the demo's, plus hyperfine
 #   scripts/deps.sh         all of the above
 set -euo pipefail
@@ -52,6 +52,8 @@ if [ "$what" = test ] || [ "$what" = all ]; then
     ls /usr/lib/*/systemd/libsystemd-shared-*.so >/dev/null 2>&1 || want libsystemd-shared
     # the Docker TLS test makes its certificates and its fake engine with openssl
     have openssl || want openssl
+    # the DNS responder's tests ask it with a real client
+    have dig || want bind9-dnsutils
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
     have hyperfine || want hyperfine

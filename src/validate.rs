@@ -85,20 +85,22 @@ pub fn subnet(s: &str) -> Result<Ipv4Net, String> {
 /// A DNS domain such as `docker` or `dev.local`: labels of letters, digits and hyphens.
 pub fn domain(s: &str) -> Result<String, String> {
     let d = s.trim_end_matches('.').to_ascii_lowercase();
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    };
-    if d.is_empty() || d.len() > 253 || !d.split('.').all(label_ok) {
+    if d.is_empty() || d.len() > 253 || !d.split('.').all(dns_label) {
         return Err(format!(
             "invalid domain '{}': use labels of letters, digits and hyphens, like docker",
             s.escape_default()
         ));
     }
     Ok(d)
+}
+
+/// One label of a host name: 1 to 63 letters, digits and hyphens, no hyphen at either end.
+pub fn dns_label(l: &str) -> bool {
+    !l.is_empty()
+        && l.len() <= 63
+        && !l.starts_with('-')
+        && !l.ends_with('-')
+        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 /// A docker-machine name: it becomes a path component, so no separators and no leading dot.

@@ -10,6 +10,7 @@
 pub mod probe;
 pub mod resolv_conf;
 pub mod resolver_dir;
+pub mod responder;
 pub mod scutil;
 
 #[cfg(target_os = "linux")]
