@@ -232,6 +232,10 @@ fn waits_for_the_link_and_follows_it_being_deleted_and_recreated() {
     // Deleted (the VM powered off) and re-created with a new index (it came back).
     let logged = w.count("is on no local link");
     lab.ip("link del vboxnet0");
+    // on a loaded machine the reconcile may take a while to run: wait for it, then for quiet
+    eventually(Duration::from_secs(10), || {
+        w.count("is on no local link") > logged
+    });
     w.settles(Duration::from_millis(500));
     assert_eq!(
         w.count("is on no local link"),
