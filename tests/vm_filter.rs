@@ -32,6 +32,15 @@ fn vm_rules(lab: &DockerLab) -> String {
         .collect()
 }
 
+/// `down` leaves the host and the VM's iptables as they were; the lab goes, and this machine's
+/// own rules are as they were when the test began.
+fn down_restores_both(lab: DockerLab, host_before: &str, vm_before: &str, machine: Untouched) {
+    lab.down_restores(host_before);
+    assert_eq!(vm_rules(&lab), vm_before, "down left the VM changed");
+    lab.remove();
+    machine.check();
+}
+
 /// The VM's rules marked dockroute.
 fn marked(lab: &DockerLab) -> Vec<String> {
     lab.vm_iptables_save()
@@ -108,10 +117,7 @@ fn forward_drop_is_diagnosed_and_opened_by_the_helper_and_down_restores_the_vm()
     up(&lab, &["--open-vm-firewall"]).ok();
     assert_eq!(marked(&lab), rules);
 
-    lab.down_restores(&host_before);
-    assert_eq!(vm_rules(&lab), vm_before, "down left the VM changed");
-    lab.remove();
-    machine.check();
+    down_restores_both(lab, &host_before, &vm_before, machine);
 }
 
 /// Docker 28's raw drops (written as Docker writes them), forwarding on: the accept goes in the
@@ -126,20 +132,7 @@ fn raw_drops_are_opened_where_they_are_and_down_restores_the_vm() {
     let lab = DockerLab::with_forwarding();
     lab.run("web", None, &[]);
     let ip = lab.container_ip("web");
-    let addr = ip.to_string();
-    lab.vm_iptables(&[
-        "-t",
-        "raw",
-        "-A",
-        "PREROUTING",
-        "-d",
-        &addr,
-        "!",
-        "-i",
-        "docker0",
-        "-j",
-        "DROP",
-    ]);
+    lab.docker28_raw_drop(ip, "docker0");
     let vm_before = vm_rules(&lab);
     let host_before = lab.host_state();
     up(&lab, &[]).ok();
@@ -166,10 +159,7 @@ fn raw_drops_are_opened_where_they_are_and_down_restores_the_vm() {
         "the accept is not above Docker's drop: {raw}"
     );
 
-    lab.down_restores(&host_before);
-    assert_eq!(vm_rules(&lab), vm_before, "down left the VM changed");
-    lab.remove();
-    machine.check();
+    down_restores_both(lab, &host_before, &vm_before, machine);
 }
 
 /// dockerd restarted, and the VM's DOCKER-USER chain emptied as a rebooted VM's would be: the
