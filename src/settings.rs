@@ -586,6 +586,22 @@ mod tests {
     }
 
     #[test]
+    fn open_vm_firewall_is_off_unless_asked_and_takes_a_checked_image() {
+        assert_eq!(load_cfg("").unwrap().open_vm_firewall, None);
+        assert_eq!(
+            load_cfg("open_vm_firewall = true\n")
+                .unwrap()
+                .open_vm_firewall
+                .as_deref(),
+            Some(crate::docker::vmfilter::DEFAULT_HELPER_IMAGE)
+        );
+        let s = load_cfg("open_vm_firewall = true\nhelper_image = \"alpine:3\"\n").unwrap();
+        assert_eq!(s.open_vm_firewall.as_deref(), Some("alpine:3"));
+        let e = load_cfg("open_vm_firewall = true\nhelper_image = \"-x y\"\n").unwrap_err();
+        assert!(e.to_string().contains("line 2"), "{e}");
+    }
+
+    #[test]
     fn errors_quote_no_control_characters() {
         // toml's message quotes the value; a carriage return in it would let the config file
         // rewrite the line a terminal shows (found by the settings fuzz target)
