@@ -310,6 +310,8 @@ impl Client {
 
     /// Delete exactly the recorded rules that are still in the VM.
     pub async fn close(&mut self, opened: &Opened) -> Result<usize, DockerError> {
+        // the record is a file: its image name is checked again
+        vmfilter::helper_image(&opened.image).map_err(DockerError::Helper)?;
         self.version().await?;
         self.ensure_image(&opened.image).await?;
         let saved = vmfilter::parse_saved(

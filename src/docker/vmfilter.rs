@@ -165,6 +165,10 @@ pub fn helper_image(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() <= 255
         && !s.starts_with(['-', '.', '/', ':'])
+        // it becomes part of an API path (/images/NAME/json): no `..`, no empty component
+        && !s.contains("..")
+        && !s.contains("//")
+        && !s.contains("/.")
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "._-/:@".contains(c));
     if ok {
@@ -296,9 +300,15 @@ impl Diagnosis {
             .map(|p| p.ip.to_string())
             .collect();
         let mut fixes = Vec::new();
+        if self.engine.ip_forward == Some(false) {
+            fixes.push(
+                "the VM does not forward IPv4: run in the VM `sysctl -w net.ipv4.ip_forward=1`"
+                    .to_string(),
+            );
+        }
         if self.engine.major().is_some_and(|m| m >= 28) || self.engine.nftables() {
             fixes.push(
-                "Docker 28 and later drop routed packets in the raw table: set \"allow-direct-routing\": true in the VM's /etc/docker/daemon.json and restart dockerd"
+                "Docker 28 and later drop routed packets in the raw table: set \"allow-direct-routing\": true in the VM's /etc/docker/daemon.json and restart dockerd (or create the network with -o com.docker.network.bridge.gateway_mode_ipv4=nat-unprotected)"
                     .to_string(),
             );
         }
@@ -381,8 +391,13 @@ mod tests {
         assert!(p.contains("iptables -I DOCKER-USER -s 192.168.99.1"), "{p}");
         assert!(p.contains("--open-vm-firewall") && !p.contains("allow-direct-routing"));
         d.engine.version = Some("28.1.1".into());
+        d.engine.ip_forward = Some(false);
         let p = d.problem("192.168.99.1".parse().unwrap()).unwrap();
-        assert!(p.contains("allow-direct-routing"), "{p}");
+        assert!(
+            p.contains("allow-direct-routing") && p.contains("gateway_mode_ipv4"),
+            "{p}"
+        );
+        assert!(p.contains("net.ipv4.ip_forward=1"), "{p}");
         d.probes[0].outcome = Outcome::Refused;
         assert_eq!(d.problem("192.168.99.1".parse().unwrap()), None);
     }
@@ -396,7 +411,15 @@ mod tests {
         assert_eq!(route_dev("local 1.2.3.4 dev $(x)"), None);
         assert!(helper_image("busybox:latest").is_ok());
         assert!(helper_image("registry.example:5000/tools/bb@sha256:ab").is_ok());
-        for bad in ["", "-v", "a b", "x;y", "\u{1b}[2J"] {
+        for bad in [
+            "",
+            "-v",
+            "a b",
+            "x;y",
+            "\u{1b}[2J",
+            "a/../../containers/x",
+            "a//b",
+        ] {
             assert!(helper_image(bad).is_err(), "{bad}");
         }
         assert!(opens_direct_routing(&[(
