@@ -207,12 +207,14 @@ docker_cli() { # PREFIX ARGS...
 
 # The lab's image without a registry: the static busybox in a rootfs, imported as busybox-httpd
 # (CMD: httpd on port 80 serving /www/index.html, "dockroute lab") and tagged busybox:latest.
+# Like the public busybox image it has its applets on PATH (chroot: dockroute's helper uses it).
 docker_image() {
     local p=$1 r="$DOCKER_LABS/$1/rootfs"
     rm -rf "$r"
     mkdir -p "$r/bin" "$r/www" "$r/tmp"
     cp "$CACHE/docker/bin/busybox" "$r/bin/busybox"
     ln -s busybox "$r/bin/sh"
+    ln -s busybox "$r/bin/chroot"
     echo "dockroute lab" >"$r/www/index.html"
     tar -C "$r" -c . | docker_cli "$p" import \
         -c 'CMD ["/bin/busybox","httpd","-f","-p","80","-h","/www"]' - busybox-httpd >/dev/null

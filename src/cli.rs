@@ -363,6 +363,15 @@ pub struct UpArgs {
     /// or off [default: --machine's, DOCKER_HOST, the current Docker context, Colima or Lima]
     #[arg(long, value_name = "URL", value_parser = crate::docker::endpoint::parse_flag)]
     pub docker: Option<crate::docker::endpoint::Explicit>,
+    /// Open the VM's own Docker filter for the routed subnets: a short-lived helper container
+    /// (host networking, NET_ADMIN, NET_RAW, SYS_CHROOT) inserts accepts marked `dockroute` in
+    /// the VM's iptables; `down` removes them [default: off]
+    #[arg(long)]
+    pub open_vm_firewall: bool,
+    /// The helper container's image for --open-vm-firewall (it needs only `chroot`; pulled if
+    /// missing) [default: busybox:latest]
+    #[arg(long, value_name = "IMAGE", value_parser = crate::docker::vmfilter::helper_image)]
+    pub helper_image: Option<String>,
     /// Wait up to SECS (0 to 3600, fractions allowed) for the link and its address to appear
     /// [default: 0, no waiting]
     #[arg(long, value_name = "SECS", value_parser = validate::wait_secs, allow_negative_numbers = true)]
@@ -388,6 +397,8 @@ impl UpArgs {
             firewall: self.firewall,
             docker_host: None,
             docker: self.docker.clone(),
+            open_vm_firewall: self.open_vm_firewall,
+            helper_image: self.helper_image.clone(),
         }
     }
 }

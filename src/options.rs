@@ -54,6 +54,11 @@ pub struct UpFlags {
     /// without the user's environment, ask the same one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub docker: Option<crate::docker::endpoint::Explicit>,
+    /// `--open-vm-firewall`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub open_vm_firewall: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub helper_image: Option<String>,
 }
 
 impl UpFlags {

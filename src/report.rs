@@ -111,6 +111,9 @@ fn outcome_text(verb: &str, o: &Outcome) -> String {
     if let Some(d) = &o.docker {
         docker_text(&mut s, d, "docker:");
     }
+    if let Some(d) = &o.vm_filter {
+        vm_filter_text(&mut s, d, "vm filter:");
+    }
     if let Some(e) = &o.firewall_unread {
         let _ = writeln!(s, "firewall: not checked ({e})");
     }
@@ -146,6 +149,38 @@ fn docker_text(s: &mut String, d: &crate::docker::Report, head: &str) {
     }
     for n in &d.skipped {
         let _ = writeln!(s, "{:<12} skipped {n}", "");
+    }
+    if let Some(o) = &d.vm_firewall {
+        let _ = writeln!(
+            s,
+            "{:<12} VM firewall opened: {} accept(s) marked dockroute (helper image {})",
+            "",
+            o.rules.len(),
+            crate::docker::networks::shown(&o.image)
+        );
+    }
+}
+
+/// The VM's own Docker filter: what the engine says, and each container probed from the host.
+fn vm_filter_text(s: &mut String, d: &crate::docker::vmfilter::Diagnosis, head: &str) {
+    if let Some(why) = &d.unchecked {
+        let _ = writeln!(s, "{head:<12} not checked: {why}");
+        return;
+    }
+    let e = &d.engine;
+    let _ = writeln!(
+        s,
+        "{head:<12} engine {} firewall {}{}",
+        e.version.as_deref().unwrap_or("(version unknown)"),
+        e.firewall_backend.as_deref().unwrap_or("iptables"),
+        if d.probes.is_empty() {
+            ", no running container routed via the VM to probe"
+        } else {
+            ""
+        }
+    );
+    for p in &d.probes {
+        let _ = writeln!(s, "{:<12} {p}", "");
     }
 }
 
@@ -217,6 +252,9 @@ fn installed_rows(s: &mut String, st: &Status) {
     }
     if let Some(d) = &st.docker {
         docker_text(s, d, "docker");
+    }
+    if let Some(d) = &st.vm_filter {
+        vm_filter_text(s, d, "vm filter");
     }
     let state = match (st.installed.is_empty(), st.in_sync) {
         (true, _) => "nothing (run dockroute up)".to_string(),

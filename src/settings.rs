@@ -67,6 +67,10 @@ struct ConfigFile {
     firewall: Option<FirewallMode>,
     /// The Docker engine: `tcp://IP[:PORT]`, `unix:///PATH` or `off`.
     docker: Option<Spanned<String>>,
+    /// `--open-vm-firewall`.
+    open_vm_firewall: Option<bool>,
+    /// `--helper-image`.
+    helper_image: Option<Spanned<String>>,
     /// A number of seconds; read as any value so that a string gets a message that says so.
     wait: Option<Spanned<toml::Value>>,
 }
@@ -121,6 +125,16 @@ impl UpFlags {
         }
         if cfg.docker.is_none() {
             a.docker = self.docker.clone();
+        }
+        if cfg.open_vm_firewall.is_none() {
+            a.open_vm_firewall = self.open_vm_firewall;
+        }
+        if cfg.helper_image.is_none() {
+            a.helper_image = self
+                .helper_image
+                .as_deref()
+                .map(crate::docker::vmfilter::helper_image)
+                .transpose()?;
         }
         Ok(a)
     }
@@ -218,6 +232,9 @@ pub struct Settings {
     pub docker: Option<(DockerSource, Explicit)>,
     /// Whether `up` asks the engine for its networks (`watch` asks once, then goes by the record).
     pub docker_listing: crate::docker::Listing,
+    /// `--open-vm-firewall` (or the config key `open_vm_firewall`): the helper image to open the
+    /// VM's own Docker filter with; `None`: left alone (the default).
+    pub open_vm_firewall: Option<String>,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -485,6 +502,13 @@ impl Settings {
             )),
             _ => None,
         };
+        let helper_image = match (&up.helper_image, &cfg.helper_image) {
+            (Some(i), _) => i.clone(),
+            (None, Some(i)) => src.check(i, crate::docker::vmfilter::helper_image)?,
+            _ => crate::docker::vmfilter::DEFAULT_HELPER_IMAGE.to_string(),
+        };
+        let open_vm_firewall =
+            (up.open_vm_firewall || cfg.open_vm_firewall == Some(true)).then_some(helper_image);
         let dns = up.dns.or(cfg.dns).unwrap_or(DnsMode::Auto);
         let firewall = up.firewall.or(cfg.firewall).unwrap_or(FirewallMode::Auto);
         let resolver_dir = up
@@ -541,6 +565,7 @@ impl Settings {
             firewall,
             docker,
             docker_listing: crate::docker::Listing::Ask,
+            open_vm_firewall,
         })
     }
 
@@ -558,6 +583,22 @@ mod tests {
         let p = dir.path().join("config.toml");
         std::fs::write(&p, body).unwrap();
         Settings::load(Some(&p), None, false, None, None)
+    }
+
+    #[test]
+    fn open_vm_firewall_is_off_unless_asked_and_takes_a_checked_image() {
+        assert_eq!(load_cfg("").unwrap().open_vm_firewall, None);
+        assert_eq!(
+            load_cfg("open_vm_firewall = true\n")
+                .unwrap()
+                .open_vm_firewall
+                .as_deref(),
+            Some(crate::docker::vmfilter::DEFAULT_HELPER_IMAGE)
+        );
+        let s = load_cfg("open_vm_firewall = true\nhelper_image = \"alpine:3\"\n").unwrap();
+        assert_eq!(s.open_vm_firewall.as_deref(), Some("alpine:3"));
+        let e = load_cfg("open_vm_firewall = true\nhelper_image = \"-x y\"\n").unwrap_err();
+        assert!(e.to_string().contains("line 2"), "{e}");
     }
 
     #[test]

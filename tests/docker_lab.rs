@@ -105,21 +105,7 @@ fn docker28_raw_drop_blocks_routed_container() {
 
     let bridge = lab.bridge_of("bridge");
     assert_eq!(bridge, "docker0");
-    let addr = ip.to_string();
-    let drop = [
-        "-t",
-        "raw",
-        "-A",
-        "PREROUTING",
-        "-d",
-        &addr,
-        "!",
-        "-i",
-        &bridge,
-        "-j",
-        "DROP",
-    ];
-    lab.vm_iptables(&drop);
+    lab.docker28_raw_drop(ip, &bridge);
     assert_eq!(
         lab.http_from_host(ip),
         None,

@@ -24,7 +24,7 @@ const REQUEST_SECS: u64 = 10;
 
 /// A bollard client for `endpoint`.
 pub struct Client {
-    docker: Docker,
+    pub(super) docker: Docker,
 }
 
 impl Client {
@@ -95,7 +95,7 @@ impl Engine for Client {
     }
 }
 
-fn engine_err(e: bollard::errors::Error) -> DockerError {
+pub(super) fn engine_err(e: bollard::errors::Error) -> DockerError {
     // With its causes (hyper's "error reading a body" hides why: the size cap, a reset), in one
     // line, and nothing of the engine's that a terminal would act on.
     let mut text = e.to_string();

@@ -7,10 +7,12 @@
 
 pub mod client;
 pub mod endpoint;
+pub mod helper;
 pub mod networks;
 pub mod sources;
 #[cfg_attr(not(target_os = "linux"), path = "tls_unsupported.rs")]
 mod tls;
+pub mod vmfilter;
 
 use endpoint::{Choice, Endpoint, Explicit};
 use ipnet::Ipv4Net;
@@ -34,6 +36,9 @@ pub enum DockerError {
     Refused(String),
     #[error("cannot start the client: {0}")]
     Runtime(String),
+    /// `--open-vm-firewall`'s helper container.
+    #[error("{0}")]
+    Helper(String),
 }
 
 /// What the engine says about itself (untrusted text, escaped).
@@ -78,6 +83,9 @@ pub struct Report {
     pub routed: Vec<Network>,
     #[serde(default)]
     pub skipped: Vec<Skipped>,
+    /// The accepts `--open-vm-firewall` inserted in the VM (removed by `down`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_firewall: Option<vmfilter::Opened>,
 }
 
 impl Report {
@@ -174,6 +182,7 @@ pub fn list(choice: Choice, host: &Host) -> Report {
         unreached: None,
         routed: Vec::new(),
         skipped: Vec::new(),
+        vm_firewall: None,
     };
     let endpoint = match &report.engine {
         Choice::At { endpoint, .. } => endpoint.clone(),
@@ -184,20 +193,11 @@ pub fn list(choice: Choice, host: &Host) -> Report {
         Choice::Off { .. } | Choice::Unset { .. } => return report,
     };
     let host = host.clone();
-    let asked = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| DockerError::Runtime(e.to_string()))?;
-        rt.block_on(async {
-            let mut client = client::Client::new(&endpoint)?;
-            tokio::time::timeout(TIMEOUT, ask(&mut client, &host))
-                .await
-                .map_err(|_| DockerError::Timeout(TIMEOUT))?
-        })
-    })
-    .join()
-    .unwrap_or_else(|_| Err(DockerError::Runtime("the client thread failed".into())));
+    let asked = on_runtime(&endpoint, move |mut client| async move {
+        tokio::time::timeout(TIMEOUT, ask(&mut client, &host))
+            .await
+            .map_err(|_| DockerError::Timeout(TIMEOUT))?
+    });
     match asked {
         Ok((version, filtered)) => {
             report.version = Some(version);
@@ -207,6 +207,26 @@ pub fn list(choice: Choice, host: &Host) -> Report {
         Err(e) => report.unreached = Some(e.to_string()),
     }
     report
+}
+
+/// `f` with a client of `endpoint`, on a thread and runtime of its own (so any caller, async
+/// or not, can wait for it).
+pub fn on_runtime<T, F, Fut>(endpoint: &Endpoint, f: F) -> Result<T, DockerError>
+where
+    T: Send + 'static,
+    F: FnOnce(client::Client) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, DockerError>>,
+{
+    let endpoint = endpoint.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| DockerError::Runtime(e.to_string()))?;
+        rt.block_on(async { f(client::Client::new(&endpoint)?).await })
+    })
+    .join()
+    .unwrap_or_else(|_| Err(DockerError::Runtime("the client thread failed".into())))
 }
 
 #[cfg(test)]
@@ -287,6 +307,7 @@ mod tests {
                 },
             ],
             skipped: Vec::new(),
+            vm_firewall: None,
         };
         assert_eq!(recorded.again(&Host::default()).routed, recorded.routed);
         // the host joined a network that overlaps one of them since: that one is withdrawn

@@ -18,6 +18,7 @@ mod apply;
 mod owned;
 mod probe;
 mod status;
+mod vm_filter;
 
 use apply::{send, undo_all};
 use owned::{apply_routes, observe_owned};
@@ -152,6 +153,9 @@ pub struct Outcome {
     /// `up`: the Docker engine asked, the networks routed and the ones skipped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub docker: Option<docker::Report>,
+    /// `up`: whether the VM's own Docker filter lets the routed traffic through.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm_filter: Option<docker::vmfilter::Diagnosis>,
 }
 
 impl Outcome {
@@ -175,6 +179,7 @@ impl Outcome {
             probes: Vec::new(),
             firewall_unread: None,
             docker: None,
+            vm_filter: None,
         }
     }
 }
@@ -420,7 +425,7 @@ pub async fn up_with<N: Net>(
         .flatten()
         .and_then(|r| discover::Pin::of(&r.target));
     let mut target = discover::discover(net, &request).await?;
-    let docker = with_docker(net, settings, store, &mut target).await?;
+    let mut docker = with_docker(net, settings, store, &mut target).await?;
     let want_dns = wanted_dns(settings, &target);
     warn_unused(settings, &target, want_dns.as_ref());
     if let Some(d) = &want_dns {
@@ -538,6 +543,7 @@ pub async fn up_with<N: Net>(
         }
         None => held_before.clone(),
     };
+    vm_filter::reconcile(settings, &target, docker.as_mut(), previous.as_ref());
     let mut record = Record::new(target.clone(), desired, want_dns.clone());
     record.firewall = !fw.is_empty()
         || previous.as_ref().is_some_and(|p| p.firewall)
@@ -614,10 +620,21 @@ pub async fn up_with<N: Net>(
     };
     // Applied is not the same as working: ask the kernel what it picks now.
     let (probes, not_via_vm) = check_routes(net, &target).await?;
+    let vm_filter = match settings.docker_listing {
+        docker::Listing::Ask => vm_filter::diagnose(docker.as_ref(), &probes),
+        docker::Listing::Recorded => None,
+    };
+    if let Some(p) = vm_filter
+        .as_ref()
+        .and_then(|d| d.problem(target.host_addr.addr()))
+    {
+        tracing::warn!("{p}");
+    }
     Ok(Outcome {
         not_via_vm,
         probes,
         docker,
+        vm_filter,
         ..Outcome::unprobed(Some(target), changes, fw, firewall_warnings, dns, dry_run)
     })
 }
@@ -657,6 +674,8 @@ pub async fn down<N: Net>(
         .as_ref()
         .and_then(|r| r.dns.as_ref())
         .map(|d| dns::to_undo(d, &settings.resolv_conf, &settings.resolver_dir));
+    // the VM's own filter, through the engine (the routes to the VM itself are not dockroute's)
+    let vm_firewall_failed = vm_filter::close(record.as_ref(), dry_run);
     let target = record.map(|r| r.target);
     if dry_run {
         let dns = match dns_state {
@@ -681,6 +700,7 @@ pub async fn down<N: Net>(
         });
     }
     let mut failed: Vec<String> = fw_seen.errors.iter().map(|e| e.to_string()).collect();
+    failed.extend(vm_firewall_failed);
     failed.extend(firewall::apply_all(&fw).iter().map(|e| e.to_string()));
     if let Err(e) = firewall::release(&held) {
         failed.push(e.to_string());
@@ -914,6 +934,7 @@ mod tests {
                 crate::docker::endpoint::Explicit::Off,
             )),
             docker_listing: crate::docker::Listing::Ask,
+            open_vm_firewall: None,
         }
     }
 

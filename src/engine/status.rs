@@ -56,6 +56,11 @@ impl Status {
                 }
             ));
         }
+        if let (Some(d), Some(t)) = (&self.vm_filter, &self.target)
+            && let Some(p) = d.problem(t.host_addr.addr())
+        {
+            bad.push(p);
+        }
         if !self.vpn.firewall_blocking.is_empty() {
             let rules: Vec<String> = self
                 .vpn
@@ -123,6 +128,10 @@ pub struct Status {
     /// The Docker engine the last `up` asked, the networks it routed and the ones it skipped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub docker: Option<crate::docker::Report>,
+    /// The VM's own Docker filter: what the engine says and whether its running containers
+    /// answer from this host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm_filter: Option<crate::docker::vmfilter::Diagnosis>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -318,6 +327,7 @@ pub async fn status<N: Net>(
             ));
         }
     }
+    let vm_filter = vm_filter::diagnose(docker.as_ref(), &probes);
     let mut st = Status {
         target_from,
         target,
@@ -337,6 +347,7 @@ pub async fn status<N: Net>(
         foreign_routes: snap.foreign_routes,
         foreign_rules: snap.foreign_rules,
         docker,
+        vm_filter,
         degraded: None,
     };
     st.degraded = st.degraded().map(|d| d.0.join("; "));

@@ -190,6 +190,25 @@ impl DockerLab {
         stdout_of(c, &format!("iptables {args:?} in the VM"))
     }
 
+    /// Docker 28's raw-table drop for a container address arriving on any interface but its
+    /// bridge, written in the VM as Docker writes it.
+    pub fn docker28_raw_drop(&self, ip: Ipv4Addr, bridge: &str) {
+        let addr = ip.to_string();
+        self.vm_iptables(&[
+            "-t",
+            "raw",
+            "-A",
+            "PREROUTING",
+            "-d",
+            &addr,
+            "!",
+            "-i",
+            bridge,
+            "-j",
+            "DROP",
+        ]);
+    }
+
     /// The VM's iptables as iptables-save prints them, without its comment lines.
     pub fn vm_iptables_save(&self) -> String {
         let mut c = Command::new("ip");

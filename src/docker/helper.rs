@@ -1,0 +1,423 @@
+//! Talking to the engine about its own filter: what it says (`/info`, network options), a real
+//! probe of its running containers from the host, and `--open-vm-firewall`'s helper container.
+//!
+//! The helper runs on the engine's own network (host networking: the VM's namespace, never
+//! this machine's), with the engine's root filesystem bound read-only at /host and the VM's
+//! /run beside it (iptables' lock), and `chroot`s into it: the iptables that runs is the VM's
+//! own, so the rules land in the backend dockerd uses. It gets only NET_ADMIN, NET_RAW and
+//! SYS_CHROOT (no `--privileged`), no new privileges, and is removed after each command. Its
+//! image needs only a `chroot` program (busybox's by default).
+
+use super::client::Client;
+use super::endpoint::Endpoint;
+use super::vmfilter::{self, Diagnosis, EngineFilter, Opened, Outcome, Reach, VmRule};
+use super::{DockerError, Engine};
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters as q;
+use futures_lite::StreamExt;
+use ipnet::Ipv4Net;
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+/// The longest one helper command may take (create, start, wait, logs, remove).
+const HELPER_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest a pull of the helper image may take.
+const PULL_TIMEOUT: Duration = Duration::from_secs(120);
+/// A probe's connect timeout: a container that answers does within milliseconds.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
+/// At most this many containers are probed (one per network first).
+const MAX_PROBES: usize = 8;
+/// The most of a helper's output read (iptables-save of a busy VM is tens of KiB).
+const MAX_OUTPUT: usize = 2 << 20;
+
+impl Client {
+    /// `/info` and each network's options: what the engine says about its filter.
+    pub async fn filter_facts(&mut self) -> Result<EngineFilter, DockerError> {
+        let version = self.version().await?;
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(super::client::engine_err)?;
+        let nets = self
+            .docker
+            .list_networks(None::<q::ListNetworksOptions>)
+            .await
+            .map_err(super::client::engine_err)?;
+        let direct = nets
+            .into_iter()
+            .filter(|n| {
+                let opts: Vec<(String, String)> =
+                    n.options.clone().unwrap_or_default().into_iter().collect();
+                vmfilter::opens_direct_routing(&opts)
+            })
+            .filter_map(|n| n.name.as_deref().map(super::networks::shown))
+            .collect();
+        Ok(EngineFilter {
+            version: version.version,
+            firewall_backend: info
+                .firewall_backend
+                .and_then(|f| f.driver)
+                .as_deref()
+                .map(super::networks::shown),
+            ip_forward: info.ipv4_forwarding,
+            direct_routing_networks: direct,
+        })
+    }
+
+    /// Running containers on a network: (name, network, address, a port to connect to).
+    async fn running(&self) -> Result<Vec<(String, String, Ipv4Addr, u16)>, DockerError> {
+        let list = self
+            .docker
+            .list_containers(None::<q::ListContainersOptions>)
+            .await
+            .map_err(super::client::engine_err)?;
+        let mut out = Vec::new();
+        for c in list {
+            let name = c
+                .names
+                .and_then(|n| n.into_iter().next())
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string();
+            // an exposed TCP port if there is one; otherwise 80 (a refusal proves the path too)
+            let port = c
+                .ports
+                .unwrap_or_default()
+                .iter()
+                .find(|p| {
+                    p.typ
+                        .as_ref()
+                        .is_none_or(|t| t.to_string().eq_ignore_ascii_case("tcp"))
+                })
+                .map_or(80, |p| p.private_port);
+            let nets = c
+                .network_settings
+                .and_then(|s| s.networks)
+                .unwrap_or_default();
+            for (net, e) in nets {
+                if let Some(ip) = e.ip_address.and_then(|a| a.parse().ok()) {
+                    out.push((name.clone(), net, ip, port));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The helper image, pulled when the engine does not have it.
+    async fn ensure_image(&self, image: &str) -> Result<(), DockerError> {
+        if self.docker.inspect_image(image).await.is_ok() {
+            return Ok(());
+        }
+        tracing::info!("pulling the helper image {image} in the VM");
+        let (from, tag) = match image.rsplit_once(':').filter(|(_, t)| !t.contains('/')) {
+            _ if image.contains('@') => (image.to_string(), String::new()),
+            Some((f, t)) => (f.to_string(), t.to_string()),
+            None => (image.to_string(), "latest".to_string()),
+        };
+        let pull = async {
+            let mut s = std::pin::pin!(self.docker.create_image(
+                Some(q::CreateImageOptions {
+                    from_image: Some(from),
+                    tag: (!tag.is_empty()).then_some(tag),
+                    ..Default::default()
+                }),
+                None,
+                None,
+            ));
+            while let Some(step) = s.next().await {
+                step.map_err(super::client::engine_err)?;
+            }
+            Ok::<(), DockerError>(())
+        };
+        let why = match tokio::time::timeout(PULL_TIMEOUT, pull).await {
+            Ok(Ok(())) if self.docker.inspect_image(image).await.is_ok() => return Ok(()),
+            Ok(Ok(())) => "the engine pulled nothing".to_string(),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {} s", PULL_TIMEOUT.as_secs()),
+        };
+        Err(DockerError::Helper(format!(
+            "the VM has no helper image {image} and could not pull it ({why}); name an image the VM has with --helper-image IMAGE (it needs only a `chroot` program)"
+        )))
+    }
+
+    /// Run `argv` in the VM's root filesystem and network namespace; its standard output.
+    async fn helper(&self, image: &str, argv: &[String]) -> Result<String, DockerError> {
+        let mut cmd = vec!["chroot".to_string(), "/host".to_string()];
+        cmd.extend(argv.iter().cloned());
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            cmd: Some(cmd),
+            entrypoint: Some(Vec::new()),
+            env: Some(vec!["PATH=/usr/sbin:/usr/bin:/sbin:/bin".into()]),
+            labels: Some(HashMap::from([("dockroute".into(), "helper".into())])),
+            host_config: Some(HostConfig {
+                network_mode: Some("host".into()),
+                cap_drop: Some(vec!["ALL".into()]),
+                cap_add: Some(vec![
+                    "NET_ADMIN".into(),
+                    "NET_RAW".into(),
+                    "SYS_CHROOT".into(),
+                ]),
+                binds: Some(vec!["/:/host:ro".into(), "/run:/host/run".into()]),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let id = self
+            .docker
+            .create_container(None::<q::CreateContainerOptions>, body)
+            .await
+            .map_err(super::client::engine_err)?
+            .id;
+        let run = self.run_created(&id);
+        let result = tokio::time::timeout(HELPER_TIMEOUT, run).await;
+        let removed = self
+            .docker
+            .remove_container(
+                &id,
+                Some(q::RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
+            .await;
+        if let Err(e) = removed {
+            tracing::warn!("could not remove the helper container {id}: {e}");
+        }
+        let (code, out, err) = result.map_err(|_| {
+            DockerError::Helper(format!(
+                "the helper did not finish within {} s",
+                HELPER_TIMEOUT.as_secs()
+            ))
+        })??;
+        if code != 0 {
+            let err: String = err
+                .chars()
+                .take(300)
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            return Err(DockerError::Helper(format!(
+                "`{}` in the VM exited with {code}: {}",
+                argv.join(" "),
+                err.trim()
+            )));
+        }
+        Ok(out)
+    }
+
+    async fn run_created(&self, id: &str) -> Result<(i64, String, String), DockerError> {
+        self.docker
+            .start_container(id, None::<q::StartContainerOptions>)
+            .await
+            .map_err(super::client::engine_err)?;
+        {
+            let mut wait = std::pin::pin!(
+                self.docker
+                    .wait_container(id, None::<q::WaitContainerOptions>)
+            );
+            // a non-zero exit comes as an error of its own; the code is read below either way
+            let _ = wait.next().await;
+        }
+        let code = self
+            .docker
+            .inspect_container(id, None::<q::InspectContainerOptions>)
+            .await
+            .map_err(super::client::engine_err)?
+            .state
+            .and_then(|s| s.exit_code)
+            .unwrap_or(-1);
+        let (mut out, mut err) = (String::new(), String::new());
+        let mut logs = std::pin::pin!(self.docker.logs(
+            id,
+            Some(q::LogsOptions {
+                stdout: true,
+                stderr: true,
+                ..Default::default()
+            })
+        ));
+        while let Some(chunk) = logs.next().await {
+            match chunk.map_err(super::client::engine_err)? {
+                bollard::container::LogOutput::StdOut { message } => {
+                    out.push_str(&String::from_utf8_lossy(&message))
+                }
+                other => err.push_str(&String::from_utf8_lossy(&other.into_bytes())),
+            }
+            if out.len() + err.len() > MAX_OUTPUT {
+                return Err(DockerError::Helper(
+                    "the helper's output is too long".into(),
+                ));
+            }
+        }
+        Ok((code, out, err))
+    }
+
+    /// Insert the accepts the VM needs for `subnets` (those not there already), and delete the
+    /// ones `previous` recorded that are no longer wanted. Rules of this run are taken out again
+    /// when a later one fails.
+    pub async fn open(
+        &mut self,
+        image: &str,
+        host: Ipv4Addr,
+        subnets: &[Ipv4Net],
+        previous: Option<&Opened>,
+    ) -> Result<Opened, DockerError> {
+        let facts = self.filter_facts().await?;
+        if facts.nftables() {
+            return Err(DockerError::Helper(
+                "dockerd runs its rules on nftables; --open-vm-firewall opens iptables only (set allow-direct-routing in the VM's daemon.json)".into(),
+            ));
+        }
+        self.ensure_image(image).await?;
+        let route = self
+            .helper(
+                image,
+                &["ip", "-o", "-4", "route", "get", &host.to_string()].map(String::from),
+            )
+            .await?;
+        let interface = vmfilter::route_dev(&route).ok_or_else(|| {
+            DockerError::Helper(format!(
+                "the VM's route to {host} names no interface: {}",
+                route.trim().escape_default()
+            ))
+        })?;
+        let saved = vmfilter::parse_saved(&self.helper(image, &["iptables-save".into()]).await?);
+        let wanted = vmfilter::wanted(&saved, host, &interface, subnets);
+        let mut inserted: Vec<&VmRule> = Vec::new();
+        for r in wanted.iter().filter(|r| !saved.has(r)) {
+            if let Err(e) = self.helper(image, &r.argv("-I")).await {
+                for done in inserted {
+                    if let Err(u) = self.helper(image, &done.argv("-D")).await {
+                        tracing::warn!("could not take out {}: {u}", done.saved());
+                    }
+                }
+                return Err(e);
+            }
+            inserted.push(r);
+        }
+        for old in previous.map(|p| p.rules.as_slice()).unwrap_or_default() {
+            if !wanted.contains(old) && saved.has(old) {
+                self.helper(image, &old.argv("-D")).await?;
+            }
+        }
+        Ok(Opened {
+            image: image.to_string(),
+            rules: wanted,
+        })
+    }
+
+    /// Delete exactly the recorded rules that are still in the VM.
+    pub async fn close(&mut self, opened: &Opened) -> Result<usize, DockerError> {
+        // the record is a file: its image name is checked again
+        vmfilter::helper_image(&opened.image).map_err(DockerError::Helper)?;
+        self.version().await?;
+        self.ensure_image(&opened.image).await?;
+        let saved = vmfilter::parse_saved(
+            &self
+                .helper(&opened.image, &["iptables-save".into()])
+                .await?,
+        );
+        let mut removed = 0;
+        for r in opened.rules.iter().filter(|r| saved.has(r)) {
+            self.helper(&opened.image, &r.argv("-D")).await?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// What the engine says, and a TCP connect from this host to its running containers whose
+    /// addresses `via_vm` says the host routes through the VM.
+    pub async fn diagnose(&mut self, via_vm: &(dyn Fn(Ipv4Addr) -> bool + Sync)) -> Diagnosis {
+        let mut d = Diagnosis::default();
+        match self.filter_facts().await {
+            Ok(f) => d.engine = f,
+            Err(e) => {
+                d.unchecked = Some(e.to_string());
+                return d;
+            }
+        }
+        let running = match self.running().await {
+            Ok(r) => r,
+            Err(e) => {
+                d.unchecked = Some(e.to_string());
+                return d;
+            }
+        };
+        // one container per network first
+        let mut picked: Vec<(String, String, Ipv4Addr, u16)> = Vec::new();
+        for c in running.iter().filter(|c| via_vm(c.2)) {
+            if picked.len() < MAX_PROBES && !picked.iter().any(|p| p.1 == c.1) {
+                picked.push(c.clone());
+            }
+        }
+        // at once: each waits up to PROBE_TIMEOUT
+        let probes: Vec<_> = picked
+            .into_iter()
+            .map(|(container, network, ip, port)| {
+                tokio::spawn(async move {
+                    let outcome = connect(SocketAddr::from((ip, port))).await;
+                    Reach {
+                        container,
+                        network,
+                        ip,
+                        port,
+                        outcome,
+                    }
+                })
+            })
+            .collect();
+        for p in probes {
+            if let Ok(r) = p.await {
+                d.probes.push(r);
+            }
+        }
+        d
+    }
+}
+
+async fn connect(addr: SocketAddr) -> Outcome {
+    match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+        Err(_) => Outcome::TimedOut,
+        Ok(Ok(_)) => Outcome::Answered,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Outcome::Refused,
+        Ok(Err(_)) => Outcome::Failed,
+    }
+}
+
+/// Open the VM's filter for `subnets` through the engine at `endpoint` (blocking).
+pub fn open(
+    endpoint: &Endpoint,
+    image: &str,
+    host: Ipv4Addr,
+    subnets: &[Ipv4Net],
+    previous: Option<&Opened>,
+) -> Result<Opened, DockerError> {
+    let (image, subnets, previous) = (image.to_string(), subnets.to_vec(), previous.cloned());
+    super::on_runtime(endpoint, move |mut c| async move {
+        c.open(&image, host, &subnets, previous.as_ref()).await
+    })
+}
+
+/// Remove the recorded accepts from the VM (blocking); how many were still there.
+pub fn close(endpoint: &Endpoint, opened: &Opened) -> Result<usize, DockerError> {
+    let opened = opened.clone();
+    super::on_runtime(endpoint, move |mut c| async move { c.close(&opened).await })
+}
+
+/// [`Client::diagnose`] for `status` and `up` (blocking).
+pub fn diagnose(
+    endpoint: &Endpoint,
+    via_vm: impl Fn(Ipv4Addr) -> bool + Send + Sync + 'static,
+) -> Diagnosis {
+    super::on_runtime(endpoint, move |mut c| async move {
+        tokio::time::timeout(super::TIMEOUT + PROBE_TIMEOUT, c.diagnose(&via_vm))
+            .await
+            .map_err(|_| DockerError::Timeout(super::TIMEOUT + PROBE_TIMEOUT))
+    })
+    .unwrap_or_else(|e| Diagnosis {
+        unchecked: Some(e.to_string()),
+        ..Diagnosis::default()
+    })
+}

@@ -1,0 +1,224 @@
+//! The VM's own Docker filter against a real dockerd (issue 17, points 4 and 5): `status`
+//! tells a VM whose Docker drops routed traffic from a wrong route, and names the fix;
+//! `up --open-vm-firewall` opens it through a helper container in the VM (the VM's iptables,
+//! the VM's namespace), re-applies after dockerd restarts, and `down` leaves the VM's
+//! iptables byte-identical. This machine's own rules are never touched.
+
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use common::docker_lab::{DockerLab, PAGE, Untouched, VM_IF};
+use common::{VM_IP, privileged};
+
+/// The host's address on the lab's host-only link.
+const HOST_IP: &str = "192.168.99.1";
+
+fn up(lab: &DockerLab, extra: &[&str]) -> common::Run {
+    let url = lab.socket_url();
+    let mut args = vec!["up", "--vm-ip", VM_IP, "--dns", "off", "--docker", &url];
+    args.extend_from_slice(extra);
+    lab.dockroute(&args)
+}
+
+/// The VM's iptables-save, its packet counters zeroed (traffic moves them; rules are compared).
+fn vm_rules(lab: &DockerLab) -> String {
+    lab.vm_iptables_save()
+        .lines()
+        .map(|l| match (l.starts_with(':'), l.rfind(" [")) {
+            (true, Some(i)) => format!("{} [0:0]\n", &l[..i]),
+            _ => format!("{l}\n"),
+        })
+        .collect()
+}
+
+/// `down` leaves the host and the VM's iptables as they were; the lab goes, and this machine's
+/// own rules are as they were when the test began.
+fn down_restores_both(lab: DockerLab, host_before: &str, vm_before: &str, machine: Untouched) {
+    lab.down_restores(host_before);
+    assert_eq!(vm_rules(&lab), vm_before, "down left the VM changed");
+    lab.remove();
+    machine.check();
+}
+
+/// The VM's rules marked dockroute.
+fn marked(lab: &DockerLab) -> Vec<String> {
+    lab.vm_iptables_save()
+        .lines()
+        .filter(|l| l.contains("dockroute"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A fresh VM (FORWARD policy DROP): the route is right, yet the containers do not answer;
+/// `status` says it is the VM's Docker (exit 3, the DOCKER-USER fix, --open-vm-firewall). With
+/// `up --open-vm-firewall` a real HTTP exchange with a container on the default bridge and one on
+/// a user network works, `status` is clean, and `down` leaves the VM's iptables as they were.
+#[test]
+fn forward_drop_is_diagnosed_and_opened_by_the_helper_and_down_restores_the_vm() {
+    if !privileged() {
+        return;
+    }
+    let machine = Untouched::now();
+    let lab = DockerLab::new();
+    assert_eq!(lab.forward_policy(), "DROP");
+    lab.network_create("usernet", "172.30.0.0/16");
+    lab.run("web", None, &[]);
+    lab.run("web2", Some("usernet"), &[]);
+    let (ip, ip2) = (lab.container_ip("web"), lab.container_ip("web2"));
+    let vm_before = vm_rules(&lab);
+    let host_before = lab.host_state();
+
+    up(&lab, &[]).ok();
+    for ip in [ip, ip2] {
+        assert_eq!(lab.http_from_host(ip), None, "{ip} answered through DROP");
+    }
+    let st = lab.dockroute(&["status"]);
+    assert_eq!(st.code, 3, "status: {}{}", st.stdout, st.stderr);
+    assert!(
+        st.stderr.contains("the VM's Docker drops routed traffic")
+            && st
+                .stderr
+                .contains(&format!("iptables -I DOCKER-USER -s {HOST_IP}"))
+            && st.stderr.contains("--open-vm-firewall"),
+        "{}",
+        st.stderr
+    );
+    // the route is right: today's checks find nothing
+    assert!(!st.stdout.contains("NOT via"), "{}", st.stdout);
+    assert_eq!(vm_rules(&lab), vm_before, "status changed the VM");
+
+    let opened = up(&lab, &["--open-vm-firewall"]).ok();
+    for ip in [ip, ip2] {
+        assert_eq!(
+            lab.http_from_host(ip).as_deref(),
+            Some(PAGE),
+            "{ip}: {}",
+            opened.stderr
+        );
+    }
+    let rules = marked(&lab);
+    assert_eq!(rules.len(), 2, "{rules:?}");
+    for r in &rules {
+        assert!(
+            r.starts_with(&format!("-A DOCKER-USER -s {HOST_IP}/32 -d 172."))
+                && r.contains(&format!("-i {VM_IF} ")),
+            "{r}"
+        );
+    }
+    // the helper containers are gone
+    assert_eq!(
+        lab.docker_ok(&["ps", "-aq", "--filter", "label=dockroute"]),
+        ""
+    );
+    let st = lab.dockroute(&["status"]);
+    assert_eq!(st.code, 0, "status: {}{}", st.stdout, st.stderr);
+    // a second up inserts nothing twice
+    up(&lab, &["--open-vm-firewall"]).ok();
+    assert_eq!(marked(&lab), rules);
+
+    down_restores_both(lab, &host_before, &vm_before, machine);
+}
+
+/// Docker 28's raw drops (written as Docker writes them), forwarding on: the accept goes in the
+/// raw table where the drops are, `status` names allow-direct-routing's alternative, and `down`
+/// restores the VM byte for byte.
+#[test]
+fn raw_drops_are_opened_where_they_are_and_down_restores_the_vm() {
+    if !privileged() {
+        return;
+    }
+    let machine = Untouched::now();
+    let lab = DockerLab::with_forwarding();
+    lab.run("web", None, &[]);
+    let ip = lab.container_ip("web");
+    lab.docker28_raw_drop(ip, "docker0");
+    let vm_before = vm_rules(&lab);
+    let host_before = lab.host_state();
+    up(&lab, &[]).ok();
+    assert_eq!(
+        lab.http_from_host(ip),
+        None,
+        "{ip} answered through the raw drop"
+    );
+    let st = lab.dockroute(&["status"]);
+    assert_eq!(st.code, 3, "status: {}{}", st.stdout, st.stderr);
+    assert!(
+        st.stderr.contains("the VM's Docker drops routed traffic"),
+        "{}",
+        st.stderr
+    );
+
+    up(&lab, &["--open-vm-firewall"]).ok();
+    assert_eq!(lab.http_from_host(ip).as_deref(), Some(PAGE), "{ip}");
+    let raw = lab.vm_iptables(&["-t", "raw", "-S", "PREROUTING"]);
+    assert!(
+        raw.lines()
+            .nth(1)
+            .is_some_and(|l| l.contains("dockroute") && l.contains("ACCEPT")),
+        "the accept is not above Docker's drop: {raw}"
+    );
+
+    down_restores_both(lab, &host_before, &vm_before, machine);
+}
+
+/// dockerd restarted, and the VM's DOCKER-USER chain emptied as a rebooted VM's would be: the
+/// next `up` (the boot job's bare one, replaying the recorded flags) inserts the accepts again,
+/// once.
+#[test]
+fn accepts_are_reapplied_after_dockerd_restarts() {
+    if !privileged() {
+        return;
+    }
+    let machine = Untouched::now();
+    let lab = DockerLab::new();
+    lab.run("web", None, &[]);
+    up(&lab, &["--open-vm-firewall"]).ok();
+    let rules = marked(&lab);
+    assert_eq!(rules.len(), 1, "{rules:?}");
+
+    lab.restart_dockerd();
+    lab.docker_ok(&["start", "web"]);
+    lab.vm_iptables(&["-F", "DOCKER-USER"]);
+    lab.vm_iptables(&["-A", "DOCKER-USER", "-j", "RETURN"]);
+    let ip = lab.container_ip("web");
+    assert_eq!(
+        lab.http_from_host(ip),
+        None,
+        "{ip} answered without the accept"
+    );
+    lab.dockroute(&["up"]).ok();
+    assert_eq!(marked(&lab), rules);
+    assert_eq!(lab.http_from_host(ip).as_deref(), Some(PAGE), "{ip}");
+
+    lab.dockroute(&["down"]).ok();
+    assert!(marked(&lab).is_empty(), "{:?}", marked(&lab));
+    lab.remove();
+    machine.check();
+}
+
+/// A VM without the helper image and without a registry: `up --open-vm-firewall` routes all
+/// the same and says which option to use; nothing is changed in the VM.
+#[test]
+fn a_missing_helper_image_is_a_clear_warning_naming_the_option() {
+    if !privileged() {
+        return;
+    }
+    let machine = Untouched::now();
+    let lab = DockerLab::with_forwarding();
+    let vm_before = vm_rules(&lab);
+    let r = up(
+        &lab,
+        &[
+            "--open-vm-firewall",
+            "--helper-image",
+            "dockroute-test/none:1",
+        ],
+    )
+    .ok();
+    assert!(r.stderr.contains("--helper-image IMAGE"), "{}", r.stderr);
+    assert_eq!(vm_rules(&lab), vm_before);
+    lab.dockroute(&["down"]).ok();
+    lab.remove();
+    machine.check();
+}
