@@ -444,6 +444,12 @@ fn an_engine_not_reached_keeps_the_networks_the_last_up_routed() {
 
     drop(engine); // nothing listens on its socket any more
     let run = lab.dockroute(&["up"]).ok();
+    assert!(reaches(&lab), "the container was cut off");
+    assert_eq!(
+        lab.snapshot(),
+        routed,
+        "the last up's networks were withdrawn"
+    );
     assert!(
         run.stderr.contains("was not reached")
             && run
@@ -452,12 +458,6 @@ fn an_engine_not_reached_keeps_the_networks_the_last_up_routed() {
         "{}",
         run.stderr
     );
-    assert_eq!(
-        lab.snapshot(),
-        routed,
-        "the last up's networks were withdrawn"
-    );
-    assert!(reaches(&lab), "the container was cut off");
     let status = lab.dockroute(&["status"]).stdout;
     for want in [
         "WARNING not reached",
