@@ -220,10 +220,8 @@ fn every_bridge_network_is_routed_and_down_removes_it() {
         return;
     }
     let lab = Lab::new();
-    // a container on a compose network: an address on the VM's bridge with a TCP echo service
-    lab_ip_vm(&lab, "addr add 172.18.0.2/16 dev docker0");
-    echo_in(&vm(&lab), "172.18.0.2:7000");
-    let reaches = |lab: &Lab| lab.in_host(|| echo("172.18.0.2:7000"));
+    compose_container(&lab);
+    let reaches = reaches_compose_container;
     let before = lab.snapshot();
     assert!(!reaches(&lab), "reachable before up?");
 
@@ -298,6 +296,17 @@ fn every_bridge_network_is_routed_and_down_removes_it() {
         "down did not restore the state byte for byte"
     );
     assert!(!reaches(&lab));
+}
+
+/// A container on a compose network (172.18.0.0/16): an address on the VM's bridge with a TCP
+/// echo service.
+fn compose_container(lab: &Lab) {
+    lab_ip_vm(lab, "addr add 172.18.0.2/16 dev docker0");
+    echo_in(&vm(lab), "172.18.0.2:7000");
+}
+
+fn reaches_compose_container(lab: &Lab) -> bool {
+    lab.in_host(|| echo("172.18.0.2:7000"))
 }
 
 fn lab_ip_vm(lab: &Lab, args: &str) {
@@ -429,9 +438,8 @@ fn an_engine_not_reached_keeps_the_networks_the_last_up_routed() {
         return;
     }
     let lab = Lab::new();
-    lab_ip_vm(&lab, "addr add 172.18.0.2/16 dev docker0");
-    echo_in(&vm(&lab), "172.18.0.2:7000");
-    let reaches = |lab: &Lab| lab.in_host(|| echo("172.18.0.2:7000"));
+    compose_container(&lab);
+    let reaches = reaches_compose_container;
     let before = lab.snapshot();
     let engine = FakeEngine::start(lab.dir.path(), Answer::Networks(normal_networks()));
     lab.dockroute(&["up", "--vm-ip", VM_IP, "--docker", &engine.url()])
