@@ -313,23 +313,22 @@ mod tests {
             source: endpoint::Source::Flag,
             endpoint: Endpoint::Unix { path: path.into() },
         };
+        // built from an empty report, so fields added later keep their defaults
+        let empty = || list(Choice::Unset { tried: Vec::new() }, &Host::default());
         let last = Report {
             engine: at("/run/docker.sock"),
             version: Some(EngineVersion::default()),
-            unreached: None,
             routed: vec![Network {
                 name: "app_default".into(),
                 id: "a".repeat(64),
                 subnet: "172.18.0.0/16".parse().unwrap(),
             }],
-            skipped: Vec::new(),
+            ..empty()
         };
         let unreached = |path: &str| Report {
             engine: at(path),
-            version: None,
             unreached: Some("the engine did not answer within 5 s".into()),
-            routed: Vec::new(),
-            skipped: Vec::new(),
+            ..empty()
         };
         let kept = unreached("/run/docker.sock").or_last(Some(&last), &Host::default());
         assert_eq!(kept.routed, last.routed);
