@@ -138,11 +138,7 @@ fn docker_text(s: &mut String, d: &crate::docker::Report, head: &str) {
     };
     let _ = writeln!(s, "{head:<12} {engine}{version}");
     if let Some(why) = &d.unreached {
-        let _ = writeln!(
-            s,
-            "{:<12} WARNING not reached: {why}; only the fixed subnets are routed",
-            ""
-        );
+        let _ = writeln!(s, "{:<12} WARNING not reached: {why}; {}", "", d.fallback());
     }
     for n in &d.routed {
         let _ = writeln!(s, "{:<12} routed {n}", "");

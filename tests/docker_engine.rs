@@ -220,10 +220,8 @@ fn every_bridge_network_is_routed_and_down_removes_it() {
         return;
     }
     let lab = Lab::new();
-    // a container on a compose network: an address on the VM's bridge with a TCP echo service
-    lab_ip_vm(&lab, "addr add 172.18.0.2/16 dev docker0");
-    echo_in(&vm(&lab), "172.18.0.2:7000");
-    let reaches = |lab: &Lab| lab.in_host(|| echo("172.18.0.2:7000"));
+    compose_container(&lab);
+    let reaches = reaches_compose_container;
     let before = lab.snapshot();
     assert!(!reaches(&lab), "reachable before up?");
 
@@ -298,6 +296,17 @@ fn every_bridge_network_is_routed_and_down_removes_it() {
         "down did not restore the state byte for byte"
     );
     assert!(!reaches(&lab));
+}
+
+/// A container on a compose network (172.18.0.0/16): an address on the VM's bridge with a TCP
+/// echo service.
+fn compose_container(lab: &Lab) {
+    lab_ip_vm(lab, "addr add 172.18.0.2/16 dev docker0");
+    echo_in(&vm(lab), "172.18.0.2:7000");
+}
+
+fn reaches_compose_container(lab: &Lab) -> bool {
+    lab.in_host(|| echo("172.18.0.2:7000"))
 }
 
 fn lab_ip_vm(lab: &Lab, args: &str) {
@@ -417,6 +426,58 @@ fn an_unreachable_engine_leaves_up_routing_the_fixed_subnets_with_a_warning() {
     assert!(status.contains("WARNING not reached"), "{status}");
     lab.dockroute(&["down"]).ok();
     assert_eq!(lab.snapshot(), before);
+}
+
+/// The engine stops answering after an `up` routed its networks (a VPN's kill switch blocks its
+/// port until `up`, run by the VPN's hook, repairs the firewall; the VM is busy): the next `up`
+/// keeps the networks the last one routed, with a warning, instead of cutting their containers
+/// off. `down` still removes everything.
+#[test]
+fn an_engine_not_reached_keeps_the_networks_the_last_up_routed() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    compose_container(&lab);
+    let reaches = reaches_compose_container;
+    let before = lab.snapshot();
+    let engine = FakeEngine::start(lab.dir.path(), Answer::Networks(normal_networks()));
+    lab.dockroute(&["up", "--vm-ip", VM_IP, "--docker", &engine.url()])
+        .ok();
+    assert!(
+        reaches(&lab),
+        "the compose network's container is not reached"
+    );
+    let routed = lab.snapshot();
+
+    drop(engine); // nothing listens on its socket any more
+    let run = lab.dockroute(&["up"]).ok();
+    assert!(reaches(&lab), "the container was cut off");
+    assert_eq!(
+        lab.snapshot(),
+        routed,
+        "the last up's networks were withdrawn"
+    );
+    assert!(
+        run.stderr.contains("was not reached")
+            && run
+                .stderr
+                .contains("keeping the 2 network(s) the last up routed"),
+        "{}",
+        run.stderr
+    );
+    let status = lab.dockroute(&["status"]).stdout;
+    for want in [
+        "WARNING not reached",
+        "keeping the 2 network(s)",
+        "routed 172.18.0.0/16 app_default",
+    ] {
+        assert!(status.contains(want), "{want:?} not in:\n{status}");
+    }
+
+    lab.dockroute(&["down"]).ok();
+    assert_eq!(lab.snapshot(), before, "down left something behind");
+    assert!(!reaches(&lab));
 }
 
 /// `openssl ARGS` in `dir`, which must succeed.

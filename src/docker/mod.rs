@@ -126,8 +126,47 @@ impl Report {
             _ => String::new(),
         };
         Some(format!(
-            "Docker: the engine{at} was not reached: {why}; routing the fixed subnets only"
+            "Docker: the engine{at} was not reached: {why}; {}",
+            self.fallback()
         ))
+    }
+
+    /// What an engine not reached leaves routed: the networks the last `up` routed
+    /// ([`Report::or_last`]), or the fixed subnets only.
+    pub fn fallback(&self) -> String {
+        match self.routed.len() {
+            0 => "routing the fixed subnets only".into(),
+            n => format!("keeping the {n} network(s) the last up routed"),
+        }
+    }
+
+    /// This `up`'s report; but when the engine was not reached (or its answer refused) and the
+    /// last `up` routed networks of the same endpoint, those networks, checked again against
+    /// `host`, with the warning kept. Their containers are most likely still there (a VPN's kill
+    /// switch blocks the engine's port until this very `up` repairs the firewall; the VM is
+    /// busy), and withdrawing their routes would cut them off. The next `up` that reaches the
+    /// engine lists again.
+    pub fn or_last(self, last: Option<&Report>, host: &Host) -> Report {
+        let Some(why) = self.unreached.clone() else {
+            return self;
+        };
+        match last {
+            Some(l)
+                if !l.routed.is_empty()
+                    && l.endpoint().is_some()
+                    && l.endpoint() == self.endpoint() =>
+            {
+                let mut kept = l.again(host);
+                kept.engine = self.engine;
+                kept.version = None;
+                kept.unreached = Some(match kept.unreached {
+                    Some(refused) => format!("{why}; {refused}"),
+                    None => why,
+                });
+                kept
+            }
+            _ => self,
+        }
     }
 }
 
@@ -286,6 +325,54 @@ mod tests {
         );
         assert!(r.routed.is_empty());
         assert!(r.warning().unwrap().contains("was not reached"), "{r:?}");
+    }
+
+    #[test]
+    fn an_engine_not_reached_keeps_the_last_ups_networks_of_the_same_endpoint() {
+        let at = |path: &str| Choice::At {
+            source: endpoint::Source::Flag,
+            endpoint: Endpoint::Unix { path: path.into() },
+        };
+        // built from an empty report, so fields added later keep their defaults
+        let empty = || list(Choice::Unset { tried: Vec::new() }, &Host::default());
+        let last = Report {
+            engine: at("/run/docker.sock"),
+            version: Some(EngineVersion::default()),
+            routed: vec![Network {
+                name: "app_default".into(),
+                id: "a".repeat(64),
+                subnet: "172.18.0.0/16".parse().unwrap(),
+            }],
+            ..empty()
+        };
+        let unreached = |path: &str| Report {
+            engine: at(path),
+            unreached: Some("the engine did not answer within 5 s".into()),
+            ..empty()
+        };
+        let kept = unreached("/run/docker.sock").or_last(Some(&last), &Host::default());
+        assert_eq!(kept.routed, last.routed);
+        assert!(kept.warning().unwrap().contains("keeping the 1 network(s)"));
+        // another engine, no last up, or an engine that answered: nothing kept
+        let other = unreached("/other.sock").or_last(Some(&last), &Host::default());
+        assert!(other.routed.is_empty());
+        assert!(other.warning().unwrap().contains("fixed subnets only"));
+        assert!(
+            unreached("/run/docker.sock")
+                .or_last(None, &Host::default())
+                .routed
+                .is_empty()
+        );
+        let answered = Report {
+            routed: Vec::new(),
+            ..last.clone()
+        };
+        assert!(
+            answered
+                .or_last(Some(&last), &Host::default())
+                .routed
+                .is_empty()
+        );
     }
 
     #[test]

@@ -344,7 +344,8 @@ fn withdraw(d: &DnsState) -> bool {
 }
 
 /// Docker's networks: ask the engine the settings lead to (once; one that cannot be reached is
-/// a warning) and add the subnets it may route to `target`'s.
+/// a warning, and the networks the last `up` routed for it stay routed) and add the subnets it
+/// may route to `target`'s.
 async fn with_docker<N: Net>(
     net: &mut N,
     settings: &Settings,
@@ -361,13 +362,10 @@ async fn with_docker<N: Net>(
         _ => Vec::new(),
     };
     let host = docker::networks::Host::new(&links, target.host_net(), &target.subnets);
-    let recorded = match settings.docker_listing {
-        docker::Listing::Ask => None,
-        docker::Listing::Recorded => store.load().ok().flatten().and_then(|r| r.docker),
-    };
-    let report = match recorded {
-        Some(r) if r.engine == choice => r.again(&host),
-        _ => docker::list(choice, &host),
+    let last = store.load().ok().flatten().and_then(|r| r.docker);
+    let report = match (settings.docker_listing, last) {
+        (docker::Listing::Recorded, Some(r)) if r.engine == choice => r.again(&host),
+        (_, last) => docker::list(choice, &host).or_last(last.as_ref(), &host),
     };
     if let Some(w) = report.warning() {
         tracing::warn!("{w}");
