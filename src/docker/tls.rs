@@ -58,7 +58,7 @@ pub fn config(files: &TlsFiles) -> Result<Config, DockerError> {
 /// x86_64 from about 2014 on (Broadwell; not Haswell, which lacks ADX), any Apple silicon.
 fn cpu_supported() -> Result<(), DockerError> {
     #[cfg(target_arch = "x86_64")]
-    let missing: Vec<&str> = [
+    let has = [
         ("aes", std::arch::is_x86_feature_detected!("aes")),
         (
             "pclmulqdq",
@@ -70,25 +70,23 @@ fn cpu_supported() -> Result<(), DockerError> {
         ("bmi1", std::arch::is_x86_feature_detected!("bmi1")),
         ("bmi2", std::arch::is_x86_feature_detected!("bmi2")),
         ("adx", std::arch::is_x86_feature_detected!("adx")),
-    ]
-    .into_iter()
-    .filter_map(|(name, has)| (!has).then_some(name))
-    .collect();
+    ];
     #[cfg(target_arch = "aarch64")]
-    let missing: Vec<&str> = [
+    let has = [
         ("neon", std::arch::is_aarch64_feature_detected!("neon")),
         ("aes", std::arch::is_aarch64_feature_detected!("aes")),
         ("pmull", std::arch::is_aarch64_feature_detected!("pmull")),
         ("sha2", std::arch::is_aarch64_feature_detected!("sha2")),
-    ]
-    .into_iter()
-    .filter_map(|(name, has)| (!has).then_some(name))
-    .collect();
+    ];
+    let missing: Vec<&str> = has
+        .into_iter()
+        .filter_map(|(name, has)| (!has).then_some(name))
+        .collect();
     if missing.is_empty() {
         Ok(())
     } else {
         Err(DockerError::Tls(format!(
-            "this CPU lacks {} that dockroute's TLS client needs; give the engine's plain port with --docker tcp://IP:2375 or a unix socket",
+            "this CPU lacks the {} instructions that dockroute's TLS client (graviola) needs; give the engine's plain port with --docker tcp://IP:2375 or a unix socket",
             missing.join(", ")
         )))
     }
