@@ -494,39 +494,58 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-/// A key pair and a certificate signed by ca.pem in `dir`, named NAME-key.pem and NAME.pem.
-fn signed(dir: &Path, name: &str, ext: Option<&str>) {
-    let (key, csr, cert) = (
+/// The key type of a certificate: docker-machine makes RSA 2048 keys (the private key in a
+/// PKCS#1 file, "RSA PRIVATE KEY"); a context's TLS files are often ECDSA P-256.
+#[derive(Clone, Copy, Debug)]
+enum Key {
+    Rsa,
+    Ecdsa,
+}
+
+impl Key {
+    fn newkey(self) -> &'static [&'static str] {
+        match self {
+            Key::Rsa => &["-newkey", "rsa:2048"],
+            Key::Ecdsa => &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"],
+        }
+    }
+}
+
+/// A self-signed CA in `dir`: NAME.pem and NAME-key.pem.
+fn ca(dir: &Path, name: &str, key: Key) {
+    let (key_file, cert) = (format!("{name}-key.pem"), format!("{name}.pem"));
+    let mut args = vec!["req", "-x509"];
+    args.extend(key.newkey());
+    args.extend([
+        "-nodes", "-keyout", &key_file, "-out", &cert, "-subj", "/CN=ca", "-days", "2",
+    ]);
+    openssl(dir, &args);
+}
+
+/// A key pair and a certificate signed by the CA `ca` (CA.pem, CA-key.pem) in `dir`, named
+/// NAME-key.pem and NAME.pem.
+fn signed(dir: &Path, ca: &str, name: &str, key: Key, ext: Option<&str>) {
+    let (key_file, csr, cert, ca_cert, ca_key) = (
         format!("{name}-key.pem"),
         format!("{name}.csr"),
         format!("{name}.pem"),
+        format!("{ca}.pem"),
+        format!("{ca}-key.pem"),
     );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            &format!("/CN={name}"),
-        ],
-    );
+    let subj = format!("/CN={name}");
+    let mut args = vec!["req"];
+    args.extend(key.newkey());
+    args.extend(["-nodes", "-keyout", &key_file, "-out", &csr, "-subj", &subj]);
+    openssl(dir, &args);
     let mut args = vec![
         "x509",
         "-req",
         "-in",
         &csr,
         "-CA",
-        "ca.pem",
+        &ca_cert,
         "-CAkey",
-        "ca-key.pem",
+        &ca_key,
         "-CAcreateserial",
         "-out",
         &cert,
@@ -550,11 +569,23 @@ impl Drop for Killed {
     }
 }
 
-#[test]
-fn a_docker_machine_engine_is_asked_over_tls_with_the_machine_certificates() {
-    if !privileged() {
-        return;
-    }
+/// Whose certificate the engine shows.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Engine {
+    /// One from the machine's CA, naming the machine's IP.
+    Trusted,
+    /// One from another CA (naming the machine's IP).
+    OtherCa,
+    /// One from the machine's CA naming another IP.
+    OtherIp,
+}
+
+/// `dockroute up --machine dev` against docker-machine's store with `key`-type certificates and
+/// an engine (openssl's TLS server in the VM, requiring a client certificate from the machine's
+/// CA) showing `engine`'s certificate: a trusted engine's network is routed, any other engine is
+/// not reached (the fixed subnets are routed all the same); `down` restores the kernel.
+fn machine_engine_over_tls(key: Key, engine: Engine) {
+    let what = format!("{key:?} {engine:?}");
     let lab = Lab::new();
     let before = lab.snapshot();
     // docker-machine's store: the machine's config and the client's TLS files
@@ -566,30 +597,47 @@ fn a_docker_machine_engine_is_asked_over_tls_with_the_machine_certificates() {
         format!(r#"{{"Driver":{{"IPAddress":"{VM_IP}"}},"DriverName":"virtualbox"}}"#),
     )
     .unwrap();
-    openssl(
+    ca(&m, "ca", key);
+    ca(&m, "other-ca", key);
+    let (server_ca, server_ip) = match engine {
+        Engine::Trusted => ("ca", VM_IP),
+        Engine::OtherCa => ("other-ca", VM_IP),
+        Engine::OtherIp => ("ca", "192.168.99.101"),
+    };
+    signed(
         &m,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "ca-key.pem",
-            "-out",
-            "ca.pem",
-            "-subj",
-            "/CN=ca",
-            "-days",
-            "2",
-        ],
+        server_ca,
+        "server",
+        key,
+        Some(&format!("subjectAltName=IP:{server_ip}\n")),
     );
-    signed(&m, "server", Some(&format!("subjectAltName=IP:{VM_IP}\n")));
-    signed(&m, "client", Some("extendedKeyUsage=clientAuth\n"));
+    signed(
+        &m,
+        "ca",
+        "client",
+        key,
+        Some("extendedKeyUsage=clientAuth\n"),
+    );
     std::fs::rename(m.join("client.pem"), m.join("cert.pem")).unwrap();
-    std::fs::rename(m.join("client-key.pem"), m.join("key.pem")).unwrap();
+    match key {
+        // as docker-machine writes it: PKCS#1
+        Key::Rsa => {
+            openssl(
+                &m,
+                &[
+                    "rsa",
+                    "-in",
+                    "client-key.pem",
+                    "-traditional",
+                    "-out",
+                    "key.pem",
+                ],
+            );
+            let pem = std::fs::read_to_string(m.join("key.pem")).unwrap();
+            assert!(pem.starts_with("-----BEGIN RSA PRIVATE KEY-----"), "{pem}");
+        }
+        Key::Ecdsa => std::fs::rename(m.join("client-key.pem"), m.join("key.pem")).unwrap(),
+    }
     // the engine: openssl's TLS server in the VM, requiring a client certificate from the CA and
     // answering GET /PATH with the file PATH
     let www = lab.dir.path().join("www");
@@ -635,7 +683,7 @@ fn a_docker_machine_engine_is_asked_over_tls_with_the_machine_certificates() {
         std::thread::sleep(std::time::Duration::from_millis(50));
         in_lab_vm_listens(&lab, 2376)
     });
-    assert!(listening, "openssl s_server did not start");
+    assert!(listening, "{what}: openssl s_server did not start");
 
     let run = lab
         .dockroute_env(
@@ -646,20 +694,65 @@ fn a_docker_machine_engine_is_asked_over_tls_with_the_machine_certificates() {
     let out = run.json();
     assert_eq!(
         out["docker"]["engine"]["source"]["type"], "machine",
-        "{out}"
-    );
-    assert_eq!(
-        out["docker"]["routed"][0]["subnet"], "172.18.0.0/16",
-        "{}",
-        run.stderr
+        "{what}: {out}"
     );
     let routes = lab.ip("route show table all");
-    assert!(
-        routes.contains("172.18.0.0/16 via 192.168.99.100"),
-        "{routes}"
-    );
+    if engine == Engine::Trusted {
+        assert_eq!(
+            out["docker"]["routed"][0]["subnet"], "172.18.0.0/16",
+            "{what}: {}",
+            run.stderr
+        );
+        assert!(
+            routes.contains("172.18.0.0/16 via 192.168.99.100"),
+            "{what}: {routes}"
+        );
+    } else {
+        assert!(
+            run.stderr.contains("was not reached")
+                && run.stderr.contains("routing the fixed subnets only"),
+            "{what}: {}",
+            run.stderr
+        );
+        // rustls's verdict on the engine's certificate
+        assert!(
+            run.stderr.contains("invalid peer certificate"),
+            "{what}: {}",
+            run.stderr
+        );
+        assert!(!routes.contains("172.18.0.0/16"), "{what}: {routes}");
+        assert!(
+            lab.reaches_container(),
+            "{what}: the fixed subnet is not routed"
+        );
+    }
     lab.dockroute(&["down"]).ok();
-    assert_eq!(lab.snapshot(), before);
+    assert_eq!(lab.snapshot(), before, "{what}: down left something behind");
+}
+
+#[test]
+fn a_docker_machine_engine_is_asked_over_tls_with_the_machine_certificates() {
+    if !privileged() {
+        return;
+    }
+    machine_engine_over_tls(Key::Rsa, Engine::Trusted);
+}
+
+#[test]
+fn an_engine_with_ecdsa_certificates_is_asked_over_tls() {
+    if !privileged() {
+        return;
+    }
+    machine_engine_over_tls(Key::Ecdsa, Engine::Trusted);
+}
+
+#[test]
+fn a_tls_engine_whose_certificate_is_not_from_the_sources_ca_or_names_another_ip_is_not_asked() {
+    if !privileged() {
+        return;
+    }
+    machine_engine_over_tls(Key::Rsa, Engine::OtherCa);
+    machine_engine_over_tls(Key::Ecdsa, Engine::OtherIp);
 }
 
 fn in_lab_vm_listens(lab: &Lab, port: u16) -> bool {

@@ -10,7 +10,10 @@ pub mod endpoint;
 pub mod helper;
 pub mod networks;
 pub mod sources;
-#[cfg_attr(not(target_os = "linux"), path = "tls_unsupported.rs")]
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    path = "tls_unsupported.rs"
+)]
 mod tls;
 pub mod vmfilter;
 

@@ -1,5 +1,5 @@
-//! No TLS client on this platform yet (ring's C build cannot be cross-checked from Linux for
-//! macOS); a TLS endpoint is reported as not reached, with this reason.
+//! No TLS client on this CPU architecture (graviola, the TLS client's cryptography, is written
+//! for x86_64 and aarch64 only); a TLS endpoint is reported as not reached, with this reason.
 
 use super::DockerError;
 use super::endpoint::TlsFiles;
@@ -12,7 +12,7 @@ pub enum Config {}
 
 pub fn config(_files: &TlsFiles) -> Result<Config, DockerError> {
     Err(DockerError::Tls(
-        "this build of dockroute has no TLS client on this system yet; give the engine's plain port with --docker tcp://IP:2375 or a unix socket".into(),
+        "this build of dockroute has no TLS client on this CPU architecture; give the engine's plain port with --docker tcp://IP:2375 or a unix socket".into(),
     ))
 }
 
