@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod endpoint;
+pub mod events;
 pub mod networks;
 pub mod sources;
 #[cfg_attr(not(target_os = "linux"), path = "tls_unsupported.rs")]
@@ -45,13 +46,21 @@ pub struct EngineVersion {
     pub api: Option<String>,
 }
 
-/// A Docker engine, as dockroute asks it. `networks` is what `up` lists; a `watch` event stream
-/// and a containers list (for names) are the next methods beside it.
+/// A Docker engine, as dockroute asks it. `networks` is what `up` lists; `events` is what
+/// `watch` follows.
 pub trait Engine {
     /// Reach the engine and learn its version (agreeing on the API version to speak).
     fn version(&mut self) -> impl Future<Output = Result<EngineVersion, DockerError>>;
     /// Every network the engine has, as it describes them (unchecked).
     fn networks(&mut self) -> impl Future<Output = Result<Vec<Listed>, DockerError>>;
+    /// The engine's event stream, open until the engine ends it ([`events`]).
+    fn events(&mut self) -> impl Future<Output = Result<events::Events, DockerError>> {
+        async {
+            Err(DockerError::Engine(
+                "this engine has no event stream".into(),
+            ))
+        }
+    }
 }
 
 /// Whether `up` asks the engine, or goes by the networks the last `up` recorded (`watch` after
