@@ -8,82 +8,34 @@
 mod common;
 
 use common::docker_lab::{DockerLab, PAGE, Untouched};
+use common::watch::{Watch, eventually};
 use common::{VM_IP, privileged};
-use std::io::{BufRead, BufReader};
-use std::process::Child;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Generous: each step is a reconcile away, but a loaded CI machine is slow, and a reconnect
 /// waits out the back-off (at most 30 s).
 const WAIT: Duration = Duration::from_secs(60);
 
-/// `dockroute watch` in the lab's host namespace, its stderr collected; killed on drop.
-struct Watch {
-    child: Child,
-    log: Arc<Mutex<String>>,
+/// `watch --docker` the lab's engine over TCP.
+fn watch(lab: &DockerLab) -> Watch {
+    let docker = lab.tcp_url();
+    Watch::start(
+        lab,
+        &["--vm-ip", VM_IP, "--dns", "off", "--docker", &docker],
+    )
 }
 
-impl Watch {
-    fn start(lab: &DockerLab) -> Watch {
-        let docker = lab.tcp_url();
-        let args = [
-            "watch", "--vm-ip", VM_IP, "--dns", "off", "--docker", &docker,
-        ];
-        let mut child = lab.spawn(&args, &[("DOCKROUTE_LOG", "debug")]);
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        Watch { child, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn count(&self, needle: &str) -> usize {
-        self.log().lines().filter(|l| l.contains(needle)).count()
-    }
-
-    fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    fn wait_log(&self, needle: &str, n: usize) {
-        assert!(
-            eventually(|| self.count(needle) >= n),
-            "no '{needle}' (x{n}) in the log:\n{}",
-            self.log()
-        );
-    }
+fn running(w: &mut Watch) -> bool {
+    matches!(w.child.try_wait(), Ok(None))
 }
 
-impl Drop for Watch {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn eventually(mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// Wait until `needle` is in the log `n` times.
+fn logged(w: &Watch, needle: &str, n: usize) {
+    assert!(
+        eventually(WAIT, || w.count(needle) >= n),
+        "no '{needle}' (x{n}) in the log:\n{}",
+        w.log()
+    );
 }
 
 /// Whether the host namespace has a route for `subnet` (dockroute's table or main).
@@ -103,7 +55,7 @@ fn created_is_reached(lab: &DockerLab, w: &Watch, net: &str, subnet: &str, name:
         "{ip} in the VM"
     );
     assert!(
-        eventually(|| lab.http_from_host(ip).as_deref() == Some(PAGE)),
+        eventually(WAIT, || lab.http_from_host(ip).as_deref() == Some(PAGE)),
         "{name} on {net} ({ip}) not reached from the host:\n{}\n{}",
         lab.ip("route show table all"),
         w.log()
@@ -117,9 +69,9 @@ fn watch_routes_created_networks_withdraws_removed_ones_and_follows_dockerd_rest
     }
     let machine = Untouched::now();
     let lab = DockerLab::with_forwarding();
-    let mut w = Watch::start(&lab);
+    let mut w = watch(&lab);
     // a network created before the stream opens is listed when it opens
-    w.wait_log("watching (", 1);
+    logged(&w, "watching (", 1);
 
     // created while watch runs: routed and reached
     created_is_reached(&lab, &w, "n1", "172.31.0.0/16", "web1");
@@ -128,7 +80,7 @@ fn watch_routes_created_networks_withdraws_removed_ones_and_follows_dockerd_rest
     lab.docker_ok(&["rm", "-f", "web1"]);
     lab.network_rm("n1");
     assert!(
-        eventually(|| !routed(&lab, "172.31.0.0/16")),
+        eventually(WAIT, || !routed(&lab, "172.31.0.0/16")),
         "the removed network's route stayed:\n{}\n{}",
         lab.ip("route show table all"),
         w.log()
@@ -136,16 +88,16 @@ fn watch_routes_created_networks_withdraws_removed_ones_and_follows_dockerd_rest
 
     // dockerd restarted (the stream ends): reconnected, and a network created after it routed
     lab.restart_dockerd();
-    w.wait_log("following the engine's events again", 1);
+    logged(&w, "following the engine's events again", 1);
     created_is_reached(&lab, &w, "n2", "172.30.0.0/16", "web2");
 
     // the engine killed: watch keeps running, says so once, and comes back with the engine
     let ended = w.count("the event stream ended");
     lab.kill_dockerd();
-    w.wait_log("the event stream ended", ended + 1);
+    logged(&w, "the event stream ended", ended + 1);
     // a few tries of the back-off (0.5 s, 1 s, 2 s, ...) go by
     std::thread::sleep(Duration::from_secs(5));
-    assert!(w.running(), "watch ended with the engine:\n{}", w.log());
+    assert!(running(&mut w), "watch ended with the engine:\n{}", w.log());
     assert_eq!(
         w.count("the event stream ended"),
         ended + 1,
@@ -159,9 +111,9 @@ fn watch_routes_created_networks_withdraws_removed_ones_and_follows_dockerd_rest
         w.log()
     );
     lab.restart_dockerd();
-    w.wait_log("following the engine's events again", 2);
+    logged(&w, "following the engine's events again", 2);
     created_is_reached(&lab, &w, "n3", "172.29.0.0/16", "web3");
-    assert!(w.running());
+    assert!(running(&mut w));
     drop(w);
 
     lab.dockroute(&["down"]).ok();
