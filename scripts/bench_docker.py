@@ -17,6 +17,8 @@ import sys
 import threading
 import time
 
+from bench_watch import proc_sample  # (ticks, children's ticks, wake-ups, RSS KiB, threads)
+
 VM = "192.168.99.100"
 ENGINE = f"tcp://{VM}:2375"
 RTMGRP_IPV4_ROUTE = 0x40
@@ -174,6 +176,21 @@ def stop(p):
         p.wait(10)
 
 
+def trial(ctx, mon, ev, argv, event, route, from_event, from_return):
+    """Run `docker ARGV`; note when the route message came, after the engine's event and after
+    the command returned. 1 when either never came."""
+    ctx.docker(*argv)
+    returned = time.time_ns()
+    t_ev = ev.wait(*event)
+    t_rt = mon.wait(*route)
+    time.sleep(0.1)
+    if t_ev is None or t_rt is None:
+        return 1
+    from_event.append(t_rt - t_ev)
+    from_return.append(t_rt - returned)
+    return 0
+
+
 def follow(ctx):
     import tempfile
     mon = RouteMonitor()
@@ -183,26 +200,10 @@ def follow(ctx):
     add_ev, add_ret, del_ev, del_ret, missed = [], [], [], [], 0
     for i in range(ctx.a.creates):
         name, cidr = f"bench{i}", f"10.201.{i % 250}.0/24"
-        ctx.docker("network", "create", "--subnet", cidr, name)
-        returned = time.time_ns()
-        t_ev = ev.wait("create", name)
-        t_rt = mon.wait(RTM_NEWROUTE, cidr)
-        if t_ev is None or t_rt is None:
-            missed += 1
-        else:
-            add_ev.append(t_rt - t_ev)
-            add_ret.append(t_rt - returned)
-        time.sleep(0.1)
-        ctx.docker("network", "rm", name)
-        returned = time.time_ns()
-        t_ev = ev.wait("destroy", name)
-        t_rt = mon.wait(RTM_DELROUTE, cidr)
-        if t_ev is None or t_rt is None:
-            missed += 1
-        else:
-            del_ev.append(t_rt - t_ev)
-            del_ret.append(t_rt - returned)
-        time.sleep(0.1)
+        missed += trial(ctx, mon, ev, ("network", "create", "--subnet", cidr, name),
+                        ("create", name), (RTM_NEWROUTE, cidr), add_ev, add_ret)
+        missed += trial(ctx, mon, ev, ("network", "rm", name),
+                        ("destroy", name), (RTM_DELROUTE, cidr), del_ev, del_ret)
     stop(w)
     ev.stop()
     ctx.run(ctx.dr("down"))
@@ -265,24 +266,6 @@ def scale(ctx):
         ctx.docker("network", "rm", f"scale{j}")
 
 
-def proc_sample(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        st = f.read().rsplit(")", 1)[1].split()
-    ticks = int(st[11]) + int(st[12])
-    vol = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{tid}/status") as f:
-            for line in f:
-                if line.startswith("voluntary_ctxt_switches"):
-                    vol += int(line.split()[1])
-    rss = 0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS"):
-                rss = int(line.split()[1])
-    return ticks, vol, rss, len(os.listdir(f"/proc/{pid}/task"))
-
-
 def idle(ctx):
     import tempfile
     log = tempfile.TemporaryFile()
@@ -297,8 +280,8 @@ def idle(ctx):
     hz = os.sysconf("SC_CLK_TCK")
     print(f"`watch --docker` idle over {secs:.0f} s, the event stream open, no events:")
     print(f"  CPU ticks (utime+stime, 1/{hz} s)      {b[0] - a[0]}")
-    print(f"  wake-ups (voluntary context switches)  {b[1] - a[1]}")
-    print(f"  resident memory (VmRSS)                {b[2] / 1024:.1f} MiB ({b[3]} threads)")
+    print(f"  wake-ups (voluntary context switches)  {b[2] - a[2]}")
+    print(f"  resident memory (VmRSS)                {b[3] / 1024:.1f} MiB ({b[4]} threads)")
     sys.stdout.flush()
 
 
