@@ -216,7 +216,8 @@ pub struct Settings {
     /// `--docker`, the config key `docker`, or the engine the last `up` recorded; `None`: the
     /// other sources decide (docker::sources).
     pub docker: Option<(DockerSource, Explicit)>,
-    /// Whether `up` asks the engine for its networks (`watch` asks once, then goes by the record).
+    /// Whether `up` asks the engine for its networks (`watch` asks when Docker's events say so,
+    /// else goes by the record).
     pub docker_listing: crate::docker::Listing,
 }
 

@@ -63,9 +63,9 @@ pub trait Engine {
     }
 }
 
-/// Whether `up` asks the engine, or goes by the networks the last `up` recorded (`watch` after
-/// its first reconcile: its kernel events say nothing about Docker, and the engine is asked
-/// once per `up`).
+/// Whether `up` asks the engine, or goes by the networks the last `up` recorded (`watch`, for a
+/// reconcile that only kernel events caused: they say nothing about Docker; Docker's own events
+/// and a reopened event stream make it ask, see `watch::docker_follow`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Listing {
     #[default]
