@@ -147,8 +147,10 @@ class Ctx:
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def run(self, argv):
-        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       stdin=subprocess.DEVNULL)
+        r = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           stdin=subprocess.DEVNULL)
+        if r.returncode != 0:
+            raise SystemExit(f"bench: {' '.join(argv[3:5])}... failed:\n{r.stderr.decode()[-2000:]}")
 
 
 def start_watch(ctx, log):
