@@ -230,7 +230,8 @@ pub struct Settings {
     /// `--docker`, the config key `docker`, or the engine the last `up` recorded; `None`: the
     /// other sources decide (docker::sources).
     pub docker: Option<(DockerSource, Explicit)>,
-    /// Whether `up` asks the engine for its networks (`watch` asks once, then goes by the record).
+    /// Whether `up` asks the engine for its networks (`watch` asks when Docker's events say so,
+    /// else goes by the record).
     pub docker_listing: crate::docker::Listing,
     /// `--open-vm-firewall` (or the config key `open_vm_firewall`): the helper image to open the
     /// VM's own Docker filter with; `None`: left alone (the default).

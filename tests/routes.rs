@@ -405,3 +405,26 @@ fn a_route_in_place_of_the_main_copy_is_reported_and_left_alone() {
         "dockroute's own table still carries it"
     );
 }
+
+/// `up` with 150 subnets (Docker's networks of a busy machine: 450 route and rule changes) sends
+/// them in batches the kernel's acknowledgements fit (one datagram of them all overflowed the
+/// socket's receive buffer: ENOBUFS, and the undo failed the same way), and `down` removes them.
+#[test]
+fn up_with_150_subnets_applies_them_all_and_down_removes_them() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let before = lab.snapshot();
+    let subnets: Vec<String> = (0..150).map(|i| format!("10.203.{i}.0/24")).collect();
+    let mut args = vec!["up", "--vm-ip", VM_IP, "--dns", "off"];
+    for s in &subnets {
+        args.extend(["--subnet", s.as_str()]);
+    }
+    lab.dockroute(&args).ok();
+    // dockroute's table and main's copy for each, the host-only network's route, and a rule
+    // for each and the host-only network
+    assert_eq!(lab.tagged(), 3 * 150 + 2);
+    lab.dockroute(&["down"]).ok();
+    assert_eq!(lab.snapshot(), before);
+}

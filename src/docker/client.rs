@@ -5,6 +5,7 @@
 //! user's rights, never following a link ([`crate::machine::read_regular_file`]).
 
 use super::endpoint::Endpoint;
+use super::events::{self, Events};
 use super::networks::Listed;
 use super::tls;
 use super::{DockerError, Engine, EngineVersion};
@@ -25,6 +26,8 @@ const REQUEST_SECS: u64 = 10;
 /// A bollard client for `endpoint`.
 pub struct Client {
     pub(super) docker: Docker,
+    endpoint: Arc<Endpoint>,
+    tls: Option<Arc<tls::Config>>,
 }
 
 impl Client {
@@ -36,10 +39,11 @@ impl Client {
             _ => None,
         };
         let endpoint = Arc::new(endpoint.clone());
+        let (at, with) = (endpoint.clone(), tls.clone());
         let transport = move |req: BollardRequest| {
-            let endpoint = endpoint.clone();
-            let tls = tls.clone();
-            async move { send(&endpoint, tls, req).await }
+            let endpoint = at.clone();
+            let tls = with.clone();
+            async move { send(&endpoint, tls, req, MAX_RESPONSE).await }
         };
         let docker = Docker::connect_with_custom_transport(
             transport,
@@ -48,7 +52,11 @@ impl Client {
             bollard::API_DEFAULT_VERSION,
         )
         .map_err(|e| DockerError::Engine(e.to_string()))?;
-        Ok(Client { docker })
+        Ok(Client {
+            docker,
+            endpoint,
+            tls,
+        })
     }
 }
 
@@ -93,6 +101,30 @@ impl Engine for Client {
             })
             .collect())
     }
+
+    async fn events(&mut self) -> Result<Events, DockerError> {
+        let req = hyper::Request::builder()
+            .method(hyper::Method::GET)
+            .uri(events::path())
+            .body(bollard::body_full(Default::default()))
+            .map_err(|e| DockerError::Engine(e.to_string()))?;
+        // Open for as long as the engine runs: no cap on the whole answer, each event is capped
+        // by itself (events::Lines).
+        let answer = tokio::time::timeout(
+            super::TIMEOUT,
+            send(&self.endpoint, self.tls.clone(), req, u64::MAX),
+        )
+        .await
+        .map_err(|_| DockerError::Timeout(super::TIMEOUT))?
+        .map_err(engine_err)?;
+        if !answer.status().is_success() {
+            return Err(DockerError::Engine(format!(
+                "the engine answered {} to GET /events",
+                answer.status().as_u16()
+            )));
+        }
+        Ok(Events::new(answer.into_body()))
+    }
 }
 
 pub(super) fn engine_err(e: bollard::errors::Error) -> DockerError {
@@ -120,6 +152,7 @@ async fn send(
     endpoint: &Endpoint,
     tls: Option<Arc<tls::Config>>,
     mut req: BollardRequest,
+    limit: u64,
 ) -> Result<hyper::Response<hyper::body::Incoming>, bollard::errors::Error> {
     // origin-form, as a server behind a socket expects it
     let path = req
@@ -136,14 +169,19 @@ async fn send(
     match endpoint {
         Endpoint::Unix { path } => {
             let s = tokio::net::UnixStream::connect(path).await?;
-            exchange(Capped::new(s), req).await
+            exchange(Capped::new(s, limit), req).await
         }
         Endpoint::Tcp { addr, .. } => {
             let s = tokio::net::TcpStream::connect(addr).await?;
+            keepalive(&s);
             match tls {
-                None => exchange(Capped::new(s), req).await,
+                None => exchange(Capped::new(s, limit), req).await,
                 Some(cfg) => {
-                    exchange(tls::connect(&cfg, addr.ip(), Capped::new(s)).await?, req).await
+                    exchange(
+                        tls::connect(&cfg, addr.ip(), Capped::new(s, limit)).await?,
+                        req,
+                    )
+                    .await
                 }
             }
         }
@@ -166,15 +204,40 @@ where
     Ok(sender.send_request(req).await?)
 }
 
-/// A stream that fails once more than [`MAX_RESPONSE`] bytes have been read from it.
+/// TCP keepalive probes after 30 s of silence, every 10 s, 3 of them: a connection to a VM that
+/// stopped or slept without closing it (the event stream, which is silent while nothing happens)
+/// fails within about a minute instead of never. The kernel sends the probes; the process is
+/// not woken by them.
+fn keepalive(s: &tokio::net::TcpStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    #[cfg(target_os = "linux")]
+    let idle = setsockopt(s, sockopt::TcpKeepIdle, &30);
+    #[cfg(not(target_os = "linux"))]
+    let idle = setsockopt(s, sockopt::TcpKeepAlive, &30);
+    let set = setsockopt(s, sockopt::KeepAlive, &true)
+        .and(idle)
+        .and(setsockopt(s, sockopt::TcpKeepInterval, &10))
+        .and(setsockopt(s, sockopt::TcpKeepCount, &3));
+    if let Err(e) = set {
+        tracing::debug!("docker: TCP keepalive: {e}");
+    }
+}
+
+/// A stream that fails once more than `limit` bytes ([`MAX_RESPONSE`] for an answer) have
+/// been read from it.
 pub(super) struct Capped<S> {
     inner: S,
     read: u64,
+    limit: u64,
 }
 
 impl<S> Capped<S> {
-    fn new(inner: S) -> Self {
-        Capped { inner, read: 0 }
+    fn new(inner: S, limit: u64) -> Self {
+        Capped {
+            inner,
+            read: 0,
+            limit,
+        }
     }
 }
 
@@ -186,8 +249,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Capped<S> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        self.read += (buf.filled().len() - before) as u64;
-        if self.read > MAX_RESPONSE {
+        self.read = self
+            .read
+            .saturating_add((buf.filled().len() - before) as u64);
+        if self.read > self.limit {
             return Poll::Ready(Err(io::Error::other(format!(
                 "the engine's answer is larger than {} MiB (refused)",
                 MAX_RESPONSE >> 20

@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod endpoint;
+pub mod events;
 pub mod helper;
 pub mod networks;
 pub mod sources;
@@ -53,18 +54,26 @@ pub struct EngineVersion {
     pub api: Option<String>,
 }
 
-/// A Docker engine, as dockroute asks it. `networks` is what `up` lists; a `watch` event stream
-/// and a containers list (for names) are the next methods beside it.
+/// A Docker engine, as dockroute asks it. `networks` is what `up` lists; `events` is what
+/// `watch` follows.
 pub trait Engine {
     /// Reach the engine and learn its version (agreeing on the API version to speak).
     fn version(&mut self) -> impl Future<Output = Result<EngineVersion, DockerError>>;
     /// Every network the engine has, as it describes them (unchecked).
     fn networks(&mut self) -> impl Future<Output = Result<Vec<Listed>, DockerError>>;
+    /// The engine's event stream, open until the engine ends it ([`events`]).
+    fn events(&mut self) -> impl Future<Output = Result<events::Events, DockerError>> {
+        async {
+            Err(DockerError::Engine(
+                "this engine has no event stream".into(),
+            ))
+        }
+    }
 }
 
-/// Whether `up` asks the engine, or goes by the networks the last `up` recorded (`watch` after
-/// its first reconcile: its kernel events say nothing about Docker, and the engine is asked
-/// once per `up`).
+/// Whether `up` asks the engine, or goes by the networks the last `up` recorded (`watch`, for a
+/// reconcile that only kernel events caused: they say nothing about Docker; Docker's own events
+/// and a reopened event stream make it ask, see `watch::docker_follow`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Listing {
     #[default]

@@ -3,11 +3,13 @@
 //! IP comes from the neighbour table), nftables' change notifications (NETLINK_NETFILTER,
 //! NFNLGRP_NFTABLES; iptables-nft changes arrive there too), inotify on the config file's (and the
 //! docker-machine config.json's) directory, a signalfd for SIGTERM, SIGINT and SIGHUP, and a pipe
-//! from the thread that watches systemd-resolved on D-Bus. The poll timeout is the pacer's next
+//! from the thread that watches systemd-resolved on D-Bus, and one from the thread that follows
+//! Docker's event stream ([`super::docker_follow`]). The poll timeout is the pacer's next
 //! deadline: with nothing happening the process sleeps until the backstop. With the resolv-conf
 //! backend, the DNS probe's socket and deadline join them (see [`super::dns_health`]).
 
 use super::dns_health::{self, Prober};
+use super::docker_follow::{self, Follower};
 use super::pace::{Pacer, Timing, Verdict};
 use super::{
     Causes, FwTouched, Options, Reloader, WatchError, message_types, nft_event, rtnl_event,
@@ -114,6 +116,7 @@ struct Sources {
     nft: Option<Subscription>,
     files: FileWatch,
     resolved: Option<OwnedFd>,
+    docker: Option<Follower>,
 }
 
 impl Sources {
@@ -137,9 +140,11 @@ impl Sources {
             nft: None,
             files: FileWatch::open(&watched_files(settings))?,
             resolved: None,
+            docker: None,
         };
         s.nft = open_nft(settings);
         s.resolved = super::resolved_watch::start(settings);
+        s.docker = Follower::start(settings);
         Ok(s)
     }
 
@@ -167,6 +172,7 @@ impl Sources {
         if self.resolved.is_none() {
             self.resolved = super::resolved_watch::start(settings);
         }
+        let _ = docker_follow::retarget(&mut self.docker, settings);
     }
 }
 
@@ -193,6 +199,8 @@ struct Woken {
     sighup: bool,
     /// A watched file changed: read the settings again when the reload pace allows.
     file_changed: bool,
+    /// Docker's containers changed (started, stopped, renamed, connected).
+    containers: bool,
 }
 
 fn poll_fds<'a>(s: &'a Sources, extra: Option<BorrowedFd<'a>>) -> Vec<PollFd<'a>> {
@@ -206,6 +214,9 @@ fn poll_fds<'a>(s: &'a Sources, extra: Option<BorrowedFd<'a>>) -> Vec<PollFd<'a>
     }
     if let Some(r) = &s.resolved {
         fds.push(PollFd::new(r.as_fd(), PollFlags::POLLIN));
+    }
+    if let Some(d) = &s.docker {
+        fds.push(PollFd::new(d.fd(), PollFlags::POLLIN));
     }
     if let Some(fd) = extra {
         fds.push(PollFd::new(fd, PollFlags::POLLIN));
@@ -291,15 +302,21 @@ fn read_sources(
         }
         i += 1;
     }
-    if let Some(r) = &s.resolved
+    if let Some(r) = &s.resolved {
+        if is(i) {
+            let mut buf = [0u8; 64];
+            match nix::unistd::read(r, &mut buf) {
+                Ok(0) => s.resolved = None, // the watcher thread ended
+                Ok(_) => causes.add("systemd-resolved restarted"),
+                Err(_) => {}
+            }
+        }
+        i += 1;
+    }
+    if let Some(d) = &s.docker
         && is(i)
     {
-        let mut buf = [0u8; 64];
-        match nix::unistd::read(r, &mut buf) {
-            Ok(0) => s.resolved = None, // the watcher thread ended
-            Ok(_) => causes.add("systemd-resolved restarted"),
-            Err(_) => {}
-        }
+        woken.containers = d.drain(causes);
     }
     Ok(woken)
 }
@@ -338,7 +355,7 @@ fn reconcile(
     let started = Instant::now();
     let mut s = settings.clone();
     s.request.wait = None; // watch itself waits, on events
-    s.docker_listing = super::docker_listing(*count, last_error.is_none());
+    s.docker_listing = super::docker_listing(*count, last_error.is_none(), causes);
     if causes.routes_only() && last_error.is_none() {
         // Routes and rules changed, nothing else, and the last reconcile succeeded: the firewall
         // and its repairs are as that one left them (nftables changes are events of their own,
@@ -461,7 +478,7 @@ pub fn run(
     let mut pacer = Pacer::new(timing, Instant::now());
     pacer.ran(Instant::now(), v);
     tracing::info!(
-        "watching (rtnetlink{}{}{}, config file{}; backstop every {:.1} s)",
+        "watching (rtnetlink{}{}{}{}, config file{}; backstop every {:.1} s)",
         if sources.neighbours {
             " with neighbours"
         } else {
@@ -474,6 +491,11 @@ pub fn run(
         },
         if sources.resolved.is_some() {
             ", systemd-resolved"
+        } else {
+            ""
+        },
+        if sources.docker.is_some() {
+            ", Docker events"
         } else {
             ""
         },
@@ -521,6 +543,9 @@ pub fn run(
         let woken = read_sources(&mut sources, &ready, &mut causes, &mut fw)?;
         if let Some(sig) = woken.exit {
             return super::end(sig, carried.count, opts, &settings);
+        }
+        if woken.containers {
+            docker_follow::on_containers_changed(&settings);
         }
         if let Some((why, s)) = reloader.woken(woken.file_changed, woken.sighup, Instant::now()) {
             settings = s;

@@ -7,12 +7,15 @@
 //!   `State:/Network/Interface/IF/IPv4` and `State:/Network/Global/IPv4` (a VPN connecting);
 //! - SIGTERM, SIGINT and SIGHUP (EVFILT_SIGNAL; a no-op handler keeps them from ending the
 //!   process, and programs dockroute runs get the default action back at exec);
-//! - the config file and docker-machine's config.json, and their directories (EVFILT_VNODE).
+//! - the config file and docker-machine's config.json, and their directories (EVFILT_VNODE);
+//! - the pipe of the thread that follows Docker's event stream ([`super::docker_follow`], shared
+//!   with Linux).
 //!
 //! The timeout is the pacer's next deadline, as on Linux. pf sends no change events: a reconcile
 //! caused by routes alone leaves pf unread unless it was last read a backstop ago, and with no
 //! events the backstop (60 s) re-checks everything, pf included.
 
+use super::docker_follow::{self, Follower};
 use super::pace::{Pacer, Timing, Verdict};
 use super::rtsock::{self, Interest};
 use super::{Causes, Options, Reloader, WatchError};
@@ -35,6 +38,7 @@ const TAG_ROUTE: usize = 1;
 const TAG_STORE: usize = 2;
 const TAG_SIGNAL: usize = 3;
 const TAG_FILE: usize = 4;
+const TAG_DOCKER: usize = 5;
 
 /// Big enough for any routing message (one per read).
 const READ_BUF: usize = 4096;
@@ -313,6 +317,21 @@ struct Sources {
     store: Option<OwnedFd>,
     files: FileWatch,
     interest: Interest,
+    docker: Option<Follower>,
+}
+
+/// Follow the engine `settings` lead to, its pipe in the kqueue.
+fn follow_docker(kq: &Kqueue, settings: &Settings) -> Option<Follower> {
+    Follower::start(settings).filter(|f| {
+        kq.add(
+            f.fd().as_raw_fd() as usize,
+            libc::EVFILT_READ,
+            0,
+            TAG_DOCKER,
+        )
+        .map_err(|e| tracing::warn!("not following Docker's events: {e}"))
+        .is_ok()
+    })
 }
 
 impl Sources {
@@ -328,12 +347,14 @@ impl Sources {
                 .is_ok()
         });
         let files = FileWatch::open(&kq, watched_files(settings));
+        let docker = follow_docker(&kq, settings);
         Ok(Sources {
             kq,
             route,
             store,
             files,
             interest: interest(settings),
+            docker,
         })
     }
 
@@ -341,6 +362,19 @@ impl Sources {
     fn retarget(&mut self, settings: &Settings) {
         self.files = FileWatch::open(&self.kq, watched_files(settings));
         self.interest = interest(settings);
+        // a new follower's pipe (closing the old one took its event out of the kqueue)
+        if docker_follow::retarget(&mut self.docker, settings)
+            && let Some(f) = &self.docker
+            && let Err(e) = self.kq.add(
+                f.fd().as_raw_fd() as usize,
+                libc::EVFILT_READ,
+                0,
+                TAG_DOCKER,
+            )
+        {
+            tracing::warn!("not following Docker's events: {e}");
+            self.docker = None;
+        }
     }
 
     /// Read every message queued on the routing socket.
@@ -398,6 +432,8 @@ struct Woken {
     sighup: bool,
     /// A watched file changed: read the settings again when the reload pace allows.
     file_changed: bool,
+    /// Docker's containers changed (started, stopped, renamed, connected).
+    containers: bool,
 }
 
 fn read_sources(
@@ -423,6 +459,11 @@ fn read_sources(
         s.drain_store(causes);
     }
     woken.file_changed = has(TAG_FILE) && s.files.changed(&s.kq);
+    if has(TAG_DOCKER)
+        && let Some(d) = &s.docker
+    {
+        woken.containers = d.drain(causes);
+    }
     Ok(woken)
 }
 
@@ -447,7 +488,7 @@ fn reconcile(
     let started = Instant::now();
     let mut s = settings.clone();
     s.request.wait = None; // watch itself waits, on events
-    s.docker_listing = super::docker_listing(*count, last_error.is_none());
+    s.docker_listing = super::docker_listing(*count, last_error.is_none(), causes);
     let reads_pf =
         rtsock::reads_firewall(causes, last_error.is_some(), pf.last.elapsed(), pf.every);
     if !reads_pf {
@@ -504,9 +545,14 @@ pub fn run(
     let mut pacer = Pacer::new(timing, Instant::now());
     pacer.ran(Instant::now(), v);
     tracing::info!(
-        "watching (routing socket{}, config file; pf read at least every {:.1} s, backstop every {:.1} s)",
+        "watching (routing socket{}{}, config file; pf read at least every {:.1} s, backstop every {:.1} s)",
         if sources.store.is_some() {
             ", configd"
+        } else {
+            ""
+        },
+        if sources.docker.is_some() {
+            ", Docker events"
         } else {
             ""
         },
@@ -529,6 +575,9 @@ pub fn run(
         let woken = read_sources(&mut sources, &fired, &mut causes)?;
         if let Some(sig) = woken.exit {
             return super::end(sig, count, opts, &settings);
+        }
+        if woken.containers {
+            docker_follow::on_containers_changed(&settings);
         }
         if let Some((why, s)) = reloader.woken(woken.file_changed, woken.sighup, Instant::now()) {
             settings = s;

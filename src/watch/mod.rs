@@ -6,6 +6,7 @@
 //! loops (`rtsock` says which routing-socket messages count on macOS).
 
 pub mod dns_health;
+pub mod docker_follow;
 pub mod pace;
 pub mod rtsock;
 
@@ -304,6 +305,10 @@ impl Causes {
         self.0.is_empty()
     }
 
+    pub fn has(&self, what: &str) -> bool {
+        self.0.contains_key(what)
+    }
+
     pub fn take(&mut self) -> Causes {
         std::mem::take(self)
     }
@@ -465,11 +470,12 @@ const NFT_EVENTS: [&str; 7] = [
     "nft set changed",
 ];
 
-/// Whether reconcile number `count` asks the Docker engine: the first does (and one after a
-/// failed reconcile), the others go by the networks it recorded (kernel events say nothing about
-/// Docker's networks).
-pub(crate) fn docker_listing(count: u64, last_ok: bool) -> crate::docker::Listing {
-    if count > 1 && last_ok {
+/// Whether reconcile number `count` asks the Docker engine: the first does, one after a failed
+/// reconcile, and one caused by Docker's events (a network created or removed, the event stream
+/// opened again: [`docker_follow::relists`]); the others go by the networks the last listing
+/// recorded (kernel events say nothing about Docker's networks).
+pub(crate) fn docker_listing(count: u64, last_ok: bool, causes: &Causes) -> crate::docker::Listing {
+    if count > 1 && last_ok && !docker_follow::relists(causes) {
         crate::docker::Listing::Recorded
     } else {
         crate::docker::Listing::Ask

@@ -1,0 +1,125 @@
+//! `dockroute watch` following a real Docker engine's events (issue 17, point 3): a network
+//! created while it runs is routed and its container reached without anyone running `up`, one
+//! removed loses its route, and the event stream comes back after dockerd restarts or is killed.
+//! The VM's forwarding is on before dockerd starts, so Docker's FORWARD policy stays ACCEPT.
+
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use common::docker_lab::{DockerLab, PAGE, Untouched};
+use common::watch::{Watch, eventually};
+use common::{VM_IP, privileged};
+use std::time::Duration;
+
+/// Generous: each step is a reconcile away, but a loaded CI machine is slow, and a reconnect
+/// waits out the back-off (at most 30 s).
+const WAIT: Duration = Duration::from_secs(60);
+
+/// `watch --docker` the lab's engine over TCP.
+fn watch(lab: &DockerLab) -> Watch {
+    let docker = lab.tcp_url();
+    Watch::start(
+        lab,
+        &["--vm-ip", VM_IP, "--dns", "off", "--docker", &docker],
+    )
+}
+
+fn running(w: &mut Watch) -> bool {
+    matches!(w.child.try_wait(), Ok(None))
+}
+
+/// Wait until `needle` is in the log `n` times.
+fn logged(w: &Watch, needle: &str, n: usize) {
+    assert!(
+        eventually(WAIT, || w.count(needle) >= n),
+        "no '{needle}' (x{n}) in the log:\n{}",
+        w.log()
+    );
+}
+
+/// Whether the host namespace has a route for `subnet` (dockroute's table or main).
+fn routed(lab: &DockerLab, subnet: &str) -> bool {
+    lab.ip("route show table all").contains(subnet)
+}
+
+/// A network and a container on it, created while `watch` runs: the container answers a real
+/// HTTP exchange from the host namespace, with no `up` run by anyone.
+fn created_is_reached(lab: &DockerLab, w: &Watch, net: &str, subnet: &str, name: &str) {
+    lab.network_create(net, subnet);
+    lab.run(name, Some(net), &[]);
+    let ip = lab.container_ip(name);
+    assert_eq!(
+        lab.http_from_vm(ip).as_deref(),
+        Some(PAGE),
+        "{ip} in the VM"
+    );
+    assert!(
+        eventually(WAIT, || lab.http_from_host(ip).as_deref() == Some(PAGE)),
+        "{name} on {net} ({ip}) not reached from the host:\n{}\n{}",
+        lab.ip("route show table all"),
+        w.log()
+    );
+}
+
+#[test]
+fn watch_routes_created_networks_withdraws_removed_ones_and_follows_dockerd_restarts() {
+    if !privileged() {
+        return;
+    }
+    let machine = Untouched::now();
+    let lab = DockerLab::with_forwarding();
+    let mut w = watch(&lab);
+    // a network created before the stream opens is listed when it opens
+    logged(&w, "watching (", 1);
+
+    // created while watch runs: routed and reached
+    created_is_reached(&lab, &w, "n1", "172.31.0.0/16", "web1");
+
+    // removed: its route goes
+    lab.docker_ok(&["rm", "-f", "web1"]);
+    lab.network_rm("n1");
+    assert!(
+        eventually(WAIT, || !routed(&lab, "172.31.0.0/16")),
+        "the removed network's route stayed:\n{}\n{}",
+        lab.ip("route show table all"),
+        w.log()
+    );
+
+    // dockerd restarted (the stream ends): reconnected, and a network created after it routed
+    lab.restart_dockerd();
+    logged(&w, "following the engine's events again", 1);
+    created_is_reached(&lab, &w, "n2", "172.30.0.0/16", "web2");
+
+    // the engine killed: watch keeps running, says so once, and comes back with the engine
+    let ended = w.count("the event stream ended");
+    lab.kill_dockerd();
+    logged(&w, "the event stream ended", ended + 1);
+    // a few tries of the back-off (0.5 s, 1 s, 2 s, ...) go by
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(running(&mut w), "watch ended with the engine:\n{}", w.log());
+    assert_eq!(
+        w.count("the event stream ended"),
+        ended + 1,
+        "the loss was logged more than once:\n{}",
+        w.log()
+    );
+    assert_eq!(
+        w.count("cannot follow the engine's events"),
+        0,
+        "each failed try was logged:\n{}",
+        w.log()
+    );
+    lab.restart_dockerd();
+    logged(&w, "following the engine's events again", 2);
+    created_is_reached(&lab, &w, "n3", "172.29.0.0/16", "web3");
+    assert!(running(&mut w));
+    drop(w);
+
+    lab.dockroute(&["down"]).ok();
+    for subnet in ["172.29.0.0/16", "172.30.0.0/16"] {
+        assert!(!routed(&lab, subnet), "{subnet} routed after down");
+    }
+    lab.remove();
+    machine.check();
+}
