@@ -218,6 +218,12 @@ pub struct Settings {
     pub docker: Option<(DockerSource, Explicit)>,
     /// Whether `up` asks the engine for its networks (`watch` asks once, then goes by the record).
     pub docker_listing: crate::docker::Listing,
+    /// Whether the nameserver was given (flag or config file), not the default: only then does
+    /// `watch`'s responder forward names it does not know there.
+    pub nameserver_set: bool,
+    /// `watch`'s DNS responder, while it runs: the DNS backends point the domain here instead of
+    /// at `nameserver` (never read from a file or flag).
+    pub responder: Option<SocketAddrV4>,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -446,6 +452,7 @@ impl Settings {
             (None, Some(d)) => src.check(d, validate::domain)?,
             _ => DEFAULT_DOMAIN.to_string(),
         };
+        let nameserver_set = up.nameserver.is_some() || cfg.nameserver.is_some();
         let nameserver = match (up.nameserver, &cfg.nameserver) {
             (Some(n), _) => n,
             (None, Some(n)) => src.check(n, validate::nameserver)?,
@@ -541,6 +548,8 @@ impl Settings {
             firewall,
             docker,
             docker_listing: crate::docker::Listing::Ask,
+            nameserver_set,
+            responder: None,
         })
     }
 

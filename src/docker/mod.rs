@@ -6,6 +6,7 @@
 //! subnets are routed all the same.
 
 pub mod client;
+pub mod containers;
 pub mod endpoint;
 pub mod networks;
 pub mod sources;
@@ -52,6 +53,10 @@ pub trait Engine {
     fn version(&mut self) -> impl Future<Output = Result<EngineVersion, DockerError>>;
     /// Every network the engine has, as it describes them (unchecked).
     fn networks(&mut self) -> impl Future<Output = Result<Vec<Listed>, DockerError>>;
+    /// The running containers, as the engine describes them (unchecked: see [`containers`]).
+    fn containers(
+        &mut self,
+    ) -> impl Future<Output = Result<Vec<containers::ListedContainer>, DockerError>>;
 }
 
 /// Whether `up` asks the engine, or goes by the networks the last `up` recorded (`watch` after
@@ -222,6 +227,9 @@ mod tests {
         }
         async fn networks(&mut self) -> Result<Vec<Listed>, DockerError> {
             Ok(self.0.clone())
+        }
+        async fn containers(&mut self) -> Result<Vec<containers::ListedContainer>, DockerError> {
+            Ok(Vec::new())
         }
     }
 

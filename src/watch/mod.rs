@@ -6,6 +6,7 @@
 //! loops (`rtsock` says which routing-socket messages count on macOS).
 
 pub mod dns_health;
+pub mod names;
 pub mod pace;
 pub mod rtsock;
 

@@ -1,0 +1,220 @@
+//! Names for containers (issue 18): `watch` answers the domain from a real Docker engine in the
+//! VM (scripts/lab.sh docker-create), on 127.0.0.153:53 in the lab's host namespace, and the DNS
+//! backend points the domain there while it runs. Containers are started with compose labels,
+//! renamed, stopped and started, and connected to a second network; the names resolve through
+//! the system resolver (`getent hosts`), a TCP exchange by name works, and the end of `watch`
+//! and `down` leave the DNS configuration byte-identical to before.
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use common::docker_lab::{DockerLab, PAGE};
+use common::{VM_IP, privileged};
+use nix::sys::signal::Signal;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A running `dockroute watch`, its stderr collected; killed on drop.
+struct Watch {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Watch {
+    fn start(lab: &DockerLab, args: &[&str]) -> Watch {
+        let socket = lab.socket_url();
+        let mut all = vec!["watch", "--vm-ip", VM_IP, "--docker", &socket];
+        all.extend_from_slice(args);
+        let mut child = lab.spawn(&all, &[("DOCKROUTE_LOG", "debug")]);
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let w = Watch { child, log };
+        assert!(
+            eventually(|| w.log().contains("watching (")),
+            "watch did not start:\n{}",
+            w.log()
+        );
+        w
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn signal(&self, sig: Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, sig).expect("kill");
+    }
+
+    /// SIGTERM, and wait for the end.
+    fn end(mut self) {
+        self.signal(Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                assert!(st.success(), "watch failed:\n{}", self.log());
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("watch did not end:\n{}", self.log());
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `name` resolves (through the system resolver of the lab's host) to `ip`, or, for `None`, not
+/// at all. Until the Docker event stream calls the names' refresh, a SIGHUP (a reconcile)
+/// refreshes them.
+fn resolves(lab: &DockerLab, w: &Watch, name: &str, ip: Option<std::net::Ipv4Addr>) {
+    w.signal(Signal::SIGHUP);
+    let want = ip.map(|i| i.to_string());
+    assert!(
+        eventually(|| lab.getent(name) == want),
+        "{name}: {:?}, not {want:?}\n{}\n{}",
+        lab.getent(name),
+        std::fs::read_to_string(lab.resolv_conf()).unwrap_or_default(),
+        w.log()
+    );
+}
+
+/// `curl http://NAME/` in the lab's host namespace (its resolv.conf): a TCP exchange by name.
+fn http_by_name(lab: &DockerLab, name: &str) -> Option<String> {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.host(),
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+        ])
+        .arg(format!("http://{name}/"))
+        .output()
+        .expect("curl");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn container_names_resolve_through_resolv_conf_while_watch_runs() {
+    if !privileged() {
+        return;
+    }
+    let lab = DockerLab::with_forwarding();
+    lab.network_create("second", "172.30.0.0/16");
+    let compose = [
+        ("com.docker.compose.service", "web"),
+        ("com.docker.compose.project", "shop"),
+    ];
+    lab.run("shop-web-1", None, &compose);
+    let ip = lab.container_ip("shop-web-1");
+    let resolv_before = std::fs::read(lab.resolv_conf()).unwrap();
+    let before = lab.host_state();
+
+    let w = Watch::start(&lab, &["--dns", "resolv-conf"]);
+    assert!(
+        w.log().contains("DNS responder on 127.0.0.153:53"),
+        "{}",
+        w.log()
+    );
+    let resolv = std::fs::read_to_string(lab.resolv_conf()).unwrap();
+    assert!(
+        resolv.contains("nameserver 127.0.0.153\n"),
+        "resolv.conf does not name the responder:\n{resolv}"
+    );
+    resolves(&lab, &w, "web.shop.docker", Some(ip));
+    resolves(&lab, &w, "shop-web-1.docker", Some(ip));
+    assert_eq!(http_by_name(&lab, "web.shop.docker").as_deref(), Some(PAGE));
+
+    // renamed: the new name, not the old one; the service name stays
+    lab.docker_ok(&["rename", "shop-web-1", "shop-web-9"]);
+    resolves(&lab, &w, "shop-web-9.docker", Some(ip));
+    resolves(&lab, &w, "shop-web-1.docker", None);
+    resolves(&lab, &w, "web.shop.docker", Some(ip));
+
+    // connected to a second network with an alias: the alias names that address
+    lab.docker_ok(&[
+        "network",
+        "connect",
+        "--alias",
+        "api",
+        "second",
+        "shop-web-9",
+    ]);
+    let second = lab.docker_ok(&[
+        "inspect",
+        "-f",
+        "{{(index .NetworkSettings.Networks \"second\").IPAddress}}",
+        "shop-web-9",
+    ]);
+    let second: std::net::Ipv4Addr = second.parse().expect("an address on second");
+    resolves(&lab, &w, "api.docker", Some(second));
+    assert_eq!(http_by_name(&lab, "api.docker").as_deref(), Some(PAGE));
+
+    // stopped: gone; started again: back
+    lab.docker_ok(&["stop", "-t", "0", "shop-web-9"]);
+    resolves(&lab, &w, "web.shop.docker", None);
+    resolves(&lab, &w, "shop-web-9.docker", None);
+    lab.docker_ok(&["start", "shop-web-9"]);
+    let ip = lab.container_ip("shop-web-9");
+    resolves(&lab, &w, "shop-web-9.docker", Some(ip));
+    assert_eq!(
+        http_by_name(&lab, "shop-web-9.docker").as_deref(),
+        Some(PAGE)
+    );
+
+    // `status` names the responder and asks it
+    let st = lab.dockroute(&["status"]).stdout;
+    assert!(st.contains("dockroute watch's responder"), "{st}");
+
+    // watch ends: DNS is what a plain `up` sets (the VM runs no DNS server: no line at all)
+    w.end();
+    assert_eq!(
+        std::fs::read(lab.resolv_conf()).unwrap(),
+        resolv_before,
+        "resolv.conf after watch ended"
+    );
+    assert_eq!(lab.getent("web.shop.docker"), None);
+    lab.down_restores(&before);
+    assert_eq!(std::fs::read(lab.resolv_conf()).unwrap(), resolv_before);
+
+    // --down-on-exit: everything as before
+    let w = Watch::start(&lab, &["--dns", "resolv-conf", "--down-on-exit"]);
+    resolves(&lab, &w, "shop-web-9.docker", Some(ip));
+    w.end();
+    assert_eq!(std::fs::read(lab.resolv_conf()).unwrap(), resolv_before);
+    assert_eq!(lab.host_state(), before);
+    lab.remove();
+}
