@@ -101,14 +101,14 @@ mod tests {
 
     fn listed(name: &str, state: &str, addr: &str) -> ListedContainer {
         ListedContainer {
-            id: Some(format!("{name}-id")),
+            id: Some(format!("{name}{}", "0".repeat(63))),
             names: vec![format!("/{name}")],
             state: Some(state.into()),
             labels: [("com.docker.compose.service".to_string(), "web".to_string())].into(),
             networks: vec![ListedAttachment {
                 network: "bridge".into(),
                 address: Some(addr.into()),
-                aliases: vec!["w".into(), format!("{name}-id-and-more")[..12].to_string()],
+                aliases: vec!["w".into(), format!("{name}{}", "0".repeat(11))],
                 endpoint: None,
             }],
         }
