@@ -9,10 +9,10 @@
 mod common;
 
 use common::docker_lab::{DockerLab, PAGE};
-use common::{VM_IP, privileged};
+use common::{BIN, RESOLVECTL, VM_IP, privileged};
 use nix::sys::signal::Signal;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,27 @@ impl Watch {
         let socket = lab.socket_url();
         let mut all = vec!["watch", "--vm-ip", VM_IP, "--docker", &socket];
         all.extend_from_slice(args);
-        let mut child = lab.spawn(&all, &[("DOCKROUTE_LOG", "debug")]);
+        Watch::collect(lab.spawn(&all, &[("DOCKROUTE_LOG", "debug")]))
+    }
+
+    /// `watch` inside the namespaces of the lab's systemd-resolved (holder `h`).
+    fn in_resolved(lab: &DockerLab, h: u32, args: &[&str]) -> Watch {
+        let mut c = Command::new("nsenter");
+        c.args(["-t", &h.to_string(), "-m", "-n", BIN])
+            .arg("--config")
+            .arg(lab.config())
+            .args(["watch", "--vm-ip", VM_IP, "--docker", &lab.socket_url()])
+            .args(args)
+            .env("DOCKROUTE_STATE_DIR", lab.state_dir())
+            .env("DOCKROUTE_LOG", "debug")
+            .env_remove("DOCKER_HOST")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        Watch::collect(c.spawn().expect("spawning watch"))
+    }
+
+    fn collect(mut child: Child) -> Watch {
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(String::new()));
         let sink = log.clone();
@@ -96,12 +116,23 @@ fn eventually(mut f: impl FnMut() -> bool) -> bool {
 /// at all. Until the Docker event stream calls the names' refresh, a SIGHUP (a reconcile)
 /// refreshes them.
 fn resolves(lab: &DockerLab, w: &Watch, name: &str, ip: Option<std::net::Ipv4Addr>) {
+    resolves_by(|n| lab.getent(n), lab, w, name, ip)
+}
+
+/// [`resolves`], asking `getent`.
+fn resolves_by(
+    getent: impl Fn(&str) -> Option<String>,
+    lab: &DockerLab,
+    w: &Watch,
+    name: &str,
+    ip: Option<std::net::Ipv4Addr>,
+) {
     w.signal(Signal::SIGHUP);
     let want = ip.map(|i| i.to_string());
     assert!(
-        eventually(|| lab.getent(name) == want),
+        eventually(|| getent(name) == want),
         "{name}: {:?}, not {want:?}\n{}\n{}",
-        lab.getent(name),
+        getent(name),
         std::fs::read_to_string(lab.resolv_conf()).unwrap_or_default(),
         w.log()
     );
@@ -216,5 +247,52 @@ fn container_names_resolve_through_resolv_conf_while_watch_runs() {
     w.end();
     assert_eq!(std::fs::read(lab.resolv_conf()).unwrap(), resolv_before);
     assert_eq!(lab.host_state(), before);
+    lab.remove();
+}
+
+/// systemd-resolved (the extracted package, in the lab): the host-only link's per-link DNS names
+/// the responder with its address and port (SetLinkDNSEx) while `watch` runs, and names resolve
+/// through resolved's stub; when `watch` ends the link's DNS is what a plain `up` sets, and
+/// `down` removes it.
+#[test]
+fn container_names_resolve_through_systemd_resolved_while_watch_runs() {
+    if !privileged() {
+        return;
+    }
+    let lab = DockerLab::with_forwarding();
+    let h = lab.start_resolved();
+    let compose = [
+        ("com.docker.compose.service", "web"),
+        ("com.docker.compose.project", "shop"),
+    ];
+    lab.run("shop-web-1", None, &compose);
+    let ip = lab.container_ip("shop-web-1");
+    let link = || lab.nsenter(h, RESOLVECTL, &["status", "vboxnet0"]).stdout;
+    let getent = |name: &str| {
+        let r = lab.nsenter(h, "getent", &["hosts", name]);
+        (r.code == 0).then(|| r.stdout.split_whitespace().next().unwrap_or("").to_string())
+    };
+    let link_before = link();
+
+    let w = Watch::in_resolved(&lab, h, &["--dns", "resolved"]);
+    assert!(eventually(|| w.log().contains("watching (")), "{}", w.log());
+    assert!(
+        eventually(|| link().contains("127.0.0.153")),
+        "{}\n{}",
+        link(),
+        w.log()
+    );
+    resolves_by(getent, &lab, &w, "web.shop.docker", Some(ip));
+    resolves_by(getent, &lab, &w, "shop-web-1.docker", Some(ip));
+    lab.docker_ok(&["stop", "-t", "0", "shop-web-1"]);
+    resolves_by(getent, &lab, &w, "shop-web-1.docker", None);
+
+    // watch ends: the link names the VM's nameserver, as a plain `up` sets it
+    w.end();
+    let after = link();
+    assert!(!after.contains("127.0.0.153"), "{after}");
+    assert!(after.contains("172.17.0.1"), "{after}");
+    lab.dockroute_resolved(h, &["down"]).ok();
+    assert_eq!(link(), link_before, "down left the link's DNS changed");
     lab.remove();
 }
