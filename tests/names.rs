@@ -296,3 +296,53 @@ fn container_names_resolve_through_systemd_resolved_while_watch_runs() {
     assert_eq!(link(), link_before, "down left the link's DNS changed");
     lab.remove();
 }
+
+/// The resolver-dir backend (macOS's /etc/resolver, here a directory of the lab): the domain's
+/// file names the responder while `watch` runs, the VM's nameserver after it ends (what a plain
+/// `up` writes), and `down` leaves the directory as it was.
+#[test]
+fn the_resolver_file_names_the_responder_while_watch_runs() {
+    if !privileged() {
+        return;
+    }
+    let lab = DockerLab::with_forwarding();
+    let dir = lab.dir.path().join("resolver");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("corp.example"), "nameserver 10.0.0.53\n").unwrap();
+    let dir_arg = dir.to_str().unwrap();
+    let listing = || {
+        let mut l: Vec<(String, String)> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read_to_string(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        l.sort();
+        l
+    };
+    let before = listing();
+    let file = dir.join("docker");
+    let header = "# managed by dockroute: `dockroute down` removes this file\n";
+
+    let w = Watch::start(&lab, &["--dns", "resolver-dir", "--resolver-dir", dir_arg]);
+    assert!(
+        eventually(|| std::fs::read_to_string(&file).ok()
+            == Some(format!("{header}nameserver 127.0.0.153\n"))),
+        "{:?}\n{}",
+        std::fs::read_to_string(&file),
+        w.log()
+    );
+    w.end();
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        format!("{header}nameserver 172.17.0.1\n"),
+        "after watch: what a plain `up` writes"
+    );
+    lab.dockroute(&["down"]).ok();
+    assert_eq!(listing(), before);
+    lab.remove();
+}
