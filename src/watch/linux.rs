@@ -429,37 +429,22 @@ fn withdraw_line(settings: &Settings, store: &Store) {
     }
 }
 
-/// After a reconcile: start the responder if the engine was reached (and DNS is on), refresh
-/// its names, or stop it if the engine is another one now. Returns whether it started or
-/// stopped (then the DNS backend must point elsewhere: one more reconcile). While it runs
-/// there is no VM DNS server to probe; when it stops, probing starts again.
+/// After a reconcile: [`names::follow`]. While the responder runs there is no VM DNS server to
+/// probe; when it stops, probing starts again.
 fn follow_names(
     settings: &Settings,
     names: &mut Option<Names>,
     prober: &mut Option<Prober>,
     probe_timing: dns_health::Timing,
 ) -> bool {
-    let store = Store::new(&settings.state_dir);
-    let keep = names
-        .as_mut()
-        .map(|n| n.is_running() && n.reconciled(&store));
-    match keep {
-        Some(true) => false,
-        Some(false) => {
-            if let Some(n) = names.take() {
-                n.stop();
-            }
-            *prober = Prober::for_settings(settings, probe_timing, Instant::now());
-            true
-        }
-        None => {
-            *names = Names::start(settings, &store);
-            if names.is_some() {
-                *prober = None;
-            }
-            names.is_some()
-        }
+    let changed = names::follow(settings, names);
+    if changed {
+        *prober = match names {
+            Some(_) => None,
+            None => Prober::for_settings(settings, probe_timing, Instant::now()),
+        };
     }
+    changed
 }
 
 /// The hook for container events (start, die, stop, rename, connect, disconnect, destroy):

@@ -246,6 +246,30 @@ impl Names {
     }
 }
 
+/// After a reconcile: start the responder if the engine was reached (and DNS is on), refresh
+/// its names, or stop it if the engine is another one now (or its thread ended). Returns
+/// whether it started or stopped: then the DNS backend must point elsewhere (one more
+/// reconcile).
+pub fn follow(settings: &Settings, names: &mut Option<Names>) -> bool {
+    let store = Store::new(&settings.state_dir);
+    let keep = names
+        .as_mut()
+        .map(|n| n.is_running() && n.reconciled(&store));
+    match keep {
+        Some(true) => false,
+        Some(false) => {
+            if let Some(n) = names.take() {
+                n.stop();
+            }
+            true
+        }
+        None => {
+            *names = Names::start(settings, &store);
+            names.is_some()
+        }
+    }
+}
+
 /// `refresh_names` for the loop's container-event hook, when a responder runs.
 pub fn refresh_names(names: &mut Option<Names>) {
     if let Some(n) = names.as_mut() {
