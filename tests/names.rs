@@ -9,107 +9,41 @@
 mod common;
 
 use common::docker_lab::{DockerLab, PAGE};
+use common::watch::{Watch, eventually};
 use common::{BIN, RESOLVECTL, VM_IP, privileged};
 use nix::sys::signal::Signal;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-/// A running `dockroute watch`, its stderr collected; killed on drop.
-struct Watch {
-    child: Child,
-    log: Arc<Mutex<String>>,
+/// `watch --docker` with the lab's engine; returns once it watches.
+fn watch(lab: &DockerLab, args: &[&str]) -> Watch {
+    let socket = lab.socket_url();
+    let mut all = vec!["--vm-ip", VM_IP, "--docker", &socket];
+    all.extend_from_slice(args);
+    let w = Watch::start(lab, &all);
+    w.wait_log("watching (");
+    w
 }
 
-impl Watch {
-    fn start(lab: &DockerLab, args: &[&str]) -> Watch {
-        let socket = lab.socket_url();
-        let mut all = vec!["watch", "--vm-ip", VM_IP, "--docker", &socket];
-        all.extend_from_slice(args);
-        Watch::collect(lab.spawn(&all, &[("DOCKROUTE_LOG", "debug")]))
-    }
-
-    /// `watch` inside the namespaces of the lab's systemd-resolved (holder `h`).
-    fn in_resolved(lab: &DockerLab, h: u32, args: &[&str]) -> Watch {
-        let mut c = Command::new("nsenter");
-        c.args(["-t", &h.to_string(), "-m", "-n", BIN])
-            .arg("--config")
-            .arg(lab.config())
-            .args(["watch", "--vm-ip", VM_IP, "--docker", &lab.socket_url()])
-            .args(args)
-            .env("DOCKROUTE_STATE_DIR", lab.state_dir())
-            .env("DOCKROUTE_LOG", "debug")
-            .env_remove("DOCKER_HOST")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        Watch::collect(c.spawn().expect("spawning watch"))
-    }
-
-    fn collect(mut child: Child) -> Watch {
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        let w = Watch { child, log };
-        assert!(
-            eventually(|| w.log().contains("watching (")),
-            "watch did not start:\n{}",
-            w.log()
-        );
-        w
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn signal(&self, sig: Signal) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, sig).expect("kill");
-    }
-
-    /// SIGTERM, and wait for the end.
-    fn end(mut self) {
-        self.signal(Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                assert!(st.success(), "watch failed:\n{}", self.log());
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("watch did not end:\n{}", self.log());
-    }
+/// `watch` inside the namespaces of the lab's systemd-resolved (holder `h`).
+fn watch_in_resolved(lab: &DockerLab, h: u32, args: &[&str]) -> Watch {
+    let mut c = Command::new("nsenter");
+    c.args(["-t", &h.to_string(), "-m", "-n", BIN])
+        .arg("--config")
+        .arg(lab.config())
+        .args(["watch", "--vm-ip", VM_IP, "--docker", &lab.socket_url()])
+        .args(args)
+        .env("DOCKROUTE_STATE_DIR", lab.state_dir())
+        .env("DOCKROUTE_LOG", "debug")
+        .env_remove("DOCKER_HOST")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    Watch::collect(c.spawn().expect("spawning watch"))
 }
 
-impl Drop for Watch {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn eventually(mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn settled(f: impl FnMut() -> bool) -> bool {
+    eventually(Duration::from_secs(10), f)
 }
 
 /// `name` resolves (through the system resolver of the lab's host) to `ip`, or, for `None`, not
@@ -130,7 +64,7 @@ fn resolves_by(
     w.signal(Signal::SIGHUP);
     let want = ip.map(|i| i.to_string());
     assert!(
-        eventually(|| getent(name) == want),
+        settled(|| getent(name) == want),
         "{name}: {:?}, not {want:?}\n{}\n{}",
         getent(name),
         std::fs::read_to_string(lab.resolv_conf()).unwrap_or_default(),
@@ -174,7 +108,7 @@ fn container_names_resolve_through_resolv_conf_while_watch_runs() {
     let resolv_before = std::fs::read(lab.resolv_conf()).unwrap();
     let before = lab.host_state();
 
-    let w = Watch::start(&lab, &["--dns", "resolv-conf"]);
+    let w = watch(&lab, &["--dns", "resolv-conf"]);
     assert!(
         w.log().contains("DNS responder on 127.0.0.153:53"),
         "{}",
@@ -242,7 +176,7 @@ fn container_names_resolve_through_resolv_conf_while_watch_runs() {
     assert_eq!(std::fs::read(lab.resolv_conf()).unwrap(), resolv_before);
 
     // --down-on-exit: everything as before
-    let w = Watch::start(&lab, &["--dns", "resolv-conf", "--down-on-exit"]);
+    let w = watch(&lab, &["--dns", "resolv-conf", "--down-on-exit"]);
     resolves(&lab, &w, "shop-web-9.docker", Some(ip));
     w.end();
     assert_eq!(std::fs::read(lab.resolv_conf()).unwrap(), resolv_before);
@@ -274,10 +208,10 @@ fn container_names_resolve_through_systemd_resolved_while_watch_runs() {
     };
     let link_before = link();
 
-    let w = Watch::in_resolved(&lab, h, &["--dns", "resolved"]);
-    assert!(eventually(|| w.log().contains("watching (")), "{}", w.log());
+    let w = watch_in_resolved(&lab, h, &["--dns", "resolved"]);
+    assert!(settled(|| w.log().contains("watching (")), "{}", w.log());
     assert!(
-        eventually(|| link().contains("127.0.0.153")),
+        settled(|| link().contains("127.0.0.153")),
         "{}\n{}",
         link(),
         w.log()
@@ -328,9 +262,9 @@ fn the_resolver_file_names_the_responder_while_watch_runs() {
     let file = dir.join("docker");
     let header = "# managed by dockroute: `dockroute down` removes this file\n";
 
-    let w = Watch::start(&lab, &["--dns", "resolver-dir", "--resolver-dir", dir_arg]);
+    let w = watch(&lab, &["--dns", "resolver-dir", "--resolver-dir", dir_arg]);
     assert!(
-        eventually(|| std::fs::read_to_string(&file).ok()
+        settled(|| std::fs::read_to_string(&file).ok()
             == Some(format!("{header}nameserver 127.0.0.153\n"))),
         "{:?}\n{}",
         std::fs::read_to_string(&file),
