@@ -26,9 +26,13 @@ done
 command -v dnsperf >/dev/null || { echo "bench-names.sh: needs dnsperf (apt-get install dnsperf)" >&2; exit 1; }
 command -v dnsmasq >/dev/null || { echo "bench-names.sh: needs dnsmasq" >&2; exit 1; }
 
-cargo build --release --locked -q
-BIN=$PWD/target/release/dockroute
-[ -x "$BIN" ] || BIN=$PWD/target/$(rustc --print host-tuple)/release/dockroute
+# DOCKROUTE_BIN: another build (e.g. a debug one, to check that the benchmark runs)
+if [ -n "${DOCKROUTE_BIN:-}" ]; then
+    BIN=$DOCKROUTE_BIN
+else
+    cargo build --release --locked -q
+    BIN=$PWD/target/$(rustc --print host-tuple)/release/dockroute
+fi
 P="benchn$$"
 D="benchd$$"
 WORK=$(mktemp -d /var/tmp/dockroute-benchn.XXXXXX)
