@@ -39,7 +39,7 @@ WORK=$(mktemp -d /var/tmp/dockroute-benchn.XXXXXX)
 chmod 755 "$WORK"
 FAKE=
 cleanup() {
-    [ -n "$FAKE" ] && kill "$FAKE" 2>/dev/null || true
+    if [ -n "$FAKE" ]; then kill "$FAKE" 2>/dev/null || true; fi
     scripts/lab.sh destroy "$P" || true
     scripts/lab.sh destroy "$D" || true
     rm -rf "$WORK"
