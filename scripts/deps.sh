@@ -54,11 +54,16 @@ if [ "$what" = test ] || [ "$what" = all ]; then
     have openssl || want openssl
     # the DNS responder's tests ask it with a real client
     have dig || want bind9-dnsutils
+    # tests/names: a TCP exchange by name (curl resolves through the lab's resolv.conf)
+    have curl || want curl
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
     have hyperfine || want hyperfine
     # scripts/bench-watch.sh measures with a Python helper (standard library only)
     have python3 || want python3
+    # scripts/bench-names.sh: the responder against dnsmasq
+    have dnsperf || want dnsperf
+    have dnsmasq || want dnsmasq
 fi
 
 if [ ${#need[@]} -gt 0 ]; then

@@ -305,6 +305,7 @@ fn dns_rows(s: &mut String, st: &Status) {
             };
             row(s, "dns", &format!("{}: {state}", d.state));
             let _ = writeln!(s, "  {}", d.detail);
+            let _ = writeln!(s, "  answered by {}", d.server);
             match d.answers {
                 Some(true) => {
                     let _ = writeln!(s, "  {} {}", d.state.nameserver, d.answer);

@@ -236,6 +236,12 @@ pub struct Settings {
     /// `--open-vm-firewall` (or the config key `open_vm_firewall`): the helper image to open the
     /// VM's own Docker filter with; `None`: left alone (the default).
     pub open_vm_firewall: Option<String>,
+    /// Whether the nameserver was given (flag or config file), not the default: only then does
+    /// `watch`'s responder forward names it does not know there.
+    pub nameserver_set: bool,
+    /// `watch`'s DNS responder, while it runs: the DNS backends point the domain here instead of
+    /// at `nameserver` (never read from a file or flag).
+    pub responder: Option<SocketAddrV4>,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -464,6 +470,7 @@ impl Settings {
             (None, Some(d)) => src.check(d, validate::domain)?,
             _ => DEFAULT_DOMAIN.to_string(),
         };
+        let nameserver_set = up.nameserver.is_some() || cfg.nameserver.is_some();
         let nameserver = match (up.nameserver, &cfg.nameserver) {
             (Some(n), _) => n,
             (None, Some(n)) => src.check(n, validate::nameserver)?,
@@ -567,6 +574,8 @@ impl Settings {
             docker,
             docker_listing: crate::docker::Listing::Ask,
             open_vm_firewall,
+            nameserver_set,
+            responder: None,
         })
     }
 

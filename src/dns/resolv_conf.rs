@@ -16,10 +16,15 @@ pub const MARKER_PREFIX: &str = "# dockroute:";
 /// glibc reads at most this many nameserver lines.
 pub const GLIBC_MAXNS: usize = 3;
 
-/// The two lines dockroute adds.
+/// The two lines dockroute adds. A loopback server is `watch`'s responder (while it runs).
 pub fn lines(domain: &str, ns: SocketAddrV4) -> String {
+    let who = if ns.ip().is_loopback() {
+        "dockroute watch's DNS responder"
+    } else {
+        "the VM's DNS"
+    };
     format!(
-        "{MARKER_PREFIX} the next line asks the VM's DNS first (for *.{domain}); `dockroute down` removes both\nnameserver {}\n",
+        "{MARKER_PREFIX} the next line asks {who} first (for *.{domain}); `dockroute down` removes both\nnameserver {}\n",
         ns.ip()
     )
 }
@@ -163,6 +168,11 @@ mod tests {
         );
         assert_eq!(with.lines().nth(1), Some("nameserver 172.17.0.1"));
         assert!(with.ends_with(ORIGINAL));
+        let responder = insert(&with, "docker", "127.0.0.153:53".parse().unwrap());
+        assert!(responder.starts_with(
+            "# dockroute: the next line asks dockroute watch's DNS responder first (for *.docker)"
+        ));
+        assert_eq!(strip(&responder).0, ORIGINAL);
         assert_eq!(strip(&with), (ORIGINAL.to_string(), true));
         assert_eq!(strip(ORIGINAL), (ORIGINAL.to_string(), false));
         for odd in ["", "nameserver 10.0.0.1", "\n\n", "nameserver 1.1.1.1\r\n"] {

@@ -4,6 +4,7 @@
 //! bounded in time by the caller ([`super::TIMEOUT`]). TLS files are read with the invoking
 //! user's rights, never following a link ([`crate::machine::read_regular_file`]).
 
+use super::containers::{ListedAttachment, ListedContainer};
 use super::endpoint::Endpoint;
 use super::events::{self, Events};
 use super::networks::Listed;
@@ -124,6 +125,70 @@ impl Engine for Client {
             )));
         }
         Ok(Events::new(answer.into_body()))
+    }
+
+    async fn containers(&mut self) -> Result<Vec<ListedContainer>, DockerError> {
+        self.list_containers().await
+    }
+}
+
+impl Client {
+    /// The running containers (GET /containers/json), within [`MAX_RESPONSE`].
+    pub async fn list_containers(&self) -> Result<Vec<ListedContainer>, DockerError> {
+        let list = self
+            .docker
+            .list_containers(None::<bollard::query_parameters::ListContainersOptions>)
+            .await
+            .map_err(engine_err)?;
+        Ok(list
+            .into_iter()
+            .map(|c| ListedContainer {
+                id: c.id,
+                names: c.names.unwrap_or_default(),
+                state: c.state.map(|s| s.to_string()),
+                labels: c.labels.unwrap_or_default().into_iter().collect(),
+                networks: c
+                    .network_settings
+                    .and_then(|n| n.networks)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(network, e)| ListedAttachment {
+                        network,
+                        address: e.ip_address,
+                        aliases: e.aliases.unwrap_or_default(),
+                        endpoint: e.endpoint_id,
+                    })
+                    .collect(),
+            })
+            .collect())
+    }
+
+    /// A container's aliases on each network (GET /containers/{id}/json: the list leaves them
+    /// out). `id` must be the engine's hex id.
+    pub async fn container_aliases(
+        &self,
+        id: &str,
+    ) -> Result<Vec<(String, Vec<String>)>, DockerError> {
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(DockerError::Refused(format!(
+                "'{}' is not a container id",
+                super::networks::shown(id)
+            )));
+        }
+        let c = self
+            .docker
+            .inspect_container(
+                id,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .map_err(engine_err)?;
+        Ok(c.network_settings
+            .and_then(|n| n.networks)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(net, e)| (net, e.aliases.unwrap_or_default()))
+            .collect())
     }
 }
 

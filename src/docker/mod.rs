@@ -6,6 +6,7 @@
 //! subnets are routed all the same.
 
 pub mod client;
+pub mod containers;
 pub mod endpoint;
 pub mod events;
 pub mod helper;
@@ -69,6 +70,10 @@ pub trait Engine {
             ))
         }
     }
+    /// The running containers, as the engine describes them (unchecked: see [`containers`]).
+    fn containers(
+        &mut self,
+    ) -> impl Future<Output = Result<Vec<containers::ListedContainer>, DockerError>>;
 }
 
 /// Whether `up` asks the engine, or goes by the networks the last `up` recorded (`watch`, for a
@@ -293,6 +298,9 @@ mod tests {
         }
         async fn networks(&mut self) -> Result<Vec<Listed>, DockerError> {
             Ok(self.0.clone())
+        }
+        async fn containers(&mut self) -> Result<Vec<containers::ListedContainer>, DockerError> {
+            Ok(Vec::new())
         }
     }
 

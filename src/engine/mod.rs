@@ -194,12 +194,13 @@ fn unread_note(errors: &[FirewallError]) -> String {
     };
     format!("{root}{}", errors.join("; "))
 }
-/// The DNS setting `up` wants for this target, if any.
+/// The DNS setting `up` wants for this target, if any: the domain goes to `watch`'s responder
+/// while it runs, else to the VM's nameserver.
 fn wanted_dns(settings: &Settings, target: &Target) -> Option<DnsState> {
     dns::choose(settings.dns).map(|backend| DnsState {
         backend,
         domain: settings.domain.clone(),
-        nameserver: settings.nameserver,
+        nameserver: settings.responder.unwrap_or(settings.nameserver),
         ifname: target.ifname.clone(),
         ifindex: target.ifindex,
         path: match backend {
@@ -221,7 +222,10 @@ fn warn_unused(settings: &Settings, target: &Target, dns: Option<&DnsState>) {
         );
     }
     let ns = *settings.nameserver.ip();
-    if dns.is_some() && !target.networks().iter().any(|n| n.contains(&ns)) {
+    if dns.is_some()
+        && settings.responder.is_none()
+        && !target.networks().iter().any(|n| n.contains(&ns))
+    {
         let nets: Vec<String> = target.networks().iter().map(|n| n.to_string()).collect();
         tracing::warn!(
             "--nameserver {ns} is in none of the networks routed through the VM ({}): queries for *.{} will not go through dockroute's routes",
@@ -327,10 +331,10 @@ fn silence(want: Option<&DnsState>, gate: DnsGate) -> Option<String> {
     }
 }
 
-/// Take dockroute's line for `d` out of resolv.conf if it is there. Returns whether it was.
+/// Take dockroute's line out of resolv.conf if it is there (for `d`'s server, or for the one it
+/// named before: `watch`'s responder, when it ends). Returns whether it was.
 fn withdraw(d: &DnsState) -> bool {
-    let set = std::fs::read_to_string(&d.path)
-        .is_ok_and(|c| dns::resolv_conf::is_set(&c, &d.domain, d.nameserver));
+    let set = std::fs::read_to_string(&d.path).is_ok_and(|c| dns::resolv_conf::strip(&c).1);
     if !set {
         return false;
     }
@@ -933,6 +937,8 @@ mod tests {
             )),
             docker_listing: crate::docker::Listing::Ask,
             open_vm_firewall: None,
+            nameserver_set: false,
+            responder: None,
         }
     }
 

@@ -177,6 +177,18 @@ pub struct DnsStatus {
     /// DNS does not work as dockroute set it: not in place, or the server does not answer (with
     /// resolv-conf, a silent server also stalls every other lookup of the host).
     pub degraded: bool,
+    /// Who answers the domain: `dockroute watch's responder` (on loopback, while `watch` runs)
+    /// or `the VM's DNS server`.
+    pub server: &'static str,
+}
+
+/// Who answers the domain at `ns`.
+fn server_of(ns: std::net::SocketAddrV4) -> &'static str {
+    if ns == crate::watch::names::LISTEN {
+        "dockroute watch's responder"
+    } else {
+        "the VM's DNS server"
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -195,10 +207,15 @@ async fn probe_dns<N: Net>(
     ifindex: Option<u32>,
 ) -> Result<(), EngineError> {
     let ns = *d.state.nameserver.ip();
-    let via_vm = match net.lookup(ns).await? {
-        Lookup::Route { dev, .. } => ifindex.is_some() && dev.as_deref() == Some(t.ifname.as_str()),
-        Lookup::Unreachable { .. } => false,
-    };
+    // watch's responder, on loopback: asked where it is (the query never leaves the host)
+    let responder = d.state.nameserver == crate::watch::names::LISTEN;
+    let via_vm = responder
+        || match net.lookup(ns).await? {
+            Lookup::Route { dev, .. } => {
+                ifindex.is_some() && dev.as_deref() == Some(t.ifname.as_str())
+            }
+            Lookup::Unreachable { .. } => false,
+        };
     if !via_vm {
         d.answer = format!("not asked: the kernel does not send {ns} over {}", t.ifname);
         return Ok(());
@@ -316,7 +333,8 @@ pub async fn status<N: Net>(
         probe_dns(net, d, t, link.as_ref().map(|l| l.index)).await?;
         if d.answers == Some(false) {
             warnings.push(format!(
-                "the VM's DNS server {} does not answer ({}){}",
+                "{} {} does not answer ({}){}",
+                d.server,
                 d.state.nameserver,
                 d.answer,
                 if d.state.backend == Backend::ResolvConf && d.in_place {
@@ -360,6 +378,7 @@ async fn recorded_dns(recorded: &DnsState, settings: &Settings) -> DnsStatus {
         Ok(state) => {
             let (in_place, detail) = dns::observe(&state).await;
             DnsStatus {
+                server: server_of(state.nameserver),
                 state,
                 in_place,
                 detail,
@@ -369,6 +388,7 @@ async fn recorded_dns(recorded: &DnsState, settings: &Settings) -> DnsStatus {
             }
         }
         Err(e) => DnsStatus {
+            server: server_of(recorded.nameserver),
             state: recorded.clone(),
             in_place: false,
             detail: e.to_string(),

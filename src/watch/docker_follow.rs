@@ -4,7 +4,7 @@
 //! registering is per system). What came is kept in three flags, not a queue, so a flood of
 //! events costs a bounded amount of memory and one wake-up per read of the loop: networks changed
 //! (the loop lists them again and reconciles), containers changed (the names hook,
-//! [`on_containers_changed`]), and the stream (re)opened (list again: Docker replays nothing
+//! `watch::names::refresh_names`), and the stream (re)opened (list again: Docker replays nothing
 //! that happened while the stream was down).
 //!
 //! When the stream ends (dockerd restarts, the VM stops or sleeps), the thread connects again
@@ -165,10 +165,6 @@ pub fn retarget(current: &mut Option<Follower>, settings: &Settings) -> bool {
 pub fn relists(causes: &Causes) -> bool {
     causes.has(NETWORKS_CHANGED) || causes.has(STREAM_OPENED)
 }
-
-/// Containers were started, stopped, renamed, connected or removed. The names that follow the
-/// containers (issue 18) hook in here; today nothing does.
-pub fn on_containers_changed(_settings: &Settings) {}
 
 fn thread(
     endpoint: Endpoint,

@@ -10,6 +10,7 @@
 
 use super::dns_health::{self, Prober};
 use super::docker_follow::{self, Follower};
+use super::names::{self, Names};
 use super::pace::{Pacer, Timing, Verdict};
 use super::{
     Causes, FwTouched, Options, Reloader, WatchError, message_types, nft_event, rtnl_event,
@@ -343,6 +344,7 @@ fn reconcile(
     fw: &FwTouched,
     carried: &mut Carried,
     prober: &mut Option<Prober>,
+    names: Option<&Names>,
 ) -> Verdict {
     let Carried {
         last_error,
@@ -370,8 +372,13 @@ fn reconcile(
         tracing::debug!("reading only {reading:?}");
     }
     let store = Store::new(&s.state_dir);
-    // What the probes know about the server; unknown: the reconcile asks it.
-    let known = prober.as_ref().and_then(Prober::answers);
+    // What the probes know about the server; unknown: the reconcile asks it. The responder
+    // answers: it runs in this process.
+    s.responder = names.map(Names::addr);
+    let known = match names {
+        Some(_) => Some(true),
+        None => prober.as_ref().and_then(Prober::answers),
+    };
     let result = futures_lite::future::block_on(async {
         let mut net = System::new()?;
         engine::up_with(
@@ -439,6 +446,24 @@ fn withdraw_line(settings: &Settings, store: &Store) {
     }
 }
 
+/// After a reconcile: [`names::follow`]. While the responder runs there is no VM DNS server to
+/// probe; when it stops, probing starts again.
+fn follow_names(
+    settings: &Settings,
+    names: &mut Option<Names>,
+    prober: &mut Option<Prober>,
+    probe_timing: dns_health::Timing,
+) -> bool {
+    let changed = names::follow(settings, names);
+    if changed {
+        *prober = match names {
+            Some(_) => None,
+            None => Prober::for_settings(settings, probe_timing, Instant::now()),
+        };
+    }
+    changed
+}
+
 /// Block the signals `watch` handles (before any thread starts, so every thread inherits the mask;
 /// programs it runs get a clean mask from std) and read them from a signalfd.
 fn signals() -> Result<SignalFd, WatchError> {
@@ -473,7 +498,21 @@ pub fn run(
     let probe_timing = dns_health::Timing::default();
     let mut prober = Prober::for_settings(&settings, probe_timing, Instant::now());
     let mut fw = FwTouched::default();
-    let v = reconcile(&settings, &causes, &fw, &mut carried, &mut prober);
+    let mut names: Option<Names> = None;
+    let mut v = reconcile(&settings, &causes, &fw, &mut carried, &mut prober, None);
+    if follow_names(&settings, &mut names, &mut prober, probe_timing) {
+        // the domain goes to the responder now
+        causes = Causes::default();
+        causes.add("DNS responder started");
+        v = reconcile(
+            &settings,
+            &causes,
+            &fw,
+            &mut carried,
+            &mut prober,
+            names.as_ref(),
+        );
+    }
     causes = Causes::default();
     let mut pacer = Pacer::new(timing, Instant::now());
     pacer.ran(Instant::now(), v);
@@ -499,23 +538,36 @@ pub fn run(
         } else {
             ""
         },
-        match &prober {
-            Some(p) => format!(
+        match (&prober, &names) {
+            (_, Some(n)) => format!(", DNS responder on {}", n.addr()),
+            (Some(p), None) => format!(
                 ", DNS probe every {} s to {}",
                 probe_timing.interval.as_secs_f64(),
                 p.server()
             ),
-            None => String::new(),
+            (None, None) => String::new(),
         },
         timing.backstop.as_secs_f64()
     );
     loop {
         let now = Instant::now();
         if now >= pacer.due() {
-            let v = reconcile(&settings, &causes, &fw, &mut carried, &mut prober);
+            let v = reconcile(
+                &settings,
+                &causes,
+                &fw,
+                &mut carried,
+                &mut prober,
+                names.as_ref(),
+            );
             causes = Causes::default();
             fw = FwTouched::default();
             pacer.ran(Instant::now(), v);
+            if follow_names(&settings, &mut names, &mut prober, probe_timing) {
+                // started or stopped: the DNS backend points elsewhere now
+                causes.add("DNS responder started or stopped");
+                pacer.event(Instant::now());
+            }
             if v == Verdict::Changed
                 && let Some(p) = prober.as_mut()
             {
@@ -542,15 +594,39 @@ pub fn run(
         }
         let woken = read_sources(&mut sources, &ready, &mut causes, &mut fw)?;
         if let Some(sig) = woken.exit {
+            if let Some(n) = names.take() {
+                n.stop();
+                if !opts.down_on_exit {
+                    // DNS goes back to what a plain `up` sets: the VM's nameserver
+                    let mut prober = Prober::for_settings(&settings, probe_timing, Instant::now());
+                    let mut causes = Causes::default();
+                    causes.add("DNS responder stopped");
+                    reconcile(
+                        &settings,
+                        &causes,
+                        &FwTouched::default(),
+                        &mut carried,
+                        &mut prober,
+                        None,
+                    );
+                }
+            }
             return super::end(sig, carried.count, opts, &settings);
         }
         if woken.containers {
-            docker_follow::on_containers_changed(&settings);
+            // one container list and a table swap, no reconcile
+            names::refresh_names(&mut names);
         }
         if let Some((why, s)) = reloader.woken(woken.file_changed, woken.sighup, Instant::now()) {
             settings = s;
             sources.retarget(&settings);
-            if !prober.as_ref().is_some_and(|p| p.fits(&settings)) {
+            if names.as_ref().is_some_and(|n| !n.fits(&settings)) {
+                // another domain or upstream, or DNS off: the next reconcile follows
+                if let Some(n) = names.take() {
+                    n.stop();
+                }
+            }
+            if names.is_none() && !prober.as_ref().is_some_and(|p| p.fits(&settings)) {
                 prober = Prober::for_settings(&settings, probe_timing, Instant::now());
             }
             causes.add(why);

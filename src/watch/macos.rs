@@ -16,6 +16,7 @@
 //! events the backstop (60 s) re-checks everything, pf included.
 
 use super::docker_follow::{self, Follower};
+use super::names::{self, Names};
 use super::pace::{Pacer, Timing, Verdict};
 use super::rtsock::{self, Interest};
 use super::{Causes, Options, Reloader, WatchError};
@@ -481,6 +482,7 @@ fn reconcile(
     last_error: &mut Option<String>,
     count: &mut u64,
     pf: &mut PfReads,
+    names: Option<&Names>,
 ) -> Verdict {
     let span = tracing::info_span!("reconcile", cause = %causes);
     let _in = span.enter();
@@ -497,6 +499,7 @@ fn reconcile(
         s.firewall = FirewallMode::Off;
     }
     let store = Store::new(&s.state_dir);
+    s.responder = names.map(Names::addr);
     let result = futures_lite::future::block_on(async {
         let mut net = System::new()?;
         engine::up_with(
@@ -540,12 +543,33 @@ pub fn run(
     causes.add("start");
     let mut last_error = None;
     let mut count = 0u64;
-    let v = reconcile(&settings, &causes, &mut last_error, &mut count, &mut pf);
+    let mut names: Option<Names> = None;
+    let mut v = reconcile(
+        &settings,
+        &causes,
+        &mut last_error,
+        &mut count,
+        &mut pf,
+        None,
+    );
+    if names::follow(&settings, &mut names) {
+        // the domain goes to the responder now
+        causes = Causes::default();
+        causes.add("DNS responder started");
+        v = reconcile(
+            &settings,
+            &causes,
+            &mut last_error,
+            &mut count,
+            &mut pf,
+            names.as_ref(),
+        );
+    }
     causes = Causes::default();
     let mut pacer = Pacer::new(timing, Instant::now());
     pacer.ran(Instant::now(), v);
     tracing::info!(
-        "watching (routing socket{}{}, config file; pf read at least every {:.1} s, backstop every {:.1} s)",
+        "watching (routing socket{}{}, config file{}; pf read at least every {:.1} s, backstop every {:.1} s)",
         if sources.store.is_some() {
             ", configd"
         } else {
@@ -556,14 +580,29 @@ pub fn run(
         } else {
             ""
         },
+        match &names {
+            Some(n) => format!(", DNS responder on {}", n.addr()),
+            None => String::new(),
+        },
         pf.every.as_secs_f64(),
         timing.backstop.as_secs_f64()
     );
     loop {
         if Instant::now() >= pacer.due() {
-            let v = reconcile(&settings, &causes, &mut last_error, &mut count, &mut pf);
+            let v = reconcile(
+                &settings,
+                &causes,
+                &mut last_error,
+                &mut count,
+                &mut pf,
+                names.as_ref(),
+            );
             causes = Causes::default();
             pacer.ran(Instant::now(), v);
+            if names::follow(&settings, &mut names) {
+                causes.add("DNS responder started or stopped");
+                pacer.event(Instant::now());
+            }
             continue;
         }
         let until = match reloader.due(Instant::now()) {
@@ -574,14 +613,37 @@ pub fn run(
         let before = causes.clone();
         let woken = read_sources(&mut sources, &fired, &mut causes)?;
         if let Some(sig) = woken.exit {
+            if let Some(n) = names.take() {
+                n.stop();
+                if !opts.down_on_exit {
+                    // DNS goes back to what a plain `up` sets: the VM's nameserver
+                    let mut causes = Causes::default();
+                    causes.add("DNS responder stopped");
+                    reconcile(
+                        &settings,
+                        &causes,
+                        &mut last_error,
+                        &mut count,
+                        &mut pf,
+                        None,
+                    );
+                }
+            }
             return super::end(sig, count, opts, &settings);
         }
         if woken.containers {
-            docker_follow::on_containers_changed(&settings);
+            // one container list and a table swap, no reconcile
+            names::refresh_names(&mut names);
         }
         if let Some((why, s)) = reloader.woken(woken.file_changed, woken.sighup, Instant::now()) {
             settings = s;
             sources.retarget(&settings);
+            if names.as_ref().is_some_and(|n| !n.fits(&settings))
+                && let Some(n) = names.take()
+            {
+                // another domain or upstream, or DNS off: the next reconcile follows
+                n.stop();
+            }
             causes.add(why);
         }
         if causes != before {

@@ -7,6 +7,7 @@
 
 pub mod dns_health;
 pub mod docker_follow;
+pub mod names;
 pub mod pace;
 pub mod rtsock;
 

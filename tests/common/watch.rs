@@ -92,6 +92,15 @@ impl Watch {
         nix::sys::signal::kill(pid, sig).expect("kill");
     }
 
+    /// SIGTERM, and wait (up to 10 s) for a successful end.
+    pub fn end(mut self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        match self.exits_within(Duration::from_secs(10)) {
+            Some(st) => assert!(st.success(), "watch failed:\n{}", self.log()),
+            None => panic!("watch did not end:\n{}", self.log()),
+        }
+    }
+
     /// Wait for the process to end, up to `limit`.
     pub fn exits_within(&mut self, limit: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + limit;
