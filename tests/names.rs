@@ -11,7 +11,6 @@ mod common;
 use common::docker_lab::{DockerLab, PAGE};
 use common::watch::{Watch, eventually};
 use common::{BIN, RESOLVECTL, VM_IP, privileged};
-use nix::sys::signal::Signal;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
