@@ -90,7 +90,7 @@ docker network ls
 # from the engine itself (issue 18): see the marked step below.
 (setsid ip netns exec "$P-vm" dnsmasq --keep-in-foreground --conf-file=/dev/null --no-resolv \
     --no-hosts --user=root --bind-interfaces --listen-address=172.17.0.1 --port=53 --local=/docker/ \
-    --host-record="web.docker,$WEB" --host-record="api.docker,$API" --pid-file= \
+    --host-record="web.docker,$WEB" --host-record="api.docker,$API" --pid-file="$WORK/dnsmasq.pid" \
     </dev/null >/dev/null 2>&1 &) # not a job of this shell: the lab's removal kills it
 for _ in $(seq 1 300); do
     vm ss -Hlun "sport = :53" | grep -q 53 && break
@@ -113,9 +113,6 @@ resolve web.docker
 resolve api.docker
 echo "\$ cat /etc/resolv.conf   # the lab's own, bind-mounted by ip netns exec"
 host cat /etc/resolv.conf
-
-# ---- [issue 18] the `watch` names step goes here (the lead adds it): `dockroute watch` answers
-# ---- each container's name from the engine itself, no name server in the VM needed.
 
 step "dockroute up again, bare (idempotent: the post-VPN-connect hook runs it; it reuses what up recorded)"
 dockroute up
@@ -149,6 +146,40 @@ host iptables -P OUTPUT ACCEPT
 host iptables -F INPUT
 host iptables -F OUTPUT
 host ip link del tun0
+
+step "dockroute watch: the containers' names from the engine itself, with no name server in the VM"
+kill "$(cat "$WORK/dnsmasq.pid")"
+echo "the VM's dnsmasq is stopped: the VM now serves no names at all"
+echo "\$ dockroute watch &   # its log: $WORK/watch.log"
+host "$BIN" --config "$WORK/config.toml" watch >"$WORK/watch.log" 2>&1 &
+WATCH=$!
+for _ in $(seq 1 500); do
+    host getent hosts api.docker >/dev/null 2>&1 && break
+    sleep 0.02
+done
+resolve web.docker
+resolve api.docker
+http_by_name() { # NAME: a real HTTP exchange, the name resolved by the host's resolver
+    printf '$ printf %s | socat - TCP:%s:80\n' "'GET / HTTP/1.0\r\n\r\n'" "$1"
+    printf 'GET / HTTP/1.0\r\n\r\n' | host socat -T2 - "TCP:$1:80,connect-timeout=2" | tr -d '\r' |
+        sed -n '1s/^/  /p;$s/^/  /p'
+}
+http_by_name api.docker
+docker run -d --name late --label com.docker.compose.service=cache \
+    --label com.docker.compose.project=demo busybox-httpd
+for _ in $(seq 1 500); do
+    host getent hosts cache.demo.docker >/dev/null 2>&1 && break
+    sleep 0.02
+done
+echo "(the container's start event refreshed the names: no up, no signal)"
+resolve late.docker
+resolve cache.demo.docker
+echo "\$ cat /etc/resolv.conf"
+host cat /etc/resolv.conf
+kill -TERM "$WATCH"
+wait "$WATCH" || true
+echo "watch ended: DNS is back to what a plain up sets (the VM serves no names now, so no line)"
+sed -n 's/^.*\(reconcile{[^}]*}: [-+] .*\)$/  \1/p' "$WORK/watch.log" | head -n 12
 
 step "dockroute down"
 dockroute down
