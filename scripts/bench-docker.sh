@@ -23,7 +23,7 @@ QUICK=()
 PART=all
 for a in "$@"; do
     case $a in
-    --quick) QUICK=(--creates 5 --runs 2 --sizes 1,10 --idle-secs 3) ;;
+    --quick) QUICK=(--creates 5 --runs 2 --sizes "1,10" --idle-secs 3) ;;
     follow | scale | idle | all) PART=$a ;;
     *) echo "usage: bench-docker.sh [--quick] [follow|scale|idle|all]" >&2; exit 2 ;;
     esac
