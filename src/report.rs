@@ -164,11 +164,17 @@ fn vm_filter_text(s: &mut String, d: &crate::docker::vmfilter::Diagnosis, head: 
         return;
     }
     let e = &d.engine;
+    let firewall = match d.filter_unasked {
+        true => String::new(),
+        false => format!(
+            " firewall {}",
+            e.firewall_backend.as_deref().unwrap_or("iptables")
+        ),
+    };
     let _ = writeln!(
         s,
-        "{head:<12} engine {} firewall {}{}",
+        "{head:<12} engine {}{firewall}{}",
         e.version.as_deref().unwrap_or("(version unknown)"),
-        e.firewall_backend.as_deref().unwrap_or("iptables"),
         if d.probes.is_empty() {
             ", no running container routed via the VM to probe"
         } else {

@@ -1,6 +1,6 @@
 //! `up` routes the Docker engine's networks, against a fake engine: a small HTTP/1.1 server on a
 //! unix socket in the test's directory (no packet leaves the lab), answering /_ping, /version,
-//! /info and /networks with canned JSON, or answering badly (hostile, truncated, oversized,
+//! /info, /containers/json and /networks with canned JSON, or answering badly (hostile, truncated, oversized,
 //! silent).
 #![cfg(target_os = "linux")]
 
@@ -100,6 +100,7 @@ fn serve(conn: UnixStream, answer: &Answer) {
                 r#"{"Version":"20.10.24","ApiVersion":"1.41","MinAPIVersion":"1.12","Os":"linux","Arch":"amd64"}"#.to_string(),
             ),
             "/info" => ("application/json", r#"{"ServerVersion":"20.10.24"}"#.into()),
+            "/containers/json" => ("application/json", "[]".into()),
             "/networks" => match answer {
                 Answer::Networks(json) => ("application/json", json.clone()),
                 Answer::Truncated => {

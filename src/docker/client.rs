@@ -10,7 +10,7 @@ use super::events::{self, Events};
 use super::networks::Listed;
 use super::tls;
 use super::{DockerError, Engine, EngineVersion};
-use bollard::{BollardRequest, Docker};
+use bollard::{BollardRequest, ClientVersion, Docker};
 use hyper_util::rt::TokioIo;
 use std::io;
 use std::pin::Pin;
@@ -40,32 +40,80 @@ impl Client {
             _ => None,
         };
         let endpoint = Arc::new(endpoint.clone());
-        let (at, with) = (endpoint.clone(), tls.clone());
-        let transport = move |req: BollardRequest| {
-            let endpoint = at.clone();
-            let tls = with.clone();
-            async move { send(&endpoint, tls, req, MAX_RESPONSE).await }
-        };
-        let docker = Docker::connect_with_custom_transport(
-            transport,
-            Some("http://docker"),
-            REQUEST_SECS,
-            bollard::API_DEFAULT_VERSION,
-        )
-        .map_err(|e| DockerError::Engine(e.to_string()))?;
+        let docker = docker(&endpoint, &tls, bollard::API_DEFAULT_VERSION)?;
         Ok(Client {
             docker,
             endpoint,
             tls,
         })
     }
-}
 
-impl Engine for Client {
-    async fn version(&mut self) -> Result<EngineVersion, DockerError> {
-        self.docker.ping().await.map_err(engine_err)?;
+    /// `GET path` on a connection of its own, within [`MAX_RESPONSE`] (`limit` for the event
+    /// stream). No API version in the path: the engine answers in its own.
+    pub(super) async fn get(
+        &self,
+        path: &str,
+        limit: u64,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, DockerError> {
+        let req = hyper::Request::builder()
+            .method(hyper::Method::GET)
+            .uri(path)
+            .body(bollard::body_full(Default::default()))
+            .map_err(|e| DockerError::Engine(e.to_string()))?;
+        let answer = send(&self.endpoint, self.tls.clone(), req, limit)
+            .await
+            .map_err(engine_err)?;
+        if !answer.status().is_success() {
+            return Err(DockerError::Engine(format!(
+                "the engine answered {} to GET {}",
+                answer.status().as_u16(),
+                path.split('?').next().unwrap_or_default()
+            )));
+        }
+        Ok(answer)
+    }
+
+    /// `GET path`'s JSON answer as `T` (bollard's models: every field optional, unknown ones
+    /// ignored, so the engine's own API version reads as well as bollard's), and what its
+    /// headers say of the engine (Docker's name every answer's server and API version).
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<(T, Pong), DockerError> {
+        use hyper::body::Body;
+        let answer = self.get(path, MAX_RESPONSE).await?;
+        let pong = Pong::of(answer.headers());
+        let mut body = answer.into_body();
+        let mut bytes: Vec<u8> = Vec::new();
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        {
+            let frame = frame.map_err(|e| DockerError::Engine(chain(&e)))?;
+            if let Ok(data) = frame.into_data() {
+                bytes.extend_from_slice(&data);
+            }
+        }
+        let value = serde_json::from_slice(&bytes).map_err(|e| {
+            DockerError::Engine(format!(
+                "GET {path}: the answer is not what the Engine API says: {e}"
+            ))
+        })?;
+        Ok((value, pong))
+    }
+
+    /// `GET /_ping`: the engine's API version and server name, from the answer's headers (one
+    /// short request: `/version` asks containerd and takes about ten times as long).
+    async fn ping(&self) -> Result<Pong, DockerError> {
+        Ok(Pong::of(self.get("/_ping", MAX_RESPONSE).await?.headers()))
+    }
+
+    /// Agree with the engine on the API version bollard speaks (the engine's when it is older
+    /// than bollard's: Docker 20.10 speaks 1.41): needed before any request through bollard.
+    pub async fn negotiate(&mut self) -> Result<EngineVersion, DockerError> {
+        if let Some((speak, version)) = self.ping().await?.agreed() {
+            self.docker = docker(&self.endpoint, &self.tls, &speak)?;
+            return Ok(version);
+        }
         let v = self.docker.version().await.map_err(engine_err)?;
-        // Ask in the engine's API version when it is older than bollard's (Docker 20.10 is 1.41).
         self.docker = self
             .docker
             .clone()
@@ -77,14 +125,97 @@ impl Engine for Client {
             api: v.api_version.as_deref().map(super::networks::shown),
         })
     }
+}
 
-    async fn networks(&mut self) -> Result<Vec<Listed>, DockerError> {
-        let list = self
-            .docker
-            .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
-            .await
-            .map_err(engine_err)?;
-        Ok(list
+/// What `GET /_ping`'s headers say.
+#[derive(Debug, PartialEq, Eq)]
+struct Pong {
+    api: Option<String>,
+    server: Option<String>,
+}
+
+impl Pong {
+    fn of(headers: &hyper::HeaderMap) -> Pong {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        Pong {
+            api: header("api-version"),
+            server: header("server"),
+        }
+    }
+
+    /// The API version to speak: the engine's when it is older than bollard's (Docker 20.10
+    /// speaks 1.41), and the engine's version; `None` when the headers do not say (an engine
+    /// that is not Docker's: its version is asked the long way).
+    fn agreed(&self) -> Option<(ClientVersion, EngineVersion)> {
+        let api = self.api.as_deref()?;
+        let (major, minor) = api.split_once('.')?;
+        let theirs = ClientVersion {
+            major_version: major.parse().ok()?,
+            minor_version: minor.parse().ok()?,
+        };
+        let ours = bollard::API_DEFAULT_VERSION;
+        let speak = if (theirs.major_version, theirs.minor_version)
+            < (ours.major_version, ours.minor_version)
+        {
+            theirs
+        } else {
+            *ours
+        };
+        // "Docker/20.10.24+dfsg1 (linux)"
+        let version = self
+            .server
+            .as_deref()?
+            .strip_prefix("Docker/")?
+            .split(' ')
+            .next()
+            .filter(|v| !v.is_empty())?;
+        Some((
+            speak,
+            EngineVersion {
+                version: Some(super::networks::shown(version)),
+                api: Some(super::networks::shown(api)),
+            },
+        ))
+    }
+}
+
+/// A bollard client over dockroute's transport, speaking API `version`.
+fn docker(
+    endpoint: &Arc<Endpoint>,
+    tls: &Option<Arc<tls::Config>>,
+    version: &ClientVersion,
+) -> Result<Docker, DockerError> {
+    let (at, with) = (endpoint.clone(), tls.clone());
+    let transport = move |req: BollardRequest| {
+        let endpoint = at.clone();
+        let tls = with.clone();
+        async move { send(&endpoint, tls, req, MAX_RESPONSE).await }
+    };
+    Docker::connect_with_custom_transport(transport, Some("http://docker"), REQUEST_SECS, version)
+        .map_err(|e| DockerError::Engine(e.to_string()))
+}
+
+impl Engine for Client {
+    async fn version(&self) -> Result<EngineVersion, DockerError> {
+        if let Some((_, version)) = self.ping().await?.agreed() {
+            return Ok(version);
+        }
+        // not Docker's headers: its /version, in its own API version
+        let (v, _): (bollard::models::SystemVersion, _) = self.get_json("/version").await?;
+        Ok(EngineVersion {
+            version: v.version.as_deref().map(super::networks::shown),
+            api: v.api_version.as_deref().map(super::networks::shown),
+        })
+    }
+
+    async fn networks(&self) -> Result<(Vec<Listed>, Option<EngineVersion>), DockerError> {
+        let (list, pong): (Vec<bollard::models::Network>, _) = self.get_json("/networks").await?;
+        let listed = list
             .into_iter()
             .map(|n| Listed {
                 name: n.name,
@@ -100,34 +231,20 @@ impl Engine for Client {
                     .filter_map(|c| c.subnet)
                     .collect(),
             })
-            .collect())
+            .collect();
+        Ok((listed, pong.agreed().map(|(_, v)| v)))
     }
 
     async fn events(&mut self) -> Result<Events, DockerError> {
-        let req = hyper::Request::builder()
-            .method(hyper::Method::GET)
-            .uri(events::path())
-            .body(bollard::body_full(Default::default()))
-            .map_err(|e| DockerError::Engine(e.to_string()))?;
         // Open for as long as the engine runs: no cap on the whole answer, each event is capped
         // by itself (events::Lines).
-        let answer = tokio::time::timeout(
-            super::TIMEOUT,
-            send(&self.endpoint, self.tls.clone(), req, u64::MAX),
-        )
-        .await
-        .map_err(|_| DockerError::Timeout(super::TIMEOUT))?
-        .map_err(engine_err)?;
-        if !answer.status().is_success() {
-            return Err(DockerError::Engine(format!(
-                "the engine answered {} to GET /events",
-                answer.status().as_u16()
-            )));
-        }
+        let answer = tokio::time::timeout(super::TIMEOUT, self.get(&events::path(), u64::MAX))
+            .await
+            .map_err(|_| DockerError::Timeout(super::TIMEOUT))??;
         Ok(Events::new(answer.into_body()))
     }
 
-    async fn containers(&mut self) -> Result<Vec<ListedContainer>, DockerError> {
+    async fn containers(&self) -> Result<Vec<ListedContainer>, DockerError> {
         self.list_containers().await
     }
 }
@@ -135,11 +252,8 @@ impl Engine for Client {
 impl Client {
     /// The running containers (GET /containers/json), within [`MAX_RESPONSE`].
     pub async fn list_containers(&self) -> Result<Vec<ListedContainer>, DockerError> {
-        let list = self
-            .docker
-            .list_containers(None::<bollard::query_parameters::ListContainersOptions>)
-            .await
-            .map_err(engine_err)?;
+        let (list, _): (Vec<bollard::models::ContainerSummary>, _) =
+            self.get_json("/containers/json").await?;
         Ok(list
             .into_iter()
             .map(|c| ListedContainer {
@@ -147,6 +261,16 @@ impl Client {
                 names: c.names.unwrap_or_default(),
                 state: c.state.map(|s| s.to_string()),
                 labels: c.labels.unwrap_or_default().into_iter().collect(),
+                port: c
+                    .ports
+                    .unwrap_or_default()
+                    .iter()
+                    .find(|p| {
+                        p.typ
+                            .as_ref()
+                            .is_none_or(|t| t.to_string().eq_ignore_ascii_case("tcp"))
+                    })
+                    .map(|p| p.private_port),
                 networks: c
                     .network_settings
                     .and_then(|n| n.networks)
@@ -193,10 +317,15 @@ impl Client {
 }
 
 pub(super) fn engine_err(e: bollard::errors::Error) -> DockerError {
-    // With its causes (hyper's "error reading a body" hides why: the size cap, a reset), in one
-    // line, and nothing of the engine's that a terminal would act on.
+    DockerError::Engine(chain(&e))
+}
+
+/// An error with its causes (hyper's "error reading a body" hides why: the size cap, a reset),
+/// in one line of at most 300 characters, and nothing of the engine's that a terminal would act
+/// on.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
-    let mut cause = std::error::Error::source(&e);
+    let mut cause = e.source();
     while let Some(c) = cause {
         let more = c.to_string();
         if !text.contains(&more) {
@@ -204,12 +333,10 @@ pub(super) fn engine_err(e: bollard::errors::Error) -> DockerError {
         }
         cause = c.source();
     }
-    let text: String = text
-        .chars()
+    text.chars()
         .take(300)
         .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    DockerError::Engine(text)
+        .collect()
 }
 
 /// One request on a connection of its own.
@@ -342,5 +469,53 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Capped<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pong(api: Option<&str>, server: Option<&str>) -> Pong {
+        Pong {
+            api: api.map(str::to_string),
+            server: server.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn the_ping_headers_give_the_api_to_speak_and_the_engine_version() {
+        let (speak, v) = pong(Some("1.41"), Some("Docker/20.10.24+dfsg1 (linux)"))
+            .agreed()
+            .unwrap();
+        assert_eq!((speak.major_version, speak.minor_version), (1, 41));
+        assert_eq!(v.version.as_deref(), Some("20.10.24+dfsg1"));
+        assert_eq!(v.api.as_deref(), Some("1.41"));
+        // a newer engine than bollard: bollard's own version is spoken
+        let (speak, _) = pong(Some("1.99"), Some("Docker/99.0.0 (linux)"))
+            .agreed()
+            .unwrap();
+        assert_eq!(
+            (speak.major_version, speak.minor_version),
+            (
+                bollard::API_DEFAULT_VERSION.major_version,
+                bollard::API_DEFAULT_VERSION.minor_version
+            )
+        );
+        // an engine that is not Docker's, or headers missing or malformed: asked the long way
+        for (api, server) in [
+            (Some("1.41"), Some("Libpod/4.3.1 (linux)")),
+            (None, Some("Docker/20.10.24 (linux)")),
+            (Some("1.41"), None),
+            (Some("one.two"), Some("Docker/20.10.24 (linux)")),
+            (Some("1.41"), Some("Docker/ (linux)")),
+        ] {
+            assert!(pong(api, server).agreed().is_none(), "{api:?} {server:?}");
+        }
+        // the engine's text is shown escaped
+        let (_, v) = pong(Some("1.41"), Some("Docker/20.10\u{1b}[2J"))
+            .agreed()
+            .unwrap();
+        assert!(!v.version.unwrap().contains('\u{1b}'));
     }
 }

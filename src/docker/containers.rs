@@ -29,6 +29,8 @@ pub struct ListedContainer {
     pub state: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub networks: Vec<ListedAttachment>,
+    /// The first TCP port it exposes, if any: where the VM filter's probe connects.
+    pub port: Option<u16>,
 }
 
 /// A container's endpoint on one network, as the engine lists it.
@@ -111,6 +113,7 @@ mod tests {
                 aliases: vec!["w".into(), format!("{name}{}", "0".repeat(11))],
                 endpoint: None,
             }],
+            port: None,
         }
     }
 

@@ -8,10 +8,11 @@
 //! SYS_CHROOT (no `--privileged`), no new privileges, and is removed after each command. Its
 //! image needs only a `chroot` program (busybox's by default).
 
+use super::DockerError;
 use super::client::Client;
+use super::containers::ListedContainer;
 use super::endpoint::Endpoint;
 use super::vmfilter::{self, Diagnosis, EngineFilter, Opened, Outcome, Reach, VmRule};
-use super::{DockerError, Engine};
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters as q;
 use futures_lite::StreamExt;
@@ -34,7 +35,7 @@ const MAX_OUTPUT: usize = 2 << 20;
 impl Client {
     /// `/info` and each network's options: what the engine says about its filter.
     pub async fn filter_facts(&mut self) -> Result<EngineFilter, DockerError> {
-        let version = self.version().await?;
+        let version = self.negotiate().await?;
         let info = self
             .docker
             .info()
@@ -64,45 +65,6 @@ impl Client {
             ip_forward: info.ipv4_forwarding,
             direct_routing_networks: direct,
         })
-    }
-
-    /// Running containers on a network: (name, network, address, a port to connect to).
-    async fn running(&self) -> Result<Vec<(String, String, Ipv4Addr, u16)>, DockerError> {
-        let list = self
-            .docker
-            .list_containers(None::<q::ListContainersOptions>)
-            .await
-            .map_err(super::client::engine_err)?;
-        let mut out = Vec::new();
-        for c in list {
-            let name = c
-                .names
-                .and_then(|n| n.into_iter().next())
-                .unwrap_or_default()
-                .trim_start_matches('/')
-                .to_string();
-            // an exposed TCP port if there is one; otherwise 80 (a refusal proves the path too)
-            let port = c
-                .ports
-                .unwrap_or_default()
-                .iter()
-                .find(|p| {
-                    p.typ
-                        .as_ref()
-                        .is_none_or(|t| t.to_string().eq_ignore_ascii_case("tcp"))
-                })
-                .map_or(80, |p| p.private_port);
-            let nets = c
-                .network_settings
-                .and_then(|s| s.networks)
-                .unwrap_or_default();
-            for (net, e) in nets {
-                if let Some(ip) = e.ip_address.and_then(|a| a.parse().ok()) {
-                    out.push((name.clone(), net, ip, port));
-                }
-            }
-        }
-        Ok(out)
     }
 
     /// The helper image, pulled when the engine does not have it.
@@ -312,7 +274,7 @@ impl Client {
     pub async fn close(&mut self, opened: &Opened) -> Result<usize, DockerError> {
         // the record is a file: its image name is checked again
         vmfilter::helper_image(&opened.image).map_err(DockerError::Helper)?;
-        self.version().await?;
+        self.negotiate().await?;
         self.ensure_image(&opened.image).await?;
         let saved = vmfilter::parse_saved(
             &self
@@ -327,54 +289,106 @@ impl Client {
         Ok(removed)
     }
 
-    /// What the engine says, and a TCP connect from this host to its running containers whose
-    /// addresses `via_vm` says the host routes through the VM.
-    pub async fn diagnose(&mut self, via_vm: &(dyn Fn(Ipv4Addr) -> bool + Sync)) -> Diagnosis {
+    /// A TCP connect from this host to the engine's running containers whose addresses `via_vm`
+    /// says the host routes through the VM, and what the engine says about its filter: always
+    /// with [`Facts::Always`] (`status`), only when a probe found traffic dropped with
+    /// [`Facts::WhenDropped`] (`/info` asks containerd and costs ten times what the rest does,
+    /// and says nothing `up` needs unless something is dropped).
+    pub async fn diagnose(
+        &mut self,
+        via_vm: &(dyn Fn(Ipv4Addr) -> bool + Sync),
+        facts: Facts,
+    ) -> Diagnosis {
         let mut d = Diagnosis::default();
-        match self.filter_facts().await {
-            Ok(f) => d.engine = f,
-            Err(e) => {
-                d.unchecked = Some(e.to_string());
-                return d;
-            }
-        }
-        let running = match self.running().await {
-            Ok(r) => r,
-            Err(e) => {
-                d.unchecked = Some(e.to_string());
-                return d;
-            }
+        let asked = async {
+            d.engine.version = self.negotiate().await?.version;
+            self.list_containers().await
         };
-        // one container per network first
-        let mut picked: Vec<(String, String, Ipv4Addr, u16)> = Vec::new();
-        for c in running.iter().filter(|c| via_vm(c.2)) {
-            if picked.len() < MAX_PROBES && !picked.iter().any(|p| p.1 == c.1) {
-                picked.push(c.clone());
+        match asked.await {
+            Ok(running) => d.probes = reach(targets(&running, via_vm)).await,
+            Err(e) => {
+                d.unchecked = Some(e.to_string());
+                return d;
             }
         }
-        // at once: each waits up to PROBE_TIMEOUT
-        let probes: Vec<_> = picked
-            .into_iter()
-            .map(|(container, network, ip, port)| {
-                tokio::spawn(async move {
-                    let outcome = connect(SocketAddr::from((ip, port))).await;
-                    Reach {
-                        container,
-                        network,
-                        ip,
-                        port,
-                        outcome,
-                    }
-                })
-            })
-            .collect();
-        for p in probes {
-            if let Ok(r) = p.await {
-                d.probes.push(r);
-            }
-        }
+        self.facts_if(&mut d, facts).await;
         d
     }
+
+    /// The engine's filter facts into `d`, unless `facts` says they are not needed.
+    async fn facts_if(&mut self, d: &mut Diagnosis, facts: Facts) {
+        if facts == Facts::WhenDropped && !d.blocked() {
+            d.filter_unasked = true;
+            return;
+        }
+        match self.filter_facts().await {
+            Ok(f) => d.engine = f,
+            Err(e) => d.unchecked = Some(e.to_string()),
+        }
+    }
+}
+
+/// A running container to probe: (name, network, address, port).
+type Target = (String, String, Ipv4Addr, u16);
+
+/// The running containers to probe: those whose address `via_vm` says the host routes through
+/// the VM, one per network first, at most [`MAX_PROBES`]. The port is the first TCP port the
+/// container exposes, otherwise 80 (a refusal proves the path as well as an answer).
+fn targets(running: &[ListedContainer], via_vm: &(dyn Fn(Ipv4Addr) -> bool + Sync)) -> Vec<Target> {
+    let mut picked: Vec<Target> = Vec::new();
+    for c in running
+        .iter()
+        .filter(|c| c.state.as_deref().is_none_or(|s| s == "running"))
+    {
+        let name = c.names.first().map_or("", |n| n.trim_start_matches('/'));
+        for a in &c.networks {
+            let Some(ip) = a.address.as_deref().and_then(|a| a.parse().ok()) else {
+                continue;
+            };
+            if via_vm(ip) && picked.len() < MAX_PROBES && !picked.iter().any(|p| p.1 == a.network) {
+                picked.push((
+                    name.to_string(),
+                    a.network.clone(),
+                    ip,
+                    c.port.unwrap_or(80),
+                ));
+            }
+        }
+    }
+    picked
+}
+
+/// Connect to each target at once (each waits up to [`PROBE_TIMEOUT`]).
+async fn reach(targets: Vec<Target>) -> Vec<Reach> {
+    let probes: Vec<_> = targets
+        .into_iter()
+        .map(|(container, network, ip, port)| {
+            tokio::spawn(async move {
+                let outcome = connect(SocketAddr::from((ip, port))).await;
+                Reach {
+                    container,
+                    network,
+                    ip,
+                    port,
+                    outcome,
+                }
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for p in probes {
+        if let Ok(r) = p.await {
+            out.push(r);
+        }
+    }
+    out
+}
+
+/// Whether [`Client::diagnose`] asks the engine about its filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Facts {
+    Always,
+    WhenDropped,
 }
 
 async fn connect(addr: SocketAddr) -> Outcome {
@@ -406,13 +420,50 @@ pub fn close(endpoint: &Endpoint, opened: &Opened) -> Result<usize, DockerError>
     super::on_runtime(endpoint, move |mut c| async move { c.close(&opened).await })
 }
 
-/// [`Client::diagnose`] for `status` and `up` (blocking).
+/// `up`'s diagnosis (blocking), from the containers its listing brought ([`super::Fetched`]):
+/// with none to probe, nothing more is asked; the engine's filter facts only when a probe
+/// found traffic dropped.
+pub fn diagnose_listed(
+    endpoint: &Endpoint,
+    version: Option<String>,
+    running: &[ListedContainer],
+    via_vm: impl Fn(Ipv4Addr) -> bool + Send + Sync + 'static,
+) -> Diagnosis {
+    let targets = targets(running, &via_vm);
+    let mut d = Diagnosis {
+        engine: EngineFilter {
+            version,
+            ..EngineFilter::default()
+        },
+        ..Diagnosis::default()
+    };
+    if targets.is_empty() {
+        d.filter_unasked = true;
+        return d;
+    }
+    let probed = super::on_runtime(endpoint, move |mut c| async move {
+        tokio::time::timeout(super::TIMEOUT + PROBE_TIMEOUT, async {
+            d.probes = reach(targets).await;
+            c.facts_if(&mut d, Facts::WhenDropped).await;
+            Ok(d)
+        })
+        .await
+        .map_err(|_| DockerError::Timeout(super::TIMEOUT + PROBE_TIMEOUT))?
+    });
+    probed.unwrap_or_else(|e| Diagnosis {
+        unchecked: Some(e.to_string()),
+        ..Diagnosis::default()
+    })
+}
+
+/// [`Client::diagnose`] for `status` (blocking).
 pub fn diagnose(
     endpoint: &Endpoint,
     via_vm: impl Fn(Ipv4Addr) -> bool + Send + Sync + 'static,
+    facts: Facts,
 ) -> Diagnosis {
     super::on_runtime(endpoint, move |mut c| async move {
-        tokio::time::timeout(super::TIMEOUT + PROBE_TIMEOUT, c.diagnose(&via_vm))
+        tokio::time::timeout(super::TIMEOUT + PROBE_TIMEOUT, c.diagnose(&via_vm, facts))
             .await
             .map_err(|_| DockerError::Timeout(super::TIMEOUT + PROBE_TIMEOUT))
     })
@@ -420,4 +471,75 @@ pub fn diagnose(
         unchecked: Some(e.to_string()),
         ..Diagnosis::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::docker::containers::ListedAttachment;
+
+    fn running(name: &str, nets: &[(&str, &str)], port: Option<u16>) -> ListedContainer {
+        ListedContainer {
+            names: vec![format!("/{name}")],
+            state: Some("running".into()),
+            networks: nets
+                .iter()
+                .map(|(network, address)| ListedAttachment {
+                    network: network.to_string(),
+                    address: Some(address.to_string()),
+                    ..Default::default()
+                })
+                .collect(),
+            port,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn probes_one_container_per_network_routed_via_the_vm() {
+        let via_vm = |ip: Ipv4Addr| ip.octets()[0] == 172;
+        let list = vec![
+            running("web", &[("bridge", "172.17.0.2")], Some(8080)),
+            running("web2", &[("bridge", "172.17.0.3")], None),
+            running(
+                "db",
+                &[("app_default", "172.18.0.2"), ("lan", "10.0.0.2")],
+                None,
+            ),
+            running("odd", &[("odd", "not an address")], None),
+            ListedContainer {
+                state: Some("exited".into()),
+                ..running("gone", &[("other", "172.19.0.2")], None)
+            },
+        ];
+        let t = targets(&list, &via_vm);
+        assert_eq!(
+            t,
+            vec![
+                (
+                    "web".into(),
+                    "bridge".into(),
+                    "172.17.0.2".parse().unwrap(),
+                    8080
+                ),
+                (
+                    "db".into(),
+                    "app_default".into(),
+                    "172.18.0.2".parse().unwrap(),
+                    80
+                ),
+            ]
+        );
+        // at most MAX_PROBES
+        let many: Vec<ListedContainer> = (0..20)
+            .map(|i| {
+                running(
+                    &format!("c{i}"),
+                    &[(&format!("n{i}"), &format!("172.20.0.{i}"))],
+                    None,
+                )
+            })
+            .collect();
+        assert_eq!(targets(&many, &via_vm).len(), MAX_PROBES);
+    }
 }

@@ -21,7 +21,7 @@ pub mod vmfilter;
 
 use endpoint::{Choice, Endpoint, Explicit};
 use ipnet::Ipv4Net;
-use networks::{Filtered, Host, Listed, Network, Skipped};
+use networks::{Host, Listed, Network, Skipped};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::time::Duration;
@@ -58,10 +58,13 @@ pub struct EngineVersion {
 /// A Docker engine, as dockroute asks it. `networks` is what `up` lists; `events` is what
 /// `watch` follows.
 pub trait Engine {
-    /// Reach the engine and learn its version (agreeing on the API version to speak).
-    fn version(&mut self) -> impl Future<Output = Result<EngineVersion, DockerError>>;
-    /// Every network the engine has, as it describes them (unchecked).
-    fn networks(&mut self) -> impl Future<Output = Result<Vec<Listed>, DockerError>>;
+    /// Reach the engine and learn its version.
+    fn version(&self) -> impl Future<Output = Result<EngineVersion, DockerError>>;
+    /// Every network the engine has, as it describes them (unchecked), and the engine's version
+    /// when the answer says it (Docker's does, in its headers).
+    fn networks(
+        &self,
+    ) -> impl Future<Output = Result<(Vec<Listed>, Option<EngineVersion>), DockerError>>;
     /// The engine's event stream, open until the engine ends it ([`events`]).
     fn events(&mut self) -> impl Future<Output = Result<events::Events, DockerError>> {
         async {
@@ -72,7 +75,7 @@ pub trait Engine {
     }
     /// The running containers, as the engine describes them (unchecked: see [`containers`]).
     fn containers(
-        &mut self,
+        &self,
     ) -> impl Future<Output = Result<Vec<containers::ListedContainer>, DockerError>>;
 }
 
@@ -218,56 +221,129 @@ impl Report {
     }
 }
 
-/// Ask `engine` for its networks and check them against `host`.
-pub async fn ask<E: Engine>(
-    engine: &mut E,
-    host: &Host,
-) -> Result<(EngineVersion, Filtered), DockerError> {
-    let version = engine.version().await?;
-    let listed = engine.networks().await?;
-    let filtered = networks::filter(&listed, host).map_err(DockerError::Refused)?;
-    Ok((version, filtered))
+/// What `up` asks the engine in one conversation: its version, then its networks and its
+/// running containers at once (the containers are for the probes of the VM's filter,
+/// [`helper::diagnose_listed`]).
+#[derive(Debug)]
+pub struct Fetched {
+    pub version: EngineVersion,
+    pub listed: Vec<Listed>,
+    /// `Err`: why they were not listed (the networks are routed all the same).
+    pub containers: Result<Vec<containers::ListedContainer>, String>,
 }
 
-/// The engine `choice` names, asked once within [`TIMEOUT`] (on a thread and runtime of its own,
-/// so any caller can wait for it), its networks checked against `host`.
-pub fn list(choice: Choice, host: &Host) -> Report {
-    let mut report = Report {
-        engine: choice,
-        version: None,
-        unreached: None,
-        routed: Vec::new(),
-        skipped: Vec::new(),
-        vm_firewall: None,
+/// Ask `engine` for its networks and running containers (unchecked) at once, and its version
+/// (from the networks' answer when it says it: one request fewer).
+pub async fn fetch<E: Engine>(engine: &E) -> Result<Fetched, DockerError> {
+    let (listed, containers) =
+        futures_lite::future::zip(engine.networks(), engine.containers()).await;
+    let (listed, version) = listed?;
+    let version = match version {
+        Some(v) => v,
+        None => engine.version().await?,
     };
-    let endpoint = match &report.engine {
-        Choice::At { endpoint, .. } => endpoint.clone(),
-        Choice::Invalid { error, .. } => {
-            report.unreached = Some(error.clone());
-            return report;
-        }
-        Choice::Off { .. } | Choice::Unset { .. } => return report,
-    };
-    let host = host.clone();
-    let asked = on_runtime(&endpoint, move |mut client| async move {
-        tokio::time::timeout(TIMEOUT, ask(&mut client, &host))
-            .await
-            .map_err(|_| DockerError::Timeout(TIMEOUT))?
-    });
-    match asked {
-        Ok((version, filtered)) => {
-            report.version = Some(version);
-            report.routed = filtered.routed;
-            report.skipped = filtered.skipped;
-        }
-        Err(e) => report.unreached = Some(e.to_string()),
+    Ok(Fetched {
+        version,
+        listed,
+        containers: containers.map_err(|e| e.to_string()),
+    })
+}
+
+/// `up`'s conversation with the engine, started before discovery so that the two overlap (on a
+/// thread and runtime of its own, within [`TIMEOUT`]), and finished when the host's networks
+/// are known to check the engine's against.
+pub struct Asking {
+    choice: Choice,
+    answer: Option<std::thread::JoinHandle<Result<Fetched, DockerError>>>,
+}
+
+impl Asking {
+    /// Start asking the engine `choice` names (nothing to ask when it names none).
+    pub fn start(choice: Choice) -> Asking {
+        let answer = match &choice {
+            Choice::At { endpoint, .. } => Some(spawn_on_runtime(endpoint, |client| async move {
+                tokio::time::timeout(TIMEOUT, fetch(&client))
+                    .await
+                    .map_err(|_| DockerError::Timeout(TIMEOUT))?
+            })),
+            _ => None,
+        };
+        Asking { choice, answer }
     }
-    report
+
+    pub fn choice(&self) -> &Choice {
+        &self.choice
+    }
+
+    /// The engine's answer, its networks checked against `host`; and its running containers,
+    /// when it answered.
+    pub fn finish(
+        self,
+        host: &Host,
+    ) -> (
+        Report,
+        Option<Result<Vec<containers::ListedContainer>, String>>,
+    ) {
+        let mut report = Report {
+            engine: self.choice,
+            version: None,
+            unreached: None,
+            routed: Vec::new(),
+            skipped: Vec::new(),
+            vm_firewall: None,
+        };
+        if let Choice::Invalid { error, .. } = &report.engine {
+            report.unreached = Some(error.clone());
+        }
+        let Some(answer) = self.answer else {
+            return (report, None);
+        };
+        let fetched = answer
+            .join()
+            .unwrap_or_else(|_| Err(DockerError::Runtime("the client thread failed".into())))
+            .and_then(|f| {
+                let filtered = networks::filter(&f.listed, host).map_err(DockerError::Refused)?;
+                Ok((f, filtered))
+            });
+        match fetched {
+            Ok((f, filtered)) => {
+                report.version = Some(f.version);
+                report.routed = filtered.routed;
+                report.skipped = filtered.skipped;
+                (report, Some(f.containers))
+            }
+            Err(e) => {
+                report.unreached = Some(e.to_string());
+                (report, None)
+            }
+        }
+    }
+}
+
+/// The engine `choice` names, asked once within [`TIMEOUT`], its networks checked against
+/// `host` (blocking).
+pub fn list(choice: Choice, host: &Host) -> Report {
+    Asking::start(choice).finish(host).0
 }
 
 /// `f` with a client of `endpoint`, on a thread and runtime of its own (so any caller, async
 /// or not, can wait for it).
 pub fn on_runtime<T, F, Fut>(endpoint: &Endpoint, f: F) -> Result<T, DockerError>
+where
+    T: Send + 'static,
+    F: FnOnce(client::Client) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, DockerError>>,
+{
+    spawn_on_runtime(endpoint, f)
+        .join()
+        .unwrap_or_else(|_| Err(DockerError::Runtime("the client thread failed".into())))
+}
+
+/// [`on_runtime`], started: join the handle for the answer.
+fn spawn_on_runtime<T, F, Fut>(
+    endpoint: &Endpoint,
+    f: F,
+) -> std::thread::JoinHandle<Result<T, DockerError>>
 where
     T: Send + 'static,
     F: FnOnce(client::Client) -> Fut + Send + 'static,
@@ -281,8 +357,6 @@ where
             .map_err(|e| DockerError::Runtime(e.to_string()))?;
         rt.block_on(async { f(client::Client::new(&endpoint)?).await })
     })
-    .join()
-    .unwrap_or_else(|_| Err(DockerError::Runtime("the client thread failed".into())))
 }
 
 #[cfg(test)]
@@ -293,13 +367,13 @@ mod tests {
     struct Fake(Vec<Listed>);
 
     impl Engine for Fake {
-        async fn version(&mut self) -> Result<EngineVersion, DockerError> {
+        async fn version(&self) -> Result<EngineVersion, DockerError> {
             Ok(EngineVersion::default())
         }
-        async fn networks(&mut self) -> Result<Vec<Listed>, DockerError> {
-            Ok(self.0.clone())
+        async fn networks(&self) -> Result<(Vec<Listed>, Option<EngineVersion>), DockerError> {
+            Ok((self.0.clone(), None))
         }
-        async fn containers(&mut self) -> Result<Vec<containers::ListedContainer>, DockerError> {
+        async fn containers(&self) -> Result<Vec<containers::ListedContainer>, DockerError> {
             Ok(Vec::new())
         }
     }
@@ -314,8 +388,8 @@ mod tests {
             internal: None,
             subnets: vec!["172.18.0.0/16".into(), "0.0.0.0/0".into()],
         };
-        let (_, f) =
-            futures_lite::future::block_on(ask(&mut Fake(vec![n]), &Host::default())).unwrap();
+        let fetched = futures_lite::future::block_on(fetch(&Fake(vec![n]))).unwrap();
+        let f = networks::filter(&fetched.listed, &Host::default()).unwrap();
         assert_eq!(f.routed.len(), 1);
         assert_eq!(f.skipped.len(), 1);
     }

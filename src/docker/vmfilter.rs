@@ -278,6 +278,10 @@ pub struct Diagnosis {
     /// Why the engine's filter could not be checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unchecked: Option<String>,
+    /// `up` did not ask the engine about its filter (`engine` holds its version only): no probe
+    /// found traffic dropped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub filter_unasked: bool,
 }
 
 impl Diagnosis {
@@ -385,7 +389,7 @@ mod tests {
                 port: 80,
                 outcome: Outcome::TimedOut,
             }],
-            unchecked: None,
+            ..Default::default()
         };
         let p = d.problem("192.168.99.1".parse().unwrap()).unwrap();
         assert!(p.contains("iptables -I DOCKER-USER -s 192.168.99.1"), "{p}");

@@ -347,29 +347,68 @@ fn withdraw(d: &DnsState) -> bool {
     }
 }
 
-/// Docker's networks: ask the engine the settings lead to (once; one that cannot be reached is
-/// a warning, and the networks the last `up` routed for it stay routed) and add the subnets it
-/// may route to `target`'s.
+/// Docker in `up`: the engine asked in the background while discovery runs, or the networks
+/// the last `up` recorded gone by (`watch`'s reconciles that kernel events caused).
+enum DockerStart {
+    Recorded(docker::Report),
+    Asking {
+        asking: docker::Asking,
+        last: Option<docker::Report>,
+    },
+}
+
+impl DockerStart {
+    /// Start asking the engine the settings lead to, unless they say to go by the record.
+    fn new(settings: &Settings, store: &Store) -> DockerStart {
+        let choice = docker::sources::choose(
+            settings.docker.clone(),
+            settings.request.machine.as_deref(),
+            settings.request.docker_host.as_deref(),
+        );
+        let last = store.load().ok().flatten().and_then(|r| r.docker);
+        match (settings.docker_listing, last) {
+            (docker::Listing::Recorded, Some(r)) if r.engine == choice => DockerStart::Recorded(r),
+            (_, last) => DockerStart::Asking {
+                asking: docker::Asking::start(choice),
+                last,
+            },
+        }
+    }
+
+    fn choice(&self) -> &docker::endpoint::Choice {
+        match self {
+            DockerStart::Recorded(r) => &r.engine,
+            DockerStart::Asking { asking, .. } => asking.choice(),
+        }
+    }
+}
+
+/// What `up` learned from the engine: the report it records, and the running containers its
+/// listing brought (for the probes of the VM's filter; `None` when it did not list them).
+type Docked = (
+    docker::Report,
+    Option<Result<Vec<docker::containers::ListedContainer>, String>>,
+);
+
+/// Docker's networks: the engine's answer (one that cannot be reached is a warning, and the
+/// networks the last `up` routed for it stay routed), checked against the host, and the
+/// subnets it may route added to `target`'s.
 async fn with_docker<N: Net>(
     net: &mut N,
-    settings: &Settings,
-    store: &Store,
+    started: DockerStart,
     target: &mut Target,
-) -> Result<Option<docker::Report>, EngineError> {
-    let choice = docker::sources::choose(
-        settings.docker.clone(),
-        settings.request.machine.as_deref(),
-        settings.request.docker_host.as_deref(),
-    );
-    let links = match choice {
+) -> Result<Docked, EngineError> {
+    let links = match started.choice() {
         docker::endpoint::Choice::At { .. } => net.links().await?,
         _ => Vec::new(),
     };
     let host = docker::networks::Host::new(&links, target.host_net(), &target.subnets);
-    let last = store.load().ok().flatten().and_then(|r| r.docker);
-    let report = match (settings.docker_listing, last) {
-        (docker::Listing::Recorded, Some(r)) if r.engine == choice => r.again(&host),
-        (_, last) => docker::list(choice, &host).or_last(last.as_ref(), &host),
+    let (report, containers) = match started {
+        DockerStart::Recorded(r) => (r.again(&host), None),
+        DockerStart::Asking { asking, last } => {
+            let (report, containers) = asking.finish(&host);
+            (report.or_last(last.as_ref(), &host), containers)
+        }
     };
     if let Some(w) = report.warning() {
         tracing::warn!("{w}");
@@ -378,7 +417,7 @@ async fn with_docker<N: Net>(
         tracing::info!("Docker: not routed: {s}");
     }
     target.subnets.extend(report.subnets());
-    Ok(Some(report))
+    Ok((report, containers))
 }
 
 /// `up`: discover, plan, observe, diff, apply routes (undoing a half-applied change), record,
@@ -426,8 +465,10 @@ pub async fn up_with<N: Net>(
         .ok()
         .flatten()
         .and_then(|r| discover::Pin::of(&r.target));
+    let started = DockerStart::new(settings, store);
     let mut target = discover::discover(net, &request).await?;
-    let mut docker = with_docker(net, settings, store, &mut target).await?;
+    let (docker, listed_containers) = with_docker(net, started, &mut target).await?;
+    let mut docker = Some(docker);
     let want_dns = wanted_dns(settings, &target);
     warn_unused(settings, &target, want_dns.as_ref());
     if let Some(d) = &want_dns {
@@ -623,7 +664,9 @@ pub async fn up_with<N: Net>(
     // Applied is not the same as working: ask the kernel what it picks now.
     let (probes, not_via_vm) = check_routes(net, &target).await?;
     let vm_filter = match settings.docker_listing {
-        docker::Listing::Ask => vm_filter::diagnose(docker.as_ref(), &probes),
+        docker::Listing::Ask => {
+            vm_filter::diagnose_listed(docker.as_ref(), listed_containers, &probes)
+        }
         docker::Listing::Recorded => None,
     };
     if let Some(p) = vm_filter

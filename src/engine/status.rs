@@ -345,7 +345,7 @@ pub async fn status<N: Net>(
             ));
         }
     }
-    let vm_filter = vm_filter::diagnose(docker.as_ref(), &probes);
+    let vm_filter = vm_filter::diagnose(docker.as_ref(), &probes, docker::helper::Facts::Always);
     let mut st = Status {
         target_from,
         target,

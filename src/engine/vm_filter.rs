@@ -84,12 +84,45 @@ pub(super) fn close(record: Option<&Record>, dry_run: bool) -> Option<String> {
     }
 }
 
+/// `up`'s [`diagnose`]: from the running containers its listing brought (`containers`), asking
+/// the engine about its filter only when a probe found traffic dropped.
+pub(super) fn diagnose_listed(
+    docker: Option<&docker::Report>,
+    containers: Option<Result<Vec<docker::containers::ListedContainer>, String>>,
+    probes: &[Probe],
+) -> Option<Diagnosis> {
+    let d = docker?;
+    let endpoint = d.endpoint()?;
+    let running = match containers? {
+        Ok(r) => r,
+        Err(why) => {
+            return Some(Diagnosis {
+                unchecked: Some(why),
+                ..Diagnosis::default()
+            });
+        }
+    };
+    let via_vm: Vec<Ipv4Net> = probes.iter().filter(|p| p.ok).map(|p| p.network).collect();
+    Some(helper::diagnose_listed(
+        endpoint,
+        d.version.as_ref().and_then(|v| v.version.clone()),
+        &running,
+        move |ip| via_vm.iter().any(|n| n.contains(&ip)),
+    ))
+}
+
 /// Ask the engine of `docker` and connect to its running containers whose networks the kernel
 /// routes through the VM (`probes`): the second and third reason a container is not reached.
-pub(super) fn diagnose(docker: Option<&docker::Report>, probes: &[Probe]) -> Option<Diagnosis> {
+pub(super) fn diagnose(
+    docker: Option<&docker::Report>,
+    probes: &[Probe],
+    facts: helper::Facts,
+) -> Option<Diagnosis> {
     let endpoint = docker?.endpoint()?;
     let via_vm: Vec<Ipv4Net> = probes.iter().filter(|p| p.ok).map(|p| p.network).collect();
-    Some(helper::diagnose(endpoint, move |ip| {
-        via_vm.iter().any(|n| n.contains(&ip))
-    }))
+    Some(helper::diagnose(
+        endpoint,
+        move |ip| via_vm.iter().any(|n| n.contains(&ip)),
+        facts,
+    ))
 }

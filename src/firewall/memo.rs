@@ -7,10 +7,17 @@
 //! not run `iptables -S` and `nft list table` again. What nftables does not cover
 //! (iptables-legacy) is always read.
 //!
-//! The result is kept, not the rules it came from: a few repairs instead of thousands of rules in
-//! a resident process. Pure: the caller reads the id ([`super::nfnl::generation`]).
+//! The result is kept, and the rules it came from only when they are few ([`KEEP_RULES`]): then
+//! a new scope under the same generation (a Docker network created: one subnet more) is judged
+//! again from them instead of running `iptables -S` again, which is most of what routing a new
+//! network costs; a firewall of thousands of rules is not held in a resident process. Pure: the
+//! caller reads the id ([`super::nfnl::generation`]).
 
-use super::{Foreign, Repair, Scope};
+use super::walk::Chain;
+use super::{Foreign, Repair, Scope, nft::Ruleset};
+
+/// The most rules (iptables-nft's and nftables' together) kept to be judged again.
+pub const KEEP_RULES: usize = 2000;
 
 /// What one firewall's rules mean for a scope.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -29,6 +36,37 @@ pub struct Covered {
     pub iptables_nft: Option<Judged>,
     /// The native nftables tables (when `nft` is installed).
     pub nft: Option<Judged>,
+    /// The rules they were judged from, when few.
+    pub rules: Option<Rules>,
+}
+
+/// The rules a result was judged from.
+#[derive(Debug, Default)]
+pub struct Rules {
+    pub iptables_nft: Option<Vec<Chain>>,
+    pub nft: Option<Ruleset>,
+}
+
+impl Rules {
+    /// These rules, if there are at most [`KEEP_RULES`] of them.
+    pub fn if_few(self) -> Option<Rules> {
+        let chains = |c: &[Chain]| c.iter().map(|c| c.rules.len()).sum::<usize>();
+        let n = self.iptables_nft.as_deref().map_or(0, chains)
+            + self
+                .nft
+                .as_ref()
+                .map_or(0, |rs| rs.tables.iter().map(|t| chains(&t.chains)).sum());
+        (n <= KEEP_RULES).then_some(self)
+    }
+}
+
+/// What the memo gives back for a read.
+#[derive(Debug)]
+pub enum Recalled {
+    /// The result for the same scope: nothing to read or judge.
+    Judged(Covered),
+    /// The rules (the same generation, another scope): judge them, nothing to read.
+    Rules(Rules),
 }
 
 /// Which of [`Covered`]'s parts a read needs: a result without one of them, or with one not
@@ -55,18 +93,24 @@ struct Remembered {
 }
 
 impl Memo {
-    /// The remembered result, taken out, when it is for the generation id `generation`, has
-    /// exactly `parts` and was judged for `scope`; `None` (and the memo is left empty)
-    /// otherwise. Put it back with [`Memo::remember`].
+    /// The remembered result, taken out, when it is for the generation id `generation` and has
+    /// exactly `parts`: itself when it was judged for `scope`, its rules (if they were kept)
+    /// for another scope; `None` (and the memo is left empty) otherwise. Put a result back
+    /// with [`Memo::remember`].
     pub fn take(
         &mut self,
         generation: Option<u32>,
         parts: Parts,
         scope: Option<&Scope>,
-    ) -> Option<Covered> {
+    ) -> Option<Recalled> {
         let last = self.last.take()?;
-        (Some(last.generation) == generation && last.parts == parts && last.scope.as_ref() == scope)
-            .then_some(last.covered)
+        if Some(last.generation) != generation || last.parts != parts {
+            return None;
+        }
+        if last.scope.as_ref() == scope {
+            return Some(Recalled::Judged(last.covered));
+        }
+        last.covered.rules.map(Recalled::Rules)
     }
 
     /// Remember a complete result for `parts` and `scope`, read after reading the generation id
@@ -120,6 +164,14 @@ mod tests {
                 desired,
                 ..Default::default()
             }),
+            rules: None,
+        }
+    }
+
+    fn judged(r: Option<Recalled>) -> Option<Covered> {
+        match r? {
+            Recalled::Judged(c) => Some(c),
+            Recalled::Rules(_) => None,
         }
     }
 
@@ -128,7 +180,7 @@ mod tests {
         let scope = super::super::test_scope();
         let mut m = Memo::default();
         m.remember(Some(7), BOTH, Some(&scope), result());
-        let c = m.take(Some(7), BOTH, Some(&scope)).expect("a hit");
+        let c = judged(m.take(Some(7), BOTH, Some(&scope))).expect("a hit");
         assert_eq!(c.nft.unwrap().desired.len(), 2);
         assert!(m.is_empty(), "taken out until remembered again");
     }
@@ -168,10 +220,41 @@ mod tests {
         for (generation, parts, asked, why) in misses {
             let mut m = Memo::default();
             m.remember(Some(7), BOTH, Some(&scope), result());
-            assert!(m.take(generation, parts, asked).is_none(), "{why}");
+            assert!(judged(m.take(generation, parts, asked)).is_none(), "{why}");
             assert!(m.is_empty(), "{why}: a miss leaves nothing to hit later");
             assert!(m.take(Some(7), BOTH, Some(&scope)).is_none(), "{why}");
         }
+        // with its rules kept, another scope gets the rules to judge again; another generation
+        // or other parts still nothing
+        let kept = || Covered {
+            rules: Rules {
+                iptables_nft: Some(vec![Chain::default()]),
+                nft: None,
+            }
+            .if_few(),
+            ..result()
+        };
+        let mut m = Memo::default();
+        m.remember(Some(7), BOTH, Some(&scope), kept());
+        assert!(matches!(
+            m.take(Some(7), BOTH, Some(&more)),
+            Some(Recalled::Rules(Rules {
+                iptables_nft: Some(_),
+                ..
+            }))
+        ));
+        m.remember(Some(7), BOTH, Some(&scope), kept());
+        assert!(m.take(Some(8), BOTH, Some(&more)).is_none());
+        // many rules are not kept
+        let many = Chain {
+            rules: vec![Default::default(); KEEP_RULES + 1],
+            ..Chain::default()
+        };
+        let rules = Rules {
+            iptables_nft: Some(vec![many]),
+            nft: None,
+        };
+        assert!(rules.if_few().is_none());
         // nothing remembered, or remembered without an id: a miss
         assert!(Memo::default().take(Some(7), BOTH, Some(&scope)).is_none());
         let mut m = Memo::default();

@@ -489,7 +489,7 @@ fn netfilter(scope: Option<&Scope>, reading: &Reading, mut memo: Option<&mut Mem
         nft: nft_found,
     };
     let recalled = memo.as_mut().and_then(|m| m.take(generation, parts, scope));
-    if let (Some(_), Some(g)) = (&recalled, generation) {
+    if let (Some(r), Some(g)) = (&recalled, generation) {
         let what: Vec<&str> = [
             (parts.iptables_nft, "iptables-nft's filter table"),
             (parts.nft, "the nftables tables"),
@@ -497,24 +497,43 @@ fn netfilter(scope: Option<&Scope>, reading: &Reading, mut memo: Option<&mut Mem
         .iter()
         .filter_map(|(read, what)| read.then_some(*what))
         .collect();
+        let how = match r {
+            memo::Recalled::Judged(_) => "reusing the firewall reading",
+            memo::Recalled::Rules(_) => "judging the rules read for the new scope again",
+        };
         tracing::debug!(
-            "firewall: nftables generation {g} unchanged: reusing the firewall reading ({})",
+            "firewall: nftables generation {g} unchanged: {how} ({})",
             what.join(", ")
         );
     }
-    let reused = recalled.is_some();
-    let mut covered = recalled.unwrap_or_default();
+    let (reused, mut covered, mut kept) = match recalled {
+        Some(memo::Recalled::Judged(c)) => (true, c, memo::Rules::default()),
+        Some(memo::Recalled::Rules(r)) => (false, memo::Covered::default(), r),
+        None => (false, memo::Covered::default(), memo::Rules::default()),
+    };
+    // what this read judged from, for the memo
+    let mut rules = memo::Rules::default();
     for (program, in_nft) in programs {
         if in_nft && reused {
             o.add(covered.iptables_nft.as_ref());
             continue;
         }
-        match list_filter(program) {
+        let recalled = if in_nft {
+            kept.iptables_nft.take()
+        } else {
+            None
+        };
+        let chains = match recalled {
+            Some(chains) => Ok(chains),
+            None => list_filter(program),
+        };
+        match chains {
             Ok(chains) => {
                 let judged = judge_iptables(program, &chains, scope);
                 o.add(Some(&judged));
                 if in_nft {
                     covered.iptables_nft = Some(judged);
+                    rules.iptables_nft = Some(chains);
                 }
             }
             Err(e) => o.errors.push(e),
@@ -522,18 +541,26 @@ fn netfilter(scope: Option<&Scope>, reading: &Reading, mut memo: Option<&mut Mem
     }
     o.errors.extend(nft_error);
     if nft_found && !reused {
-        match nft::ruleset(&nft_tables) {
+        let read = match kept.nft.take() {
+            Some(rs) => Ok(rs),
+            None => nft::ruleset(&nft_tables),
+        };
+        match read {
             Ok(rs) => {
                 let (desired, owned, foreign) = nft::observe(&rs, scope);
                 covered.nft = Some(memo::Judged {
                     desired,
                     owned: owned.into_iter().map(|r| (r, Vec::new())).collect(),
                     foreign,
-                    warnings: rs.warnings,
+                    warnings: rs.warnings.clone(),
                 });
+                rules.nft = Some(rs);
             }
             Err(e) => o.errors.push(e),
         }
+    }
+    if !reused {
+        covered.rules = rules.if_few();
     }
     o.add(covered.nft.as_ref());
     if let Some(m) = memo {

@@ -94,7 +94,7 @@ impl Names {
             .map_err(|e| tracing::warn!("DNS responder: {e}"))
             .ok()?;
         // agree on the API version once (an older engine refuses bollard's own)
-        rt.block_on(async { tokio::time::timeout(LIST_TIMEOUT, client.version()).await })
+        rt.block_on(async { tokio::time::timeout(LIST_TIMEOUT, client.negotiate()).await })
             .map_err(|_| "no answer".to_string())
             .and_then(|r| r.map_err(|e| e.to_string()))
             .map_err(|e| tracing::warn!("DNS responder not started: the engine: {e}"))
