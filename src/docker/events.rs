@@ -16,8 +16,11 @@ pub const MAX_EVENT: usize = 64 << 10;
 pub enum Event {
     /// A network was created or destroyed: its subnets may have come or gone.
     Network,
-    /// A container started, stopped, was renamed, or joined or left a network.
+    /// A container started, stopped, or was renamed.
     Container,
+    /// A container joined or left a network. The engine says so before its container list
+    /// shows it (Docker 20.10 lists the container as it was for a moment): look again shortly.
+    Attachment,
     /// The daemon says something about itself (its configuration reloaded).
     Daemon,
     /// Anything else (the filter asks for none of it; an engine may send it all the same).
@@ -80,8 +83,10 @@ pub fn parse(line: &[u8]) -> Result<Event, String> {
     };
     Ok(match (kind.as_str(), action.as_str()) {
         ("network", "create" | "destroy") => Event::Network,
-        ("container", "start" | "die" | "stop" | "rename" | "destroy" | "create")
-        | ("network", "connect" | "disconnect") => Event::Container,
+        ("container", "start" | "die" | "stop" | "rename" | "destroy" | "create") => {
+            Event::Container
+        }
+        ("network", "connect" | "disconnect") => Event::Attachment,
         ("daemon", _) => Event::Daemon,
         _ => Event::Other,
     })
@@ -170,7 +175,8 @@ mod tests {
         };
         assert_eq!(e("network", "create"), Ok(Event::Network));
         assert_eq!(e("network", "destroy"), Ok(Event::Network));
-        assert_eq!(e("network", "connect"), Ok(Event::Container));
+        assert_eq!(e("network", "connect"), Ok(Event::Attachment));
+        assert_eq!(e("network", "disconnect"), Ok(Event::Attachment));
         assert_eq!(e("container", "rename"), Ok(Event::Container));
         assert_eq!(e("daemon", "reload"), Ok(Event::Daemon));
         assert_eq!(e("image", "pull"), Ok(Event::Other));

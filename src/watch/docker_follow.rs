@@ -32,6 +32,10 @@ const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A stream that stayed open this long was a good connection: the next try starts quickly.
 const STABLE: Duration = Duration::from_secs(10);
+/// After a container joined or left a network, the names are refreshed at once and again after
+/// this long ([`Event::Attachment`]: the engine's list may not show it yet). One timer per burst
+/// of such events, none while nothing happens.
+const ATTACHMENT_SETTLE: Duration = Duration::from_millis(250);
 
 /// The waits between tries: doubling from [`BACKOFF_START`] up to [`BACKOFF_MAX`].
 #[derive(Debug)]
@@ -218,10 +222,31 @@ async fn follow(endpoint: &Endpoint, pending: &Pending, wake: &OwnedFd) {
                     ),
                 }
                 notify(&pending.opened, wake);
+                // when to refresh the names once more after an attachment
+                let mut again: Option<tokio::time::Instant> = None;
                 let why = loop {
-                    match events.next().await {
+                    let next = match again {
+                        None => Some(events.next().await),
+                        Some(at) => {
+                            futures_lite::future::or(async { Some(events.next().await) }, async {
+                                tokio::time::sleep_until(at).await;
+                                None
+                            })
+                            .await
+                        }
+                    };
+                    let Some(next) = next else {
+                        again = None;
+                        notify(&pending.containers, wake);
+                        continue;
+                    };
+                    match next {
                         Ok(Some(Event::Network)) => notify(&pending.networks, wake),
                         Ok(Some(Event::Container)) => notify(&pending.containers, wake),
+                        Ok(Some(Event::Attachment)) => {
+                            notify(&pending.containers, wake);
+                            again = Some(tokio::time::Instant::now() + ATTACHMENT_SETTLE);
+                        }
                         Ok(Some(Event::Daemon)) => tracing::debug!("Docker: a daemon event"),
                         Ok(Some(Event::Other)) => {}
                         Ok(None) => break "the engine ended it".to_string(),
