@@ -299,6 +299,62 @@ fn every_bridge_network_is_routed_and_down_removes_it() {
     assert!(!reaches(&lab));
 }
 
+/// A VPN's kill switches in both firewalls (iptables-nft and an nftables table with policy drop):
+/// `up` opens them for the engine's networks too, judging the firewall it read while the engine
+/// answered for the subnets the engine gave (no second `iptables -S`); `down` takes the openings
+/// out again.
+#[test]
+fn an_engine_network_is_opened_through_a_vpn_kill_switch_read_while_the_engine_answered() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    compose_container(&lab);
+    fw(&lab, "iptables", "-A OUTPUT -o vboxnet0 -j DROP");
+    fw(&lab, "iptables", "-A INPUT -i vboxnet0 -j DROP");
+    nft_load(&lab, "vpn.nft", MULLVAD_LIKE);
+    let rules = |lab: &Lab| {
+        format!(
+            "{}\n{}",
+            fw(lab, "iptables", "-S"),
+            fw(lab, "nft", "list ruleset")
+        )
+    };
+    let (before, fw_before) = (lab.snapshot(), rules(&lab));
+    assert!(!reaches_compose_container(&lab));
+
+    let engine = FakeEngine::start(lab.dir.path(), Answer::Networks(normal_networks()));
+    let run = lab
+        .dockroute_env(
+            &[
+                "up",
+                "--vm-ip",
+                VM_IP,
+                "--docker",
+                &engine.url(),
+                "--dns",
+                "off",
+            ],
+            &[("DOCKROUTE_LOG", &"debug")],
+        )
+        .ok();
+    assert!(
+        reaches_compose_container(&lab),
+        "the compose network's container is not reached through the kill switches:\n{}\n{}",
+        run.stdout,
+        rules(&lab)
+    );
+    assert!(
+        run.stderr
+            .contains("judging the rules read for the new scope again"),
+        "{}",
+        run.stderr
+    );
+    lab.dockroute(&["down"]).ok();
+    assert_eq!(lab.snapshot(), before);
+    assert_eq!(rules(&lab), fw_before, "down left the firewalls changed");
+}
+
 /// A container on a compose network (172.18.0.0/16): an address on the VM's bridge with a TCP
 /// echo service.
 fn compose_container(lab: &Lab) {

@@ -375,6 +375,12 @@ impl DockerStart {
         }
     }
 
+    /// Whether an engine is being asked (not the record gone by, not Docker off or unset).
+    fn asks_engine(&self) -> bool {
+        matches!(self, DockerStart::Asking { .. })
+            && matches!(self.choice(), docker::endpoint::Choice::At { .. })
+    }
+
     fn choice(&self) -> &docker::endpoint::Choice {
         match self {
             DockerStart::Recorded(r) => &r.engine,
@@ -466,6 +472,17 @@ pub async fn up_with<N: Net>(
         .flatten()
         .and_then(|r| discover::Pin::of(&r.target));
     let started = DockerStart::new(settings, store);
+    // While the engine answers, the firewalls are read (the engine's networks are part of
+    // what they are judged for): the two overlap.
+    let ahead = match (
+        started.asks_engine(),
+        memo.is_none(),
+        settings.firewall,
+        reading,
+    ) {
+        (true, true, FirewallMode::Auto, firewall::Reading::All) => firewall::read_ahead(),
+        _ => None,
+    };
     let mut target = discover::discover(net, &request).await?;
     let (docker, listed_containers) = with_docker(net, started, &mut target).await?;
     let mut docker = Some(docker);
@@ -494,6 +511,8 @@ pub async fn up_with<N: Net>(
         .as_ref()
         .and_then(|p| p.firewall_held.clone())
         .unwrap_or_default();
+    let mut read = ahead.and_then(|h| h.join().ok());
+    let memo = memo.or(read.as_mut());
     let fw = match settings.firewall {
         FirewallMode::Auto => firewall_plan(&target, reading, &held_before, memo, dry_run)?,
         FirewallMode::Off => FirewallPlan::default(),

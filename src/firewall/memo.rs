@@ -48,15 +48,15 @@ pub struct Rules {
 }
 
 impl Rules {
-    /// These rules, if there are at most [`KEEP_RULES`] of them.
-    pub fn if_few(self) -> Option<Rules> {
+    /// These rules, if there are at most `cap` of them.
+    pub fn at_most(self, cap: usize) -> Option<Rules> {
         let chains = |c: &[Chain]| c.iter().map(|c| c.rules.len()).sum::<usize>();
         let n = self.iptables_nft.as_deref().map_or(0, chains)
             + self
                 .nft
                 .as_ref()
                 .map_or(0, |rs| rs.tables.iter().map(|t| chains(&t.chains)).sum());
-        (n <= KEEP_RULES).then_some(self)
+        (n <= cap).then_some(self)
     }
 }
 
@@ -79,9 +79,20 @@ pub struct Parts {
 
 /// The last complete result, with the generation id read before it and its scope. Empty at
 /// first, after a read that failed, and after a read when the id could not be read.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Memo {
     last: Option<Remembered>,
+    /// The most rules kept with a result ([`KEEP_RULES`] in `watch`'s resident memo).
+    keep: usize,
+}
+
+impl Default for Memo {
+    fn default() -> Self {
+        Memo {
+            last: None,
+            keep: KEEP_RULES,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -93,6 +104,20 @@ struct Remembered {
 }
 
 impl Memo {
+    /// A memo for one run (`up`'s read ahead, [`super::read_ahead`]): it keeps the rules
+    /// whatever their number, for the one plan that follows.
+    pub fn for_one_run() -> Memo {
+        Memo {
+            last: None,
+            keep: usize::MAX,
+        }
+    }
+
+    /// The most rules a result keeps.
+    pub fn keep(&self) -> usize {
+        self.keep
+    }
+
     /// The remembered result, taken out, when it is for the generation id `generation` and has
     /// exactly `parts`: itself when it was judged for `scope`, its rules (if they were kept)
     /// for another scope; `None` (and the memo is left empty) otherwise. Put a result back
@@ -231,7 +256,7 @@ mod tests {
                 iptables_nft: Some(vec![Chain::default()]),
                 nft: None,
             }
-            .if_few(),
+            .at_most(KEEP_RULES),
             ..result()
         };
         let mut m = Memo::default();
@@ -254,7 +279,7 @@ mod tests {
             iptables_nft: Some(vec![many]),
             nft: None,
         };
-        assert!(rules.if_few().is_none());
+        assert!(rules.at_most(KEEP_RULES).is_none());
         // nothing remembered, or remembered without an id: a miss
         assert!(Memo::default().take(Some(7), BOTH, Some(&scope)).is_none());
         let mut m = Memo::default();

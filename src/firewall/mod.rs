@@ -354,6 +354,31 @@ pub fn observe_only(scope: Option<&Scope>, reading: &Reading) -> Observed {
     observe_held(scope, reading, &Held::default(), None)
 }
 
+/// Read the firewalls ahead, on a thread of their own, for a plan that learns its scope later
+/// (`up` while it waits for the Docker engine, whose networks are part of the scope): a read
+/// with no scope, kept with nftables' generation id and its rules in a memo for one run, which
+/// the plan judges again for its scope ([`memo::Recalled::Rules`]) if nftables did not change
+/// meanwhile, and reads again otherwise. `None` where nothing is read ahead (macOS: pf is read
+/// when the plan runs).
+pub fn read_ahead() -> Option<std::thread::JoinHandle<Memo>> {
+    #[cfg(target_os = "macos")]
+    {
+        None
+    }
+    #[cfg(not(target_os = "macos"))]
+    {
+        std::thread::Builder::new()
+            .name("firewall-read".into())
+            .spawn(|| {
+                let mut memo = Memo::for_one_run();
+                let _ = netfilter(None, &Reading::All, Some(&mut memo));
+                memo
+            })
+            .map_err(|e| tracing::debug!("firewall: not read ahead: {e}"))
+            .ok()
+    }
+}
+
 /// [`observe_only`], knowing what the record says dockroute holds (macOS: its ipfw rule numbers);
 /// with `memo` (`watch` on Linux, one process), a read of everything reuses the last one's
 /// reading of what nftables holds (iptables-nft, the nftables tables) while nftables' generation
@@ -560,7 +585,7 @@ fn netfilter(scope: Option<&Scope>, reading: &Reading, mut memo: Option<&mut Mem
         }
     }
     if !reused {
-        covered.rules = rules.if_few();
+        covered.rules = memo.as_ref().and_then(|m| rules.at_most(m.keep()));
     }
     o.add(covered.nft.as_ref());
     if let Some(m) = memo {
