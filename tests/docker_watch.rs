@@ -76,13 +76,22 @@ fn watch_routes_created_networks_withdraws_removed_ones_and_follows_dockerd_rest
     // created while watch runs: routed and reached
     created_is_reached(&lab, &w, "n1", "172.31.0.0/16", "web1");
 
-    // removed: its route goes
+    // removed: its route goes, by the destroy event's network id (the engine is not asked
+    // while it takes the network down)
     lab.docker_ok(&["rm", "-f", "web1"]);
     lab.network_rm("n1");
     assert!(
         eventually(WAIT, || !routed(&lab, "172.31.0.0/16")),
         "the removed network's route stayed:\n{}\n{}",
         lab.ip("route show table all"),
+        w.log()
+    );
+    assert!(
+        w.log()
+            .lines()
+            .any(|l| l.contains("cause=Docker network removed")
+                && l.contains("- route 172.31.0.0/16")),
+        "not withdrawn by the destroy event:\n{}",
         w.log()
     );
 

@@ -12,10 +12,13 @@ use serde::Deserialize;
 pub const MAX_EVENT: usize = 64 << 10;
 
 /// What one event means to dockroute.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// A network was created or destroyed: its subnets may have come or gone.
+    /// A network was created (or destroyed, with no id to name it): list the networks again.
     Network,
+    /// The network with this id (the engine's hex id) was destroyed: its route can go without
+    /// asking the engine, which is busy taking the network down.
+    NetworkGone(String),
     /// A container started, stopped, or was renamed.
     Container,
     /// A container joined or left a network. The engine says so before its container list
@@ -71,6 +74,22 @@ struct Raw {
     kind: Option<String>,
     #[serde(rename = "Action")]
     action: Option<String>,
+    #[serde(rename = "Actor")]
+    actor: Option<Actor>,
+}
+
+#[derive(Deserialize)]
+struct Actor {
+    #[serde(rename = "ID")]
+    id: Option<serde_json::Value>,
+}
+
+/// A network id as the engine gives them: 1 to 64 hex digits (anything else names nothing).
+fn network_id(actor: Option<Actor>) -> Option<String> {
+    let id = actor?.id?;
+    let id = id.as_str()?;
+    (!id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| id.to_ascii_lowercase())
 }
 
 /// One line of the stream, classified. A line that is not a JSON object with string `Type` and
@@ -82,7 +101,11 @@ pub fn parse(line: &[u8]) -> Result<Event, String> {
         return Err("an event without a Type or Action".into());
     };
     Ok(match (kind.as_str(), action.as_str()) {
-        ("network", "create" | "destroy") => Event::Network,
+        ("network", "destroy") => match network_id(raw.actor) {
+            Some(id) => Event::NetworkGone(id),
+            None => Event::Network,
+        },
+        ("network", "create") => Event::Network,
         ("container", "start" | "die" | "stop" | "rename" | "destroy" | "create") => {
             Event::Container
         }
@@ -174,7 +197,23 @@ mod tests {
             parse(format!(r#"{{"Type":"{t}","Action":"{a}","Actor":{{"ID":"x","Attributes":{{"name":"n"}}}},"time":1}}"#).as_bytes())
         };
         assert_eq!(e("network", "create"), Ok(Event::Network));
+        // the helper's Actor.ID is "x": no network id, so the networks are listed again
         assert_eq!(e("network", "destroy"), Ok(Event::Network));
+        let gone = |id: &str| {
+            parse(
+                format!(r#"{{"Type":"network","Action":"destroy","Actor":{{"ID":"{id}"}}}}"#)
+                    .as_bytes(),
+            )
+        };
+        let id = "a".repeat(64);
+        assert_eq!(gone(&id), Ok(Event::NetworkGone(id.clone())));
+        assert_eq!(gone(&"A".repeat(64)), Ok(Event::NetworkGone(id)));
+        assert_eq!(gone(&"a".repeat(65)), Ok(Event::Network));
+        assert_eq!(gone("../../etc"), Ok(Event::Network));
+        assert_eq!(
+            parse(br#"{"Type":"network","Action":"destroy","Actor":{"ID":7}}"#),
+            Ok(Event::Network)
+        );
         assert_eq!(e("network", "connect"), Ok(Event::Attachment));
         assert_eq!(e("network", "disconnect"), Ok(Event::Attachment));
         assert_eq!(e("container", "rename"), Ok(Event::Container));

@@ -82,11 +82,13 @@ pub trait Engine {
 /// Whether `up` asks the engine, or goes by the networks the last `up` recorded (`watch`, for a
 /// reconcile that only kernel events caused: they say nothing about Docker; Docker's own events
 /// and a reopened event stream make it ask, see `watch::docker_follow`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Listing {
     #[default]
     Ask,
     Recorded,
+    /// The recorded networks but these (ids the engine's events said were destroyed).
+    Without(Vec<String>),
 }
 
 /// What `up` learned from the engine; the record keeps it and `status` shows it.
@@ -191,6 +193,12 @@ impl Report {
 }
 
 impl Report {
+    /// This report without the networks of these ids (destroyed, the engine's events said).
+    pub fn without(mut self, gone: &[String]) -> Report {
+        self.routed.retain(|n| !gone.contains(&n.id));
+        self
+    }
+
     /// The last `up`'s report for the same engine, its networks checked again against `host`
     /// (the host's addresses may have changed since).
     pub fn again(&self, host: &Host) -> Report {
@@ -491,6 +499,9 @@ mod tests {
             vm_firewall: None,
         };
         assert_eq!(recorded.again(&Host::default()).routed, recorded.routed);
+        // a network the engine said was destroyed: the others stay
+        let without = recorded.clone().without(&["a".repeat(64)]);
+        assert_eq!(without.routed, recorded.routed[1..]);
         // the host joined a network that overlaps one of them since: that one is withdrawn
         let host = Host {
             addrs: vec![("wlan0".into(), "10.20.5.7/24".parse().unwrap())],

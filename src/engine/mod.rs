@@ -366,8 +366,11 @@ impl DockerStart {
             settings.request.docker_host.as_deref(),
         );
         let last = store.load().ok().flatten().and_then(|r| r.docker);
-        match (settings.docker_listing, last) {
+        match (&settings.docker_listing, last) {
             (docker::Listing::Recorded, Some(r)) if r.engine == choice => DockerStart::Recorded(r),
+            (docker::Listing::Without(gone), Some(r)) if r.engine == choice => {
+                DockerStart::Recorded(r.without(gone))
+            }
             (_, last) => DockerStart::Asking {
                 asking: docker::Asking::start(choice),
                 last,
@@ -686,7 +689,7 @@ pub async fn up_with<N: Net>(
         docker::Listing::Ask => {
             vm_filter::diagnose_listed(docker.as_ref(), listed_containers, &probes)
         }
-        docker::Listing::Recorded => None,
+        docker::Listing::Recorded | docker::Listing::Without(_) => None,
     };
     if let Some(p) = vm_filter
         .as_ref()

@@ -29,7 +29,7 @@ pub(super) fn reconcile(
     let Some(endpoint) = d.endpoint().cloned() else {
         return;
     };
-    if d.unreached.is_some() || settings.docker_listing == docker::Listing::Recorded {
+    if d.unreached.is_some() || settings.docker_listing != docker::Listing::Ask {
         return;
     }
     match &settings.open_vm_firewall {

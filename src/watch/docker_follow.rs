@@ -24,6 +24,10 @@ use std::time::{Duration, Instant};
 
 /// The cause a network created or destroyed gives the reconcile (which then lists again).
 pub const NETWORKS_CHANGED: &str = "Docker network created or removed";
+/// The cause a network destroyed gives (its id named: its route goes without a listing).
+pub const NETWORK_GONE: &str = "Docker network removed";
+/// The most destroyed networks kept between two reconciles; past it, the networks are listed.
+const MAX_GONE: usize = 64;
 /// The cause the stream (re)opening gives: what happened while it was closed is listed again.
 pub const STREAM_OPENED: &str = "Docker events followed";
 
@@ -68,6 +72,8 @@ impl Backoff {
 #[derive(Default)]
 struct Pending {
     networks: AtomicBool,
+    /// Networks destroyed, by id ([`Event::NetworkGone`]).
+    gone: std::sync::Mutex<Vec<String>>,
     containers: AtomicBool,
     opened: AtomicBool,
 }
@@ -147,6 +153,11 @@ impl Follower {
         }
         if self.pending.networks.swap(false, Ordering::AcqRel) {
             causes.add(NETWORKS_CHANGED);
+        }
+        let gone =
+            std::mem::take(&mut *self.pending.gone.lock().unwrap_or_else(|e| e.into_inner()));
+        for id in gone {
+            causes.network_gone(id);
         }
         self.pending.containers.swap(false, Ordering::AcqRel)
     }
@@ -242,6 +253,17 @@ async fn follow(endpoint: &Endpoint, pending: &Pending, wake: &OwnedFd) {
                     };
                     match next {
                         Ok(Some(Event::Network)) => notify(&pending.networks, wake),
+                        Ok(Some(Event::NetworkGone(id))) => {
+                            let mut gone = pending.gone.lock().unwrap_or_else(|e| e.into_inner());
+                            if gone.len() < MAX_GONE {
+                                gone.push(id);
+                                drop(gone);
+                                let _ = nix::unistd::write(wake, b"!");
+                            } else {
+                                drop(gone);
+                                notify(&pending.networks, wake);
+                            }
+                        }
                         Ok(Some(Event::Container)) => notify(&pending.containers, wake),
                         Ok(Some(Event::Attachment)) => {
                             notify(&pending.containers, wake);
@@ -305,6 +327,45 @@ mod tests {
         let mut c = Causes::default();
         c.add(STREAM_OPENED);
         assert!(relists(&c));
+    }
+
+    #[test]
+    fn a_destroyed_network_is_withdrawn_from_the_record_and_a_created_one_lists() {
+        use crate::docker::Listing;
+        let (wake, write) = pipe().unwrap();
+        let f = Follower {
+            endpoint: Endpoint::Unix {
+                path: "/nonexistent".into(),
+            },
+            wake,
+            pending: Arc::default(),
+            _stop: tokio::sync::oneshot::channel().0,
+        };
+        let id = "b".repeat(64);
+        f.pending.gone.lock().unwrap().push(id.clone());
+        let _ = nix::unistd::write(&write, b"!");
+        let mut causes = Causes::default();
+        f.drain(&mut causes);
+        assert_eq!(causes.gone(), std::slice::from_ref(&id));
+        assert_eq!(
+            super::super::docker_listing(5, true, &causes),
+            Listing::Without(vec![id.clone()])
+        );
+        // the first reconcile, one after a failure, or a created network too: the engine is asked
+        assert_eq!(super::super::docker_listing(1, true, &causes), Listing::Ask);
+        assert_eq!(
+            super::super::docker_listing(5, false, &causes),
+            Listing::Ask
+        );
+        causes.add(NETWORKS_CHANGED);
+        assert_eq!(super::super::docker_listing(5, true, &causes), Listing::Ask);
+        // kernel events only: the record
+        let mut kernel = Causes::default();
+        kernel.add("route deleted");
+        assert_eq!(
+            super::super::docker_listing(5, true, &kernel),
+            Listing::Recorded
+        );
     }
 
     #[test]

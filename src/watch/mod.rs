@@ -293,13 +293,27 @@ pub fn open_to_watch(
     (if dir { meta.is_dir() } else { meta.is_file() }).then(|| file.into())
 }
 
-/// The events since the last reconcile, counted by kind, for its log line.
+/// The events since the last reconcile, counted by kind, for its log line; and the Docker
+/// networks the engine said were destroyed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Causes(BTreeMap<&'static str, usize>);
+pub struct Causes(BTreeMap<&'static str, usize>, Vec<String>);
 
 impl Causes {
     pub fn add(&mut self, what: &'static str) {
         *self.0.entry(what).or_default() += 1;
+    }
+
+    /// A Docker network destroyed ([`docker_follow::NETWORK_GONE`]), by its id.
+    pub fn network_gone(&mut self, id: String) {
+        self.add(docker_follow::NETWORK_GONE);
+        if !self.1.contains(&id) {
+            self.1.push(id);
+        }
+    }
+
+    /// The ids of the Docker networks destroyed.
+    pub fn gone(&self) -> &[String] {
+        &self.1
     }
 
     pub fn is_empty(&self) -> bool {
@@ -472,14 +486,19 @@ const NFT_EVENTS: [&str; 7] = [
 ];
 
 /// Whether reconcile number `count` asks the Docker engine: the first does, one after a failed
-/// reconcile, and one caused by Docker's events (a network created or removed, the event stream
-/// opened again: [`docker_follow::relists`]); the others go by the networks the last listing
-/// recorded (kernel events say nothing about Docker's networks).
+/// reconcile, and one caused by Docker's events (a network created, the event stream opened
+/// again: [`docker_follow::relists`]); networks destroyed are taken out of the networks the
+/// last listing recorded; the others go by those (kernel events say nothing about Docker's
+/// networks).
 pub(crate) fn docker_listing(count: u64, last_ok: bool, causes: &Causes) -> crate::docker::Listing {
-    if count > 1 && last_ok && !docker_follow::relists(causes) {
-        crate::docker::Listing::Recorded
-    } else {
+    if count <= 1 || !last_ok || docker_follow::relists(causes) {
         crate::docker::Listing::Ask
+    } else if !causes.gone().is_empty() {
+        // destroyed networks: withdrawn from the record, without asking the engine (busy taking
+        // them down); a network created comes with an event of its own that asks
+        crate::docker::Listing::Without(causes.gone().to_vec())
+    } else {
+        crate::docker::Listing::Recorded
     }
 }
 
