@@ -329,9 +329,8 @@ mod tests {
         assert!(relists(&c));
     }
 
-    #[test]
-    fn a_destroyed_network_is_withdrawn_from_the_record_and_a_created_one_lists() {
-        use crate::docker::Listing;
+    /// A follower with no stream thread, and the write end of its pipe (the thread's).
+    fn follower() -> (Follower, OwnedFd) {
         let (wake, write) = pipe().unwrap();
         let f = Follower {
             endpoint: Endpoint::Unix {
@@ -341,6 +340,13 @@ mod tests {
             pending: Arc::default(),
             _stop: tokio::sync::oneshot::channel().0,
         };
+        (f, write)
+    }
+
+    #[test]
+    fn a_destroyed_network_is_withdrawn_from_the_record_and_a_created_one_lists() {
+        use crate::docker::Listing;
+        let (f, write) = follower();
         let id = "b".repeat(64);
         f.pending.gone.lock().unwrap().push(id.clone());
         let _ = nix::unistd::write(&write, b"!");
@@ -370,15 +376,7 @@ mod tests {
 
     #[test]
     fn the_pipe_wakes_and_the_flags_say_what_came() {
-        let (wake, write) = pipe().unwrap();
-        let f = Follower {
-            endpoint: Endpoint::Unix {
-                path: "/nonexistent".into(),
-            },
-            wake,
-            pending: Arc::default(),
-            _stop: tokio::sync::oneshot::channel().0,
-        };
+        let (f, write) = follower();
         for _ in 0..100_000 {
             // more than a pipe holds: the writer never blocks
             notify(&f.pending.networks, &write);
