@@ -10,7 +10,7 @@
 #           end; the lab's VM is a namespace of this machine, so the clocks are one)
 #   scale   `up` listing the engine with 1, 10 and 100 networks beside a routes-only `up` of the
 #           same subnets typed as --subnet (`--docker off`), from nothing and with nothing to
-#           change (median of 10 runs each)
+#           change (median of 20 runs each)
 #   idle    `watch --docker` over 60 s with the event stream open and no events: CPU ticks,
 #           wake-ups, resident memory
 #

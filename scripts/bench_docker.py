@@ -296,7 +296,7 @@ def main():
     ap.add_argument("docker_host")
     ap.add_argument("docker_config")
     ap.add_argument("--creates", type=int, default=60)
-    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--idle-secs", type=float, default=60)
     ap.add_argument("--sizes", default="1,10,100")
     a = ap.parse_args()

@@ -73,8 +73,17 @@ fn watch_routes_created_networks_withdraws_removed_ones_and_follows_dockerd_rest
     // a network created before the stream opens is listed when it opens
     logged(&w, "watching (", 1);
 
-    // created while watch runs: routed and reached
+    // created while watch runs: routed and reached, with the listing the event thread asked
+    // for the moment the engine's event came
     created_is_reached(&lab, &w, "n1", "172.31.0.0/16", "web1");
+    assert!(
+        w.log()
+            .lines()
+            .any(|l| l.contains("cause=Docker network created")
+                && l.contains("asked by the event thread")),
+        "the created network's reconcile asked the engine itself:\n{}",
+        w.log()
+    );
 
     // removed: its route goes, by the destroy event's network id (the engine is not asked
     // while it takes the network down)

@@ -5,6 +5,7 @@
 //! before anything reaches `plan`. An engine that cannot be reached is a warning: the fixed
 //! subnets are routed all the same.
 
+pub mod ahead;
 pub mod client;
 pub mod containers;
 pub mod endpoint;
@@ -86,9 +87,18 @@ pub trait Engine {
 pub enum Listing {
     #[default]
     Ask,
+    /// Ask, or take the answer `watch`'s event thread asked ahead ([`ahead`]).
+    Ahead(ahead::Ahead),
     Recorded,
     /// The recorded networks but these (ids the engine's events said were destroyed).
     Without(Vec<String>),
+}
+
+impl Listing {
+    /// Whether the engine is asked (not the record gone by).
+    pub fn asks(&self) -> bool {
+        matches!(self, Listing::Ask | Listing::Ahead(_))
+    }
 }
 
 /// What `up` learned from the engine; the record keeps it and `status` shows it.
@@ -262,21 +272,61 @@ pub async fn fetch<E: Engine>(engine: &E) -> Result<Fetched, DockerError> {
 /// are known to check the engine's against.
 pub struct Asking {
     choice: Choice,
-    answer: Option<std::thread::JoinHandle<Result<Fetched, DockerError>>>,
+    answer: Option<Answer>,
+}
+
+/// Where the engine's answer comes from: a thread of `up`'s own, or `watch`'s event thread,
+/// which asked ahead ([`ahead`]).
+enum Answer {
+    Thread(std::thread::JoinHandle<Result<Fetched, DockerError>>),
+    Ahead(ahead::Waiting, Box<Endpoint>),
+}
+
+impl Answer {
+    fn thread(endpoint: &Endpoint) -> std::thread::JoinHandle<Result<Fetched, DockerError>> {
+        spawn_on_runtime(endpoint, |client| async move {
+            tokio::time::timeout(TIMEOUT, fetch(&client))
+                .await
+                .map_err(|_| DockerError::Timeout(TIMEOUT))?
+        })
+    }
+
+    fn wait(self) -> Result<Fetched, DockerError> {
+        let thread = match self {
+            Answer::Thread(t) => t,
+            Answer::Ahead(w, endpoint) => match w.wait() {
+                Some(answer) => return answer,
+                // the event thread ended (the engine changed): ask here
+                None => Answer::thread(&endpoint),
+            },
+        };
+        thread
+            .join()
+            .unwrap_or_else(|_| Err(DockerError::Runtime("the client thread failed".into())))
+    }
 }
 
 impl Asking {
     /// Start asking the engine `choice` names (nothing to ask when it names none).
     pub fn start(choice: Choice) -> Asking {
         let answer = match &choice {
-            Choice::At { endpoint, .. } => Some(spawn_on_runtime(endpoint, |client| async move {
-                tokio::time::timeout(TIMEOUT, fetch(&client))
-                    .await
-                    .map_err(|_| DockerError::Timeout(TIMEOUT))?
-            })),
+            Choice::At { endpoint, .. } => Some(Answer::Thread(Answer::thread(endpoint))),
             _ => None,
         };
         Asking { choice, answer }
+    }
+
+    /// Wait for the answer `ahead` asked of the engine `choice` names, when it is that engine's
+    /// and fresh; otherwise start asking ([`Asking::start`]).
+    pub fn resume(choice: Choice, ahead: &ahead::Ahead) -> Asking {
+        if let Choice::At { endpoint, .. } = &choice
+            && let Some(waiting) = ahead.take(endpoint)
+        {
+            tracing::debug!("Docker: the engine's answer was asked by the event thread");
+            let answer = Some(Answer::Ahead(waiting, Box::new(endpoint.clone())));
+            return Asking { choice, answer };
+        }
+        Asking::start(choice)
     }
 
     pub fn choice(&self) -> &Choice {
@@ -306,13 +356,10 @@ impl Asking {
         let Some(answer) = self.answer else {
             return (report, None);
         };
-        let fetched = answer
-            .join()
-            .unwrap_or_else(|_| Err(DockerError::Runtime("the client thread failed".into())))
-            .and_then(|f| {
-                let filtered = networks::filter(&f.listed, host).map_err(DockerError::Refused)?;
-                Ok((f, filtered))
-            });
+        let fetched = answer.wait().and_then(|f| {
+            let filtered = networks::filter(&f.listed, host).map_err(DockerError::Refused)?;
+            Ok((f, filtered))
+        });
         match fetched {
             Ok((f, filtered)) => {
                 report.version = Some(f.version);

@@ -183,7 +183,11 @@ pub fn filter(listed: &[Listed], host: &Host) -> Result<Filtered, String> {
         ));
     }
     let mut out = Filtered::default();
-    let mut ids: Vec<&str> = Vec::new();
+    let mut ids: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    // The engine lists in no fixed order: by name (then id), so the same networks give the same
+    // report, record and winner among overlapping subnets each time.
+    let mut listed: Vec<&Listed> = listed.iter().collect();
+    listed.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
     for l in listed {
         let name = l.name.as_deref().unwrap_or("");
         let skip = |subnet: Option<&str>, reason: String| Skipped {
@@ -199,7 +203,7 @@ pub fn filter(listed: &[Listed], host: &Host) -> Result<Filtered, String> {
                 "id '{}' is not a Docker network id: refused",
                 shown(id)
             ))
-        } else if ids.contains(&id) {
+        } else if ids.contains(id) {
             Some("listed twice: refused".into())
         } else if l.driver.as_deref() != Some("bridge") {
             Some(format!(
@@ -222,7 +226,7 @@ pub fn filter(listed: &[Listed], host: &Host) -> Result<Filtered, String> {
             out.skipped.push(skip(None, reason));
             continue;
         }
-        ids.push(id);
+        ids.insert(id);
         for s in &l.subnets {
             if s.contains(':') {
                 out.skipped
@@ -291,6 +295,32 @@ mod tests {
         f.skipped.iter().map(|s| s.to_string()).collect()
     }
 
+    /// Why the network `name` was skipped.
+    fn why(f: &Filtered, name: &str) -> String {
+        match f.skipped.iter().find(|s| s.name == name) {
+            Some(s) => s.reason.clone(),
+            None => panic!("{name} not skipped: {:?}", reasons(f)),
+        }
+    }
+
+    #[test]
+    fn the_engines_order_changes_nothing() {
+        let listed = vec![
+            bridge("b_default", 2, &["172.20.0.0/16"]),
+            bridge("a_default", 1, &["172.20.0.0/16"]),
+            bridge("c_default", 3, &["172.21.0.0/16"]),
+        ];
+        let mut reversed = listed.clone();
+        reversed.reverse();
+        let f = filter(&listed, &host()).unwrap();
+        assert_eq!(f, filter(&reversed, &host()).unwrap());
+        // of two overlapping networks, the first by name is routed
+        let routed: Vec<&str> = f.routed.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(routed, ["a_default", "c_default"]);
+        assert_eq!(f.skipped.len(), 1);
+        assert_eq!(f.skipped[0].name, "b_default");
+    }
+
     #[test]
     fn routes_local_bridge_networks() {
         let f = filter(
@@ -309,8 +339,8 @@ mod tests {
         assert_eq!(
             reasons(&f),
             [
-                "172.17.0.0/16 bridge: routed already as a fixed subnet (--subnet)",
                 "fd00::/64 app_default: IPv6: not routed yet",
+                "172.17.0.0/16 bridge: routed already as a fixed subnet (--subnet)",
             ]
         );
     }
@@ -344,12 +374,12 @@ mod tests {
         assert_eq!(
             reasons(&f),
             [
-                "secret: internal: its containers are not reachable from outside by design",
-                "ov: driver overlay: only bridge networks are routed",
-                "sb: scope swarm: only local networks are routed",
+                "empty: no subnet",
                 "host: driver host: only bridge networks are routed",
                 "mv: driver macvlan: only bridge networks are routed",
-                "empty: no subnet",
+                "ov: driver overlay: only bridge networks are routed",
+                "sb: scope swarm: only local networks are routed",
+                "secret: internal: its containers are not reachable from outside by design",
             ]
         );
     }
@@ -376,18 +406,22 @@ mod tests {
         .unwrap();
         assert_eq!(f.routed.len(), 1, "{:?}", reasons(&f));
         assert_eq!(f.routed[0].name, "a");
-        let r = reasons(&f);
-        assert!(r[0].contains("default route"), "{r:?}");
-        assert!(r[1].contains("wider than /8"));
-        assert!(r[2].contains("eth0's network 192.168.1.0/24"));
-        assert!(r[3].contains("eth0's network"));
-        assert!(r[4].contains("host-only network"));
-        assert!(r[5].contains("loopback"));
-        assert!(r[6].contains("carrier-grade NAT"));
-        assert!(r[7].contains("host bits set"));
-        assert!(r[8].contains("not an IPv4 subnet"));
-        assert!(r[9].contains("overlaps the fixed subnet 172.17.0.0/16"));
-        assert!(r[10].contains("overlaps network a's 172.21.0.0/16"));
+        assert!(
+            why(&f, "all").contains("default route"),
+            "{:?}",
+            reasons(&f)
+        );
+        assert!(why(&f, "wide").contains("wider than /8"));
+        assert!(why(&f, "lan").contains("eth0's network 192.168.1.0/24"));
+        assert!(why(&f, "lan2").contains("eth0's network"));
+        assert!(why(&f, "hostonly").contains("host-only network"));
+        assert!(why(&f, "lo").contains("loopback"));
+        assert!(why(&f, "cgnat").contains("carrier-grade NAT"));
+        assert!(why(&f, "bits").contains("host bits set"));
+        assert!(why(&f, "junk").contains("not an IPv4 subnet"));
+        assert!(why(&f, "inside").contains("overlaps the fixed subnet 172.17.0.0/16"));
+        assert!(why(&f, "b").contains("overlaps network a's 172.21.0.0/16"));
+        assert_eq!(f.skipped.len(), 11);
     }
 
     #[test]
@@ -406,14 +440,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(f.routed.len(), 1);
+        assert_eq!(f.routed[0].name, "one");
         let r = reasons(&f);
+        assert_eq!(r[0], ": not a Docker network name: refused");
         assert_eq!(
-            r[0],
+            r[1],
             "bad\\nname\\u{1b}[2K: not a Docker network name: refused"
         );
         assert!(r.iter().all(|l| !l.contains(|c: char| c.is_control())));
-        assert!(r[2].contains("not a Docker network id"));
-        assert!(r[3].contains("listed twice"));
+        assert!(why(&f, "two").contains("listed twice"));
+        assert!(why(&f, "x").contains("not a Docker network id"));
 
         let many: Vec<Listed> = (0..=MAX_NETWORKS as u32)
             .map(|i| bridge(&format!("n{i}"), i, &["10.1.0.0/24"]))

@@ -371,6 +371,10 @@ impl DockerStart {
             (docker::Listing::Without(gone), Some(r)) if r.engine == choice => {
                 DockerStart::Recorded(r.without(gone))
             }
+            (docker::Listing::Ahead(ahead), last) => DockerStart::Asking {
+                asking: docker::Asking::resume(choice, ahead),
+                last,
+            },
             (_, last) => DockerStart::Asking {
                 asking: docker::Asking::start(choice),
                 last,
@@ -412,6 +416,11 @@ async fn with_docker<N: Net>(
         _ => Vec::new(),
     };
     let host = docker::networks::Host::new(&links, target.host_net(), &target.subnets);
+    // Networks skipped before are said again only in the debug log (`watch` reconciles often).
+    let known = match &started {
+        DockerStart::Recorded(r) => r.skipped.clone(),
+        DockerStart::Asking { last, .. } => last.iter().flat_map(|l| l.skipped.clone()).collect(),
+    };
     let (report, containers) = match started {
         DockerStart::Recorded(r) => (r.again(&host), None),
         DockerStart::Asking { asking, last } => {
@@ -423,7 +432,11 @@ async fn with_docker<N: Net>(
         tracing::warn!("{w}");
     }
     for s in &report.skipped {
-        tracing::info!("Docker: not routed: {s}");
+        if known.contains(s) {
+            tracing::debug!("Docker: not routed: {s}");
+        } else {
+            tracing::info!("Docker: not routed: {s}");
+        }
     }
     target.subnets.extend(report.subnets());
     Ok((report, containers))
@@ -685,12 +698,11 @@ pub async fn up_with<N: Net>(
     };
     // Applied is not the same as working: ask the kernel what it picks now.
     let (probes, not_via_vm) = check_routes(net, &target).await?;
-    let vm_filter = match settings.docker_listing {
-        docker::Listing::Ask => {
-            vm_filter::diagnose_listed(docker.as_ref(), listed_containers, &probes)
-        }
-        docker::Listing::Recorded | docker::Listing::Without(_) => None,
-    };
+    let vm_filter = settings
+        .docker_listing
+        .asks()
+        .then(|| vm_filter::diagnose_listed(docker.as_ref(), listed_containers, &probes))
+        .flatten();
     if let Some(p) = vm_filter
         .as_ref()
         .and_then(|d| d.problem(target.host_addr.addr()))

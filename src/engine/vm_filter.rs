@@ -29,7 +29,7 @@ pub(super) fn reconcile(
     let Some(endpoint) = d.endpoint().cloned() else {
         return;
     };
-    if d.unreached.is_some() || settings.docker_listing != docker::Listing::Ask {
+    if d.unreached.is_some() || !settings.docker_listing.asks() {
         return;
     }
     match &settings.open_vm_firewall {

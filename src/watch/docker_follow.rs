@@ -5,7 +5,13 @@
 //! events costs a bounded amount of memory and one wake-up per read of the loop: networks changed
 //! (the loop lists them again and reconciles), containers changed (the names hook,
 //! `watch::names::refresh_names`), and the stream (re)opened (list again: Docker replays nothing
-//! that happened while the stream was down).
+//! that happened while the stream was down), besides the ids of destroyed networks (at most
+//! [`MAX_GONE`]).
+//!
+//! When the networks changed or the stream opened, the thread asks the engine for the listing
+//! at once, before the loop has even woken ([`crate::docker::ahead`]: at most [`MAX_ASKS`] at
+//! once), and the reconcile that wakes takes that answer. The route of a created network is
+//! then in place a few milliseconds after the engine's event.
 //!
 //! When the stream ends (dockerd restarts, the VM stops or sleeps), the thread connects again
 //! with back-off ([`Backoff`]: never more than 30 s between tries, never a busy loop), logging the
@@ -13,6 +19,7 @@
 //! runtime's poll on the socket: no timer, no wake-up.
 
 use super::Causes;
+use crate::docker::ahead::Ahead;
 use crate::docker::endpoint::{Choice, Endpoint};
 use crate::docker::events::Event;
 use crate::docker::{self, DockerError, Engine};
@@ -76,6 +83,8 @@ struct Pending {
     gone: std::sync::Mutex<Vec<String>>,
     containers: AtomicBool,
     opened: AtomicBool,
+    /// The engine asked after the latest network event or opening.
+    ahead: std::sync::Mutex<Option<Ahead>>,
 }
 
 /// The stream thread, seen from the loop. Dropping it ends the thread (and closes the pipe).
@@ -148,11 +157,23 @@ impl Follower {
     pub fn drain(&self, causes: &mut Causes) -> bool {
         let mut buf = [0u8; 256];
         while matches!(nix::unistd::read(&self.wake, &mut buf), Ok(n) if n > 0) {}
-        if self.pending.opened.swap(false, Ordering::AcqRel) {
+        let opened = self.pending.opened.swap(false, Ordering::AcqRel);
+        if opened {
             causes.add(STREAM_OPENED);
         }
-        if self.pending.networks.swap(false, Ordering::AcqRel) {
+        let networks = self.pending.networks.swap(false, Ordering::AcqRel);
+        if networks {
             causes.add(NETWORKS_CHANGED);
+        }
+        if opened || networks {
+            // the ask that followed the latest of those events (none: the reconcile asks)
+            let ahead = self
+                .pending
+                .ahead
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            causes.asked_ahead(ahead);
         }
         let gone =
             std::mem::take(&mut *self.pending.gone.lock().unwrap_or_else(|e| e.into_inner()));
@@ -212,19 +233,47 @@ fn notify(flag: &AtomicBool, wake: &OwnedFd) {
     let _ = nix::unistd::write(wake, b"!");
 }
 
-async fn open(endpoint: &Endpoint) -> Result<docker::events::Events, DockerError> {
+/// The stream, and the client that opened it (for the asks ahead).
+async fn open(
+    endpoint: &Endpoint,
+) -> Result<(docker::events::Events, Arc<docker::client::Client>), DockerError> {
     let mut client = docker::client::Client::new(endpoint)?;
-    client.events().await
+    let events = client.events().await?;
+    Ok((events, Arc::new(client)))
+}
+
+/// The most asks ahead at once (a flood of network events): past it, the reconcile asks.
+const MAX_ASKS: usize = 4;
+
+/// The networks changed (or may have, while the stream was closed): ask the engine now, on
+/// this thread's runtime, for the reconcile this wakes ([`Ahead`]), unless [`MAX_ASKS`] are
+/// under way (then that reconcile asks itself: an answer asked before this event may miss
+/// what it said); then set `flag` and wake the loop.
+fn ask_ahead(
+    (client, asks): (&Arc<docker::client::Client>, &Arc<tokio::sync::Semaphore>),
+    endpoint: &Endpoint,
+    pending: &Pending,
+    flag: &AtomicBool,
+    wake: &OwnedFd,
+) {
+    let ahead = asks
+        .clone()
+        .try_acquire_owned()
+        .ok()
+        .map(|permit| Ahead::ask(client.clone(), endpoint, permit));
+    *pending.ahead.lock().unwrap_or_else(|e| e.into_inner()) = ahead;
+    notify(flag, wake);
 }
 
 /// Follow the stream, connecting again whenever it ends, forever (until the thread is stopped).
 async fn follow(endpoint: &Endpoint, pending: &Pending, wake: &OwnedFd) {
     let mut backoff = Backoff::default();
+    let asks = Arc::new(tokio::sync::Semaphore::new(MAX_ASKS));
     // None: never opened; Some(true): lost and said so
     let mut lost: Option<bool> = None;
     loop {
         match open(endpoint).await {
-            Ok(mut events) => {
+            Ok((mut events, client)) => {
                 let opened = Instant::now();
                 match lost {
                     None => tracing::info!("Docker: following the engine's events at {endpoint}"),
@@ -232,7 +281,7 @@ async fn follow(endpoint: &Endpoint, pending: &Pending, wake: &OwnedFd) {
                         "Docker: following the engine's events again (listing its networks again)"
                     ),
                 }
-                notify(&pending.opened, wake);
+                ask_ahead((&client, &asks), endpoint, pending, &pending.opened, wake);
                 // when to refresh the names once more after an attachment
                 let mut again: Option<tokio::time::Instant> = None;
                 let why = loop {
@@ -252,7 +301,9 @@ async fn follow(endpoint: &Endpoint, pending: &Pending, wake: &OwnedFd) {
                         continue;
                     };
                     match next {
-                        Ok(Some(Event::Network)) => notify(&pending.networks, wake),
+                        Ok(Some(Event::Network)) => {
+                            ask_ahead((&client, &asks), endpoint, pending, &pending.networks, wake)
+                        }
                         Ok(Some(Event::NetworkGone(id))) => {
                             let mut gone = pending.gone.lock().unwrap_or_else(|e| e.into_inner());
                             if gone.len() < MAX_GONE {
@@ -372,6 +423,77 @@ mod tests {
             super::super::docker_listing(5, true, &kernel),
             Listing::Recorded
         );
+    }
+
+    #[test]
+    fn the_reconcile_takes_the_ask_that_followed_the_latest_network_event() {
+        use crate::docker::Listing;
+        let (f, write) = follower();
+        let (first, _tx) = crate::docker::ahead::answered(&f.endpoint);
+        *f.pending.ahead.lock().unwrap() = Some(first.clone());
+        notify(&f.pending.networks, &write);
+        let mut causes = Causes::default();
+        f.drain(&mut causes);
+        assert_eq!(
+            super::super::docker_listing(5, true, &causes),
+            Listing::Ahead(first.clone())
+        );
+        // the first reconcile and one after a failure take it too
+        assert_eq!(
+            super::super::docker_listing(1, false, &causes),
+            Listing::Ahead(first)
+        );
+        // another event in the same burst, not asked ahead (too many asks under way): the
+        // first answer may miss it, so the reconcile asks itself
+        notify(&f.pending.networks, &write);
+        f.drain(&mut causes);
+        assert_eq!(super::super::docker_listing(5, true, &causes), Listing::Ask);
+        // a container event leaves the networks' ask as it is
+        let (second, _tx) = crate::docker::ahead::answered(&f.endpoint);
+        *f.pending.ahead.lock().unwrap() = Some(second.clone());
+        notify(&f.pending.networks, &write);
+        f.drain(&mut causes);
+        notify(&f.pending.containers, &write);
+        f.drain(&mut causes);
+        assert_eq!(
+            super::super::docker_listing(5, true, &causes),
+            Listing::Ahead(second)
+        );
+    }
+
+    #[test]
+    fn asks_ahead_are_bounded() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (f, write) = follower();
+        let client = Arc::new(docker::client::Client::new(&f.endpoint).unwrap());
+        rt.block_on(async {
+            let none = Arc::new(tokio::sync::Semaphore::new(0));
+            ask_ahead(
+                (&client, &none),
+                &f.endpoint,
+                &f.pending,
+                &f.pending.networks,
+                &write,
+            );
+            assert!(f.pending.ahead.lock().unwrap().is_none(), "past the bound");
+            let one = Arc::new(tokio::sync::Semaphore::new(1));
+            ask_ahead(
+                (&client, &one),
+                &f.endpoint,
+                &f.pending,
+                &f.pending.networks,
+                &write,
+            );
+            assert!(f.pending.ahead.lock().unwrap().is_some());
+            assert_eq!(one.available_permits(), 0, "the ask holds its permit");
+        });
+        // the loop was woken both times
+        let mut causes = Causes::default();
+        f.drain(&mut causes);
+        assert!(causes.has(NETWORKS_CHANGED));
     }
 
     #[test]

@@ -293,10 +293,15 @@ pub fn open_to_watch(
     (if dir { meta.is_dir() } else { meta.is_file() }).then(|| file.into())
 }
 
-/// The events since the last reconcile, counted by kind, for its log line; and the Docker
-/// networks the engine said were destroyed.
+/// The events since the last reconcile, counted by kind, for its log line; the Docker
+/// networks the engine said were destroyed; and the engine's answer the event thread asked
+/// after the last network event ([`crate::docker::ahead`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Causes(BTreeMap<&'static str, usize>, Vec<String>);
+pub struct Causes(
+    BTreeMap<&'static str, usize>,
+    Vec<String>,
+    Option<crate::docker::ahead::Ahead>,
+);
 
 impl Causes {
     pub fn add(&mut self, what: &'static str) {
@@ -314,6 +319,12 @@ impl Causes {
     /// The ids of the Docker networks destroyed.
     pub fn gone(&self) -> &[String] {
         &self.1
+    }
+
+    /// The engine asked ahead after the latest network event, or not (`None`: the reconcile
+    /// asks itself); either replaces what an earlier event left.
+    pub fn asked_ahead(&mut self, ahead: Option<crate::docker::ahead::Ahead>) {
+        self.2 = ahead;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -487,12 +498,16 @@ const NFT_EVENTS: [&str; 7] = [
 
 /// Whether reconcile number `count` asks the Docker engine: the first does, one after a failed
 /// reconcile, and one caused by Docker's events (a network created, the event stream opened
-/// again: [`docker_follow::relists`]); networks destroyed are taken out of the networks the
+/// again: [`docker_follow::relists`]; the event thread asked already, the answer is waited
+/// for); networks destroyed are taken out of the networks the
 /// last listing recorded; the others go by those (kernel events say nothing about Docker's
 /// networks).
 pub(crate) fn docker_listing(count: u64, last_ok: bool, causes: &Causes) -> crate::docker::Listing {
     if count <= 1 || !last_ok || docker_follow::relists(causes) {
-        crate::docker::Listing::Ask
+        match &causes.2 {
+            Some(ahead) => crate::docker::Listing::Ahead(ahead.clone()),
+            None => crate::docker::Listing::Ask,
+        }
     } else if !causes.gone().is_empty() {
         // destroyed networks: withdrawn from the record, without asking the engine (busy taking
         // them down); a network created comes with an event of its own that asks
