@@ -268,20 +268,38 @@ def scale(ctx):
         ctx.docker("network", "rm", f"scale{j}")
 
 
+def cpu_ns(pid):
+    """The CPU time of every thread of `pid` so far, in ns (the scheduler's exact sum, not
+    sampled: se.sum_exec_runtime, in ms, of /proc/PID/task/TID/sched)."""
+    total = 0.0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/sched") as f:
+                for line in f:
+                    if line.startswith("se.sum_exec_runtime"):
+                        total += float(line.split(":")[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return int(total * 1e6)
+
+
 def idle(ctx):
     import tempfile
     log = tempfile.TemporaryFile()
     w = start_watch(ctx, log)
     a = proc_sample(w.pid)
+    ca = cpu_ns(w.pid)
     t0 = time.monotonic()
     time.sleep(ctx.a.idle_secs)
     b = proc_sample(w.pid)
+    cb = cpu_ns(w.pid)
     secs = time.monotonic() - t0
     stop(w)
     ctx.run(ctx.dr("down"))
     hz = os.sysconf("SC_CLK_TCK")
     print(f"`watch --docker` idle over {secs:.0f} s, the event stream open, no events:")
     print(f"  CPU ticks (utime+stime, 1/{hz} s)      {b[0] - a[0]}")
+    print(f"  CPU time (scheduler, all threads)      {(cb - ca) / 1e6:.2f} ms")
     print(f"  wake-ups (voluntary context switches)  {b[2] - a[2]}")
     print(f"  resident memory (VmRSS)                {b[3] / 1024:.1f} MiB ({b[4]} threads)")
     sys.stdout.flush()

@@ -109,22 +109,33 @@ impl Client {
     /// Agree with the engine on the API version bollard speaks (the engine's when it is older
     /// than bollard's: Docker 20.10 speaks 1.41): needed before any request through bollard.
     pub async fn negotiate(&mut self) -> Result<EngineVersion, DockerError> {
-        if let Some((speak, version)) = self.ping().await?.agreed() {
-            self.docker = docker(&self.endpoint, &self.tls, &speak)?;
-            return Ok(version);
-        }
-        let v = self.docker.version().await.map_err(engine_err)?;
-        self.docker = self
-            .docker
-            .clone()
-            .negotiate_version()
-            .await
-            .map_err(engine_err)?;
-        Ok(EngineVersion {
-            version: v.version.as_deref().map(super::networks::shown),
-            api: v.api_version.as_deref().map(super::networks::shown),
-        })
+        let version = self.version().await?;
+        let speak = version
+            .api
+            .as_deref()
+            .and_then(speaking)
+            .unwrap_or(*bollard::API_DEFAULT_VERSION);
+        self.docker = docker(&self.endpoint, &self.tls, &speak)?;
+        Ok(version)
     }
+}
+
+/// The API version to speak with an engine that speaks `api`: the engine's when it is older
+/// than bollard's, else bollard's; `None` when `api` is not a version.
+fn speaking(api: &str) -> Option<ClientVersion> {
+    let (major, minor) = api.split_once('.')?;
+    let theirs = ClientVersion {
+        major_version: major.parse().ok()?,
+        minor_version: minor.parse().ok()?,
+    };
+    let ours = bollard::API_DEFAULT_VERSION;
+    Some(
+        if (theirs.major_version, theirs.minor_version) < (ours.major_version, ours.minor_version) {
+            theirs
+        } else {
+            *ours
+        },
+    )
 }
 
 /// What `GET /_ping`'s headers say.
@@ -148,24 +159,11 @@ impl Pong {
         }
     }
 
-    /// The API version to speak: the engine's when it is older than bollard's (Docker 20.10
-    /// speaks 1.41), and the engine's version; `None` when the headers do not say (an engine
+    /// The engine's version and API version; `None` when the headers do not say (an engine
     /// that is not Docker's: its version is asked the long way).
-    fn agreed(&self) -> Option<(ClientVersion, EngineVersion)> {
+    fn engine(&self) -> Option<EngineVersion> {
         let api = self.api.as_deref()?;
-        let (major, minor) = api.split_once('.')?;
-        let theirs = ClientVersion {
-            major_version: major.parse().ok()?,
-            minor_version: minor.parse().ok()?,
-        };
-        let ours = bollard::API_DEFAULT_VERSION;
-        let speak = if (theirs.major_version, theirs.minor_version)
-            < (ours.major_version, ours.minor_version)
-        {
-            theirs
-        } else {
-            *ours
-        };
+        speaking(api)?;
         // "Docker/20.10.24+dfsg1 (linux)"
         let version = self
             .server
@@ -174,13 +172,10 @@ impl Pong {
             .split(' ')
             .next()
             .filter(|v| !v.is_empty())?;
-        Some((
-            speak,
-            EngineVersion {
-                version: Some(super::networks::shown(version)),
-                api: Some(super::networks::shown(api)),
-            },
-        ))
+        Some(EngineVersion {
+            version: Some(super::networks::shown(version)),
+            api: Some(super::networks::shown(api)),
+        })
     }
 }
 
@@ -202,7 +197,7 @@ fn docker(
 
 impl Engine for Client {
     async fn version(&self) -> Result<EngineVersion, DockerError> {
-        if let Some((_, version)) = self.ping().await?.agreed() {
+        if let Some(version) = self.ping().await?.engine() {
             return Ok(version);
         }
         // not Docker's headers: its /version, in its own API version
@@ -232,7 +227,7 @@ impl Engine for Client {
                     .collect(),
             })
             .collect();
-        Ok((listed, pong.agreed().map(|(_, v)| v)))
+        Ok((listed, pong.engine()))
     }
 
     async fn events(&mut self) -> Result<Events, DockerError> {
@@ -484,17 +479,16 @@ mod tests {
     }
 
     #[test]
-    fn the_ping_headers_give_the_api_to_speak_and_the_engine_version() {
-        let (speak, v) = pong(Some("1.41"), Some("Docker/20.10.24+dfsg1 (linux)"))
-            .agreed()
+    fn the_ping_headers_give_the_engine_version_and_the_api_to_speak() {
+        let v = pong(Some("1.41"), Some("Docker/20.10.24+dfsg1 (linux)"))
+            .engine()
             .unwrap();
-        assert_eq!((speak.major_version, speak.minor_version), (1, 41));
         assert_eq!(v.version.as_deref(), Some("20.10.24+dfsg1"));
         assert_eq!(v.api.as_deref(), Some("1.41"));
+        let speak = speaking("1.41").unwrap();
+        assert_eq!((speak.major_version, speak.minor_version), (1, 41));
         // a newer engine than bollard: bollard's own version is spoken
-        let (speak, _) = pong(Some("1.99"), Some("Docker/99.0.0 (linux)"))
-            .agreed()
-            .unwrap();
+        let speak = speaking("1.99").unwrap();
         assert_eq!(
             (speak.major_version, speak.minor_version),
             (
@@ -502,6 +496,7 @@ mod tests {
                 bollard::API_DEFAULT_VERSION.minor_version
             )
         );
+        assert!(speaking("one.two").is_none() && speaking("141").is_none());
         // an engine that is not Docker's, or headers missing or malformed: asked the long way
         for (api, server) in [
             (Some("1.41"), Some("Libpod/4.3.1 (linux)")),
@@ -510,11 +505,11 @@ mod tests {
             (Some("one.two"), Some("Docker/20.10.24 (linux)")),
             (Some("1.41"), Some("Docker/ (linux)")),
         ] {
-            assert!(pong(api, server).agreed().is_none(), "{api:?} {server:?}");
+            assert!(pong(api, server).engine().is_none(), "{api:?} {server:?}");
         }
         // the engine's text is shown escaped
-        let (_, v) = pong(Some("1.41"), Some("Docker/20.10\u{1b}[2J"))
-            .agreed()
+        let v = pong(Some("1.41"), Some("Docker/20.10\u{1b}[2J"))
+            .engine()
             .unwrap();
         assert!(!v.version.unwrap().contains('\u{1b}'));
     }

@@ -358,14 +358,14 @@ enum DockerStart {
 }
 
 impl DockerStart {
-    /// Start asking the engine the settings lead to, unless they say to go by the record.
-    fn new(settings: &Settings, store: &Store) -> DockerStart {
+    /// Start asking the engine the settings lead to, unless they say to go by the record
+    /// (`last`: what the last `up` learned of Docker).
+    fn new(settings: &Settings, last: Option<docker::Report>) -> DockerStart {
         let choice = docker::sources::choose(
             settings.docker.clone(),
             settings.request.machine.as_deref(),
             settings.request.docker_host.as_deref(),
         );
-        let last = store.load().ok().flatten().and_then(|r| r.docker);
         match (&settings.docker_listing, last) {
             (docker::Listing::Recorded, Some(r)) if r.engine == choice => DockerStart::Recorded(r),
             (docker::Listing::Without(gone), Some(r)) if r.engine == choice => {
@@ -482,12 +482,9 @@ pub async fn up_with<N: Net>(
     // Discovery and the DNS check only read and validate; the lock covers observe → record.
     // The VM the last `up` found on its own stays the VM ([`discover::Pin`]).
     let mut request = settings.request.clone();
-    request.pinned = store
-        .load()
-        .ok()
-        .flatten()
-        .and_then(|r| discover::Pin::of(&r.target));
-    let started = DockerStart::new(settings, store);
+    let recorded = store.load().ok().flatten();
+    request.pinned = recorded.as_ref().and_then(|r| discover::Pin::of(&r.target));
+    let started = DockerStart::new(settings, recorded.and_then(|r| r.docker));
     // While the engine answers, the firewalls are read (the engine's networks are part of
     // what they are judged for): the two overlap.
     let ahead = match (

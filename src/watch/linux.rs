@@ -332,6 +332,8 @@ struct Carried {
     /// What the last full firewall read found in nftables (iptables-nft's rules included), while
     /// nftables' generation id stays the same (firewall::memo).
     memo: Memo,
+    /// The DNS server's health, when watch probes it (no responder in this process).
+    prober: Option<Prober>,
 }
 
 /// One reconcile: `up`'s, exactly (engine::up), on a fresh netlink socket so no cache outlives
@@ -343,13 +345,13 @@ fn reconcile(
     causes: &Causes,
     fw: &FwTouched,
     carried: &mut Carried,
-    prober: &mut Option<Prober>,
     names: Option<&Names>,
 ) -> Verdict {
     let Carried {
         last_error,
         count,
         memo,
+        prober,
     } = carried;
     let span = tracing::info_span!("reconcile", cause = %causes);
     let _in = span.enter();
@@ -494,24 +496,19 @@ pub fn run(
     }
     let mut causes = Causes::default();
     causes.add("start");
-    let mut carried = Carried::default();
     let probe_timing = dns_health::Timing::default();
-    let mut prober = Prober::for_settings(&settings, probe_timing, Instant::now());
+    let mut carried = Carried {
+        prober: Prober::for_settings(&settings, probe_timing, Instant::now()),
+        ..Carried::default()
+    };
     let mut fw = FwTouched::default();
     let mut names: Option<Names> = None;
-    let mut v = reconcile(&settings, &causes, &fw, &mut carried, &mut prober, None);
-    if follow_names(&settings, &mut names, &mut prober, probe_timing) {
+    let mut v = reconcile(&settings, &causes, &fw, &mut carried, None);
+    if follow_names(&settings, &mut names, &mut carried.prober, probe_timing) {
         // the domain goes to the responder now
         causes = Causes::default();
         causes.add("DNS responder started");
-        v = reconcile(
-            &settings,
-            &causes,
-            &fw,
-            &mut carried,
-            &mut prober,
-            names.as_ref(),
-        );
+        v = reconcile(&settings, &causes, &fw, &mut carried, names.as_ref());
     }
     causes = Causes::default();
     let mut pacer = Pacer::new(timing, Instant::now());
@@ -538,7 +535,7 @@ pub fn run(
         } else {
             ""
         },
-        match (&prober, &names) {
+        match (&carried.prober, &names) {
             (_, Some(n)) => format!(", DNS responder on {}", n.addr()),
             (Some(p), None) => format!(
                 ", DNS probe every {} s to {}",
@@ -552,39 +549,36 @@ pub fn run(
     loop {
         let now = Instant::now();
         if now >= pacer.due() {
-            let v = reconcile(
-                &settings,
-                &causes,
-                &fw,
-                &mut carried,
-                &mut prober,
-                names.as_ref(),
-            );
+            let v = reconcile(&settings, &causes, &fw, &mut carried, names.as_ref());
             causes = Causes::default();
             fw = FwTouched::default();
             pacer.ran(Instant::now(), v);
-            if follow_names(&settings, &mut names, &mut prober, probe_timing) {
+            if follow_names(&settings, &mut names, &mut carried.prober, probe_timing) {
                 // started or stopped: the DNS backend points elsewhere now
                 causes.add("DNS responder started or stopped");
                 pacer.event(Instant::now());
             }
             if v == Verdict::Changed
-                && let Some(p) = prober.as_mut()
+                && let Some(p) = carried.prober.as_mut()
             {
                 p.health().soon(Instant::now());
             }
             continue;
         }
-        let mut until = match &prober {
+        let mut until = match &carried.prober {
             Some(p) => pacer.due().min(p.due()),
             None => pacer.due(),
         };
         if let Some(r) = reloader.due(now) {
             until = until.min(r);
         }
-        let ready = sleep(&sources, prober.as_ref().and_then(Prober::fd), until)?;
+        let ready = sleep(
+            &sources,
+            carried.prober.as_ref().and_then(Prober::fd),
+            until,
+        )?;
         let before = causes.clone();
-        if let Some(p) = prober.as_mut() {
+        if let Some(p) = carried.prober.as_mut() {
             let readable = p.fd().is_some() && ready.last().copied().unwrap_or(false);
             match p.step(Instant::now(), readable) {
                 Some(false) => causes.add("DNS server stopped answering"),
@@ -598,7 +592,7 @@ pub fn run(
                 n.stop();
                 if !opts.down_on_exit {
                     // DNS goes back to what a plain `up` sets: the VM's nameserver
-                    let mut prober = Prober::for_settings(&settings, probe_timing, Instant::now());
+                    carried.prober = Prober::for_settings(&settings, probe_timing, Instant::now());
                     let mut causes = Causes::default();
                     causes.add("DNS responder stopped");
                     reconcile(
@@ -606,7 +600,6 @@ pub fn run(
                         &causes,
                         &FwTouched::default(),
                         &mut carried,
-                        &mut prober,
                         None,
                     );
                 }
@@ -626,8 +619,8 @@ pub fn run(
                     n.stop();
                 }
             }
-            if names.is_none() && !prober.as_ref().is_some_and(|p| p.fits(&settings)) {
-                prober = Prober::for_settings(&settings, probe_timing, Instant::now());
+            if names.is_none() && !carried.prober.as_ref().is_some_and(|p| p.fits(&settings)) {
+                carried.prober = Prober::for_settings(&settings, probe_timing, Instant::now());
             }
             causes.add(why);
         }

@@ -474,16 +474,28 @@ struct PfReads {
     every: Duration,
 }
 
+/// What one reconcile hands the next, for the life of the process.
+struct Carried {
+    /// The last reconcile's error, if it failed (logged once, until it heals).
+    last_error: Option<String>,
+    /// Reconciles so far.
+    count: u64,
+    pf: PfReads,
+}
+
 /// One reconcile: `up`'s, exactly (engine::up), on a fresh routing socket. pf is read as
 /// [`rtsock::reads_firewall`] says.
 fn reconcile(
     settings: &Settings,
     causes: &Causes,
-    last_error: &mut Option<String>,
-    count: &mut u64,
-    pf: &mut PfReads,
+    carried: &mut Carried,
     names: Option<&Names>,
 ) -> Verdict {
+    let Carried {
+        last_error,
+        count,
+        pf,
+    } = carried;
     let span = tracing::info_span!("reconcile", cause = %causes);
     let _in = span.enter();
     *count += 1;
@@ -535,35 +547,23 @@ pub fn run(
     if let Some(b) = opts.backstop {
         timing.backstop = b;
     }
-    let mut pf = PfReads {
-        last: Instant::now(),
-        every: timing.backstop,
+    let mut carried = Carried {
+        last_error: None,
+        count: 0,
+        pf: PfReads {
+            last: Instant::now(),
+            every: timing.backstop,
+        },
     };
     let mut causes = Causes::default();
     causes.add("start");
-    let mut last_error = None;
-    let mut count = 0u64;
     let mut names: Option<Names> = None;
-    let mut v = reconcile(
-        &settings,
-        &causes,
-        &mut last_error,
-        &mut count,
-        &mut pf,
-        None,
-    );
+    let mut v = reconcile(&settings, &causes, &mut carried, None);
     if names::follow(&settings, &mut names) {
         // the domain goes to the responder now
         causes = Causes::default();
         causes.add("DNS responder started");
-        v = reconcile(
-            &settings,
-            &causes,
-            &mut last_error,
-            &mut count,
-            &mut pf,
-            names.as_ref(),
-        );
+        v = reconcile(&settings, &causes, &mut carried, names.as_ref());
     }
     causes = Causes::default();
     let mut pacer = Pacer::new(timing, Instant::now());
@@ -584,19 +584,12 @@ pub fn run(
             Some(n) => format!(", DNS responder on {}", n.addr()),
             None => String::new(),
         },
-        pf.every.as_secs_f64(),
+        carried.pf.every.as_secs_f64(),
         timing.backstop.as_secs_f64()
     );
     loop {
         if Instant::now() >= pacer.due() {
-            let v = reconcile(
-                &settings,
-                &causes,
-                &mut last_error,
-                &mut count,
-                &mut pf,
-                names.as_ref(),
-            );
+            let v = reconcile(&settings, &causes, &mut carried, names.as_ref());
             causes = Causes::default();
             pacer.ran(Instant::now(), v);
             if names::follow(&settings, &mut names) {
@@ -619,17 +612,10 @@ pub fn run(
                     // DNS goes back to what a plain `up` sets: the VM's nameserver
                     let mut causes = Causes::default();
                     causes.add("DNS responder stopped");
-                    reconcile(
-                        &settings,
-                        &causes,
-                        &mut last_error,
-                        &mut count,
-                        &mut pf,
-                        None,
-                    );
+                    reconcile(&settings, &causes, &mut carried, None);
                 }
             }
-            return super::end(sig, count, opts, &settings);
+            return super::end(sig, carried.count, opts, &settings);
         }
         if woken.containers {
             // one container list and a table swap, no reconcile
