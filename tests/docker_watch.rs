@@ -38,6 +38,11 @@ fn logged(w: &Watch, needle: &str, n: usize) {
     );
 }
 
+/// Whether one line of the log has both `a` and `b` (a reconcile's cause and what it did).
+fn in_one_line(w: &Watch, a: &str, b: &str) -> bool {
+    w.log().lines().any(|l| l.contains(a) && l.contains(b))
+}
+
 /// Whether the host namespace has a route for `subnet` (dockroute's table or main).
 fn routed(lab: &DockerLab, subnet: &str) -> bool {
     lab.ip("route show table all").contains(subnet)
@@ -77,10 +82,11 @@ fn watch_routes_created_networks_withdraws_removed_ones_and_follows_dockerd_rest
     // for the moment the engine's event came
     created_is_reached(&lab, &w, "n1", "172.31.0.0/16", "web1");
     assert!(
-        w.log()
-            .lines()
-            .any(|l| l.contains("cause=Docker network created")
-                && l.contains("asked by the event thread")),
+        in_one_line(
+            &w,
+            "cause=Docker network created",
+            "asked by the event thread"
+        ),
         "the created network's reconcile asked the engine itself:\n{}",
         w.log()
     );
@@ -96,10 +102,7 @@ fn watch_routes_created_networks_withdraws_removed_ones_and_follows_dockerd_rest
         w.log()
     );
     assert!(
-        w.log()
-            .lines()
-            .any(|l| l.contains("cause=Docker network removed")
-                && l.contains("- route 172.31.0.0/16")),
+        in_one_line(&w, "cause=Docker network removed", "- route 172.31.0.0/16"),
         "not withdrawn by the destroy event:\n{}",
         w.log()
     );

@@ -3,14 +3,14 @@
 //! `up` and `down` live here; the batch apply with its rollback in [`apply`], the kernel's route
 //! choice for each network in [`probe`], and `status` in [`status`].
 
-use crate::discover::{self, DiscoverError, Target};
+use crate::discover::{DiscoverError, Target};
 use crate::dns::{self, Backend, DnsError, DnsState};
 use crate::docker;
 use crate::firewall::{self, FirewallError, FwChange};
 use crate::net::{Change, Net, NetError};
 use crate::options::FirewallMode;
 use crate::plan;
-use crate::record::{Record, RecordError, Store};
+use crate::record::{RecordError, Store};
 use crate::settings::Settings;
 use serde::Serialize;
 
@@ -18,6 +18,7 @@ mod apply;
 mod owned;
 mod probe;
 mod status;
+mod up;
 mod vm_filter;
 
 use apply::{send, undo_all};
@@ -480,30 +481,14 @@ pub async fn up_with<N: Net>(
     memo: Option<&mut firewall::Memo>,
 ) -> Result<Outcome, EngineError> {
     // Discovery and the DNS check only read and validate; the lock covers observe → record.
-    // The VM the last `up` found on its own stays the VM ([`discover::Pin`]).
-    let mut request = settings.request.clone();
-    let recorded = store.load().ok().flatten();
-    request.pinned = recorded.as_ref().and_then(|r| discover::Pin::of(&r.target));
-    let started = DockerStart::new(settings, recorded.and_then(|r| r.docker));
-    // While the engine answers, the firewalls are read (the engine's networks are part of
-    // what they are judged for): the two overlap.
-    let ahead = match (
-        started.asks_engine(),
-        memo.is_none(),
-        settings.firewall,
-        reading,
-    ) {
-        (true, true, FirewallMode::Auto, firewall::Reading::All) => firewall::read_ahead(),
-        _ => None,
-    };
-    let mut target = discover::discover(net, &request).await?;
-    let (docker, listed_containers) = with_docker(net, started, &mut target).await?;
+    let up::Looked {
+        target,
+        docker,
+        containers: listed_containers,
+        want_dns,
+        firewalls: ahead,
+    } = up::look(net, settings, store, reading, memo.is_some()).await?;
     let mut docker = Some(docker);
-    let want_dns = wanted_dns(settings, &target);
-    warn_unused(settings, &target, want_dns.as_ref());
-    if let Some(d) = &want_dns {
-        dns::check(d).await?;
-    }
     let _lock = if dry_run { None } else { Some(store.lock()?) };
     if let (Some(d), false) = (&want_dns, dry_run) {
         dns::sweep(d.backend, &d.path);
@@ -563,49 +548,12 @@ pub async fn up_with<N: Net>(
             undo_failed,
         });
     }
-    // resolv-conf names the server first for every lookup: it must answer. It is reached
-    // through the routes and firewall repairs just put in place, so it is asked now (before them
-    // the query would fail, or leave by the default route), and they are undone if it is silent.
-    let silent = silence(want_dns.as_ref(), gate);
-    let answers = want_dns
-        .as_ref()
-        .filter(|d| d.backend == Backend::ResolvConf)
-        .map(|_| silent.is_none());
-    if let (Some(why), Some(d), DnsGate::Refuse) = (&silent, &want_dns, gate) {
-        // A VPN that takes the subnet also takes the server: say so, it is the likelier cause.
-        let why = match check_routes(net, &target).await {
-            Ok((_, bad)) if !bad.is_empty() => format!("{why}; {}", bad.join("; ")),
-            _ => why.clone(),
-        };
-        firewall::undo(&fw);
-        let undo_failed = undo_all(net, &changes).await;
-        return Err(EngineError::DnsSilent {
-            server: d.nameserver,
-            path: d.path.clone(),
-            why,
-            withdrew: withdraw(d),
-            done: changes.len(),
-            undo_failed,
-        });
-    }
-    // A server that answers names outside the domain (every name) is not the VM's: it would
-    // answer the host's every lookup.
-    if silent.is_none()
-        && let Some(d) = want_dns.as_ref().filter(|d| asks_now(d, gate))
-        && let Some(why) = dns::probe::answers_outside(d.nameserver, &d.domain, dns::probe::TIMEOUT)
-    {
-        firewall::undo(&fw);
-        let undo_failed = undo_all(net, &changes).await;
-        return Err(EngineError::DnsNotTheVms {
-            server: d.nameserver,
-            domain: d.domain.clone(),
-            path: d.path.clone(),
-            why,
-            withdrew: withdraw(d),
-            done: changes.len(),
-            undo_failed,
-        });
-    }
+    let undo = up::Undo {
+        changes: &changes,
+        fw: &fw,
+        held: None,
+    };
+    let (silent, answers) = up::gate_dns(net, &target, want_dns.as_ref(), gate, &undo).await?;
     // Firewalls not read this time (watch's routes-only reconcile) hold what they held.
     let held = match &fw_desired {
         Some(d) => {
@@ -619,18 +567,16 @@ pub async fn up_with<N: Net>(
         None => held_before.clone(),
     };
     vm_filter::reconcile(settings, &target, docker.as_mut(), previous.as_ref());
-    let mut record = Record::new(target.clone(), desired, want_dns.clone());
-    record.firewall = !fw.is_empty()
-        || previous.as_ref().is_some_and(|p| p.firewall)
-        || fw_owned_before
-        || !held.is_empty();
-    record.firewall_held = held.clone().nonempty();
-    record.flags = Some(settings.request.flags.used_by(&target));
-    if let (Some(flags), Some(d)) = (record.flags.as_mut(), &docker) {
-        // the engine found is the one a bare `up` (the boot job's, a hook's) asks again
-        flags.docker = d.to_replay(flags.docker.take(), flags.docker_host.is_some());
-    }
-    record.docker = docker.clone();
+    let had_rules =
+        !fw.is_empty() || previous.as_ref().is_some_and(|p| p.firewall) || fw_owned_before;
+    let record = up::record(
+        settings,
+        &target,
+        desired,
+        want_dns.as_ref(),
+        docker.as_ref(),
+        (had_rules, &held),
+    );
     if previous.as_ref() != Some(&record)
         && let Err(e) = store.save(&record)
     {
@@ -638,61 +584,18 @@ pub async fn up_with<N: Net>(
         firewall::release_new(&held, &held_before);
         return Err(e.into());
     }
-    // resolv.conf is undone where the settings point; a resolver file where `up` wrote it.
-    let previous_dns = previous.as_ref().and_then(|r| r.dns.as_ref());
-    match previous_dns.map(|d| dns::to_undo(d, &settings.resolv_conf, &settings.resolver_dir)) {
-        Some(Ok(old)) if want_dns.as_ref().is_none_or(|w| !same_place(&old, w)) => {
-            if let Err(e) = dns::revert(&old).await {
-                tracing::warn!("could not undo the previous DNS setting ({old}): {e}");
-            }
-        }
-        Some(Err(e)) => tracing::warn!("leaving the previous DNS setting: {e}"),
-        _ => {}
-    }
-    let dns = match want_dns {
-        Some(state) if answers == Some(false) => {
-            // watch: the routes stay, the line goes (and comes back when the server answers)
-            let changed = withdraw(&state);
-            if changed {
-                tracing::warn!(
-                    "DNS: the VM's DNS server {} does not answer ({}): took dockroute's line out of {}",
-                    state.nameserver,
-                    silent.as_deref().unwrap_or_default(),
-                    state.path.display()
-                );
-            }
-            Some(DnsOutcome {
-                state,
-                changed,
-                answers,
-            })
-        }
-        Some(state) => match dns::apply(&state).await {
-            Ok(changed) => Some(DnsOutcome {
-                state,
-                changed,
-                answers,
-            }),
-            Err(err) => {
-                firewall::undo(&fw);
-                firewall::release_new(&held, &held_before);
-                let undo_failed = undo_all(net, &changes).await;
-                let restored = match &previous {
-                    Some(p) => store.save(p),
-                    None => store.clear(),
-                };
-                if let Err(e) = restored {
-                    tracing::warn!("could not restore the record: {e}");
-                }
-                return Err(EngineError::DnsApply {
-                    err,
-                    done: changes.len(),
-                    undo_failed,
-                });
-            }
-        },
-        None => None,
+    let undo = up::Undo {
+        held: Some((&held, &held_before)),
+        ..undo
     };
+    let dns = up::set(
+        net,
+        (settings, store),
+        previous.as_ref(),
+        (want_dns, answers, silent.as_deref()),
+        &undo,
+    )
+    .await?;
     // Applied is not the same as working: ask the kernel what it picks now.
     let (probes, not_via_vm) = check_routes(net, &target).await?;
     let vm_filter = settings

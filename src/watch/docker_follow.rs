@@ -469,25 +469,16 @@ mod tests {
             .unwrap();
         let (f, write) = follower();
         let client = Arc::new(docker::client::Client::new(&f.endpoint).unwrap());
+        let ask = |permits: &Arc<tokio::sync::Semaphore>| {
+            let p = &f.pending;
+            ask_ahead((&client, permits), &f.endpoint, p, &p.networks, &write);
+            p.ahead.lock().unwrap().is_some()
+        };
         rt.block_on(async {
             let none = Arc::new(tokio::sync::Semaphore::new(0));
-            ask_ahead(
-                (&client, &none),
-                &f.endpoint,
-                &f.pending,
-                &f.pending.networks,
-                &write,
-            );
-            assert!(f.pending.ahead.lock().unwrap().is_none(), "past the bound");
+            assert!(!ask(&none), "past the bound");
             let one = Arc::new(tokio::sync::Semaphore::new(1));
-            ask_ahead(
-                (&client, &one),
-                &f.endpoint,
-                &f.pending,
-                &f.pending.networks,
-                &write,
-            );
-            assert!(f.pending.ahead.lock().unwrap().is_some());
+            assert!(ask(&one));
             assert_eq!(one.available_permits(), 0, "the ask holds its permit");
         });
         // the loop was woken both times
