@@ -264,6 +264,69 @@ impl Source<'_> {
         f(v.get_ref()).map_err(|e| self.err(v.span().start, &e))
     }
 
+    /// The flag's value, else the config file's key (checked), else none.
+    fn pick<T: Clone>(
+        &self,
+        flag: Option<&T>,
+        key: &Option<Spanned<String>>,
+        f: fn(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, SettingsError> {
+        match (flag, key) {
+            (Some(v), _) => Ok(Some(v.clone())),
+            (None, Some(k)) => self.check(k, f).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// The flags' subnets, else the config file's, else the default; never empty, never
+    /// overlapping.
+    fn subnets(
+        &self,
+        flags: &[Ipv4Net],
+        key: Option<&[Spanned<String>]>,
+    ) -> Result<Vec<Ipv4Net>, SettingsError> {
+        let subnets: Vec<Ipv4Net> = match key {
+            _ if !flags.is_empty() => flags.to_vec(),
+            Some(list) => list
+                .iter()
+                .map(|s| self.check(s, validate::subnet))
+                .collect::<Result<_, _>>()?,
+            None => vec![validate::subnet(DEFAULT_SUBNET).map_err(SettingsError::Invalid)?],
+        };
+        if subnets.is_empty() {
+            return Err(self.err(0, "subnets is empty: name at least one subnet"));
+        }
+        if let Some((j, i)) = overlap(&subnets) {
+            let msg = format!("subnets {} and {} overlap", subnets[j], subnets[i]);
+            return Err(match key {
+                Some(list) if flags.is_empty() => self.err(list[i].span().start, &msg),
+                _ => SettingsError::Invalid(msg),
+            });
+        }
+        Ok(subnets)
+    }
+
+    /// The config file's `wait`: a number of seconds.
+    fn wait(&self, key: Option<&Spanned<toml::Value>>) -> Result<Option<Duration>, SettingsError> {
+        let Some(w) = key else { return Ok(None) };
+        let secs = match w.get_ref() {
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            other => {
+                return Err(self.err(
+                    w.span().start,
+                    &format!(
+                        "wait is a number of seconds (wait = 30), not a {}",
+                        other.type_str()
+                    ),
+                ));
+            }
+        };
+        validate::wait_secs(&secs)
+            .map(Some)
+            .map_err(|e| self.err(w.span().start, &e))
+    }
+
     fn err(&self, offset: usize, msg: &str) -> SettingsError {
         let (path, line) = (self.path.to_path_buf(), line_of(self.text, offset));
         if self.private {
@@ -335,8 +398,8 @@ fn parse_config_text(path: &Path, text: &str, private: bool) -> Result<ConfigFil
 
 /// For a bare `up`: the flags the last successful `up` recorded (none if there is no record, it
 /// cannot be read, or it predates recorded flags).
-fn recorded_flags(is_up: bool, up: &UpArgs, state_dir: &Path) -> Option<UpFlags> {
-    if !is_up || !up.flags().is_empty() {
+fn recorded_flags(up: &UpArgs, state_dir: &Path) -> Option<UpFlags> {
+    if !up.flags().is_empty() {
         return None;
     }
     match crate::record::Store::new(state_dir).load() {
@@ -345,6 +408,77 @@ fn recorded_flags(is_up: bool, up: &UpArgs, state_dir: &Path) -> Option<UpFlags>
             tracing::warn!("not re-applying the last up's settings: {e}");
             None
         }
+    }
+}
+
+/// A bare `up` (no settings flags: a VPN hook's, the boot job's, or a person's) does what the
+/// last successful `up` did, unless the config file says otherwise.
+struct Replay {
+    /// The recorded flags as `up` flags (validated again).
+    args: Option<UpArgs>,
+    flags: Option<UpFlags>,
+    /// The environment's `DOCKER_HOST`, else (replaying, no VM source in the config file) the
+    /// recorded one.
+    docker_host: Option<String>,
+}
+
+impl Replay {
+    fn of(
+        up: Option<&UpArgs>,
+        cfg: &ConfigFile,
+        state_dir: &Path,
+        docker_host: Option<String>,
+    ) -> Result<Replay, SettingsError> {
+        let mut docker_host = docker_host.filter(|d| !d.is_empty());
+        let Some(flags) = up.and_then(|up| recorded_flags(up, state_dir)) else {
+            return Ok(Replay {
+                args: None,
+                flags: None,
+                docker_host,
+            });
+        };
+        let args = flags
+            .replay(up.unwrap_or(&UpArgs::default()), cfg)
+            .map_err(|e| {
+                SettingsError::Invalid(format!(
+                    "the record in {} holds a bad flag: {e}",
+                    state_dir.display()
+                ))
+            })?;
+        if docker_host.is_none() && cfg.vm_ip.is_none() && cfg.machine.is_none() {
+            docker_host = flags.docker_host.clone();
+        }
+        Ok(Replay {
+            args: Some(args),
+            flags: Some(flags),
+            docker_host,
+        })
+    }
+}
+
+/// The state directory is a directory (or not there yet).
+fn check_state_dir(state_dir: &Path) -> Result<(), SettingsError> {
+    if state_dir.as_os_str().is_empty() {
+        return Err(SettingsError::Invalid("--state-dir is empty".into()));
+    }
+    if std::fs::metadata(state_dir).is_ok_and(|m| !m.is_dir()) {
+        return Err(SettingsError::Invalid(format!(
+            "--state-dir {} is a file, not a directory (dockroute keeps its record and lock in a directory)",
+            state_dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// `up`'s warnings about settings that are allowed but likely not meant.
+fn warn_up(vm_ip_from: Option<&VmIpSource>, machine: Option<&str>, domain: &str) {
+    if let (Some(from), Some(m)) = (vm_ip_from, machine) {
+        tracing::warn!("--machine {m} is ignored: the VM IP comes from {from}");
+    }
+    if TOP_LEVEL_DOMAINS.contains(&domain.to_ascii_lowercase().as_str()) {
+        tracing::warn!(
+            "--domain '{domain}' is a top-level domain others use: every name under it would go to the VM's DNS server; use a name of your own (the default is {DEFAULT_DOMAIN})"
+        );
     }
 }
 
@@ -394,7 +528,6 @@ impl Settings {
     ) -> Result<Settings, SettingsError> {
         let default_up = UpArgs::default();
         let is_up = up.is_some();
-        let up = up.unwrap_or(&default_up);
         let config_path = config_path.to_path_buf();
         let src = Source {
             path: &config_path,
@@ -404,33 +537,14 @@ impl Settings {
         let state_dir = state_dir
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from(crate::record::DEFAULT_STATE_DIR));
-        // A bare `up` (no settings flags: a VPN hook's, the boot job's, or a person's) does what
-        // the last successful `up` did, unless the config file says otherwise.
-        let mut replayed = None;
-        let replay_args;
-        let mut docker_host = docker_host.filter(|d| !d.is_empty());
-        let up = match recorded_flags(is_up, up, &state_dir) {
-            Some(flags) => {
-                replay_args = flags.replay(up, &cfg).map_err(|e| {
-                    SettingsError::Invalid(format!(
-                        "the record in {} holds a bad flag: {e}",
-                        state_dir.display()
-                    ))
-                })?;
-                if docker_host.is_none() && cfg.vm_ip.is_none() && cfg.machine.is_none() {
-                    docker_host = flags.docker_host.clone();
-                }
-                replayed = Some(flags);
-                &replay_args
-            }
-            None => up,
-        };
+        let Replay {
+            args,
+            flags: replayed,
+            docker_host,
+        } = Replay::of(up, &cfg, &state_dir, docker_host)?;
+        let up = args.as_ref().or(up).unwrap_or(&default_up);
 
-        let interface = match (&up.interface, &cfg.interface) {
-            (Some(i), _) => Some(i.clone()),
-            (None, Some(i)) => Some(src.check(i, validate::interface)?),
-            _ => None,
-        };
+        let interface = src.pick(up.interface.as_ref(), &cfg.interface, validate::interface)?;
         let vm_ip = match (up.vm_ip, &cfg.vm_ip) {
             (Some(ip), _) => Some((ip, VmIpSource::Flag)),
             (None, Some(v)) => Some((
@@ -441,63 +555,27 @@ impl Settings {
             )),
             _ => None,
         };
-        let machine = match (&up.machine, &cfg.machine) {
-            (Some(m), _) => Some(m.clone()),
-            (None, Some(m)) => Some(src.check(m, validate::machine_name)?),
-            _ => None,
-        };
-        let subnets: Vec<Ipv4Net> = if !up.subnets.is_empty() {
-            up.subnets.clone()
-        } else if let Some(list) = &cfg.subnets {
-            list.iter()
-                .map(|s| src.check(s, validate::subnet))
-                .collect::<Result<_, _>>()?
-        } else {
-            vec![validate::subnet(DEFAULT_SUBNET).map_err(SettingsError::Invalid)?]
-        };
-        if subnets.is_empty() {
-            return Err(src.err(0, "subnets is empty: name at least one subnet"));
-        }
-        if let Some((j, i)) = overlap(&subnets) {
-            let msg = format!("subnets {} and {} overlap", subnets[j], subnets[i]);
-            return Err(match (&cfg.subnets, up.subnets.is_empty()) {
-                (Some(list), true) => src.err(list[i].span().start, &msg),
-                _ => SettingsError::Invalid(msg),
-            });
-        }
-        let domain = match (&up.domain, &cfg.domain) {
-            (Some(d), _) => d.clone(),
-            (None, Some(d)) => src.check(d, validate::domain)?,
-            _ => DEFAULT_DOMAIN.to_string(),
-        };
+        let machine = src.pick(up.machine.as_ref(), &cfg.machine, validate::machine_name)?;
+        let subnets = src.subnets(&up.subnets, cfg.subnets.as_deref())?;
+        let domain = src
+            .pick(up.domain.as_ref(), &cfg.domain, validate::domain)?
+            .unwrap_or_else(|| DEFAULT_DOMAIN.to_string());
         let nameserver_set = up.nameserver.is_some() || cfg.nameserver.is_some();
-        let nameserver = match (up.nameserver, &cfg.nameserver) {
-            (Some(n), _) => n,
-            (None, Some(n)) => src.check(n, validate::nameserver)?,
-            _ => SocketAddrV4::new(
-                subnets[0].hosts().next().unwrap_or(subnets[0].network()),
-                53,
-            ),
-        };
-        let wait = match (up.wait, &cfg.wait) {
-            (Some(w), _) => Some(w),
-            (None, Some(w)) => {
-                let secs = match w.get_ref() {
-                    toml::Value::Integer(i) => i.to_string(),
-                    toml::Value::Float(f) => f.to_string(),
-                    other => {
-                        return Err(src.err(
-                            w.span().start,
-                            &format!(
-                                "wait is a number of seconds (wait = 30), not a {}",
-                                other.type_str()
-                            ),
-                        ));
-                    }
-                };
-                Some(validate::wait_secs(&secs).map_err(|e| src.err(w.span().start, &e))?)
-            }
-            _ => None,
+        let nameserver = src
+            .pick(
+                up.nameserver.as_ref(),
+                &cfg.nameserver,
+                validate::nameserver,
+            )?
+            .unwrap_or_else(|| {
+                SocketAddrV4::new(
+                    subnets[0].hosts().next().unwrap_or(subnets[0].network()),
+                    53,
+                )
+            });
+        let wait = match up.wait {
+            Some(w) => Some(w),
+            None => src.wait(cfg.wait.as_ref())?,
         };
         let docker = match (&up.docker, &cfg.docker) {
             (Some(d), _) if replayed.is_some() => Some((DockerSource::Recorded, d.clone())),
@@ -510,11 +588,13 @@ impl Settings {
             )),
             _ => None,
         };
-        let helper_image = match (&up.helper_image, &cfg.helper_image) {
-            (Some(i), _) => i.clone(),
-            (None, Some(i)) => src.check(i, crate::docker::vmfilter::helper_image)?,
-            _ => crate::docker::vmfilter::DEFAULT_HELPER_IMAGE.to_string(),
-        };
+        let helper_image = src
+            .pick(
+                up.helper_image.as_ref(),
+                &cfg.helper_image,
+                crate::docker::vmfilter::helper_image,
+            )?
+            .unwrap_or_else(|| crate::docker::vmfilter::DEFAULT_HELPER_IMAGE.to_string());
         let open_vm_firewall =
             (up.open_vm_firewall || cfg.open_vm_firewall == Some(true)).then_some(helper_image);
         let dns = up.dns.or(cfg.dns).unwrap_or(DnsMode::Auto);
@@ -524,24 +604,13 @@ impl Settings {
             .clone()
             .or(cfg.resolver_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_RESOLVER_DIR));
-        if state_dir.as_os_str().is_empty() {
-            return Err(SettingsError::Invalid("--state-dir is empty".into()));
-        }
-        if std::fs::metadata(&state_dir).is_ok_and(|m| !m.is_dir()) {
-            return Err(SettingsError::Invalid(format!(
-                "--state-dir {} is a file, not a directory (dockroute keeps its record and lock in a directory)",
-                state_dir.display()
-            )));
-        }
+        check_state_dir(&state_dir)?;
         if is_up {
-            if let (Some((_, from)), Some(m)) = (&vm_ip, &machine) {
-                tracing::warn!("--machine {m} is ignored: the VM IP comes from {from}");
-            }
-            if TOP_LEVEL_DOMAINS.contains(&domain.to_ascii_lowercase().as_str()) {
-                tracing::warn!(
-                    "--domain '{domain}' is a top-level domain others use: every name under it would go to the VM's DNS server; use a name of your own (the default is {DEFAULT_DOMAIN})"
-                );
-            }
+            warn_up(
+                vm_ip.as_ref().map(|(_, from)| from),
+                machine.as_deref(),
+                &domain,
+            );
         }
 
         Ok(Settings {
