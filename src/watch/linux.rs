@@ -16,9 +16,8 @@ use super::{
     Causes, FwTouched, Options, Reloader, WatchError, message_types, nft_event, rtnl_event,
 };
 use crate::discover::external_vm_ip;
-use crate::engine::{self, DnsGate, Hooks};
+use crate::engine::DnsGate;
 use crate::firewall::Memo;
-use crate::net::System;
 use crate::net::rtnl::Subscription;
 use crate::options::FirewallMode;
 use crate::record::Store;
@@ -357,9 +356,12 @@ fn reconcile(
     let _in = span.enter();
     *count += 1;
     let started = Instant::now();
-    let mut s = settings.clone();
-    s.request.wait = None; // watch itself waits, on events
-    s.docker_listing = super::docker_listing(*count, last_error.is_none(), causes);
+    let mut s = super::round_settings(
+        settings,
+        (*count, last_error.is_none()),
+        causes,
+        names.map(Names::addr),
+    );
     if causes.routes_only() && last_error.is_none() {
         // Routes and rules changed, nothing else, and the last reconcile succeeded: the firewall
         // and its repairs are as that one left them (nftables changes are events of their own,
@@ -373,28 +375,13 @@ fn reconcile(
     if reading != crate::firewall::Reading::All && s.firewall == FirewallMode::Auto {
         tracing::debug!("reading only {reading:?}");
     }
-    let store = Store::new(&s.state_dir);
     // What the probes know about the server; unknown: the reconcile asks it. The responder
     // answers: it runs in this process.
-    s.responder = names.map(Names::addr);
     let known = match names {
         Some(_) => Some(true),
         None => prober.as_ref().and_then(Prober::answers),
     };
-    let result = futures_lite::future::block_on(async {
-        let mut net = System::new()?;
-        engine::up_with(
-            &mut net,
-            &s,
-            &store,
-            false,
-            Hooks::default(),
-            DnsGate::Withhold(known),
-            &reading,
-            Some(memo),
-        )
-        .await
-    });
+    let result = super::up_once(&s, DnsGate::Withhold(known), &reading, Some(memo));
     let took = started.elapsed().as_secs_f64() * 1000.0;
     trim_heap();
     if let (Some(p), None) = (prober.as_mut(), known)
@@ -405,7 +392,7 @@ fn reconcile(
     if result.is_err() && prober.as_ref().and_then(Prober::answers) == Some(false) {
         // The server is silent and the reconcile failed before DNS (the VM's link or neighbour
         // is gone): the line still goes, since it stalls every lookup.
-        withdraw_line(&s, &store);
+        withdraw_line(&s, &Store::new(&s.state_dir));
     }
     super::judge(
         &result,

@@ -21,11 +21,9 @@ use super::pace::{Pacer, Timing, Verdict};
 use super::rtsock::{self, Interest};
 use super::{Causes, Options, Reloader, WatchError};
 use crate::discover::external_vm_ip;
-use crate::engine::{self, DnsGate, Hooks};
-use crate::net::System;
+use crate::engine::DnsGate;
 use crate::net::rtmsg::af;
 use crate::options::FirewallMode;
-use crate::record::Store;
 use crate::settings::{Settings, SettingsError};
 use nix::libc;
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
@@ -500,9 +498,12 @@ fn reconcile(
     let _in = span.enter();
     *count += 1;
     let started = Instant::now();
-    let mut s = settings.clone();
-    s.request.wait = None; // watch itself waits, on events
-    s.docker_listing = super::docker_listing(*count, last_error.is_none(), causes);
+    let mut s = super::round_settings(
+        settings,
+        (*count, last_error.is_none()),
+        causes,
+        names.map(Names::addr),
+    );
     let reads_pf =
         rtsock::reads_firewall(causes, last_error.is_some(), pf.last.elapsed(), pf.every);
     if !reads_pf {
@@ -510,22 +511,12 @@ fn reconcile(
         // anchor is as it left it (no pfctl runs).
         s.firewall = FirewallMode::Off;
     }
-    let store = Store::new(&s.state_dir);
-    s.responder = names.map(Names::addr);
-    let result = futures_lite::future::block_on(async {
-        let mut net = System::new()?;
-        engine::up_with(
-            &mut net,
-            &s,
-            &store,
-            false,
-            Hooks::default(),
-            DnsGate::Withhold(None),
-            &crate::firewall::Reading::All,
-            None,
-        )
-        .await
-    });
+    let result = super::up_once(
+        &s,
+        DnsGate::Withhold(None),
+        &crate::firewall::Reading::All,
+        None,
+    );
     if reads_pf && s.firewall == FirewallMode::Auto {
         pf.last = Instant::now();
     }

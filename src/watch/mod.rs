@@ -81,6 +81,47 @@ fn end(
     Ok(())
 }
 
+/// One reconcile's settings: `up`'s, except that watch itself waits (on events), the engine is
+/// asked as [`docker_listing`] says, and the DNS backends point at the responder while it runs.
+#[cfg(any(target_os = "linux", target_os = "macos"))]
+fn round_settings(
+    settings: &crate::settings::Settings,
+    (count, last_ok): (u64, bool),
+    causes: &Causes,
+    responder: Option<std::net::SocketAddrV4>,
+) -> crate::settings::Settings {
+    let mut s = settings.clone();
+    s.request.wait = None;
+    s.docker_listing = docker_listing(count, last_ok, causes);
+    s.responder = responder;
+    s
+}
+
+/// `up`, exactly (engine::up_with), on a fresh kernel socket so that no cache outlives it.
+#[cfg(any(target_os = "linux", target_os = "macos"))]
+fn up_once(
+    s: &crate::settings::Settings,
+    gate: crate::engine::DnsGate,
+    reading: &crate::firewall::Reading,
+    memo: Option<&mut crate::firewall::Memo>,
+) -> Result<crate::engine::Outcome, EngineError> {
+    let store = crate::record::Store::new(&s.state_dir);
+    futures_lite::future::block_on(async {
+        let mut net = crate::net::System::new()?;
+        crate::engine::up_with(
+            &mut net,
+            s,
+            &store,
+            false,
+            crate::engine::Hooks::default(),
+            gate,
+            reading,
+            memo,
+        )
+        .await
+    })
+}
+
 /// What a reconcile's result means for the pacing, logged once: its changes at info, nothing to
 /// change at debug, an error at warn once per distinct message (the next event retries). `kinds`
 /// names the platform's changes for the log: ("route/rule", "firewall"), ("route", "pf").
