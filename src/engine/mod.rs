@@ -8,7 +8,6 @@ use crate::dns::{self, Backend, DnsError, DnsState};
 use crate::docker;
 use crate::firewall::{self, FirewallError, FwChange};
 use crate::net::{Change, Net, NetError};
-use crate::options::FirewallMode;
 use crate::plan;
 use crate::record::{RecordError, Store};
 use crate::settings::Settings;
@@ -22,7 +21,7 @@ mod up;
 mod vm_filter;
 
 use apply::{send, undo_all};
-use owned::{apply_routes, observe_owned};
+use owned::apply_routes;
 use probe::check_routes;
 pub use probe::{Degraded, Probe, why_not_via_vm};
 pub use status::{Conflict, DnsStatus, NameCheck, Status, VpnStatus, status};
@@ -493,28 +492,22 @@ pub async fn up_with<N: Net>(
     if let (Some(d), false) = (&want_dns, dry_run) {
         dns::sweep(d.backend, &d.path);
     }
-    let planned = planned(net, &target).await?;
-    for split in &planned.splits {
-        tracing::warn!("{split}");
-    }
-    for c in &planned.conceded {
-        tracing::warn!("{c}");
-    }
-    let desired = planned.entries;
-    let previous = store.load().ok().flatten();
-    let seen = observe_owned(net, &desired, previous.as_ref(), dry_run).await?;
-    let changes = plan::diff(&desired, &seen.owned);
-    // What the firewalls hold that has no tag (macOS: pf's reference, ipfw's rule numbers).
-    let held_before = previous
-        .as_ref()
-        .and_then(|p| p.firewall_held.clone())
-        .unwrap_or_default();
-    let mut read = ahead.and_then(|h| h.join().ok());
-    let memo = memo.or(read.as_mut());
-    let fw = match settings.firewall {
-        FirewallMode::Auto => firewall_plan(&target, reading, &held_before, memo, dry_run)?,
-        FirewallMode::Off => FirewallPlan::default(),
-    };
+    let up::Planned {
+        desired,
+        previous,
+        seen,
+        changes,
+        held_before,
+        fw,
+    } = up::plan(
+        net,
+        settings,
+        &target,
+        store,
+        (reading, memo, ahead),
+        dry_run,
+    )
+    .await?;
     let FirewallPlan {
         changes: fw,
         owned_before: fw_owned_before,
@@ -596,19 +589,8 @@ pub async fn up_with<N: Net>(
         &undo,
     )
     .await?;
-    // Applied is not the same as working: ask the kernel what it picks now.
-    let (probes, not_via_vm) = check_routes(net, &target).await?;
-    let vm_filter = settings
-        .docker_listing
-        .asks()
-        .then(|| vm_filter::diagnose_listed(docker.as_ref(), listed_containers, &probes))
-        .flatten();
-    if let Some(p) = vm_filter
-        .as_ref()
-        .and_then(|d| d.problem(target.host_addr.addr()))
-    {
-        tracing::warn!("{p}");
-    }
+    let (probes, not_via_vm, vm_filter) =
+        up::check(net, settings, &target, docker.as_ref(), listed_containers).await?;
     Ok(Outcome {
         not_via_vm,
         probes,
@@ -907,7 +889,7 @@ mod tests {
             dns: crate::options::DnsMode::Off,
             resolver_dir: "/etc/resolver".into(),
             resolv_conf: "/nonexistent/resolv.conf".into(),
-            firewall: FirewallMode::Off,
+            firewall: crate::options::FirewallMode::Off,
             docker: Some((
                 crate::docker::endpoint::Source::Flag,
                 crate::docker::endpoint::Explicit::Off,

@@ -1,18 +1,22 @@
-//! `up`'s steps around the plan ([`super::up_with`] runs them in order): looking before the lock
-//! (the target, Docker, the DNS wanted, the firewalls read ahead), the DNS server's gate once
-//! the routes are in place, the record of the run, and DNS itself; each failure after the
-//! first change undoes what this run put in place ([`Undo`]).
+//! `up`'s steps ([`super::up_with`] runs them in order): looking before the lock (the target,
+//! Docker, the DNS wanted, the firewalls read ahead), the plan under it, the DNS server's gate
+//! once the routes are in place, the record of the run, DNS itself, and the check of what the
+//! kernel and the VM's filter now do; each failure after the first change undoes what this run
+//! put in place ([`Undo`]).
 
+use super::owned::{Seen, observe_owned};
 use super::{
-    DnsGate, DnsOutcome, DockerStart, EngineError, asks_now, check_routes, same_place, silence,
-    undo_all, wanted_dns, warn_unused, with_docker, withdraw,
+    DnsGate, DnsOutcome, DockerStart, EngineError, FirewallPlan, Probe, asks_now, check_routes,
+    firewall_plan, planned, same_place, silence, undo_all, vm_filter, wanted_dns, warn_unused,
+    with_docker, withdraw,
 };
 use crate::discover::{self, Target};
 use crate::dns::{self, Backend, DnsState};
-use crate::docker;
+use crate::docker::{self, vmfilter::Diagnosis};
 use crate::firewall::{self, FwChange, Held};
 use crate::net::{Change, Entry, Net};
 use crate::options::FirewallMode;
+use crate::plan;
 use crate::record::{Record, Store};
 use crate::settings::Settings;
 
@@ -65,6 +69,66 @@ pub(super) async fn look<N: Net>(
         containers,
         want_dns,
         firewalls,
+    })
+}
+
+/// What `up` found under the lock and means to change.
+pub(super) struct Planned {
+    pub desired: Vec<Entry>,
+    /// The last run's record.
+    pub previous: Option<Record>,
+    pub seen: Seen,
+    /// The routes to add and remove.
+    pub changes: Vec<Change>,
+    /// What the firewalls held with no tag before this run (macOS: pf's reference, ipfw's rule
+    /// numbers).
+    pub held_before: Held,
+    pub fw: FirewallPlan,
+}
+
+/// Under the lock: the routes `target` wants beside the ones dockroute owns, and the firewalls'
+/// repairs (read from `memo`, else from the reading `ahead` made while the engine answered, else
+/// now).
+pub(super) async fn plan<N: Net>(
+    net: &mut N,
+    settings: &Settings,
+    target: &Target,
+    store: &Store,
+    (reading, memo, ahead): (
+        &firewall::Reading,
+        Option<&mut firewall::Memo>,
+        Option<std::thread::JoinHandle<firewall::Memo>>,
+    ),
+    dry_run: bool,
+) -> Result<Planned, EngineError> {
+    let planned = planned(net, target).await?;
+    for split in &planned.splits {
+        tracing::warn!("{split}");
+    }
+    for c in &planned.conceded {
+        tracing::warn!("{c}");
+    }
+    let desired = planned.entries;
+    let previous = store.load().ok().flatten();
+    let seen = observe_owned(net, &desired, previous.as_ref(), dry_run).await?;
+    let changes = plan::diff(&desired, &seen.owned);
+    let held_before = previous
+        .as_ref()
+        .and_then(|p| p.firewall_held.clone())
+        .unwrap_or_default();
+    let mut read = ahead.and_then(|h| h.join().ok());
+    let memo = memo.or(read.as_mut());
+    let fw = match settings.firewall {
+        FirewallMode::Auto => firewall_plan(target, reading, &held_before, memo, dry_run)?,
+        FirewallMode::Off => FirewallPlan::default(),
+    };
+    Ok(Planned {
+        desired,
+        previous,
+        seen,
+        changes,
+        held_before,
+        fw,
     })
 }
 
@@ -223,4 +287,29 @@ pub(super) async fn set<N: Net>(
             })
         }
     }
+}
+
+/// Applied is not the same as working: the kernel's route choice for each network now (and the
+/// networks it does not send through the VM), and, when the engine was asked this run, whether
+/// the VM's own Docker filter drops what the routes bring.
+pub(super) async fn check<N: Net>(
+    net: &mut N,
+    settings: &Settings,
+    target: &Target,
+    docker: Option<&docker::Report>,
+    containers: Option<Result<Vec<docker::containers::ListedContainer>, String>>,
+) -> Result<(Vec<Probe>, Vec<String>, Option<Diagnosis>), EngineError> {
+    let (probes, not_via_vm) = check_routes(net, target).await?;
+    let vm_filter = settings
+        .docker_listing
+        .asks()
+        .then(|| vm_filter::diagnose_listed(docker, containers, &probes))
+        .flatten();
+    if let Some(p) = vm_filter
+        .as_ref()
+        .and_then(|d| d.problem(target.host_addr.addr()))
+    {
+        tracing::warn!("{p}");
+    }
+    Ok((probes, not_via_vm, vm_filter))
 }
