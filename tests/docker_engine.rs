@@ -31,7 +31,11 @@ struct FakeEngine {
 
 impl FakeEngine {
     fn start(dir: &Path, answer: Answer) -> FakeEngine {
-        let path = dir.join(format!("docker-{}.sock", rand_suffix()));
+        FakeEngine::at(dir.join(format!("docker-{}.sock", rand_suffix())), answer)
+    }
+
+    /// An engine listening at `path`.
+    fn at(path: PathBuf, answer: Answer) -> FakeEngine {
         let listener = UnixListener::bind(&path).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
@@ -819,4 +823,85 @@ fn in_lab_vm_listens(lab: &Lab, port: u16) -> bool {
         .output()
         .unwrap();
     !out.stdout.is_empty()
+}
+
+/// The user's files name the engine when nothing else does: the current Docker context (its
+/// `meta.json` under the hash of its name), then Colima's socket. A `meta.json` that is a
+/// symbolic link, or a Colima socket reached through one, is not followed: `up` routes the fixed
+/// subnets only and says why. `down` restores everything each time.
+#[test]
+fn the_users_docker_context_and_colima_socket_are_found_and_their_links_not_followed() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    let before = lab.snapshot();
+    let home = lab.dir.path().join("home");
+    let env: [(&str, &dyn AsRef<std::ffi::OsStr>); 1] = [("HOME", &home)];
+    let up = || lab.dockroute_env(&["up", "--vm-ip", VM_IP, "--dns", "off"], &env);
+    let routed = || lab.ip("route show table all").contains("172.18.0.0/16 via");
+    let down = || {
+        lab.dockroute(&["down"]).ok();
+        assert_eq!(lab.snapshot(), before, "down did not restore the state");
+    };
+
+    // the current context, `lab`: its metadata under sha256("lab")
+    let engine = FakeEngine::start(lab.dir.path(), Answer::Networks(normal_networks()));
+    let docker = home.join(".docker");
+    let meta_dir = docker
+        .join("contexts/meta")
+        .join("a51146d38077ff992eba84cf1d5e9b249073503eb74868699016153b031a38f7");
+    std::fs::create_dir_all(&meta_dir).unwrap();
+    std::fs::write(docker.join("config.json"), r#"{"currentContext": "lab"}"#).unwrap();
+    let meta = format!(
+        r#"{{"Name":"lab","Metadata":{{}},"Endpoints":{{"docker":{{"Host":"{}","SkipTLSVerify":false}}}}}}"#,
+        engine.url()
+    );
+    std::fs::write(meta_dir.join("meta.json"), &meta).unwrap();
+    let run = up().ok();
+    assert!(
+        run.stdout.contains("Docker context 'lab'"),
+        "{}",
+        run.stdout
+    );
+    assert!(routed(), "the context's engine's network is not routed");
+    down();
+
+    // meta.json a symbolic link (to a file that would name the engine): not followed
+    let elsewhere = lab.dir.path().join("meta-elsewhere.json");
+    std::fs::write(&elsewhere, &meta).unwrap();
+    std::fs::remove_file(meta_dir.join("meta.json")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, meta_dir.join("meta.json")).unwrap();
+    let run = up().ok();
+    assert!(
+        run.stderr.contains("meta.json") && run.stderr.contains("routing the fixed subnets only"),
+        "{}",
+        run.stderr
+    );
+    assert!(!routed(), "routed through a link in the user's files");
+    assert!(lab.reaches_container(), "the fixed subnet is not routed");
+    down();
+
+    // no context: Colima's default profile, its socket in place
+    std::fs::remove_dir_all(&docker).unwrap();
+    let colima = home.join(".colima/default");
+    std::fs::create_dir_all(&colima).unwrap();
+    let sock = colima.join("docker.sock");
+    let at_colima = FakeEngine::at(sock.clone(), Answer::Networks(normal_networks()));
+    let run = up().ok();
+    assert!(
+        run.stdout.contains("Colima profile 'default'"),
+        "{}",
+        run.stdout
+    );
+    assert!(routed(), "Colima's engine's network is not routed");
+    down();
+
+    // the socket a symbolic link to another engine's: not used
+    drop(at_colima);
+    std::os::unix::fs::symlink(&engine.path, &sock).unwrap();
+    let run = up().ok();
+    assert!(!routed(), "routed through a linked socket: {}", run.stdout);
+    assert!(lab.reaches_container(), "the fixed subnet is not routed");
+    down();
 }

@@ -178,6 +178,9 @@ impl Lab {
             .args(args)
             .env("DOCKROUTE_STATE_DIR", self.state_dir())
             .env_remove("DOCKER_HOST")
+            .env_remove("DOCKER_CONFIG")
+            // the user's Docker files (contexts, Colima, Lima) only where a test puts them
+            .env("HOME", self.dir.path().join("no-home"))
             .env_remove("MACHINE_STORAGE_PATH")
             .env_remove("SUDO_USER")
             .env_remove("DOCKROUTE_TEST_STALL_AFTER")
