@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::docker_lab::{DockerLab, PAGE, Untouched, VM_IF};
+use common::docker_lab::{DockerLab, IMAGE, PAGE, Untouched, VM_IF};
 use common::{VM_IP, privileged};
 
 /// The host's address on the lab's host-only link.
@@ -180,7 +180,8 @@ fn raw_drops_are_opened_where_they_are_and_down_restores_the_vm() {
 
 /// dockerd restarted, and the VM's DOCKER-USER chain emptied as a rebooted VM's would be: the
 /// next `up` (the boot job's bare one, replaying the recorded flags) inserts the accepts again,
-/// once. A network created later gets its accept from the next `up`, beside the others.
+/// once. A network created later gets its accept from the next `up`, beside the others; a
+/// container there that listens on nothing is reported as the container itself, not the VM.
 #[test]
 fn accepts_are_reapplied_after_dockerd_restarts() {
     if !privileged() {
@@ -220,6 +221,32 @@ fn accepts_are_reapplied_after_dockerd_restarts() {
         "{now:?}"
     );
     assert_eq!(lab.http_from_host(late).as_deref(), Some(PAGE), "{late}");
+
+    // a container that listens on nothing, on a network of its own: the route and the VM are
+    // fine, the container itself does not answer, and status says so without blaming the VM
+    lab.network_create("quietnet", "172.29.0.0/16");
+    lab.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "quiet",
+        "--network",
+        "quietnet",
+        IMAGE,
+        "/bin/busybox",
+        "sleep",
+        "3600",
+    ]);
+    lab.dockroute(&["up"]).ok();
+    let st = lab.dockroute(&["status"]);
+    assert_eq!(st.code, 0, "status: {}{}", st.stdout, st.stderr);
+    assert!(
+        st.stdout.contains("the container itself")
+            && !st.stderr.contains("the VM's Docker drops routed traffic"),
+        "{}{}",
+        st.stdout,
+        st.stderr
+    );
 
     lab.dockroute(&["down"]).ok();
     assert!(marked(&lab).is_empty(), "{:?}", marked(&lab));
