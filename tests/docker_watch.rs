@@ -1,7 +1,8 @@
 //! `dockroute watch` following a real Docker engine's events (issue 17, point 3): a network
 //! created while it runs is routed and its container reached without anyone running `up`, one
 //! removed loses its route, and the event stream comes back after dockerd restarts or is killed.
-//! The VM's forwarding is on before dockerd starts, so Docker's FORWARD policy stays ACCEPT.
+//! The VM's forwarding is on before dockerd starts, so Docker's FORWARD policy stays ACCEPT,
+//! except where `--open-vm-firewall` is what lets the traffic through.
 
 #![cfg(target_os = "linux")]
 
@@ -141,6 +142,56 @@ fn watch_routes_created_networks_withdraws_removed_ones_and_follows_dockerd_rest
     for subnet in ["172.29.0.0/16", "172.30.0.0/16"] {
         assert!(!routed(&lab, subnet), "{subnet} routed after down");
     }
+    lab.remove();
+    machine.check();
+}
+
+/// A fresh VM (Docker's FORWARD policy DROP) and `watch --open-vm-firewall`: a network created
+/// while watch runs gets its accept in the VM beside the default bridge's, so its container is
+/// reached with no `up` run by anyone; `down` takes every accept out and leaves the VM's rules as
+/// they were.
+#[test]
+fn watch_opens_the_vm_filter_for_a_network_created_while_it_runs() {
+    if !privileged() {
+        return;
+    }
+    let machine = Untouched::now();
+    let lab = DockerLab::new();
+    assert_eq!(lab.forward_policy(), "DROP");
+    let vm_before = lab.vm_iptables(&["-S"]);
+    let docker = lab.tcp_url();
+    let w = Watch::start(
+        &lab,
+        &[
+            "--vm-ip",
+            VM_IP,
+            "--dns",
+            "off",
+            "--docker",
+            &docker,
+            "--open-vm-firewall",
+        ],
+    );
+    logged(&w, "watching (", 1);
+    created_is_reached(&lab, &w, "n1", "172.31.0.0/16", "web1");
+    let accepts = lab.vm_iptables(&["-S", "DOCKER-USER"]);
+    assert!(
+        accepts
+            .lines()
+            .any(|l| l.contains("-d 172.31.0.0/16") && l.contains("dockroute")),
+        "{accepts}"
+    );
+    drop(w);
+
+    // Docker's own rules for n1 go with n1
+    lab.docker_ok(&["rm", "-f", "web1"]);
+    lab.network_rm("n1");
+    lab.dockroute(&["down"]).ok();
+    assert_eq!(
+        lab.vm_iptables(&["-S"]),
+        vm_before,
+        "down left the VM's rules changed"
+    );
     lab.remove();
     machine.check();
 }
