@@ -359,6 +359,44 @@ fn an_engine_network_is_opened_through_a_vpn_kill_switch_read_while_the_engine_a
     assert_eq!(rules(&lab), fw_before, "down left the firewalls changed");
 }
 
+/// `watch` with the engine's networks routed, then a VPN connects with kill switches in both
+/// firewalls: the reconcile the firewall events start opens them for the engine's networks too,
+/// so the compose network's container is reached again with no `up` run by anyone.
+#[test]
+fn watch_opens_a_vpn_kill_switch_for_the_engines_networks() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::new();
+    compose_container(&lab);
+    let before = lab.snapshot();
+    let engine = FakeEngine::start(lab.dir.path(), Answer::Networks(normal_networks()));
+    let url = engine.url();
+    let w =
+        common::watch::Watch::start(&lab, &["--vm-ip", VM_IP, "--docker", &url, "--dns", "off"]);
+    let wait = std::time::Duration::from_secs(30);
+    assert!(
+        common::watch::eventually(wait, || reaches_compose_container(&lab)),
+        "not reached before the VPN:\n{}",
+        w.log()
+    );
+    fw(&lab, "iptables", "-A OUTPUT -o vboxnet0 -j DROP");
+    fw(&lab, "iptables", "-A INPUT -i vboxnet0 -j DROP");
+    nft_load(&lab, "vpn.nft", MULLVAD_LIKE);
+    assert!(
+        common::watch::eventually(wait, || reaches_compose_container(&lab)),
+        "the compose network's container is not reached through the kill switches:\n{}\n{}",
+        fw(&lab, "nft", "list ruleset"),
+        w.log()
+    );
+    drop(w);
+    lab.dockroute(&["down"]).ok();
+    fw(&lab, "iptables", "-D OUTPUT -o vboxnet0 -j DROP");
+    fw(&lab, "iptables", "-D INPUT -i vboxnet0 -j DROP");
+    fw(&lab, "nft", "delete table inet vpn");
+    assert_eq!(lab.snapshot(), before, "down left the lab changed");
+}
+
 /// A container on a compose network (172.18.0.0/16): an address on the VM's bridge with a TCP
 /// echo service.
 fn compose_container(lab: &Lab) {
