@@ -27,6 +27,8 @@ enum Answer {
 struct FakeEngine {
     path: PathBuf,
     stop: Arc<AtomicBool>,
+    /// The paths asked for, in order (the API version and query left out).
+    asked: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl FakeEngine {
@@ -39,17 +41,27 @@ impl FakeEngine {
         let listener = UnixListener::bind(&path).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
+        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = asked.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if stopped.load(Ordering::SeqCst) {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                let answer = answer.clone();
-                std::thread::spawn(move || serve(conn, &answer));
+                let (answer, log) = (answer.clone(), log.clone());
+                std::thread::spawn(move || serve(conn, &answer, &log));
             }
         });
-        FakeEngine { path, stop }
+        FakeEngine { path, stop, asked }
+    }
+
+    /// How many times `path` was asked for since the last call, and forget them.
+    fn times_asked(&self, path: &str) -> usize {
+        let mut asked = self.asked.lock().unwrap();
+        let n = asked.iter().filter(|p| *p == path).count();
+        asked.clear();
+        n
     }
 
     fn url(&self) -> String {
@@ -71,7 +83,7 @@ fn rand_suffix() -> String {
     format!("{}", N.fetch_add(1, Ordering::SeqCst))
 }
 
-fn serve(conn: UnixStream, answer: &Answer) {
+fn serve(conn: UnixStream, answer: &Answer, asked: &std::sync::Mutex<Vec<String>>) {
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     let mut conn = conn;
     loop {
@@ -97,6 +109,7 @@ fn serve(conn: UnixStream, answer: &Answer) {
             None => path,
         };
         let path = path.split('?').next().unwrap_or("").to_string();
+        asked.lock().unwrap().push(path.clone());
         let (ctype, body) = match path.as_str() {
             "/_ping" => ("text/plain", "OK".to_string()),
             "/version" => (
@@ -248,6 +261,11 @@ fn every_bridge_network_is_routed_and_down_removes_it() {
         })
         .collect();
     assert_eq!(routed, ["app_default 172.18.0.0/16", "web 192.168.48.0/20"]);
+    assert_eq!(
+        engine.times_asked("/networks"),
+        1,
+        "up listed more than once"
+    );
     assert!(
         reaches(&lab),
         "the compose network's container is not reached"
@@ -268,6 +286,11 @@ fn every_bridge_network_is_routed_and_down_removes_it() {
             .unwrap();
     assert_eq!(record["docker"]["routed"][0]["id"], format!("{:064x}", 2));
     let status = lab.dockroute(&["status"]).stdout;
+    assert_eq!(
+        engine.times_asked("/networks"),
+        1,
+        "status listed more than once"
+    );
     for want in [
         "(from --docker), Docker 20.10.24",
         "routed 172.18.0.0/16 app_default",
@@ -281,8 +304,13 @@ fn every_bridge_network_is_routed_and_down_removes_it() {
         assert!(status.contains(want), "{want:?} not in:\n{status}");
     }
 
-    // up again: nothing to change; a bare up asks the recorded engine
+    // up again: nothing to change; a bare up asks the recorded engine, once
     let again = lab.dockroute(&["up"]).ok();
+    assert_eq!(
+        engine.times_asked("/networks"),
+        1,
+        "up listed more than once"
+    );
     assert!(
         again.stdout.contains("nothing to change"),
         "{}",
