@@ -430,21 +430,19 @@ impl Replay {
         docker_host: Option<String>,
     ) -> Result<Replay, SettingsError> {
         let mut docker_host = docker_host.filter(|d| !d.is_empty());
-        let Some(flags) = up.and_then(|up| recorded_flags(up, state_dir)) else {
+        let Some((up, flags)) = up.and_then(|up| Some((up, recorded_flags(up, state_dir)?))) else {
             return Ok(Replay {
                 args: None,
                 flags: None,
                 docker_host,
             });
         };
-        let args = flags
-            .replay(up.unwrap_or(&UpArgs::default()), cfg)
-            .map_err(|e| {
-                SettingsError::Invalid(format!(
-                    "the record in {} holds a bad flag: {e}",
-                    state_dir.display()
-                ))
-            })?;
+        let args = flags.replay(up, cfg).map_err(|e| {
+            SettingsError::Invalid(format!(
+                "the record in {} holds a bad flag: {e}",
+                state_dir.display()
+            ))
+        })?;
         if docker_host.is_none() && cfg.vm_ip.is_none() && cfg.machine.is_none() {
             docker_host = flags.docker_host.clone();
         }

@@ -342,9 +342,7 @@ fn an_engine_network_is_opened_through_a_vpn_kill_switch_read_while_the_engine_a
     }
     let lab = Lab::new();
     compose_container(&lab);
-    fw(&lab, "iptables", "-A OUTPUT -o vboxnet0 -j DROP");
-    fw(&lab, "iptables", "-A INPUT -i vboxnet0 -j DROP");
-    nft_load(&lab, "vpn.nft", MULLVAD_LIKE);
+    kill_switches(&lab, "-A");
     let rules = |lab: &Lab| {
         format!(
             "{}\n{}",
@@ -408,9 +406,7 @@ fn watch_opens_a_vpn_kill_switch_for_the_engines_networks() {
         "not reached before the VPN:\n{}",
         w.log()
     );
-    fw(&lab, "iptables", "-A OUTPUT -o vboxnet0 -j DROP");
-    fw(&lab, "iptables", "-A INPUT -i vboxnet0 -j DROP");
-    nft_load(&lab, "vpn.nft", MULLVAD_LIKE);
+    kill_switches(&lab, "-A");
     assert!(
         common::watch::eventually(wait, || reaches_compose_container(&lab)),
         "the compose network's container is not reached through the kill switches:\n{}\n{}",
@@ -419,10 +415,21 @@ fn watch_opens_a_vpn_kill_switch_for_the_engines_networks() {
     );
     drop(w);
     lab.dockroute(&["down"]).ok();
-    fw(&lab, "iptables", "-D OUTPUT -o vboxnet0 -j DROP");
-    fw(&lab, "iptables", "-D INPUT -i vboxnet0 -j DROP");
-    fw(&lab, "nft", "delete table inet vpn");
+    kill_switches(&lab, "-D");
     assert_eq!(lab.snapshot(), before, "down left the lab changed");
+}
+
+/// A VPN's kill switches on the host-only link in both firewalls, connected (`-A`: iptables-nft
+/// drops and an nftables table with policy drop) or taken out again (`-D`).
+fn kill_switches(lab: &Lab, op: &str) {
+    fw(lab, "iptables", &format!("{op} OUTPUT -o vboxnet0 -j DROP"));
+    fw(lab, "iptables", &format!("{op} INPUT -i vboxnet0 -j DROP"));
+    match op {
+        "-A" => nft_load(lab, "vpn.nft", MULLVAD_LIKE),
+        _ => {
+            fw(lab, "nft", "delete table inet vpn");
+        }
+    }
 }
 
 /// A container on a compose network (172.18.0.0/16): an address on the VM's bridge with a TCP

@@ -17,13 +17,12 @@ use std::time::Duration;
 /// waits out the back-off (at most 30 s).
 const WAIT: Duration = Duration::from_secs(60);
 
-/// `watch --docker` the lab's engine over TCP.
-fn watch(lab: &DockerLab) -> Watch {
+/// `watch --docker` the lab's engine over TCP, with `extra` flags.
+fn watch(lab: &DockerLab, extra: &[&str]) -> Watch {
     let docker = lab.tcp_url();
-    Watch::start(
-        lab,
-        &["--vm-ip", VM_IP, "--dns", "off", "--docker", &docker],
-    )
+    let mut args = vec!["--vm-ip", VM_IP, "--dns", "off", "--docker", &docker];
+    args.extend_from_slice(extra);
+    Watch::start(lab, &args)
 }
 
 fn running(w: &mut Watch) -> bool {
@@ -75,7 +74,7 @@ fn watch_routes_created_networks_withdraws_removed_ones_and_follows_dockerd_rest
     }
     let machine = Untouched::now();
     let lab = DockerLab::with_forwarding();
-    let mut w = watch(&lab);
+    let mut w = watch(&lab, &[]);
     // a network created before the stream opens is listed when it opens
     logged(&w, "watching (", 1);
 
@@ -159,19 +158,7 @@ fn watch_opens_the_vm_filter_for_a_network_created_while_it_runs() {
     let lab = DockerLab::new();
     assert_eq!(lab.forward_policy(), "DROP");
     let vm_before = lab.vm_iptables(&["-S"]);
-    let docker = lab.tcp_url();
-    let w = Watch::start(
-        &lab,
-        &[
-            "--vm-ip",
-            VM_IP,
-            "--dns",
-            "off",
-            "--docker",
-            &docker,
-            "--open-vm-firewall",
-        ],
-    );
+    let w = watch(&lab, &["--open-vm-firewall"]);
     logged(&w, "watching (", 1);
     created_is_reached(&lab, &w, "n1", "172.31.0.0/16", "web1");
     let accepts = lab.vm_iptables(&["-S", "DOCKER-USER"]);

@@ -498,7 +498,15 @@ pub async fn up_with<N: Net>(
         seen,
         changes,
         held_before,
-        fw,
+        fw:
+            FirewallPlan {
+                changes: fw,
+                owned_before: fw_owned_before,
+                warnings: mut firewall_warnings,
+                desired: fw_desired,
+                pf_enabled,
+                unread: firewall_unread,
+            },
     } = up::plan(
         net,
         settings,
@@ -508,14 +516,6 @@ pub async fn up_with<N: Net>(
         dry_run,
     )
     .await?;
-    let FirewallPlan {
-        changes: fw,
-        owned_before: fw_owned_before,
-        warnings: mut firewall_warnings,
-        desired: fw_desired,
-        pf_enabled,
-        unread: firewall_unread,
-    } = fw;
     if dry_run {
         let dns = match want_dns {
             Some(state) => Some(DnsOutcome {

@@ -392,7 +392,7 @@ fn reconcile(
     if result.is_err() && prober.as_ref().and_then(Prober::answers) == Some(false) {
         // The server is silent and the reconcile failed before DNS (the VM's link or neighbour
         // is gone): the line still goes, since it stalls every lookup.
-        withdraw_line(&s, &Store::new(&s.state_dir));
+        withdraw_line(&s);
     }
     super::judge(
         &result,
@@ -416,8 +416,8 @@ fn trim_heap() {
 }
 
 /// Take dockroute's line out of resolv.conf (under the lock, as `up` and `down` change it).
-fn withdraw_line(settings: &Settings, store: &Store) {
-    let Some(_lock) = store
+fn withdraw_line(settings: &Settings) {
+    let Some(_lock) = Store::new(&settings.state_dir)
         .lock()
         .map_err(|e| tracing::warn!("DNS: cannot take dockroute's line out: {e}"))
         .ok()
