@@ -149,9 +149,10 @@ fn docker_text(s: &mut String, d: &crate::docker::Report, head: &str) {
     if let Some(o) = &d.vm_firewall {
         let _ = writeln!(
             s,
-            "{:<12} VM firewall opened: {} accept(s) marked dockroute (helper image {})",
+            "{:<12} VM firewall opened: {} accept(s) marked dockroute in the VM's {} (helper image {})",
             "",
             o.rules.len(),
+            o.backend_name(),
             crate::docker::networks::shown(&o.image)
         );
     }

@@ -168,6 +168,15 @@ fn watch_opens_the_vm_filter_for_a_network_created_while_it_runs() {
             .any(|l| l.contains("-d 172.31.0.0/16") && l.contains("dockroute")),
         "{accepts}"
     );
+    // watch is killed below (SIGKILL): first let it record the accept it inserted
+    assert!(
+        eventually(WAIT, || lab
+            .dockroute(&["status"])
+            .stdout
+            .contains("VM firewall opened: 2 accept(s)")), // docker0's and n1's
+        "the accept was never recorded:\n{}",
+        w.log()
+    );
     drop(w);
 
     // Docker's own rules for n1 go with n1

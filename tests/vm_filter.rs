@@ -1,22 +1,27 @@
 //! The VM's own Docker filter against a real dockerd (issue 17, points 4 and 5): `status`
 //! tells a VM whose Docker drops routed traffic from a wrong route, and names the fix;
 //! `up --open-vm-firewall` opens it through a helper container in the VM (the VM's iptables,
-//! the VM's namespace), re-applies after dockerd restarts, and `down` leaves the VM's
-//! iptables byte-identical. This machine's own rules are never touched.
+//! the VM's namespace; or Docker 29's own nftables table), re-applies after dockerd restarts,
+//! and `down` leaves the VM's rules byte-identical. This machine's own rules are never touched.
 
 #![cfg(target_os = "linux")]
 
 mod common;
 
 use common::docker_lab::{DockerLab, IMAGE, PAGE, Untouched, VM_IF};
+use common::relay::{Claims, Relay};
 use common::{VM_IP, privileged};
 
 /// The host's address on the lab's host-only link.
 const HOST_IP: &str = "192.168.99.1";
 
 fn up(lab: &DockerLab, extra: &[&str]) -> common::Run {
-    let url = lab.socket_url();
-    let mut args = vec!["up", "--vm-ip", VM_IP, "--dns", "off", "--docker", &url];
+    up_at(lab, &lab.socket_url(), extra)
+}
+
+/// `up` with the engine at `url`.
+fn up_at(lab: &DockerLab, url: &str, extra: &[&str]) -> common::Run {
+    let mut args = vec!["up", "--vm-ip", VM_IP, "--dns", "off", "--docker", url];
     args.extend_from_slice(extra);
     lab.dockroute(&args)
 }
@@ -276,6 +281,140 @@ fn a_missing_helper_image_is_a_clear_warning_naming_the_option() {
     assert!(r.stderr.contains("--helper-image IMAGE"), "{}", r.stderr);
     assert_eq!(vm_rules(&lab), vm_before);
     lab.dockroute(&["down"]).ok();
+    lab.remove();
+    machine.check();
+}
+
+/// The first rule of a chain of Docker's nftables table in the VM.
+fn first_nft_rule(lab: &DockerLab, chain: &str) -> String {
+    let listed = lab.vm_nft(&["list", "chain", "ip", "docker-bridges", chain]);
+    listed
+        .lines()
+        .map(str::trim)
+        .find(|l| {
+            !l.is_empty()
+                && !l.starts_with("table")
+                && !l.starts_with("chain")
+                && !l.starts_with("type")
+                && !l.starts_with('}')
+        })
+        .unwrap_or("")
+        .to_string()
+}
+
+/// The VM's nftables rules marked dockroute.
+fn nft_marked(lab: &DockerLab) -> Vec<String> {
+    lab.vm_nft_ruleset()
+        .lines()
+        .filter(|l| l.contains("dockroute"))
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+/// An engine that runs its rules on nftables (Docker 29's option): the lab's real engine behind
+/// a relay that says so, and Docker 29's own table in the VM (its policy drop, its per-network
+/// "UNPUBLISHED PORT DROP", its raw "DROP DIRECT ACCESS"). `status` names the nftables fix and
+/// Docker 28's allow-direct-routing (exit 3); `up --open-vm-firewall` puts marked accepts at the
+/// top of Docker's own base chains (not in iptables) and both containers answer; a rebuilt
+/// table (a restarted dockerd) gets them again from a bare `up`; `down` leaves the VM's
+/// nftables and iptables as they were.
+#[test]
+fn docker29_nftables_is_diagnosed_opened_in_dockers_own_table_and_restored() {
+    if !privileged() {
+        return;
+    }
+    let machine = Untouched::now();
+    let lab = DockerLab::with_forwarding();
+    lab.network_create("usernet", "172.30.0.0/16");
+    lab.run("web", None, &[]);
+    lab.run("web2", Some("usernet"), &[]);
+    let (ip, ip2) = (lab.container_ip("web"), lab.container_ip("web2"));
+    let user_bridge = lab.bridge_of("usernet");
+    let tables = |lab: &DockerLab| {
+        lab.docker29_nft_tables(&[("docker0", &[ip]), (user_bridge.as_str(), &[ip2])])
+    };
+    tables(&lab);
+    let relay = Relay::start(&lab, Claims::docker29_nftables());
+    let (nft_before, vm_before) = (lab.vm_nft_ruleset(), vm_rules(&lab));
+    let host_before = lab.host_state();
+
+    let routed = up_at(&lab, &relay.url(), &[]).ok();
+    for ip in [ip, ip2] {
+        assert_eq!(
+            lab.http_from_host(ip),
+            None,
+            "{ip} answered through Docker's nftables drops: {}",
+            routed.stderr
+        );
+    }
+    let st = lab.dockroute(&["status"]);
+    assert_eq!(st.code, 3, "status: {}{}", st.stdout, st.stderr);
+    for words in [
+        "the VM's Docker drops routed traffic".to_string(),
+        "allow-direct-routing".into(),
+        format!(
+            "nft insert rule ip docker-bridges filter-FORWARD iifname <the VM's host-only interface> ip saddr {HOST_IP} accept"
+        ),
+        "--open-vm-firewall".into(),
+    ] {
+        assert!(st.stderr.contains(&words), "no {words:?} in: {}", st.stderr);
+    }
+    assert!(
+        !st.stderr.contains("DOCKER-USER"),
+        "iptables advice for an nftables engine: {}",
+        st.stderr
+    );
+
+    let opened = up_at(&lab, &relay.url(), &["--open-vm-firewall"]).ok();
+    for ip in [ip, ip2] {
+        assert_eq!(
+            lab.http_from_host(ip).as_deref(),
+            Some(PAGE),
+            "{ip}: {}",
+            opened.stderr
+        );
+    }
+    let rules = nft_marked(&lab);
+    assert_eq!(rules.len(), 4, "two subnets, two chains: {rules:?}");
+    for chain in ["filter-FORWARD", "raw-PREROUTING"] {
+        let top = first_nft_rule(&lab, chain);
+        assert!(
+            top.starts_with(&format!(
+                "iifname \"{VM_IF}\" ip saddr {HOST_IP} ip daddr 172."
+            )) && top.ends_with("accept comment \"dockroute\""),
+            "{chain} does not start with dockroute's accept: {top}"
+        );
+    }
+    assert_eq!(vm_rules(&lab), vm_before, "the VM's iptables were changed");
+    let st = lab.dockroute(&["status"]);
+    assert_eq!(st.code, 0, "status: {}{}", st.stdout, st.stderr);
+    assert!(st.stdout.contains("in the VM's nftables"), "{}", st.stdout);
+    up_at(&lab, &relay.url(), &["--open-vm-firewall"]).ok();
+    assert_eq!(nft_marked(&lab), rules, "a second up inserted again");
+
+    // dockerd restarted: its table deleted and written again, without the accepts
+    tables(&lab);
+    assert_eq!(
+        lab.http_from_host(ip),
+        None,
+        "{ip} answered without the accept"
+    );
+    lab.dockroute(&["up"]).ok();
+    assert_eq!(nft_marked(&lab), rules);
+    assert_eq!(lab.http_from_host(ip).as_deref(), Some(PAGE), "{ip}");
+
+    lab.down_restores(&host_before);
+    assert_eq!(
+        lab.vm_nft_ruleset(),
+        nft_before,
+        "down left the VM's nftables changed"
+    );
+    assert_eq!(
+        vm_rules(&lab),
+        vm_before,
+        "down left the VM's iptables changed"
+    );
+    drop(relay);
     lab.remove();
     machine.check();
 }

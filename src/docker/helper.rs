@@ -4,7 +4,8 @@
 //! The helper runs on the engine's own network (host networking: the VM's namespace, never
 //! this machine's), with the engine's root filesystem bound read-only at /host and the VM's
 //! /run beside it (iptables' lock), and `chroot`s into it: the iptables that runs is the VM's
-//! own, so the rules land in the backend dockerd uses. It gets only NET_ADMIN, NET_RAW and
+//! own, so the rules land in the backend dockerd uses (iptables, or Docker's own nftables
+//! table, [`super::vmnft`]). It gets only NET_ADMIN, NET_RAW and
 //! SYS_CHROOT (no `--privileged`), no new privileges, and is removed after each command. Its
 //! image needs only a `chroot` program (busybox's by default).
 
@@ -12,7 +13,9 @@ use super::DockerError;
 use super::client::Client;
 use super::containers::ListedContainer;
 use super::endpoint::Endpoint;
-use super::vmfilter::{self, Diagnosis, EngineFilter, Opened, Outcome, Reach, VmRule};
+use super::vmfilter::{
+    self, Backend, Diagnosis, EngineFilter, Opened, Outcome, Reach, VmRule, VmRules,
+};
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters as q;
 use futures_lite::StreamExt;
@@ -216,9 +219,40 @@ impl Client {
         Ok((code, out, err))
     }
 
-    /// Insert the accepts the VM needs for `subnets` (those not there already), and delete the
-    /// ones `previous` recorded that are no longer wanted. Rules of this run are taken out again
-    /// when a later one fails.
+    /// The VM's rules in `backend` (its own `iptables-save` or `nft`).
+    async fn read_vm(&self, image: &str, backend: Backend) -> Result<VmRules, DockerError> {
+        let text = self.helper(image, &backend.list_argv()).await?;
+        VmRules::read(backend, &text)
+            .map_err(|e| DockerError::Helper(format!("the VM's {} rules: {e}", backend.name())))
+    }
+
+    /// Delete those of `rules` that are still in the VM (read afresh); how many.
+    async fn delete_present(
+        &self,
+        image: &str,
+        backend: Backend,
+        rules: &[&VmRule],
+    ) -> Result<usize, DockerError> {
+        let rules: Vec<&VmRule> = rules
+            .iter()
+            .copied()
+            .filter(|r| r.backend == backend)
+            .collect();
+        if rules.is_empty() {
+            return Ok(0);
+        }
+        let now = self.read_vm(image, backend).await?;
+        let mut removed = 0;
+        for argv in rules.iter().filter_map(|r| now.delete_argv(r)) {
+            self.helper(image, &argv).await?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Insert the accepts the VM needs for `subnets` (those not there already) in the backend
+    /// dockerd uses, and delete the ones `previous` recorded that are no longer wanted. Rules of
+    /// this run are taken out again when a later one fails.
     pub async fn open(
         &mut self,
         image: &str,
@@ -226,12 +260,7 @@ impl Client {
         subnets: &[Ipv4Net],
         previous: Option<&Opened>,
     ) -> Result<Opened, DockerError> {
-        let facts = self.filter_facts().await?;
-        if facts.nftables() {
-            return Err(DockerError::Helper(
-                "dockerd runs its rules on nftables; --open-vm-firewall opens iptables only (set allow-direct-routing in the VM's daemon.json)".into(),
-            ));
-        }
+        let backend = Backend::of(&self.filter_facts().await?);
         self.ensure_image(image).await?;
         let route = self
             .helper(
@@ -245,24 +274,31 @@ impl Client {
                 route.trim().escape_default()
             ))
         })?;
-        let saved = vmfilter::parse_saved(&self.helper(image, &["iptables-save".into()]).await?);
-        let wanted = vmfilter::wanted(&saved, host, &interface, subnets);
+        let current = self.read_vm(image, backend).await?;
+        let wanted = current.wanted(host, &interface, subnets);
         let mut inserted: Vec<&VmRule> = Vec::new();
-        for r in wanted.iter().filter(|r| !saved.has(r)) {
-            if let Err(e) = self.helper(image, &r.argv("-I")).await {
-                for done in inserted {
-                    if let Err(u) = self.helper(image, &done.argv("-D")).await {
-                        tracing::warn!("could not take out {}: {u}", done.saved());
-                    }
+        for r in wanted.iter().filter(|r| !current.has(r)) {
+            if let Err(e) = self.helper(image, &r.insert_argv()).await {
+                if let Err(u) = self.delete_present(image, backend, &inserted).await {
+                    tracing::warn!("could not take out this run's accepts again: {u}");
                 }
                 return Err(e);
             }
             inserted.push(r);
         }
-        for old in previous.map(|p| p.rules.as_slice()).unwrap_or_default() {
-            if !wanted.contains(old) && saved.has(old) {
-                self.helper(image, &old.argv("-D")).await?;
-            }
+        let stale: Vec<&VmRule> = previous
+            .map(|p| p.rules.iter().filter(|r| !wanted.contains(r)).collect())
+            .unwrap_or_default();
+        for argv in stale.iter().filter_map(|r| current.delete_argv(r)) {
+            self.helper(image, &argv).await?;
+        }
+        // recorded in the other backend (dockerd changed its firewall backend since)
+        let other = match backend {
+            Backend::Iptables => Backend::Nftables,
+            Backend::Nftables => Backend::Iptables,
+        };
+        if let Err(e) = self.delete_present(image, other, &stale).await {
+            tracing::warn!("the VM's earlier {} accepts: {e}", other.name());
         }
         Ok(Opened {
             image: image.to_string(),
@@ -276,15 +312,10 @@ impl Client {
         vmfilter::helper_image(&opened.image).map_err(DockerError::Helper)?;
         self.negotiate().await?;
         self.ensure_image(&opened.image).await?;
-        let saved = vmfilter::parse_saved(
-            &self
-                .helper(&opened.image, &["iptables-save".into()])
-                .await?,
-        );
+        let rules: Vec<&VmRule> = opened.rules.iter().collect();
         let mut removed = 0;
-        for r in opened.rules.iter().filter(|r| saved.has(r)) {
-            self.helper(&opened.image, &r.argv("-D")).await?;
-            removed += 1;
+        for backend in [Backend::Iptables, Backend::Nftables] {
+            removed += self.delete_present(&opened.image, backend, &rules).await?;
         }
         Ok(removed)
     }

@@ -19,6 +19,7 @@ pub mod sources;
 )]
 mod tls;
 pub mod vmfilter;
+pub mod vmnft;
 
 use endpoint::{Choice, Endpoint, Explicit};
 use ipnet::Ipv4Net;

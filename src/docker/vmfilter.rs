@@ -17,10 +17,50 @@ pub const MARK: &str = "dockroute";
 /// iptables that runs is the VM's own, from the engine's root filesystem.
 pub const DEFAULT_HELPER_IMAGE: &str = "busybox:latest";
 
-/// One accept rule of dockroute's in the VM's iptables.
+/// Which of the VM's firewalls a rule is in: the one dockerd writes its rules to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// iptables (either of its backends: the VM's own `iptables` program picks).
+    #[default]
+    Iptables,
+    /// Docker's own nftables table (`firewall-backend: nftables`, [`super::vmnft`]).
+    Nftables,
+}
+
+impl Backend {
+    /// The backend of the engine's rules, as `/info` says (older engines: iptables).
+    pub fn of(engine: &EngineFilter) -> Backend {
+        if engine.nftables() {
+            Backend::Nftables
+        } else {
+            Backend::Iptables
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Iptables => "iptables",
+            Backend::Nftables => "nftables",
+        }
+    }
+
+    /// The command that prints the VM's rules of this backend.
+    pub fn list_argv(self) -> Vec<String> {
+        match self {
+            Backend::Iptables => vec!["iptables-save".into()],
+            Backend::Nftables => super::vmnft::list_argv(),
+        }
+    }
+}
+
+/// One accept rule of dockroute's in the VM's firewall.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmRule {
-    /// `filter` or `raw`.
+    /// Records written before nftables engines were opened have none: iptables.
+    #[serde(default)]
+    pub backend: Backend,
+    /// iptables: `filter` or `raw`; nftables: Docker's table (`docker-bridges`).
     pub table: String,
     pub chain: String,
     pub host: Ipv4Addr,
@@ -53,6 +93,22 @@ impl VmRule {
     /// The line iptables-save prints for it (to find it in the VM's rules).
     pub fn saved(&self) -> String {
         format!("-A {} {}", self.chain, self.spec().join(" "))
+    }
+
+    /// The command that inserts it at the top of its chain.
+    pub fn insert_argv(&self) -> Vec<String> {
+        match self.backend {
+            Backend::Iptables => self.argv("-I"),
+            Backend::Nftables => super::vmnft::insert_argv(self),
+        }
+    }
+
+    /// The rule in its backend's own words (for messages).
+    pub fn text(&self) -> String {
+        match self.backend {
+            Backend::Iptables => format!("iptables -t {} {}", self.table, self.saved()),
+            Backend::Nftables => super::vmnft::rule_text(self),
+        }
     }
 
     /// `iptables -w -t TABLE VERB CHAIN SPEC`, as an argument vector.
@@ -123,11 +179,52 @@ impl Saved {
     }
 }
 
+/// What the VM's firewall holds, in the backend dockerd uses.
+#[derive(Debug, PartialEq, Eq)]
+pub enum VmRules {
+    Iptables(Saved),
+    Nftables(super::vmnft::NftState),
+}
+
+impl VmRules {
+    /// Read what [`Backend::list_argv`] printed (untrusted).
+    pub fn read(backend: Backend, text: &str) -> Result<VmRules, String> {
+        match backend {
+            Backend::Iptables => Ok(VmRules::Iptables(parse_saved(text))),
+            Backend::Nftables => super::vmnft::parse(text).map(VmRules::Nftables),
+        }
+    }
+
+    /// Whether `rule` is in the VM (a rule of the other backend never is).
+    pub fn has(&self, rule: &VmRule) -> bool {
+        self.delete_argv(rule).is_some()
+    }
+
+    /// The command that deletes exactly `rule`, if it is in the VM.
+    pub fn delete_argv(&self, rule: &VmRule) -> Option<Vec<String>> {
+        match self {
+            VmRules::Iptables(s) => {
+                (rule.backend == Backend::Iptables && s.has(rule)).then(|| rule.argv("-D"))
+            }
+            VmRules::Nftables(s) => s.handle(rule).map(|h| super::vmnft::delete_argv(rule, h)),
+        }
+    }
+
+    /// The accepts `--open-vm-firewall` wants here (see [`wanted`] and [`super::vmnft::wanted`]).
+    pub fn wanted(&self, host: Ipv4Addr, interface: &str, subnets: &[Ipv4Net]) -> Vec<VmRule> {
+        match self {
+            VmRules::Iptables(s) => wanted(s, host, interface, subnets),
+            VmRules::Nftables(s) => super::vmnft::wanted(s, host, interface, subnets),
+        }
+    }
+}
+
 /// The rules `--open-vm-firewall` wants in a VM whose rules are `saved`: a DOCKER-USER accept
 /// per routed subnet, and a raw PREROUTING accept for each subnet Docker's raw drops cover
 /// (only there: iptables-nft would create the raw table on the first insert).
 pub fn wanted(saved: &Saved, host: Ipv4Addr, interface: &str, subnets: &[Ipv4Net]) -> Vec<VmRule> {
     let rule = |table: &str, chain: &str, subnet: Ipv4Net| VmRule {
+        backend: Backend::Iptables,
         table: table.into(),
         chain: chain.into(),
         host,
@@ -318,7 +415,7 @@ impl Diagnosis {
         }
         if self.engine.nftables() {
             fixes.push(
-                "dockerd runs its rules on nftables: accept traffic from {host} in a chain of your own before Docker's forward chain"
+                "dockerd runs its rules on nftables, where an accept in a table of your own does not beat Docker's drops: run in the VM `nft insert rule ip docker-bridges filter-FORWARD iifname <the VM's host-only interface> ip saddr {host} accept`, and the same in raw-PREROUTING (dockerd deletes both when it restarts)"
                     .replace("{host}", &host.to_string()),
             );
         } else {
@@ -343,6 +440,13 @@ impl Diagnosis {
 pub struct Opened {
     pub image: String,
     pub rules: Vec<VmRule>,
+}
+
+impl Opened {
+    /// Where the accepts are: `iptables`, `nftables` (or `firewall`, when there are none).
+    pub fn backend_name(&self) -> &'static str {
+        self.rules.first().map_or("firewall", |r| r.backend.name())
+    }
 }
 
 #[cfg(test)]
@@ -376,6 +480,27 @@ mod tests {
     }
 
     #[test]
+    fn a_rule_recorded_before_nftables_is_an_iptables_rule() {
+        let old = r#"{"table":"filter","chain":"DOCKER-USER","host":"192.168.99.1","subnet":"172.17.0.0/16","interface":"eth0"}"#;
+        let r: VmRule = serde_json::from_str(old).unwrap();
+        assert_eq!(r.backend, Backend::Iptables);
+        assert_eq!(
+            r.insert_argv().join(" "),
+            "iptables -w -t filter -I DOCKER-USER -s 192.168.99.1/32 -d 172.17.0.0/16 -i eth0 -m comment --comment dockroute -j ACCEPT"
+        );
+        // an iptables rule is never found among the nftables rules, nor the other way round
+        let nft = VmRules::read(Backend::Nftables, r#"{"nftables": []}"#).unwrap();
+        assert!(!nft.has(&r));
+        let ipt = VmRules::read(Backend::Iptables, SAVED).unwrap();
+        assert!(ipt.has(&r));
+        let as_nft = VmRule {
+            backend: Backend::Nftables,
+            ..r
+        };
+        assert!(!ipt.has(&as_nft));
+    }
+
+    #[test]
     fn words_the_fix() {
         let mut d = Diagnosis {
             engine: EngineFilter {
@@ -402,6 +527,18 @@ mod tests {
             "{p}"
         );
         assert!(p.contains("net.ipv4.ip_forward=1"), "{p}");
+        assert!(
+            p.contains("DOCKER-USER") && !p.contains("nft insert"),
+            "{p}"
+        );
+        d.engine.firewall_backend = Some("nftables".into());
+        let p = d.problem("192.168.99.1".parse().unwrap()).unwrap();
+        assert!(
+            p.contains("nft insert rule ip docker-bridges filter-FORWARD")
+                && p.contains("ip saddr 192.168.99.1")
+                && !p.contains("DOCKER-USER"),
+            "{p}"
+        );
         d.probes[0].outcome = Outcome::Refused;
         assert_eq!(d.problem("192.168.99.1".parse().unwrap()), None);
     }

@@ -38,8 +38,9 @@ pub(super) fn reconcile(
             match helper::open(&endpoint, image, host, &target.subnets, before.as_ref()) {
                 Ok(o) => {
                     tracing::info!(
-                        "VM firewall: {} accept(s) marked dockroute in the VM's iptables",
-                        o.rules.len()
+                        "VM firewall: {} accept(s) marked dockroute in the VM's {}",
+                        o.rules.len(),
+                        o.backend_name()
                     );
                     d.vm_firewall = Some(o);
                 }
@@ -68,8 +69,9 @@ pub(super) fn close(record: Option<&Record>, dry_run: bool) -> Option<String> {
     };
     if dry_run {
         tracing::info!(
-            "would remove {} accept(s) marked dockroute from the VM's iptables",
-            opened.rules.len()
+            "would remove {} accept(s) marked dockroute from the VM's {}",
+            opened.rules.len(),
+            opened.backend_name()
         );
         return None;
     }

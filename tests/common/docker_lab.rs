@@ -209,6 +209,61 @@ impl DockerLab {
         ]);
     }
 
+    /// `nft ARGS` inside the VM's network namespace (no shell); its stdout.
+    pub fn vm_nft(&self, args: &[&str]) -> String {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.vm(), "nft"]).args(args);
+        stdout_of(c, &format!("nft {args:?} in the VM"))
+    }
+
+    /// The VM's nftables without counters and handles (what `down` must leave as it was).
+    pub fn vm_nft_ruleset(&self) -> String {
+        self.vm_nft(&["-s", "list", "ruleset"])
+    }
+
+    /// Docker 29's own nftables table (`firewall-backend: nftables`) in the VM, as Docker 29
+    /// writes it for `bridges` (each with the addresses of its containers): `filter-FORWARD`
+    /// with policy drop (a fresh VM, whose forwarding dockerd turned on), a jump per bridge to
+    /// a chain that ends in "UNPUBLISHED PORT DROP", and `raw-PREROUTING`'s "DROP DIRECT
+    /// ACCESS" for each container arriving on any interface but its bridge. Loaded in one
+    /// transaction, replacing the table a previous call loaded (as a restarted dockerd does).
+    pub fn docker29_nft_tables(&self, bridges: &[(&str, &[Ipv4Addr])]) {
+        let mut rules = String::from(
+            "table ip docker-bridges\ndelete table ip docker-bridges\ntable ip docker-bridges {\n",
+        );
+        let jumps = |dir: &str| {
+            bridges
+                .iter()
+                .map(|(b, _)| format!("\"{b}\" : jump filter-forward-{dir}__{b}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        for dir in ["in", "out"] {
+            rules += &format!(
+                "  map filter-forward-{dir}-jumps {{\n    type ifname : verdict\n    elements = {{ {} }}\n  }}\n",
+                jumps(dir)
+            );
+        }
+        for (b, _) in bridges {
+            rules += &format!(
+                "  chain filter-forward-in__{b} {{\n    ct state established,related counter accept\n    iifname \"{b}\" counter accept comment \"ICC\"\n    counter drop comment \"UNPUBLISHED PORT DROP\"\n  }}\n  chain filter-forward-out__{b} {{\n    ct state established,related counter accept\n    counter accept comment \"OUTGOING\"\n  }}\n"
+            );
+        }
+        rules += "  chain filter-FORWARD {\n    type filter hook forward priority filter; policy drop;\n    oifname vmap @filter-forward-in-jumps\n    iifname vmap @filter-forward-out-jumps\n  }\n";
+        rules += "  chain raw-PREROUTING {\n    type filter hook prerouting priority raw; policy accept;\n";
+        for (b, ips) in bridges {
+            for ip in *ips {
+                rules += &format!(
+                    "    ip daddr {ip} iifname != \"{b}\" counter drop comment \"DROP DIRECT ACCESS\"\n"
+                );
+            }
+        }
+        rules += "  }\n}\n";
+        let file = self.dir().join("docker29.nft");
+        std::fs::write(&file, rules).expect("writing the nft file");
+        self.vm_nft(&["-f", &file.to_string_lossy()]);
+    }
+
     /// The VM's iptables as iptables-save prints them, without its comment lines.
     pub fn vm_iptables_save(&self) -> String {
         let mut c = Command::new("ip");

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod docker_lab;
+pub mod relay;
 pub mod watch;
 
 use std::io::{Read, Write};

@@ -1,0 +1,202 @@
+//! A relay in front of the lab's real dockerd that answers as a newer engine would: every
+//! request goes to the lab's engine, and only `/version` and `/info` come back changed (the
+//! version, and `FirewallBackend`). The lab's engine is Debian's 20.10; with the relay,
+//! dockroute meets what Docker 29 running its rules on nftables says about itself, while every
+//! container, network and helper run is real. Each request is relayed on a connection of its
+//! own (`Connection: close`), and each answer is sent back with a `Content-Length`.
+
+use super::docker_lab::DockerLab;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// What the relayed engine says it is.
+#[derive(Clone)]
+pub struct Claims {
+    pub version: String,
+    /// `FirewallBackend.Driver` in `/info` (`nftables`, `iptables`), or none (before 28.2).
+    pub firewall_backend: Option<String>,
+}
+
+impl Claims {
+    /// Docker 29 with `"firewall-backend": "nftables"`.
+    pub fn docker29_nftables() -> Claims {
+        Claims {
+            version: "29.1.2".into(),
+            firewall_backend: Some("nftables".into()),
+        }
+    }
+}
+
+pub struct Relay {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+}
+
+impl Relay {
+    /// A relay to `lab`'s engine, listening on a socket in the lab's directory.
+    pub fn start(lab: &DockerLab, claims: Claims) -> Relay {
+        let path = lab.dir().join("relay.sock");
+        let _ = std::fs::remove_file(&path);
+        let upstream = lab.dir().join("docker.sock");
+        let listener = UnixListener::bind(&path).expect("relay socket");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let (upstream, claims) = (upstream.clone(), claims.clone());
+                std::thread::spawn(move || serve(conn, &upstream, &claims));
+            }
+        });
+        Relay { path, stop }
+    }
+
+    pub fn url(&self) -> String {
+        format!("unix://{}", self.path.display())
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = UnixStream::connect(&self.path); // wake the accept loop
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Relay the requests of one client connection, one after the other.
+fn serve(conn: UnixStream, upstream: &Path, claims: &Claims) {
+    let Ok(read_half) = conn.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(read_half);
+    let mut conn = conn;
+    loop {
+        let mut head = Vec::new();
+        let mut length = 0usize;
+        let mut first = String::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            let lower = line.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+            if first.is_empty() {
+                first = line.clone();
+            } else if lower.starts_with("connection:") {
+                continue;
+            }
+            head.extend_from_slice(line.as_bytes());
+        }
+        let mut body = vec![0u8; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        head.extend_from_slice(b"Connection: close\r\n\r\n");
+        head.extend_from_slice(&body);
+        let Some(answer) = ask(upstream, &head) else {
+            return;
+        };
+        let path = first.split_whitespace().nth(1).unwrap_or("");
+        let path = path.split('?').next().unwrap_or("");
+        let answer = match () {
+            _ if path.ends_with("/version") => claim(answer, |v| {
+                v["Version"] = claims.version.clone().into();
+            }),
+            _ if path.ends_with("/info") => claim(answer, |v| {
+                v["ServerVersion"] = claims.version.clone().into();
+                if let Some(f) = &claims.firewall_backend {
+                    v["FirewallBackend"] = serde_json::json!({ "Driver": f });
+                }
+            }),
+            _ => answer,
+        };
+        if conn.write_all(&answer.framed()).is_err() {
+            return;
+        }
+    }
+}
+
+/// One answer of the engine: its status line and headers (without framing), and its body.
+struct Answer {
+    head: Vec<String>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    /// The answer with a `Content-Length` of its own, for a connection that stays open.
+    fn framed(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for h in &self.head {
+            out.extend_from_slice(h.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(format!("Content-Length: {}\r\n\r\n", self.body.len()).as_bytes());
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+/// Send one request to the engine and read its whole answer (it closes the connection).
+fn ask(upstream: &Path, request: &[u8]) -> Option<Answer> {
+    let mut up = UnixStream::connect(upstream).ok()?;
+    up.write_all(request).ok()?;
+    let mut raw = Vec::new();
+    up.read_to_end(&mut raw).ok()?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head_text = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut chunked = false;
+    let mut head = Vec::new();
+    for line in head_text.split("\r\n") {
+        let lower = line.to_ascii_lowercase();
+        if lower.starts_with("transfer-encoding:") {
+            chunked = lower.contains("chunked");
+        } else if !lower.starts_with("content-length:") && !lower.starts_with("connection:") {
+            head.push(line.to_string());
+        }
+    }
+    let rest = &raw[split + 4..];
+    let body = if chunked {
+        dechunk(rest)?
+    } else {
+        rest.to_vec()
+    };
+    Some(Answer { head, body })
+}
+
+/// The body of a chunked transfer.
+fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let end = rest.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = String::from_utf8_lossy(&rest[..end]).into_owned();
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        rest = &rest[end + 2..];
+        if size == 0 {
+            return Some(body);
+        }
+        body.extend_from_slice(rest.get(..size)?);
+        rest = rest.get(size + 2..)?;
+    }
+}
+
+/// The answer with its JSON body changed by `f` (an answer that is not JSON stays as it was).
+fn claim(mut answer: Answer, f: impl Fn(&mut serde_json::Value)) -> Answer {
+    if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&answer.body) {
+        f(&mut v);
+        answer.body = serde_json::to_vec(&v).unwrap_or(answer.body);
+    }
+    answer
+}
