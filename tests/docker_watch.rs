@@ -9,6 +9,7 @@
 mod common;
 
 use common::docker_lab::{DockerLab, PAGE, Untouched};
+use common::relay::{Claims, Relay};
 use common::watch::{Watch, eventually};
 use common::{VM_IP, privileged};
 use std::time::Duration;
@@ -19,8 +20,12 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// `watch --docker` the lab's engine over TCP, with `extra` flags.
 fn watch(lab: &DockerLab, extra: &[&str]) -> Watch {
-    let docker = lab.tcp_url();
-    let mut args = vec!["--vm-ip", VM_IP, "--dns", "off", "--docker", &docker];
+    watch_at(lab, &lab.tcp_url(), extra)
+}
+
+/// `watch --docker URL`, with `extra` flags.
+fn watch_at(lab: &DockerLab, docker: &str, extra: &[&str]) -> Watch {
+    let mut args = vec!["--vm-ip", VM_IP, "--dns", "off", "--docker", docker];
     args.extend_from_slice(extra);
     Watch::start(lab, &args)
 }
@@ -188,6 +193,57 @@ fn watch_opens_the_vm_filter_for_a_network_created_while_it_runs() {
         vm_before,
         "down left the VM's rules changed"
     );
+    lab.remove();
+    machine.check();
+}
+
+/// `watch` keeps one event stream open while the engine runs: three networks created and
+/// removed, each routed and withdrawn, and the engine was asked for its events once; after
+/// dockerd restarts, once more. Counted by a relay in front of the lab's engine.
+#[test]
+fn watch_keeps_one_event_stream_while_the_engine_runs() {
+    if !privileged() {
+        return;
+    }
+    let machine = Untouched::now();
+    let lab = DockerLab::with_forwarding();
+    let relay = Relay::start(&lab, Claims::unchanged());
+    let w = watch_at(&lab, &relay.url(), &[]);
+    logged(&w, "watching (", 1);
+    for (i, subnet) in ["172.31.0.0/16", "172.30.0.0/16", "172.29.0.0/16"]
+        .iter()
+        .enumerate()
+    {
+        let net = format!("n{i}");
+        lab.network_create(&net, subnet);
+        assert!(
+            eventually(WAIT, || routed(&lab, subnet)),
+            "{net} not routed:\n{}",
+            w.log()
+        );
+        lab.network_rm(&net);
+        assert!(
+            eventually(WAIT, || !routed(&lab, subnet)),
+            "{net} still routed:\n{}",
+            w.log()
+        );
+    }
+    assert_eq!(relay.times_asked("/events"), 1, "{}", w.log());
+
+    lab.restart_dockerd();
+    logged(&w, "following the engine's events again", 1);
+    lab.network_create("again", "172.28.0.0/16");
+    assert!(
+        eventually(WAIT, || routed(&lab, "172.28.0.0/16")),
+        "not routed after the restart:\n{}",
+        w.log()
+    );
+    assert_eq!(relay.times_asked("/events"), 2, "{}", w.log());
+    drop(w);
+
+    lab.dockroute(&["down"]).ok();
+    assert!(!routed(&lab, "172.28.0.0/16"), "routed after down");
+    drop(relay);
     lab.remove();
     machine.check();
 }

@@ -137,11 +137,10 @@ fn forward_drop_is_diagnosed_and_opened_by_the_helper_and_down_restores_the_vm()
     down_restores_both(lab, &host_before, &vm_before, machine);
 }
 
-/// Docker 28's raw drops (written as Docker writes them, on the lab's 20.10 engine), forwarding
-/// on: `status` says the VM's Docker drops and names `--open-vm-firewall` (the advice for Docker
-/// 28's own engine, allow-direct-routing, goes by the engine's version: vmfilter's unit tests),
-/// the accept goes in the raw table where the drops are, and `down` restores the VM byte for
-/// byte.
+/// Docker 28's raw drops (written as Docker writes them, on the lab's 20.10 engine, behind a
+/// relay that says Docker 28 on iptables), forwarding on: `status` says the VM's Docker drops,
+/// advises Docker 28's allow-direct-routing and names `--open-vm-firewall`, the accept goes in
+/// the raw table where the drops are, and `down` restores the VM byte for byte.
 #[test]
 fn raw_drops_are_opened_where_they_are_and_down_restores_the_vm() {
     if !privileged() {
@@ -152,9 +151,10 @@ fn raw_drops_are_opened_where_they_are_and_down_restores_the_vm() {
     lab.run("web", None, &[]);
     let ip = lab.container_ip("web");
     lab.docker28_raw_drop(ip, "docker0");
+    let relay = Relay::start(&lab, Claims::docker28_iptables());
     let vm_before = vm_rules(&lab);
     let host_before = lab.host_state();
-    up(&lab, &[]).ok();
+    up_at(&lab, &relay.url(), &[]).ok();
     assert_eq!(
         lab.http_from_host(ip),
         None,
@@ -165,12 +165,13 @@ fn raw_drops_are_opened_where_they_are_and_down_restores_the_vm() {
     assert!(
         st.stderr.contains("the VM's Docker drops routed traffic")
             && st.stderr.contains(&ip.to_string())
+            && st.stderr.contains("\"allow-direct-routing\": true")
             && st.stderr.contains("--open-vm-firewall"),
         "{}",
         st.stderr
     );
 
-    up(&lab, &["--open-vm-firewall"]).ok();
+    up_at(&lab, &relay.url(), &["--open-vm-firewall"]).ok();
     assert_eq!(lab.http_from_host(ip).as_deref(), Some(PAGE), "{ip}");
     let raw = lab.vm_iptables(&["-t", "raw", "-S", "PREROUTING"]);
     assert!(
@@ -181,6 +182,7 @@ fn raw_drops_are_opened_where_they_are_and_down_restores_the_vm() {
     );
 
     down_restores_both(lab, &host_before, &vm_before, machine);
+    drop(relay);
 }
 
 /// dockerd restarted, and the VM's DOCKER-USER chain emptied as a rebooted VM's would be: the

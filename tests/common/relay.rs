@@ -1,21 +1,24 @@
 //! A relay in front of the lab's real dockerd that answers as a newer engine would: every
-//! request goes to the lab's engine, and only `/version` and `/info` come back changed (the
-//! version, and `FirewallBackend`). The lab's engine is Debian's 20.10; with the relay,
+//! request goes to the lab's engine, and only what names the engine comes back changed (each
+//! answer's `Server` header, `/version` and `/info`: the version, and `FirewallBackend`). The lab's engine is Debian's 20.10; with the relay,
 //! dockroute meets what Docker 29 running its rules on nftables says about itself, while every
 //! container, network and helper run is real. Each request is relayed on a connection of its
-//! own (`Connection: close`), and each answer is sent back with a `Content-Length`.
+//! own (`Connection: close`), and each answer is sent back with a `Content-Length`; the event
+//! stream (`/events`) is passed through as it comes, and ends the client's connection when it
+//! ends. The relay keeps the paths it was asked for.
 
 use super::docker_lab::DockerLab;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// What the relayed engine says it is.
 #[derive(Clone)]
 pub struct Claims {
-    pub version: String,
+    /// The version to claim (none: the engine's own).
+    pub version: Option<String>,
     /// `FirewallBackend.Driver` in `/info` (`nftables`, `iptables`), or none (before 28.2).
     pub firewall_backend: Option<String>,
 }
@@ -24,8 +27,24 @@ impl Claims {
     /// Docker 29 with `"firewall-backend": "nftables"`.
     pub fn docker29_nftables() -> Claims {
         Claims {
-            version: "29.1.2".into(),
+            version: Some("29.1.2".into()),
             firewall_backend: Some("nftables".into()),
+        }
+    }
+
+    /// Docker 28 on iptables (its raw-table drops are Docker 28's).
+    pub fn docker28_iptables() -> Claims {
+        Claims {
+            version: Some("28.3.3".into()),
+            firewall_backend: Some("iptables".into()),
+        }
+    }
+
+    /// The engine as it is (the relay only counts).
+    pub fn unchanged() -> Claims {
+        Claims {
+            version: None,
+            firewall_backend: None,
         }
     }
 }
@@ -33,6 +52,8 @@ impl Claims {
 pub struct Relay {
     path: PathBuf,
     stop: Arc<AtomicBool>,
+    /// The paths asked for, in order (the API version and query left out).
+    asked: Arc<Mutex<Vec<String>>>,
 }
 
 impl Relay {
@@ -44,17 +65,25 @@ impl Relay {
         let listener = UnixListener::bind(&path).expect("relay socket");
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let log = asked.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if stopped.load(Ordering::SeqCst) {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                let (upstream, claims) = (upstream.clone(), claims.clone());
-                std::thread::spawn(move || serve(conn, &upstream, &claims));
+                let (upstream, claims, log) = (upstream.clone(), claims.clone(), log.clone());
+                std::thread::spawn(move || serve(conn, &upstream, &claims, &log));
             }
         });
-        Relay { path, stop }
+        Relay { path, stop, asked }
+    }
+
+    /// How many times `path` (`/events`, `/networks`) was asked for so far.
+    pub fn times_asked(&self, path: &str) -> usize {
+        let asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
+        asked.iter().filter(|p| *p == path).count()
     }
 
     pub fn url(&self) -> String {
@@ -71,7 +100,7 @@ impl Drop for Relay {
 }
 
 /// Relay the requests of one client connection, one after the other.
-fn serve(conn: UnixStream, upstream: &Path, claims: &Claims) {
+fn serve(conn: UnixStream, upstream: &Path, claims: &Claims, asked: &Mutex<Vec<String>>) {
     let Ok(read_half) = conn.try_clone() else {
         return;
     };
@@ -106,17 +135,44 @@ fn serve(conn: UnixStream, upstream: &Path, claims: &Claims) {
         }
         head.extend_from_slice(b"Connection: close\r\n\r\n");
         head.extend_from_slice(&body);
+        let path = first.split_whitespace().nth(1).unwrap_or("");
+        let path = path.split('?').next().unwrap_or("");
+        // /v1.41/networks -> /networks
+        let path = match path.strip_prefix("/v") {
+            Some(rest) => rest.find('/').map_or(path, |i| &rest[i..]),
+            None => path,
+        }
+        .to_string();
+        asked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(path.clone());
+        if path == "/events" {
+            stream(upstream, &head, &mut conn);
+            return;
+        }
         let Some(answer) = ask(upstream, &head) else {
             return;
         };
-        let path = first.split_whitespace().nth(1).unwrap_or("");
-        let path = path.split('?').next().unwrap_or("");
-        let answer = match () {
-            _ if path.ends_with("/version") => claim(answer, |v| {
-                v["Version"] = claims.version.clone().into();
+        let mut answer = answer;
+        if let Some(version) = &claims.version {
+            // every answer names the engine (`Server: Docker/20.10.24+dfsg1 (linux)`)
+            for h in answer.head.iter_mut() {
+                if h.to_ascii_lowercase().starts_with("server:") {
+                    *h = format!("Server: Docker/{version} (linux)");
+                }
+            }
+        }
+        let answer = match path.as_str() {
+            "/version" => claim(answer, |v| {
+                if let Some(version) = &claims.version {
+                    v["Version"] = version.clone().into();
+                }
             }),
-            _ if path.ends_with("/info") => claim(answer, |v| {
-                v["ServerVersion"] = claims.version.clone().into();
+            "/info" => claim(answer, |v| {
+                if let Some(version) = &claims.version {
+                    v["ServerVersion"] = version.clone().into();
+                }
                 if let Some(f) = &claims.firewall_backend {
                     v["FirewallBackend"] = serde_json::json!({ "Driver": f });
                 }
@@ -127,6 +183,17 @@ fn serve(conn: UnixStream, upstream: &Path, claims: &Claims) {
             return;
         }
     }
+}
+
+/// Pass the engine's answer to `request` through to `client` as it comes, until it ends.
+fn stream(upstream: &Path, request: &[u8], client: &mut UnixStream) {
+    let Ok(mut up) = UnixStream::connect(upstream) else {
+        return;
+    };
+    if up.write_all(request).is_ok() {
+        let _ = std::io::copy(&mut up, client);
+    }
+    let _ = client.shutdown(std::net::Shutdown::Both);
 }
 
 /// One answer of the engine: its status line and headers (without framing), and its body.
