@@ -903,7 +903,7 @@ fn in_lab_vm_listens(lab: &Lab, port: u16) -> bool {
 /// symbolic link, or a Colima socket reached through one, is not followed: `up` routes the fixed
 /// subnets only and says why. `down` restores everything each time.
 #[test]
-fn the_users_docker_context_and_colima_socket_are_found_and_their_links_not_followed() {
+fn the_users_docker_context_colima_and_lima_sockets_are_found_and_their_links_not_followed() {
     if !privileged() {
         return;
     }
@@ -976,5 +976,22 @@ fn the_users_docker_context_and_colima_socket_are_found_and_their_links_not_foll
     let run = up().ok();
     assert!(!routed(), "routed through a linked socket: {}", run.stdout);
     assert!(lab.reaches_container(), "the fixed subnet is not routed");
+    down();
+
+    // no Colima: Lima's `docker` instance, its socket in place
+    std::fs::remove_dir_all(home.join(".colima")).unwrap();
+    let lima = home.join(".lima/docker/sock");
+    std::fs::create_dir_all(&lima).unwrap();
+    let _at_lima = FakeEngine::at(
+        lima.join("docker.sock"),
+        Answer::Networks(normal_networks()),
+    );
+    let run = up().ok();
+    assert!(
+        run.stdout.contains("Lima instance 'docker'"),
+        "{}",
+        run.stdout
+    );
+    assert!(routed(), "Lima's engine's network is not routed");
     down();
 }

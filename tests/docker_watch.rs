@@ -247,3 +247,65 @@ fn watch_keeps_one_event_stream_while_the_engine_runs() {
     lab.remove();
     machine.check();
 }
+
+/// Docker 29 on nftables (the lab's engine behind a relay that says so, Docker 29's table in
+/// the VM) and `watch --open-vm-firewall`: the container is reached with no `up` run; dockerd
+/// restarts and its table comes back without dockroute's accepts, and watch, back on the event
+/// stream, puts them in again by itself; `down` leaves the VM's nftables as Docker wrote them.
+#[test]
+fn watch_reopens_docker29s_nftables_after_dockerd_restarts() {
+    if !privileged() {
+        return;
+    }
+    let machine = Untouched::now();
+    let lab = DockerLab::with_forwarding();
+    lab.run("web", None, &[]);
+    let ip = lab.container_ip("web");
+    let tables = |lab: &DockerLab| lab.docker29_nft_tables(&[("docker0", &[ip])]);
+    tables(&lab);
+    // Docker's table (the 20.10 engine's own iptables-nft tables are rebuilt in another order
+    // by its restart)
+    let dockers = |lab: &DockerLab| lab.vm_nft(&["-s", "list", "table", "ip", "docker-bridges"]);
+    let nft_before = dockers(&lab);
+    let relay = Relay::start(&lab, Claims::docker29_nftables());
+    let w = watch_at(&lab, &relay.url(), &["--open-vm-firewall"]);
+    let reached = |lab: &DockerLab| lab.http_from_host(ip).as_deref() == Some(PAGE);
+    assert!(
+        eventually(WAIT, || reached(&lab)),
+        "{ip} not reached:\n{}",
+        w.log()
+    );
+
+    // a restarting dockerd writes its table again, without the accepts
+    tables(&lab);
+    assert!(!reached(&lab), "{ip} answered without the accepts");
+    lab.restart_dockerd();
+    lab.docker_ok(&["start", "web"]);
+    assert_eq!(lab.container_ip("web"), ip, "the container moved");
+    logged(&w, "following the engine's events again", 1);
+    assert!(
+        eventually(WAIT, || reached(&lab)),
+        "{ip} not reached after dockerd restarted:\n{}\n{}",
+        lab.vm_nft_ruleset(),
+        w.log()
+    );
+    assert!(
+        eventually(WAIT, || lab
+            .dockroute(&["status"])
+            .stdout
+            .contains("accept(s) marked dockroute in the VM's nftables")),
+        "not recorded:\n{}",
+        w.log()
+    );
+    drop(w);
+
+    lab.dockroute(&["down"]).ok();
+    assert_eq!(
+        dockers(&lab),
+        nft_before,
+        "down left Docker's table changed"
+    );
+    drop(relay);
+    lab.remove();
+    machine.check();
+}
