@@ -239,6 +239,80 @@ fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
+/// The target `status` looks at: the recorded one, else what discovery finds now (without
+/// waiting); where it came from, or why there is none.
+async fn target_of<N: Net>(
+    net: &mut N,
+    settings: &Settings,
+    record: Option<crate::record::Record>,
+) -> Result<(Option<Target>, Option<&'static str>, Option<String>), EngineError> {
+    if let Some(r) = record {
+        return Ok((Some(r.target), Some("record"), None));
+    }
+    let mut req = settings.request.clone();
+    req.wait = None;
+    match discover::discover(net, &req).await {
+        Ok(t) => Ok((Some(t), Some("discovery"), None)),
+        Err(DiscoverError::Net(e)) => Err(e.into()),
+        Err(e) => Ok((None, None, Some(e.to_string()))),
+    }
+}
+
+/// What `status` found about the target's routes.
+#[derive(Default)]
+struct Checked {
+    probes: Vec<Probe>,
+    conflicts: Vec<Conflict>,
+    in_sync: bool,
+    split: Vec<plan::single::Split>,
+}
+
+/// The target's routes against the plan (in sync, split halves, conceded prefixes into
+/// `warnings`), what the kernel picks for each container network, and the conflicts in `snap`.
+async fn checked_routes<N: Net>(
+    net: &mut N,
+    t: &Target,
+    link: Option<&LinkInfo>,
+    snap: &Snapshot,
+    warnings: &mut Vec<String>,
+) -> Result<Checked, EngineError> {
+    let mut c = Checked::default();
+    // The link may have been re-created with a new index since the last `up`.
+    let mut current = t.clone();
+    if let Some(l) = link {
+        current.ifindex = l.index;
+    }
+    match planned(net, &current).await {
+        Ok(p) => {
+            c.in_sync = plan::diff(&p.entries, &snap.owned).is_empty();
+            c.split = p.splits;
+            warnings.extend(p.conceded.iter().map(|c| c.to_string()));
+        }
+        Err(EngineError::Net(NetError::Conflict(e))) => warnings.push(e),
+        Err(e) => return Err(e),
+    }
+    c.probes = probe(net, t).await?;
+    c.conflicts = conflicts_with(t, snap);
+    Ok(c)
+}
+
+/// The warning for a recorded DNS server that did not answer.
+fn silent_dns(d: &DnsStatus) -> Option<String> {
+    (d.answers == Some(false)).then(|| {
+        format!(
+            "{} {} does not answer ({}){}",
+            d.server,
+            d.state.nameserver,
+            d.answer,
+            if d.state.backend == Backend::ResolvConf && d.in_place {
+                ": every lookup of this host waits for it (`dockroute watch` takes the line out while it is silent; `dockroute down` removes it)"
+            } else {
+                ""
+            }
+        )
+    })
+}
+
 /// `status`: changes nothing, needs no root where the kernel lets anyone read.
 pub async fn status<N: Net>(
     net: &mut N,
@@ -260,18 +334,7 @@ pub async fn status<N: Net>(
         .and_then(|r| r.firewall_held.clone())
         .unwrap_or_default();
     let docker = record.as_ref().and_then(|r| r.docker.clone());
-    let (target, target_from, discovery_error) = match record.map(|r| r.target) {
-        Some(t) => (Some(t), Some("record"), None),
-        None => {
-            let mut req = settings.request.clone();
-            req.wait = None;
-            match discover::discover(net, &req).await {
-                Ok(t) => (Some(t), Some("discovery"), None),
-                Err(DiscoverError::Net(e)) => return Err(e.into()),
-                Err(e) => (None, None, Some(e.to_string())),
-            }
-        }
-    };
+    let (target, target_from, discovery_error) = target_of(net, settings, record).await?;
     let links = net.links().await?;
     // Only the routes status can show: near the target's networks, default routes, through links
     // that may be tunnels (a tunnel kind, or a VPN-like name), or tagged (a VPN's thousands of
@@ -307,44 +370,20 @@ pub async fn status<N: Net>(
         .as_ref()
         .and_then(|t| links.iter().find(|l| l.name == t.ifname).cloned());
 
-    let mut probes = Vec::new();
-    let mut conflicts = Vec::new();
-    let mut in_sync = false;
-    let mut split = Vec::new();
-    if let Some(t) = &target {
-        // The link may have been re-created with a new index since the last `up`.
-        let mut current = t.clone();
-        if let Some(l) = &link {
-            current.ifindex = l.index;
-        }
-        match planned(net, &current).await {
-            Ok(p) => {
-                in_sync = plan::diff(&p.entries, &snap.owned).is_empty();
-                split = p.splits;
-                warnings.extend(p.conceded.iter().map(|c| c.to_string()));
-            }
-            Err(EngineError::Net(NetError::Conflict(e))) => warnings.push(e),
-            Err(e) => return Err(e),
-        }
-        probes = probe(net, t).await?;
-        conflicts = conflicts_with(t, &snap);
-    }
+    let routes = match &target {
+        Some(t) => checked_routes(net, t, link.as_ref(), &snap, &mut warnings).await?,
+        None => Checked::default(),
+    };
     if let (Some(d), Some(t)) = (dns.as_mut(), &target) {
         probe_dns(net, d, t, link.as_ref().map(|l| l.index)).await?;
-        if d.answers == Some(false) {
-            warnings.push(format!(
-                "{} {} does not answer ({}){}",
-                d.server,
-                d.state.nameserver,
-                d.answer,
-                if d.state.backend == Backend::ResolvConf && d.in_place {
-                    ": every lookup of this host waits for it (`dockroute watch` takes the line out while it is silent; `dockroute down` removes it)"
-                } else {
-                    ""
-                }
-            ));
-        }
+        warnings.extend(silent_dns(d));
     }
+    let Checked {
+        probes,
+        conflicts,
+        in_sync,
+        split,
+    } = routes;
     let vm_filter = vm_filter::diagnose(docker.as_ref(), &probes, docker::helper::Facts::Always);
     let mut st = Status {
         target_from,
