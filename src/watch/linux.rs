@@ -29,7 +29,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use std::ffi::OsString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const NETLINK_ROUTE: isize = 0;
 const NETLINK_NETFILTER: isize = 12;
@@ -466,6 +466,71 @@ fn signals() -> Result<SignalFd, WatchError> {
         .map_err(|e| WatchError::os("signalfd", e))
 }
 
+/// The line `watch` logs once it watches: what it listens to, and how often it looks anyway.
+fn announce(
+    sources: &Sources,
+    prober: Option<&Prober>,
+    names: Option<&Names>,
+    probe_timing: dns_health::Timing,
+    backstop: Duration,
+) {
+    let on = |yes: bool, what: &'static str| if yes { what } else { "" };
+    let dns = match (prober, names) {
+        (_, Some(n)) => format!(", DNS responder on {}", n.addr()),
+        (Some(p), None) => format!(
+            ", DNS probe every {} s to {}",
+            probe_timing.interval.as_secs_f64(),
+            p.server()
+        ),
+        (None, None) => String::new(),
+    };
+    tracing::info!(
+        "watching (rtnetlink{}{}{}{}, config file{dns}; backstop every {:.1} s)",
+        on(sources.neighbours, " with neighbours"),
+        on(sources.nft.is_some(), ", nftables"),
+        on(sources.resolved.is_some(), ", systemd-resolved"),
+        on(sources.docker.is_some(), ", Docker events"),
+        backstop.as_secs_f64()
+    );
+}
+
+/// `watch` ends with its names responder running: stop it, and unless `down` follows, point
+/// DNS back to what a plain `up` sets (the VM's nameserver).
+fn stop_responder(
+    names: Names,
+    settings: &Settings,
+    carried: &mut Carried,
+    probe_timing: dns_health::Timing,
+    opts: &Options,
+) {
+    names.stop();
+    if opts.down_on_exit {
+        return;
+    }
+    carried.prober = Prober::for_settings(settings, probe_timing, Instant::now());
+    let mut causes = Causes::default();
+    causes.add("DNS responder stopped");
+    reconcile(settings, &causes, &FwTouched::default(), carried, None);
+}
+
+/// New settings: a responder that no longer fits them (another domain or upstream, or DNS off)
+/// stops, and the next reconcile follows; without one, the DNS probe follows the settings.
+fn follow_reload(
+    settings: &Settings,
+    names: &mut Option<Names>,
+    prober: &mut Option<Prober>,
+    probe_timing: dns_health::Timing,
+) {
+    if names.as_ref().is_some_and(|n| !n.fits(settings))
+        && let Some(n) = names.take()
+    {
+        n.stop();
+    }
+    if names.is_none() && !prober.as_ref().is_some_and(|p| p.fits(settings)) {
+        *prober = Prober::for_settings(settings, probe_timing, Instant::now());
+    }
+}
+
 /// `dockroute watch`: reconcile, then reconcile again on every (coalesced) event, until SIGTERM or
 /// SIGINT. `load` reads the settings (config file and flags) again on SIGHUP or a config change;
 /// settings that fail to load keep the previous ones.
@@ -500,38 +565,12 @@ pub fn run(
     causes = Causes::default();
     let mut pacer = Pacer::new(timing, Instant::now());
     pacer.ran(Instant::now(), v);
-    tracing::info!(
-        "watching (rtnetlink{}{}{}{}, config file{}; backstop every {:.1} s)",
-        if sources.neighbours {
-            " with neighbours"
-        } else {
-            ""
-        },
-        if sources.nft.is_some() {
-            ", nftables"
-        } else {
-            ""
-        },
-        if sources.resolved.is_some() {
-            ", systemd-resolved"
-        } else {
-            ""
-        },
-        if sources.docker.is_some() {
-            ", Docker events"
-        } else {
-            ""
-        },
-        match (&carried.prober, &names) {
-            (_, Some(n)) => format!(", DNS responder on {}", n.addr()),
-            (Some(p), None) => format!(
-                ", DNS probe every {} s to {}",
-                probe_timing.interval.as_secs_f64(),
-                p.server()
-            ),
-            (None, None) => String::new(),
-        },
-        timing.backstop.as_secs_f64()
+    announce(
+        &sources,
+        carried.prober.as_ref(),
+        names.as_ref(),
+        probe_timing,
+        timing.backstop,
     );
     loop {
         let now = Instant::now();
@@ -576,20 +615,7 @@ pub fn run(
         let woken = read_sources(&mut sources, &ready, &mut causes, &mut fw)?;
         if let Some(sig) = woken.exit {
             if let Some(n) = names.take() {
-                n.stop();
-                if !opts.down_on_exit {
-                    // DNS goes back to what a plain `up` sets: the VM's nameserver
-                    carried.prober = Prober::for_settings(&settings, probe_timing, Instant::now());
-                    let mut causes = Causes::default();
-                    causes.add("DNS responder stopped");
-                    reconcile(
-                        &settings,
-                        &causes,
-                        &FwTouched::default(),
-                        &mut carried,
-                        None,
-                    );
-                }
+                stop_responder(n, &settings, &mut carried, probe_timing, &opts);
             }
             return super::end(sig, carried.count, opts, &settings);
         }
@@ -600,15 +626,7 @@ pub fn run(
         if let Some((why, s)) = reloader.woken(woken.file_changed, woken.sighup, Instant::now()) {
             settings = s;
             sources.retarget(&settings);
-            if names.as_ref().is_some_and(|n| !n.fits(&settings)) {
-                // another domain or upstream, or DNS off: the next reconcile follows
-                if let Some(n) = names.take() {
-                    n.stop();
-                }
-            }
-            if names.is_none() && !carried.prober.as_ref().is_some_and(|p| p.fits(&settings)) {
-                carried.prober = Prober::for_settings(&settings, probe_timing, Instant::now());
-            }
+            follow_reload(&settings, &mut names, &mut carried.prober, probe_timing);
             causes.add(why);
         }
         if causes != before {
