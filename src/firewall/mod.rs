@@ -494,42 +494,14 @@ fn netfilter(scope: Option<&Scope>, reading: &Reading, mut memo: Option<&mut Mem
         Vec::new()
     };
     // (an error finding nft is reported after the iptables backends' own, as it always was)
-    let mut nft_error = None;
-    let nft_found = match exec::find("nft") {
-        Ok(_) => !no_nft,
-        Err(ExecError::NotFound { .. }) => {
-            o.warnings.push(not_found(
-                "nft",
-                "nftables tables (Mullvad, NordVPN, firewalld) were",
-            ));
-            false
-        }
-        Err(e) => {
-            nft_error = Some(FirewallError::from(e));
-            false
-        }
-    };
+    let (nft_found, nft_error) = nft_present(no_nft, &mut o);
     let parts = memo::Parts {
         iptables_nft: programs.iter().any(|(_, in_nft)| *in_nft),
         nft: nft_found,
     };
     let recalled = memo.as_mut().and_then(|m| m.take(generation, parts, scope));
     if let (Some(r), Some(g)) = (&recalled, generation) {
-        let what: Vec<&str> = [
-            (parts.iptables_nft, "iptables-nft's filter table"),
-            (parts.nft, "the nftables tables"),
-        ]
-        .iter()
-        .filter_map(|(read, what)| read.then_some(*what))
-        .collect();
-        let how = match r {
-            memo::Recalled::Judged(_) => "reusing the firewall reading",
-            memo::Recalled::Rules(_) => "judging the rules read for the new scope again",
-        };
-        tracing::debug!(
-            "firewall: nftables generation {g} unchanged: {how} ({})",
-            what.join(", ")
-        );
+        say_recalled(r, g, parts);
     }
     let (reused, mut covered, mut kept) = match recalled {
         Some(memo::Recalled::Judged(c)) => (true, c, memo::Rules::default()),
@@ -566,19 +538,9 @@ fn netfilter(scope: Option<&Scope>, reading: &Reading, mut memo: Option<&mut Mem
     }
     o.errors.extend(nft_error);
     if nft_found && !reused {
-        let read = match kept.nft.take() {
-            Some(rs) => Ok(rs),
-            None => nft::ruleset(&nft_tables),
-        };
-        match read {
-            Ok(rs) => {
-                let (desired, owned, foreign) = nft::observe(&rs, scope);
-                covered.nft = Some(memo::Judged {
-                    desired,
-                    owned: owned.into_iter().map(|r| (r, Vec::new())).collect(),
-                    foreign,
-                    warnings: rs.warnings.clone(),
-                });
+        match judge_nft(&nft_tables, kept.nft.take(), scope) {
+            Ok((judged, rs)) => {
+                covered.nft = Some(judged);
                 rules.nft = Some(rs);
             }
             Err(e) => o.errors.push(e),
@@ -601,6 +563,64 @@ fn netfilter(scope: Option<&Scope>, reading: &Reading, mut memo: Option<&mut Mem
         ));
     }
     o
+}
+
+#[cfg(not(target_os = "macos"))]
+/// Whether nft is there to read (and is to be read: not `no_nft`); an error finding it.
+fn nft_present(no_nft: bool, o: &mut Observed) -> (bool, Option<FirewallError>) {
+    match exec::find("nft") {
+        Ok(_) => (!no_nft, None),
+        Err(ExecError::NotFound { .. }) => {
+            o.warnings.push(not_found(
+                "nft",
+                "nftables tables (Mullvad, NordVPN, firewalld) were",
+            ));
+            (false, None)
+        }
+        Err(e) => (false, Some(FirewallError::from(e))),
+    }
+}
+
+#[cfg(not(target_os = "macos"))]
+/// The debug line for a reading the memo gave back (nftables' generation `g` unchanged).
+fn say_recalled(r: &memo::Recalled, g: u32, parts: memo::Parts) {
+    let what: Vec<&str> = [
+        (parts.iptables_nft, "iptables-nft's filter table"),
+        (parts.nft, "the nftables tables"),
+    ]
+    .iter()
+    .filter_map(|(read, what)| read.then_some(*what))
+    .collect();
+    let how = match r {
+        memo::Recalled::Judged(_) => "reusing the firewall reading",
+        memo::Recalled::Rules(_) => "judging the rules read for the new scope again",
+    };
+    tracing::debug!(
+        "firewall: nftables generation {g} unchanged: {how} ({})",
+        what.join(", ")
+    );
+}
+
+#[cfg(not(target_os = "macos"))]
+/// The nftables tables (`kept` from the memo, else read now) judged for `scope`, and the rules
+/// judged from.
+fn judge_nft(
+    tables: &nft::Tables,
+    kept: Option<nft::Ruleset>,
+    scope: Option<&Scope>,
+) -> Result<(memo::Judged, nft::Ruleset), FirewallError> {
+    let rs = match kept {
+        Some(rs) => rs,
+        None => nft::ruleset(tables)?,
+    };
+    let (desired, owned, foreign) = nft::observe(&rs, scope);
+    let judged = memo::Judged {
+        desired,
+        owned: owned.into_iter().map(|r| (r, Vec::new())).collect(),
+        foreign,
+        warnings: rs.warnings.clone(),
+    };
+    Ok((judged, rs))
 }
 
 #[cfg(not(target_os = "macos"))]
