@@ -8,7 +8,7 @@ use crate::options::{DnsMode, FirewallMode, UpFlags};
 use crate::validate;
 use ipnet::Ipv4Net;
 use serde::Deserialize;
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -307,6 +307,61 @@ impl Source<'_> {
     }
 
     /// The config file's `wait`: a number of seconds.
+    /// The VM's address: the flag's, else the config key's.
+    fn vm_ip(
+        &self,
+        flag: Option<Ipv4Addr>,
+        key: &Option<Spanned<String>>,
+    ) -> Result<Option<(Ipv4Addr, VmIpSource)>, SettingsError> {
+        Ok(match (flag, key) {
+            (Some(ip), _) => Some((ip, VmIpSource::Flag)),
+            (None, Some(v)) => Some((
+                self.check(v, validate::ipv4)?,
+                VmIpSource::Config {
+                    path: self.path.to_path_buf(),
+                },
+            )),
+            _ => None,
+        })
+    }
+
+    /// The engine to ask: the flag's (or the record's, for a replayed `up`), else the config
+    /// key's.
+    fn docker(
+        &self,
+        flag: Option<&Explicit>,
+        key: &Option<Spanned<String>>,
+        replayed: bool,
+    ) -> Result<Option<(DockerSource, Explicit)>, SettingsError> {
+        Ok(match (flag, key) {
+            (Some(d), _) if replayed => Some((DockerSource::Recorded, d.clone())),
+            (Some(d), _) => Some((DockerSource::Flag, d.clone())),
+            (None, Some(d)) => Some((
+                DockerSource::Config {
+                    path: self.path.to_path_buf(),
+                },
+                self.check(d, docker_endpoint::parse_flag)?,
+            )),
+            _ => None,
+        })
+    }
+
+    /// `--open-vm-firewall` (or its config key): the helper image to use, if asked.
+    fn open_vm_firewall(
+        &self,
+        up: &UpArgs,
+        cfg: &ConfigFile,
+    ) -> Result<Option<String>, SettingsError> {
+        let helper_image = self
+            .pick(
+                up.helper_image.as_ref(),
+                &cfg.helper_image,
+                crate::docker::vmfilter::helper_image,
+            )?
+            .unwrap_or_else(|| crate::docker::vmfilter::DEFAULT_HELPER_IMAGE.to_string());
+        Ok((up.open_vm_firewall || cfg.open_vm_firewall == Some(true)).then_some(helper_image))
+    }
+
     fn wait(&self, key: Option<&Spanned<toml::Value>>) -> Result<Option<Duration>, SettingsError> {
         let Some(w) = key else { return Ok(None) };
         let secs = match w.get_ref() {
@@ -543,16 +598,7 @@ impl Settings {
         let up = args.as_ref().or(up).unwrap_or(&default_up);
 
         let interface = src.pick(up.interface.as_ref(), &cfg.interface, validate::interface)?;
-        let vm_ip = match (up.vm_ip, &cfg.vm_ip) {
-            (Some(ip), _) => Some((ip, VmIpSource::Flag)),
-            (None, Some(v)) => Some((
-                src.check(v, validate::ipv4)?,
-                VmIpSource::Config {
-                    path: config_path.clone(),
-                },
-            )),
-            _ => None,
-        };
+        let vm_ip = src.vm_ip(up.vm_ip, &cfg.vm_ip)?;
         let machine = src.pick(up.machine.as_ref(), &cfg.machine, validate::machine_name)?;
         let subnets = src.subnets(&up.subnets, cfg.subnets.as_deref())?;
         let domain = src
@@ -575,26 +621,8 @@ impl Settings {
             Some(w) => Some(w),
             None => src.wait(cfg.wait.as_ref())?,
         };
-        let docker = match (&up.docker, &cfg.docker) {
-            (Some(d), _) if replayed.is_some() => Some((DockerSource::Recorded, d.clone())),
-            (Some(d), _) => Some((DockerSource::Flag, d.clone())),
-            (None, Some(d)) => Some((
-                DockerSource::Config {
-                    path: config_path.clone(),
-                },
-                src.check(d, docker_endpoint::parse_flag)?,
-            )),
-            _ => None,
-        };
-        let helper_image = src
-            .pick(
-                up.helper_image.as_ref(),
-                &cfg.helper_image,
-                crate::docker::vmfilter::helper_image,
-            )?
-            .unwrap_or_else(|| crate::docker::vmfilter::DEFAULT_HELPER_IMAGE.to_string());
-        let open_vm_firewall =
-            (up.open_vm_firewall || cfg.open_vm_firewall == Some(true)).then_some(helper_image);
+        let docker = src.docker(up.docker.as_ref(), &cfg.docker, replayed.is_some())?;
+        let open_vm_firewall = src.open_vm_firewall(up, &cfg)?;
         let dns = up.dns.or(cfg.dns).unwrap_or(DnsMode::Auto);
         let firewall = up.firewall.or(cfg.firewall).unwrap_or(FirewallMode::Auto);
         let resolver_dir = up
