@@ -517,14 +517,7 @@ pub async fn up_with<N: Net>(
     )
     .await?;
     if dry_run {
-        let dns = match want_dns {
-            Some(state) => Some(DnsOutcome {
-                changed: !dns::observe(&state).await.0,
-                state,
-                answers: None,
-            }),
-            None => None,
-        };
+        let dns = up::dry_dns(want_dns).await;
         return Ok(Outcome {
             firewall_unread,
             docker,
@@ -547,18 +540,12 @@ pub async fn up_with<N: Net>(
         held: None,
     };
     let (silent, answers) = up::gate_dns(net, &target, want_dns.as_ref(), gate, &undo).await?;
-    // Firewalls not read this time (watch's routes-only reconcile) hold what they held.
-    let held = match &fw_desired {
-        Some(d) => {
-            let (held, warnings) = firewall::hold(&held_before, pf_enabled, d);
-            for w in &warnings {
-                tracing::warn!("firewall: {w}");
-            }
-            firewall_warnings.extend(warnings);
-            held
-        }
-        None => held_before.clone(),
-    };
+    let held = up::hold(
+        fw_desired.as_deref(),
+        &held_before,
+        pf_enabled,
+        &mut firewall_warnings,
+    );
     vm_filter::reconcile(settings, &target, docker.as_mut(), previous.as_ref());
     let had_rules =
         !fw.is_empty() || previous.as_ref().is_some_and(|p| p.firewall) || fw_owned_before;

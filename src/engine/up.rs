@@ -204,6 +204,35 @@ pub(super) async fn gate_dns<N: Net>(
 
 /// The record of this run. `firewall`: the firewalls hold rules of dockroute's (changed now, or
 /// there before); `held`: the references they hold.
+/// What a dry run says of DNS: the setting `up` would make, and whether it would change it.
+pub(super) async fn dry_dns(want: Option<DnsState>) -> Option<DnsOutcome> {
+    let state = want?;
+    Some(DnsOutcome {
+        changed: !dns::observe(&state).await.0,
+        state,
+        answers: None,
+    })
+}
+
+/// What the firewalls hold after this run (`desired`: the rules wanted, when the firewalls were
+/// read; firewalls not read this time, in watch's routes-only reconcile, hold what they held).
+pub(super) fn hold(
+    desired: Option<&[firewall::Repair]>,
+    before: &Held,
+    pf_enabled: Option<bool>,
+    warnings: &mut Vec<String>,
+) -> Held {
+    let Some(d) = desired else {
+        return before.clone();
+    };
+    let (held, more) = firewall::hold(before, pf_enabled, d);
+    for w in &more {
+        tracing::warn!("firewall: {w}");
+    }
+    warnings.extend(more);
+    held
+}
+
 pub(super) fn record(
     settings: &Settings,
     target: &Target,
