@@ -5,12 +5,12 @@
 #![cfg(target_os = "linux")]
 
 mod common;
+use common::served::{Served, api_path};
 use common::*;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 /// How the fake engine answers /networks.
 #[derive(Clone)]
@@ -24,12 +24,7 @@ enum Answer {
     Silent,
 }
 
-struct FakeEngine {
-    path: PathBuf,
-    stop: Arc<AtomicBool>,
-    /// The paths asked for, in order (the API version and query left out).
-    asked: Arc<std::sync::Mutex<Vec<String>>>,
-}
+struct FakeEngine(Served);
 
 impl FakeEngine {
     fn start(dir: &Path, answer: Answer) -> FakeEngine {
@@ -38,42 +33,18 @@ impl FakeEngine {
 
     /// An engine listening at `path`.
     fn at(path: PathBuf, answer: Answer) -> FakeEngine {
-        let listener = UnixListener::bind(&path).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
-        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let log = asked.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if stopped.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let (answer, log) = (answer.clone(), log.clone());
-                std::thread::spawn(move || serve(conn, &answer, &log));
-            }
-        });
-        FakeEngine { path, stop, asked }
+        FakeEngine(Served::start(path, move |conn, asked| {
+            serve(conn, &answer, asked)
+        }))
     }
 
     /// How many times `path` was asked for since the last call, and forget them.
     fn times_asked(&self, path: &str) -> usize {
-        let mut asked = self.asked.lock().unwrap();
-        let n = asked.iter().filter(|p| *p == path).count();
-        asked.clear();
-        n
+        self.0.times_asked(path, true)
     }
 
     fn url(&self) -> String {
-        format!("unix://{}", self.path.display())
-    }
-}
-
-impl Drop for FakeEngine {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = UnixStream::connect(&self.path); // wake the accept loop
-        let _ = std::fs::remove_file(&self.path);
+        self.0.url()
     }
 }
 
@@ -100,16 +71,7 @@ fn serve(conn: UnixStream, answer: &Answer, asked: &std::sync::Mutex<Vec<String>
                 break;
             }
         }
-        let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
-        // /v1.41/networks -> /networks
-        let path = match path.strip_prefix("/v") {
-            Some(rest) => rest
-                .find('/')
-                .map_or(path.clone(), |i| rest[i..].to_string()),
-            None => path,
-        };
-        let path = path.split('?').next().unwrap_or("").to_string();
-        asked.lock().unwrap().push(path.clone());
+        let path = api_path(&first, asked);
         let (ctype, body) = match path.as_str() {
             "/_ping" => ("text/plain", "OK".to_string()),
             "/version" => (
@@ -972,7 +934,7 @@ fn the_users_docker_context_colima_and_lima_sockets_are_found_and_their_links_no
 
     // the socket a symbolic link to another engine's: not used
     drop(at_colima);
-    std::os::unix::fs::symlink(&engine.path, &sock).unwrap();
+    std::os::unix::fs::symlink(&engine.0.path, &sock).unwrap();
     let run = up().ok();
     assert!(!routed(), "routed through a linked socket: {}", run.stdout);
     assert!(lab.reaches_container(), "the fixed subnet is not routed");

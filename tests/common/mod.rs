@@ -5,6 +5,7 @@
 
 pub mod docker_lab;
 pub mod relay;
+pub mod served;
 pub mod watch;
 
 use std::io::{Read, Write};

@@ -1,18 +1,19 @@
 //! A relay in front of the lab's real dockerd that answers as a newer engine would: every
 //! request goes to the lab's engine, and only what names the engine comes back changed (each
-//! answer's `Server` header, `/version` and `/info`: the version, and `FirewallBackend`). The lab's engine is Debian's 20.10; with the relay,
-//! dockroute meets what Docker 29 running its rules on nftables says about itself, while every
+//! answer's `Server` header, `/version` and `/info`: the version, and `FirewallBackend`). The
+//! lab's engine is Debian's 20.10; with the relay, dockroute meets what Docker 28 or 29 (on
+//! nftables) says about itself, while every
 //! container, network and helper run is real. Each request is relayed on a connection of its
 //! own (`Connection: close`), and each answer is sent back with a `Content-Length`; the event
 //! stream (`/events`) is passed through as it comes, and ends the client's connection when it
 //! ends. The relay keeps the paths it was asked for.
 
 use super::docker_lab::DockerLab;
+use super::served::{Served, api_path};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::Mutex;
 
 /// What the relayed engine says it is.
 #[derive(Clone)]
@@ -49,53 +50,25 @@ impl Claims {
     }
 }
 
-pub struct Relay {
-    path: PathBuf,
-    stop: Arc<AtomicBool>,
-    /// The paths asked for, in order (the API version and query left out).
-    asked: Arc<Mutex<Vec<String>>>,
-}
+pub struct Relay(Served);
 
 impl Relay {
     /// A relay to `lab`'s engine, listening on a socket in the lab's directory.
     pub fn start(lab: &DockerLab, claims: Claims) -> Relay {
-        let path = lab.dir().join("relay.sock");
-        let _ = std::fs::remove_file(&path);
         let upstream = lab.dir().join("docker.sock");
-        let listener = UnixListener::bind(&path).expect("relay socket");
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
-        let asked = Arc::new(Mutex::new(Vec::new()));
-        let log = asked.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if stopped.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let (upstream, claims, log) = (upstream.clone(), claims.clone(), log.clone());
-                std::thread::spawn(move || serve(conn, &upstream, &claims, &log));
-            }
-        });
-        Relay { path, stop, asked }
+        Relay(Served::start(
+            lab.dir().join("relay.sock"),
+            move |conn, asked| serve(conn, &upstream, &claims, asked),
+        ))
     }
 
     /// How many times `path` (`/events`, `/networks`) was asked for so far.
     pub fn times_asked(&self, path: &str) -> usize {
-        let asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
-        asked.iter().filter(|p| *p == path).count()
+        self.0.times_asked(path, false)
     }
 
     pub fn url(&self) -> String {
-        format!("unix://{}", self.path.display())
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = UnixStream::connect(&self.path); // wake the accept loop
-        let _ = std::fs::remove_file(&self.path);
+        self.0.url()
     }
 }
 
@@ -135,18 +108,7 @@ fn serve(conn: UnixStream, upstream: &Path, claims: &Claims, asked: &Mutex<Vec<S
         }
         head.extend_from_slice(b"Connection: close\r\n\r\n");
         head.extend_from_slice(&body);
-        let path = first.split_whitespace().nth(1).unwrap_or("");
-        let path = path.split('?').next().unwrap_or("");
-        // /v1.41/networks -> /networks
-        let path = match path.strip_prefix("/v") {
-            Some(rest) => rest.find('/').map_or(path, |i| &rest[i..]),
-            None => path,
-        }
-        .to_string();
-        asked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(path.clone());
+        let path = api_path(&first, asked);
         if path == "/events" {
             stream(upstream, &head, &mut conn);
             return;
