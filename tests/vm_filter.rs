@@ -48,10 +48,15 @@ fn down_restores_both(lab: DockerLab, host_before: &str, vm_before: &str, machin
 
 /// The VM's rules marked dockroute.
 fn marked(lab: &DockerLab) -> Vec<String> {
-    lab.vm_iptables_save()
+    marked_in(&lab.vm_iptables_save())
+}
+
+/// The lines of `rules` that carry dockroute's mark.
+fn marked_in(rules: &str) -> Vec<String> {
+    rules
         .lines()
         .filter(|l| l.contains("dockroute"))
-        .map(str::to_string)
+        .map(|l| l.trim().to_string())
         .collect()
 }
 
@@ -306,11 +311,7 @@ fn first_nft_rule(lab: &DockerLab, chain: &str) -> String {
 
 /// The VM's nftables rules marked dockroute.
 fn nft_marked(lab: &DockerLab) -> Vec<String> {
-    lab.vm_nft_ruleset()
-        .lines()
-        .filter(|l| l.contains("dockroute"))
-        .map(|l| l.trim().to_string())
-        .collect()
+    marked_in(&lab.vm_nft_ruleset())
 }
 
 /// An engine that runs its rules on nftables (Docker 29's option): the lab's real engine behind
