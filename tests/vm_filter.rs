@@ -421,3 +421,35 @@ fn docker29_nftables_is_diagnosed_opened_in_dockers_own_table_and_restored() {
     lab.remove();
     machine.check();
 }
+
+/// An engine that says it runs its rules on nftables in a VM that has no table of Docker's
+/// (the relay says so, the lab's engine writes iptables): `up --open-vm-firewall` routes, says
+/// why it opened nothing, and changes nothing in the VM's iptables or nftables.
+#[test]
+fn an_nftables_engine_without_its_table_is_told_and_nothing_changes() {
+    if !privileged() {
+        return;
+    }
+    let machine = Untouched::now();
+    let lab = DockerLab::with_forwarding();
+    let relay = Relay::start(&lab, Claims::docker29_nftables());
+    let (nft_before, vm_before) = (lab.vm_nft_ruleset(), vm_rules(&lab));
+    let host_before = lab.host_state();
+    let r = up_at(&lab, &relay.url(), &["--open-vm-firewall"]).ok();
+    assert!(
+        r.stderr
+            .contains("nothing to open: the engine runs its rules on nftables, but the VM has no table ip docker-bridges"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        lab.vm_nft_ruleset(),
+        nft_before,
+        "the VM's nftables changed"
+    );
+    assert_eq!(vm_rules(&lab), vm_before, "the VM's iptables changed");
+    lab.down_restores(&host_before);
+    drop(relay);
+    lab.remove();
+    machine.check();
+}

@@ -276,6 +276,12 @@ impl Client {
         })?;
         let current = self.read_vm(image, backend).await?;
         let wanted = current.wanted(host, &interface, subnets);
+        if wanted.is_empty() && !subnets.is_empty() {
+            tracing::warn!(
+                "VM firewall: nothing to open: {}",
+                current.nothing_to_open()
+            );
+        }
         let mut inserted: Vec<&VmRule> = Vec::new();
         for r in wanted.iter().filter(|r| !current.has(r)) {
             if let Err(e) = self.helper(image, &r.insert_argv()).await {

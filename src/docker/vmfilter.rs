@@ -210,6 +210,18 @@ impl VmRules {
         }
     }
 
+    /// Why nothing is to be opened in a VM whose rules these are, when nothing is.
+    pub fn nothing_to_open(&self) -> &'static str {
+        match self {
+            VmRules::Iptables(_) => {
+                "the VM's iptables have no DOCKER-USER chain and no raw-table drops of Docker's (dockerd filters nothing there, or runs with iptables off)"
+            }
+            VmRules::Nftables(_) => {
+                "the engine runs its rules on nftables, but the VM has no table ip docker-bridges"
+            }
+        }
+    }
+
     /// The accepts `--open-vm-firewall` wants here (see [`wanted`] and [`super::vmnft::wanted`]).
     pub fn wanted(&self, host: Ipv4Addr, interface: &str, subnets: &[Ipv4Net]) -> Vec<VmRule> {
         match self {
