@@ -306,7 +306,6 @@ impl Source<'_> {
         Ok(subnets)
     }
 
-    /// The config file's `wait`: a number of seconds.
     /// The VM's address: the flag's, else the config key's.
     fn vm_ip(
         &self,
@@ -362,6 +361,7 @@ impl Source<'_> {
         Ok((up.open_vm_firewall || cfg.open_vm_firewall == Some(true)).then_some(helper_image))
     }
 
+    /// The config file's `wait`: a number of seconds.
     fn wait(&self, key: Option<&Spanned<toml::Value>>) -> Result<Option<Duration>, SettingsError> {
         let Some(w) = key else { return Ok(None) };
         let secs = match w.get_ref() {

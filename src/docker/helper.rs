@@ -164,9 +164,12 @@ impl Client {
                 .take(300)
                 .map(|c| if c.is_control() { ' ' } else { c })
                 .collect();
+            let mut shown = argv.join(" ");
+            if shown.chars().count() > 120 {
+                shown = shown.chars().take(117).collect::<String>() + "...";
+            }
             return Err(DockerError::Helper(format!(
-                "`{}` in the VM exited with {code}: {}",
-                argv.join(" "),
+                "`{shown}` in the VM exited with {code}: {}",
                 err.trim()
             )));
         }
@@ -226,7 +229,8 @@ impl Client {
             .map_err(|e| DockerError::Helper(format!("the VM's {} rules: {e}", backend.name())))
     }
 
-    /// Delete those of `rules` that are still in the VM (read afresh); how many.
+    /// Delete those of `rules` (the ones in `backend`) that are in the VM now: read just
+    /// before, deleted by one command per rule (iptables) or one transaction (nftables); how many.
     async fn delete_present(
         &self,
         image: &str,
@@ -241,18 +245,17 @@ impl Client {
         if rules.is_empty() {
             return Ok(0);
         }
-        let now = self.read_vm(image, backend).await?;
-        let mut removed = 0;
-        for argv in rules.iter().filter_map(|r| now.delete_argv(r)) {
+        let (argvs, n) = self.read_vm(image, backend).await?.deletion(&rules);
+        for argv in argvs {
             self.helper(image, &argv).await?;
-            removed += 1;
         }
-        Ok(removed)
+        Ok(n)
     }
 
     /// Insert the accepts the VM needs for `subnets` (those not there already) in the backend
-    /// dockerd uses, and delete the ones `previous` recorded that are no longer wanted. Rules of
-    /// this run are taken out again when a later one fails.
+    /// dockerd uses, and delete the ones `previous` recorded that are no longer wanted (those
+    /// that cannot be deleted now stay recorded, for the next run or `down`). Rules of this run
+    /// are taken out again when a later insert fails.
     pub async fn open(
         &mut self,
         image: &str,
@@ -275,44 +278,52 @@ impl Client {
             ))
         })?;
         let current = self.read_vm(image, backend).await?;
-        let wanted = current.wanted(host, &interface, subnets);
-        if wanted.is_empty() && !subnets.is_empty() {
+        let mut rules = current.wanted(host, &interface, subnets);
+        if rules.is_empty() && !subnets.is_empty() {
             tracing::warn!(
                 "VM firewall: nothing to open: {}",
                 current.nothing_to_open()
             );
         }
         let mut inserted: Vec<&VmRule> = Vec::new();
-        for r in wanted.iter().filter(|r| !current.has(r)) {
+        for r in rules.iter().filter(|r| !current.has(r)) {
             if let Err(e) = self.helper(image, &r.insert_argv()).await {
                 if let Err(u) = self.delete_present(image, backend, &inserted).await {
-                    tracing::warn!("could not take out this run's accepts again: {u}");
+                    tracing::warn!("VM firewall: this run's accepts could not be taken out: {u}");
                 }
-                return Err(e);
+                return Err(DockerError::Helper(format!("{}: {e}", r.text())));
             }
             inserted.push(r);
         }
-        let stale: Vec<&VmRule> = previous
-            .map(|p| p.rules.iter().filter(|r| !wanted.contains(r)).collect())
+        let stale: Vec<VmRule> = previous
+            .map(|p| {
+                p.rules
+                    .iter()
+                    .filter(|r| !rules.contains(r))
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
-        for argv in stale.iter().filter_map(|r| current.delete_argv(r)) {
-            self.helper(image, &argv).await?;
-        }
-        // recorded in the other backend (dockerd changed its firewall backend since)
-        let other = match backend {
-            Backend::Iptables => Backend::Nftables,
-            Backend::Nftables => Backend::Iptables,
-        };
-        if let Err(e) = self.delete_present(image, other, &stale).await {
-            tracing::warn!("the VM's earlier {} accepts: {e}", other.name());
+        for b in [Backend::Iptables, Backend::Nftables] {
+            let of_b: Vec<&VmRule> = stale.iter().filter(|r| r.backend == b).collect();
+            if of_b.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.delete_present(image, b, &of_b).await {
+                tracing::warn!(
+                    "VM firewall: earlier accepts no longer wanted could not be removed, and stay recorded: {e}"
+                );
+                rules.extend(of_b.into_iter().cloned());
+            }
         }
         Ok(Opened {
             image: image.to_string(),
-            rules: wanted,
+            rules,
         })
     }
 
-    /// Delete exactly the recorded rules that are still in the VM.
+    /// Delete exactly the recorded rules that are still in the VM (each backend tried, even
+    /// when the other fails).
     pub async fn close(&mut self, opened: &Opened) -> Result<usize, DockerError> {
         // the record is a file: its image name is checked again
         vmfilter::helper_image(&opened.image).map_err(DockerError::Helper)?;
@@ -320,10 +331,17 @@ impl Client {
         self.ensure_image(&opened.image).await?;
         let rules: Vec<&VmRule> = opened.rules.iter().collect();
         let mut removed = 0;
+        let mut failed = None;
         for backend in [Backend::Iptables, Backend::Nftables] {
-            removed += self.delete_present(&opened.image, backend, &rules).await?;
+            match self.delete_present(&opened.image, backend, &rules).await {
+                Ok(n) => removed += n,
+                Err(e) => failed = failed.or(Some(e)),
+            }
         }
-        Ok(removed)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(removed),
+        }
     }
 
     /// A TCP connect from this host to the engine's running containers whose addresses `via_vm`

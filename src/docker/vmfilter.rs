@@ -197,16 +197,35 @@ impl VmRules {
 
     /// Whether `rule` is in the VM (a rule of the other backend never is).
     pub fn has(&self, rule: &VmRule) -> bool {
-        self.delete_argv(rule).is_some()
+        match self {
+            VmRules::Iptables(s) => rule.backend == Backend::Iptables && s.has(rule),
+            VmRules::Nftables(s) => s.handle(rule).is_some(),
+        }
     }
 
-    /// The command that deletes exactly `rule`, if it is in the VM.
-    pub fn delete_argv(&self, rule: &VmRule) -> Option<Vec<String>> {
+    /// The commands that delete exactly those of `rules` that are in the VM (iptables: one per
+    /// rule; nftables: one transaction for them all, by the handles read), and how many.
+    pub fn deletion(&self, rules: &[&VmRule]) -> (Vec<Vec<String>>, usize) {
         match self {
             VmRules::Iptables(s) => {
-                (rule.backend == Backend::Iptables && s.has(rule)).then(|| rule.argv("-D"))
+                let argvs: Vec<Vec<String>> = rules
+                    .iter()
+                    .filter(|r| r.backend == Backend::Iptables && s.has(r))
+                    .map(|r| r.argv("-D"))
+                    .collect();
+                let n = argvs.len();
+                (argvs, n)
             }
-            VmRules::Nftables(s) => s.handle(rule).map(|h| super::vmnft::delete_argv(rule, h)),
+            VmRules::Nftables(s) => {
+                let found: Vec<(&VmRule, u64)> = rules
+                    .iter()
+                    .filter_map(|r| s.handle(r).map(|h| (*r, h)))
+                    .collect();
+                match found.len() {
+                    0 => (Vec::new(), 0),
+                    n => (vec![super::vmnft::delete_argv(&found)], n),
+                }
+            }
         }
     }
 
@@ -217,7 +236,7 @@ impl VmRules {
                 "the VM's iptables have no DOCKER-USER chain and no raw-table drops of Docker's (dockerd filters nothing there, or runs with iptables off)"
             }
             VmRules::Nftables(_) => {
-                "the engine runs its rules on nftables, but the VM has no table ip docker-bridges"
+                "the engine runs its rules on nftables, but the VM has no table ip docker-bridges with Docker's base chains (filter-FORWARD, raw-PREROUTING)"
             }
         }
     }
@@ -313,8 +332,12 @@ impl EngineFilter {
         self.version.as_deref()?.split('.').next()?.parse().ok()
     }
 
+    /// Whether the engine's rules are in nftables (`nftables`, or `nftables+firewalld` when
+    /// firewalld runs beside it).
     pub fn nftables(&self) -> bool {
-        self.firewall_backend.as_deref() == Some("nftables")
+        self.firewall_backend
+            .as_deref()
+            .is_some_and(|b| b.split('+').next() == Some("nftables"))
     }
 }
 
@@ -543,6 +566,10 @@ mod tests {
             p.contains("DOCKER-USER") && !p.contains("nft insert"),
             "{p}"
         );
+        d.engine.firewall_backend = Some("iptables+firewalld".into());
+        assert!(!d.engine.nftables());
+        d.engine.firewall_backend = Some("nftables+firewalld".into());
+        assert!(d.engine.nftables());
         d.engine.firewall_backend = Some("nftables".into());
         let p = d.problem("192.168.99.1".parse().unwrap()).unwrap();
         assert!(

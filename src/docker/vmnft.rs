@@ -138,10 +138,11 @@ pub fn wanted(
     out
 }
 
-/// `nft -j JSON`: nft reads a JSON command given on its command line (no file, no stdin).
-fn command(cmd: NfCmd<'static>) -> Vec<String> {
+/// `nft -j JSON`: nft reads JSON commands given on its command line (no file, no stdin), and
+/// applies them in one transaction.
+fn command(cmds: Vec<NfCmd<'static>>) -> Vec<String> {
     let doc = Nftables {
-        objects: Cow::Owned(vec![NfObject::CmdObject(cmd)]),
+        objects: Cow::Owned(cmds.into_iter().map(NfObject::CmdObject).collect()),
     };
     let json = serde_json::to_string(&doc).unwrap_or_default();
     vec!["nft".into(), "-j".into(), json]
@@ -189,25 +190,35 @@ pub fn insert_argv(r: &VmRule) -> Vec<String> {
         ),
         Statement::Accept(None),
     ];
-    command(NfCmd::Insert(NfListObject::Rule(schema::Rule {
+    command(vec![NfCmd::Insert(NfListObject::Rule(schema::Rule {
         family: NfFamily::IP,
         table: Cow::Owned(r.table.clone()),
         chain: Cow::Owned(r.chain.clone()),
         expr: Cow::Owned(expr),
         comment: Some(Cow::Borrowed(MARK)),
         ..Default::default()
-    })))
+    }))])
 }
 
-/// Delete the rule with `handle` (one [`NftState::handle`] found to be `r`) from `r`'s chain.
-pub fn delete_argv(r: &VmRule, handle: u64) -> Vec<String> {
-    command(NfCmd::Delete(NfListObject::Rule(schema::Rule {
-        family: NfFamily::IP,
-        table: Cow::Owned(r.table.clone()),
-        chain: Cow::Owned(r.chain.clone()),
-        handle: u32::try_from(handle).ok(),
-        ..Default::default()
-    })))
+/// Delete each rule by the handle [`NftState::handle`] found it at, in one transaction (all or
+/// none). Handles are only good for the table that was read: dockerd re-creating its table
+/// between that reading and this command (a restart in the same fraction of a second) would
+/// make them name its new rules, so the reading is always made just before.
+pub fn delete_argv(found: &[(&VmRule, u64)]) -> Vec<String> {
+    command(
+        found
+            .iter()
+            .map(|(r, handle)| {
+                NfCmd::Delete(NfListObject::Rule(schema::Rule {
+                    family: NfFamily::IP,
+                    table: Cow::Owned(r.table.clone()),
+                    chain: Cow::Owned(r.chain.clone()),
+                    handle: u32::try_from(*handle).ok(),
+                    ..Default::default()
+                }))
+            })
+            .collect(),
+    )
 }
 
 /// The rule in nft's own words (for messages and the README's manual fix).
@@ -292,16 +303,23 @@ mod tests {
         );
         let s = parse(&listed).unwrap();
         assert_eq!(s.handle(&r), Some(12));
-        let del = delete_argv(&r, 12);
+        let other = VmRule {
+            chain: FORWARD.into(),
+            ..r.clone()
+        };
+        let del = delete_argv(&[(&r, 12), (&other, 3)]);
+        assert_eq!(del.len(), 3, "one command for both");
         let body: serde_json::Value = serde_json::from_str(&del[2]).unwrap();
-        let rule = &body["nftables"][0]["delete"]["rule"];
-        assert_eq!(
-            (&rule["table"], &rule["chain"], &rule["handle"]),
-            (
-                &serde_json::json!(TABLE),
-                &serde_json::json!(RAW),
-                &serde_json::json!(12)
-            )
-        );
+        for (i, (chain, handle)) in [(RAW, 12), (FORWARD, 3)].into_iter().enumerate() {
+            let rule = &body["nftables"][i]["delete"]["rule"];
+            assert_eq!(
+                (&rule["table"], &rule["chain"], &rule["handle"]),
+                (
+                    &serde_json::json!(TABLE),
+                    &serde_json::json!(chain),
+                    &serde_json::json!(handle)
+                )
+            );
+        }
     }
 }

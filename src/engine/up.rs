@@ -202,8 +202,6 @@ pub(super) async fn gate_dns<N: Net>(
     Ok((silent, answers))
 }
 
-/// The record of this run. `firewall`: the firewalls hold rules of dockroute's (changed now, or
-/// there before); `held`: the references they hold.
 /// What a dry run says of DNS: the setting `up` would make, and whether it would change it.
 pub(super) async fn dry_dns(want: Option<DnsState>) -> Option<DnsOutcome> {
     let state = want?;
@@ -233,6 +231,8 @@ pub(super) fn hold(
     held
 }
 
+/// The record of this run. `firewall`: the firewalls hold rules of dockroute's (changed now, or
+/// there before); `held`: the references they hold.
 pub(super) fn record(
     settings: &Settings,
     target: &Target,

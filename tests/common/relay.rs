@@ -4,7 +4,8 @@
 //! lab's engine is Debian's 20.10; with the relay, dockroute meets what Docker 28 or 29 (on
 //! nftables) says about itself, while every
 //! container, network and helper run is real. Each request is relayed on a connection of its
-//! own (`Connection: close`), and each answer is sent back with a `Content-Length`; the event
+//! own (`Connection: close`; request bodies are read by their `Content-Length`, as dockroute
+//! sends them), and each answer is sent back with a `Content-Length`; the event
 //! stream (`/events`) is passed through as it comes, and ends the client's connection when it
 //! ends. The relay keeps the paths it was asked for.
 
@@ -165,14 +166,19 @@ struct Answer {
 }
 
 impl Answer {
-    /// The answer with a `Content-Length` of its own, for a connection that stays open.
+    /// The answer with a `Content-Length` of its own, for a connection that stays open (none
+    /// for 204 and 304, which have no body).
     fn framed(&self) -> Vec<u8> {
         let mut out = Vec::new();
         for h in &self.head {
             out.extend_from_slice(h.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        out.extend_from_slice(format!("Content-Length: {}\r\n\r\n", self.body.len()).as_bytes());
+        let status = self.head.first().and_then(|l| l.split_whitespace().nth(1));
+        if !matches!(status, Some("204" | "304")) {
+            out.extend_from_slice(format!("Content-Length: {}\r\n", self.body.len()).as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&self.body);
         out
     }
