@@ -5,7 +5,7 @@
 #![cfg(target_os = "linux")]
 
 mod common;
-use common::served::{Served, api_path};
+use common::served::{Served, api_path, read_head};
 use common::*;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -58,20 +58,10 @@ fn serve(conn: UnixStream, answer: &Answer, asked: &std::sync::Mutex<Vec<String>
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     let mut conn = conn;
     loop {
-        let mut first = String::new();
-        if reader.read_line(&mut first).unwrap_or(0) == 0 {
+        let Some(head) = read_head(&mut reader) else {
             return;
-        }
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            if line == "\r\n" {
-                break;
-            }
-        }
-        let path = api_path(&first, asked);
+        };
+        let path = api_path(&head[0], asked);
         let (ctype, body) = match path.as_str() {
             "/_ping" => ("text/plain", "OK".to_string()),
             "/version" => (

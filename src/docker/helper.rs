@@ -304,16 +304,13 @@ impl Client {
                     .collect()
             })
             .unwrap_or_default();
-        for b in [Backend::Iptables, Backend::Nftables] {
-            let of_b: Vec<&VmRule> = stale.iter().filter(|r| r.backend == b).collect();
-            if of_b.is_empty() {
-                continue;
-            }
-            if let Err(e) = self.delete_present(image, b, &of_b).await {
+        let stale_refs: Vec<&VmRule> = stale.iter().collect();
+        for b in Backend::ALL {
+            if let Err(e) = self.delete_present(image, b, &stale_refs).await {
                 tracing::warn!(
                     "VM firewall: earlier accepts no longer wanted could not be removed, and stay recorded: {e}"
                 );
-                rules.extend(of_b.into_iter().cloned());
+                rules.extend(stale.iter().filter(|r| r.backend == b).cloned());
             }
         }
         Ok(Opened {
@@ -332,7 +329,7 @@ impl Client {
         let rules: Vec<&VmRule> = opened.rules.iter().collect();
         let mut removed = 0;
         let mut failed = None;
-        for backend in [Backend::Iptables, Backend::Nftables] {
+        for backend in Backend::ALL {
             match self.delete_present(&opened.image, backend, &rules).await {
                 Ok(n) => removed += n,
                 Err(e) => failed = failed.or(Some(e)),

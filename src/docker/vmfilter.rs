@@ -29,6 +29,8 @@ pub enum Backend {
 }
 
 impl Backend {
+    pub const ALL: [Backend; 2] = [Backend::Iptables, Backend::Nftables];
+
     /// The backend of the engine's rules, as `/info` says (older engines: iptables).
     pub fn of(engine: &EngineFilter) -> Backend {
         if engine.nftables() {
@@ -207,10 +209,10 @@ impl VmRules {
     /// rule; nftables: one transaction for them all, by the handles read), and how many.
     pub fn deletion(&self, rules: &[&VmRule]) -> (Vec<Vec<String>>, usize) {
         match self {
-            VmRules::Iptables(s) => {
+            VmRules::Iptables(_) => {
                 let argvs: Vec<Vec<String>> = rules
                     .iter()
-                    .filter(|r| r.backend == Backend::Iptables && s.has(r))
+                    .filter(|r| self.has(r))
                     .map(|r| r.argv("-D"))
                     .collect();
                 let n = argvs.len();

@@ -15,11 +15,10 @@ use super::vmfilter::{Backend, MARK, VmRule};
 use crate::firewall::nft;
 use crate::firewall::walk::Rule;
 use ipnet::Ipv4Net;
-use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix};
-use nftables::schema::{self, NfCmd, NfListObject, NfObject, Nftables};
-use nftables::stmt::{Match, Operator, Statement};
+use nftables::expr::MetaKey;
+use nftables::schema::NfCmd;
+use nftables::stmt::Statement;
 use nftables::types::NfFamily;
-use std::borrow::Cow;
 use std::net::Ipv4Addr;
 
 /// Docker's IPv4 table (`table ip docker-bridges`).
@@ -42,10 +41,6 @@ pub fn list_argv() -> Vec<String> {
 pub struct NftState {
     /// The chains of Docker's table (none: no such table).
     pub chains: Vec<String>,
-    /// `filter-FORWARD`'s policy (`ACCEPT`, `DROP`).
-    pub forward_policy: Option<String>,
-    /// The destinations of Docker's drops in `raw-PREROUTING`.
-    pub raw_drops: Vec<Ipv4Net>,
     /// dockroute's accepts in Docker's table, with their handles.
     pub ours: Vec<(VmRule, u64)>,
 }
@@ -61,16 +56,7 @@ pub fn parse(json: &str) -> Result<NftState, String> {
     {
         for c in &t.chains {
             s.chains.push(c.name.clone());
-            if c.name == FORWARD {
-                s.forward_policy = c.policy.clone();
-            }
             for r in &c.rules {
-                if c.name == RAW
-                    && r.target.as_deref() == Some("DROP")
-                    && let Some((false, d)) = r.dst
-                {
-                    s.raw_drops.push(d);
-                }
                 if let (Some(rule), Some(handle)) = (ours(&c.name, r), r.handle) {
                     s.ours.push((rule, handle));
                 }
@@ -141,63 +127,26 @@ pub fn wanted(
 /// `nft -j JSON`: nft reads JSON commands given on its command line (no file, no stdin), and
 /// applies them in one transaction.
 fn command(cmds: Vec<NfCmd<'static>>) -> Vec<String> {
-    let doc = Nftables {
-        objects: Cow::Owned(cmds.into_iter().map(NfObject::CmdObject).collect()),
-    };
-    let json = serde_json::to_string(&doc).unwrap_or_default();
+    // our own commands always serialise; an empty argument would only make nft fail
+    let json = nft::batch(cmds).unwrap_or_default();
     vec!["nft".into(), "-j".into(), json]
-}
-
-fn matching(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
-    Statement::Match(Match {
-        left,
-        right,
-        op: Operator::EQ,
-    })
-}
-
-fn ip_field(field: &'static str) -> Expression<'static> {
-    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
-        PayloadField {
-            protocol: Cow::Borrowed("ip"),
-            field: Cow::Borrowed(field),
-        },
-    )))
 }
 
 /// Insert `r` at the top of its chain:
 /// `iifname IF ip saddr HOST ip daddr SUBNET accept comment "dockroute"`.
 pub fn insert_argv(r: &VmRule) -> Vec<String> {
     let expr = vec![
-        matching(
-            Expression::Named(NamedExpression::Meta(Meta {
-                key: MetaKey::Iifname,
-            })),
-            Expression::String(Cow::Owned(r.interface.clone())),
-        ),
-        matching(
-            ip_field("saddr"),
-            Expression::String(Cow::Owned(r.host.to_string())),
-        ),
-        matching(
-            ip_field("daddr"),
-            Expression::Named(NamedExpression::Prefix(Prefix {
-                addr: Box::new(Expression::String(Cow::Owned(
-                    r.subnet.network().to_string(),
-                ))),
-                len: u32::from(r.subnet.prefix_len()),
-            })),
-        ),
+        nft::ifname_is(MetaKey::Iifname, &r.interface),
+        nft::ip_addr_is("saddr", r.host),
+        nft::ip_net_is("daddr", r.subnet),
         Statement::Accept(None),
     ];
-    command(vec![NfCmd::Insert(NfListObject::Rule(schema::Rule {
-        family: NfFamily::IP,
-        table: Cow::Owned(r.table.clone()),
-        chain: Cow::Owned(r.chain.clone()),
-        expr: Cow::Owned(expr),
-        comment: Some(Cow::Borrowed(MARK)),
-        ..Default::default()
-    }))])
+    command(vec![nft::insert_rule_cmd(
+        NfFamily::IP,
+        &r.table,
+        &r.chain,
+        expr,
+    )])
 }
 
 /// Delete each rule by the handle [`NftState::handle`] found it at, in one transaction (all or
@@ -209,13 +158,7 @@ pub fn delete_argv(found: &[(&VmRule, u64)]) -> Vec<String> {
         found
             .iter()
             .map(|(r, handle)| {
-                NfCmd::Delete(NfListObject::Rule(schema::Rule {
-                    family: NfFamily::IP,
-                    table: Cow::Owned(r.table.clone()),
-                    chain: Cow::Owned(r.chain.clone()),
-                    handle: u32::try_from(*handle).ok(),
-                    ..Default::default()
-                }))
+                nft::delete_rule_cmd(NfFamily::IP, &r.table, &r.chain, Some(*handle))
             })
             .collect(),
     )
@@ -257,8 +200,6 @@ mod tests {
             vec![FORWARD, RAW, "filter-forward-in__docker0"],
             "only Docker's table"
         );
-        assert_eq!(s.forward_policy.as_deref(), Some("DROP"));
-        assert_eq!(s.raw_drops, vec!["172.17.0.2/32".parse().unwrap()]);
         assert_eq!(s.ours.len(), 1, "{:?}", s.ours);
         let host = "192.168.99.1".parse().unwrap();
         let nets = [

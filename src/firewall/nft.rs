@@ -309,6 +309,84 @@ pub fn rule_text(r: &Repair) -> String {
     text
 }
 
+/// `left == right`.
+fn equals(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
+    Statement::Match(Match {
+        left,
+        right,
+        op: Operator::EQ,
+    })
+}
+
+/// `iifname NAME` or `oifname NAME` (`key`).
+pub(crate) fn ifname_is(key: MetaKey, name: &str) -> Statement<'static> {
+    equals(
+        Expression::Named(NamedExpression::Meta(Meta { key })),
+        Expression::String(Cow::Owned(name.to_string())),
+    )
+}
+
+/// `ip FIELD ADDRESS` (`saddr`, `daddr`).
+pub(crate) fn ip_addr_is(field: &'static str, addr: Ipv4Addr) -> Statement<'static> {
+    equals(
+        ip_field(field),
+        Expression::String(Cow::Owned(addr.to_string())),
+    )
+}
+
+/// `ip FIELD NETWORK/LEN` (`saddr`, `daddr`).
+pub(crate) fn ip_net_is(field: &'static str, net: Ipv4Net) -> Statement<'static> {
+    equals(
+        ip_field(field),
+        Expression::Named(NamedExpression::Prefix(Prefix {
+            addr: Box::new(Expression::String(Cow::Owned(net.network().to_string()))),
+            len: u32::from(net.prefix_len()),
+        })),
+    )
+}
+
+fn ip_field(field: &'static str) -> Expression<'static> {
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+        PayloadField {
+            protocol: Cow::Borrowed("ip"),
+            field: Cow::Borrowed(field),
+        },
+    )))
+}
+
+/// Insert a rule of `expr` marked with dockroute's comment at the top of `chain`.
+pub(crate) fn insert_rule_cmd(
+    family: NfFamily,
+    table: &str,
+    chain: &str,
+    expr: Vec<Statement<'static>>,
+) -> NfCmd<'static> {
+    NfCmd::Insert(NfListObject::Rule(schema::Rule {
+        family,
+        table: Cow::Owned(table.to_string()),
+        chain: Cow::Owned(chain.to_string()),
+        expr: Cow::Owned(expr),
+        comment: Some(Cow::Borrowed(TAG)),
+        ..Default::default()
+    }))
+}
+
+/// Delete the rule of `chain` at `handle`.
+pub(crate) fn delete_rule_cmd(
+    family: NfFamily,
+    table: &str,
+    chain: &str,
+    handle: Option<u64>,
+) -> NfCmd<'static> {
+    NfCmd::Delete(NfListObject::Rule(schema::Rule {
+        family,
+        table: Cow::Owned(table.to_string()),
+        chain: Cow::Owned(chain.to_string()),
+        handle: handle.and_then(|h| u32::try_from(h).ok()),
+        ..Default::default()
+    }))
+}
+
 /// The nftables command that inserts `r` at the top of its chain.
 pub fn insert_cmd(r: &Repair) -> NfCmd<'static> {
     let (family, table) = split_table(&r.table);
@@ -321,47 +399,14 @@ pub fn insert_cmd(r: &Repair) -> NfCmd<'static> {
     } else {
         Statement::Accept(None)
     };
-    let expr = vec![
-        Statement::Match(Match {
-            left: Expression::Named(NamedExpression::Meta(Meta { key })),
-            right: Expression::String(Cow::Owned(r.ifname.clone())),
-            op: Operator::EQ,
-        }),
-        Statement::Match(Match {
-            left: Expression::Named(NamedExpression::Payload(Payload::PayloadField(
-                PayloadField {
-                    protocol: Cow::Borrowed("ip"),
-                    field: Cow::Borrowed(field),
-                },
-            ))),
-            right: Expression::Named(NamedExpression::Prefix(Prefix {
-                addr: Box::new(Expression::String(Cow::Owned(r.net.network().to_string()))),
-                len: u32::from(r.net.prefix_len()),
-            })),
-            op: Operator::EQ,
-        }),
-        verdict,
-    ];
-    NfCmd::Insert(NfListObject::Rule(schema::Rule {
-        family,
-        table: Cow::Owned(table),
-        chain: Cow::Owned(r.chain.clone()),
-        expr: Cow::Owned(expr),
-        comment: Some(Cow::Borrowed(TAG)),
-        ..Default::default()
-    }))
+    let expr = vec![ifname_is(key, &r.ifname), ip_net_is(field, r.net), verdict];
+    insert_rule_cmd(family, &table, &r.chain, expr)
 }
 
 /// The nftables command that deletes dockroute's rule `r` (by its handle).
 pub fn delete_cmd(r: &Repair) -> NfCmd<'static> {
     let (family, table) = split_table(&r.table);
-    NfCmd::Delete(NfListObject::Rule(schema::Rule {
-        family,
-        table: Cow::Owned(table),
-        chain: Cow::Owned(r.chain.clone()),
-        handle: r.handle.and_then(|h| u32::try_from(h).ok()),
-        ..Default::default()
-    }))
+    delete_rule_cmd(family, &table, &r.chain, r.handle)
 }
 
 /// nft's own words for "no such table, chain or rule" (ENOENT), in `list` and `delete` alike:
@@ -376,12 +421,17 @@ pub fn is_gone(e: &FirewallError) -> bool {
     }
 }
 
-/// Run commands through `nft -j -f -`, in one transaction.
-pub fn run(cmds: Vec<NfCmd<'static>>) -> Result<(), FirewallError> {
+/// Commands as one nft JSON document (nft applies it in one transaction).
+pub(crate) fn batch(cmds: Vec<NfCmd<'static>>) -> Result<String, FirewallError> {
     let doc = Nftables {
         objects: Cow::Owned(cmds.into_iter().map(NfObject::CmdObject).collect()),
     };
-    let json = serde_json::to_string(&doc).map_err(bad_output)?;
+    serde_json::to_string(&doc).map_err(bad_output)
+}
+
+/// Run commands through `nft -j -f -`, in one transaction.
+pub fn run(cmds: Vec<NfCmd<'static>>) -> Result<(), FirewallError> {
+    let json = batch(cmds)?;
     let args = ["-j", "-f", "-"].map(String::from);
     exec::run("nft", &args, Some(json.as_bytes()))?;
     Ok(())

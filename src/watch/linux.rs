@@ -521,11 +521,7 @@ fn follow_reload(
     prober: &mut Option<Prober>,
     probe_timing: dns_health::Timing,
 ) {
-    if names.as_ref().is_some_and(|n| !n.fits(settings))
-        && let Some(n) = names.take()
-    {
-        n.stop();
-    }
+    names::stop_unless_fits(settings, names);
     if names.is_none() && !prober.as_ref().is_some_and(|p| p.fits(settings)) {
         *prober = Prober::for_settings(settings, probe_timing, Instant::now());
     }

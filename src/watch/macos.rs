@@ -615,12 +615,7 @@ pub fn run(
         if let Some((why, s)) = reloader.woken(woken.file_changed, woken.sighup, Instant::now()) {
             settings = s;
             sources.retarget(&settings);
-            if names.as_ref().is_some_and(|n| !n.fits(&settings))
-                && let Some(n) = names.take()
-            {
-                // another domain or upstream, or DNS off: the next reconcile follows
-                n.stop();
-            }
+            names::stop_unless_fits(&settings, &mut names);
             causes.add(why);
         }
         if causes != before {

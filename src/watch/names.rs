@@ -246,6 +246,16 @@ impl Names {
     }
 }
 
+/// New settings: a responder that no longer fits them (another domain or upstream, or DNS
+/// off) stops; the next reconcile points DNS where the settings say.
+pub fn stop_unless_fits(settings: &Settings, names: &mut Option<Names>) {
+    if names.as_ref().is_some_and(|n| !n.fits(settings))
+        && let Some(n) = names.take()
+    {
+        n.stop();
+    }
+}
+
 /// After a reconcile: start the responder if the engine was reached (and DNS is on), refresh
 /// its names, or stop it if the engine is another one now (or its thread ended). Returns
 /// whether it started or stopped: then the DNS backend must point elsewhere (one more

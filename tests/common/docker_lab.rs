@@ -183,11 +183,16 @@ impl DockerLab {
         );
     }
 
-    /// `iptables ARGS` inside the VM's network namespace (no shell); its stdout.
-    pub fn vm_iptables(&self, args: &[&str]) -> String {
+    /// `PROGRAM ARGS` inside the VM's network namespace (no shell); its stdout.
+    fn in_vm(&self, program: &str, args: &[&str]) -> String {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.vm(), "iptables"]).args(args);
-        stdout_of(c, &format!("iptables {args:?} in the VM"))
+        c.args(["netns", "exec", &self.vm(), program]).args(args);
+        stdout_of(c, &format!("{program} {args:?} in the VM"))
+    }
+
+    /// `iptables ARGS` inside the VM's network namespace; its stdout.
+    pub fn vm_iptables(&self, args: &[&str]) -> String {
+        self.in_vm("iptables", args)
     }
 
     /// Docker 28's raw-table drop for a container address arriving on any interface but its
@@ -209,11 +214,9 @@ impl DockerLab {
         ]);
     }
 
-    /// `nft ARGS` inside the VM's network namespace (no shell); its stdout.
+    /// `nft ARGS` inside the VM's network namespace; its stdout.
     pub fn vm_nft(&self, args: &[&str]) -> String {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.vm(), "nft"]).args(args);
-        stdout_of(c, &format!("nft {args:?} in the VM"))
+        self.in_vm("nft", args)
     }
 
     /// The VM's nftables without counters and handles (what `down` must leave as it was).
@@ -266,9 +269,7 @@ impl DockerLab {
 
     /// The VM's iptables as iptables-save prints them, without its comment lines.
     pub fn vm_iptables_save(&self) -> String {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.vm(), "iptables-save"]);
-        without_comments(&stdout_of(c, "iptables-save in the VM"))
+        without_comments(&self.in_vm("iptables-save", &[]))
     }
 
     /// The policy of the VM's FORWARD chain (ACCEPT or DROP).

@@ -10,8 +10,8 @@
 //! ends. The relay keeps the paths it was asked for.
 
 use super::docker_lab::DockerLab;
-use super::served::{Served, api_path};
-use std::io::{BufRead, BufReader, Read, Write};
+use super::served::{Served, api_path, read_head};
+use std::io::{BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Mutex;
@@ -81,27 +81,20 @@ fn serve(conn: UnixStream, upstream: &Path, claims: &Claims, asked: &Mutex<Vec<S
     let mut reader = BufReader::new(read_half);
     let mut conn = conn;
     loop {
-        let mut head = Vec::new();
+        let Some(lines) = read_head(&mut reader) else {
+            return;
+        };
+        let first = lines[0].clone();
+        let mut head = first.clone().into_bytes();
         let mut length = 0usize;
-        let mut first = String::new();
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            if line == "\r\n" {
-                break;
-            }
+        for line in &lines[1..] {
             let lower = line.to_ascii_lowercase();
             if let Some(v) = lower.strip_prefix("content-length:") {
                 length = v.trim().parse().unwrap_or(0);
             }
-            if first.is_empty() {
-                first = line.clone();
-            } else if lower.starts_with("connection:") {
-                continue;
+            if !lower.starts_with("connection:") {
+                head.extend_from_slice(line.as_bytes());
             }
-            head.extend_from_slice(line.as_bytes());
         }
         let mut body = vec![0u8; length];
         if reader.read_exact(&mut body).is_err() {

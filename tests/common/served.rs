@@ -2,6 +2,7 @@
 //! the relay of [`super::relay`]): a thread accepts, a thread per connection serves, `Drop`
 //! stops it and removes the socket. It keeps the API paths it was asked for.
 
+use std::io::BufRead;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -81,4 +82,20 @@ pub fn api_path(request_line: &str, asked: &Mutex<Vec<String>>) -> String {
         .unwrap_or_else(|e| e.into_inner())
         .push(path.clone());
     path
+}
+
+/// One request's head: its request line and header lines, each as read (with its CRLF), without
+/// the blank line that ends it; `None` when the connection ends first.
+pub fn read_head(reader: &mut impl BufRead) -> Option<Vec<String>> {
+    let mut head = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return None;
+        }
+        if line == "\r\n" && !head.is_empty() {
+            return Some(head);
+        }
+        head.push(line);
+    }
 }
